@@ -1,0 +1,39 @@
+// Plain parameter structs passed from the torch glue to the kernels of every backend.
+// Tensors are contiguous in the layouts below; sizes are 64-bit so that offsets never overflow.
+#pragma once
+
+#include <cstdint>
+
+namespace lc4 {
+
+// value (B, T, H, W, G, C), points (B, P, G, 3) -> out (B, P, G, C)
+struct SampleParams {
+  const void* value = nullptr;
+  const void* points = nullptr;  // in the accumulation type (float, or double for double)
+  void* out = nullptr;
+  const void* grad_out = nullptr;
+  void* grad_value = nullptr;   // zero-initialised by the caller
+  void* grad_points = nullptr;  // accumulation type
+  int64_t B = 0, T = 0, H = 0, W = 0, G = 0, C = 0, P = 0;
+};
+
+// q (B, Nq, heads, d); k, v (B, T, H, W, heads, d); points (B, Nk, G, 3);
+// out (B, Nq, heads, d); lse (B, heads, Nq) in the accumulation type.
+struct AttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* points = nullptr;  // accumulation type
+  void* out = nullptr;
+  void* lse = nullptr;
+  const void* grad_out = nullptr;
+  void* grad_q = nullptr;
+  void* grad_k = nullptr;       // zero-initialised by the caller
+  void* grad_v = nullptr;       // zero-initialised by the caller
+  void* grad_points = nullptr;  // accumulation type
+  int64_t B = 0, Nq = 0, Nk = 0, T = 0, H = 0, W = 0, heads = 0, G = 0, d = 0;
+  double scale = 1.0;
+  bool deterministic = true;
+};
+
+}  // namespace lc4

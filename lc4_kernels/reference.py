@@ -1,0 +1,68 @@
+"""Pure-PyTorch reference path, written straight from the seed's Eq. 2 and Eq. 3.
+
+It is the oracle every other backend is tested against, so it favours being obviously right
+over being fast: an explicit eight-corner gather and a materialised softmax. Autograd provides
+its gradients. Inputs are already validated and normalised to the grouped layouts:
+value ``(B, T, H, W, G, C)``, points ``(B, P, G, 3)``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _axis_corners(coord: torch.Tensor, size: int):
+    """The two integer neighbours of ``coord`` on an axis of ``size`` and their Eq. 2 weights
+    ``g(coord, r) = max(0, 1 - |coord - r|)``; neighbours outside ``[0, size)`` weigh zero.
+
+    Non-finite or far-away coordinates weigh zero everywhere and, because they are replaced
+    before any arithmetic, get exactly zero gradient. ``floor`` makes the gradient at an exact
+    integer the right-hand one, as ``grid_sample`` does.
+    """
+    usable = torch.isfinite(coord) & (coord >= -1) & (coord < size)
+    safe = torch.where(usable, coord, torch.zeros_like(coord))
+    lower = torch.floor(safe).detach()
+    frac = safe - lower
+    index0 = lower.long()
+    index1 = index0 + 1
+    zero = torch.zeros_like(frac)
+    weight0 = torch.where(usable & (index0 >= 0), 1 - frac, zero)
+    weight1 = torch.where(usable & (index1 < size), frac, zero)
+    return (index0.clamp(0, size - 1), weight0), (index1.clamp(0, size - 1), weight1)
+
+
+def trilinear_sample(value: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 for value ``(B, T, H, W, G, C)`` at points ``(B, P, G, 3)`` -> ``(B, P, G, C)``."""
+    B, T, H, W, G, C = value.shape
+    P = points.shape[1]
+    points = points.to(value.dtype)
+    flat = value.reshape(B, T * H * W, G, C)
+    x_corners = _axis_corners(points[..., 0], W)
+    y_corners = _axis_corners(points[..., 1], H)
+    t_corners = _axis_corners(points[..., 2], T)
+    out = value.new_zeros(B, P, G, C)
+    for t_index, t_weight in t_corners:
+        for y_index, y_weight in y_corners:
+            for x_index, x_weight in x_corners:
+                voxel = (t_index * H + y_index) * W + x_index  # (B, P, G)
+                gathered = flat.gather(1, voxel.unsqueeze(-1).expand(B, P, G, C))
+                out = out + (t_weight * y_weight * x_weight).unsqueeze(-1) * gathered
+    return out
+
+
+def tda_attention(q, k, v, points, scale: float) -> torch.Tensor:
+    """Eq. 3 (before ``W_h``): ``softmax(scale * q k~^T) v~`` per batch and head, with
+    ``k~``/``v~`` sampled by Eq. 2 at the points of the head's group.
+
+    Shapes: q ``(B, Nq, heads, d)``, k/v ``(B, T, H, W, heads, d)``, points ``(B, Nk, G, 3)``.
+    Scores, softmax and products run in at least float32 and the result is cast back.
+    """
+    heads = q.shape[2]
+    groups = points.shape[2]
+    compute = torch.promote_types(q.dtype, torch.float32)
+    per_head_points = points.repeat_interleave(heads // groups, dim=2)  # (B, Nk, heads, 3)
+    k_sampled = trilinear_sample(k.to(compute), per_head_points)  # (B, Nk, heads, d)
+    v_sampled = trilinear_sample(v.to(compute), per_head_points)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.to(compute), k_sampled) * scale
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.einsum("bhqk,bkhd->bqhd", probs, v_sampled)
+    return out.to(q.dtype)

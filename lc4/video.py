@@ -1,0 +1,290 @@
+"""Reading and writing videos and frame folders with PyAV, one frame at a time.
+
+A *video source* is either a video file (``bear.mp4``) or a folder of image files, one per
+frame, in natural order (``bear/00000.jpg``, ``bear/00001.jpg``, ...; the DAVIS layout).
+Frames are RGB ``uint8``: ``(H, W, 3)`` numpy arrays from :func:`iter_frames`, and
+``(N, 3, H, W)`` torch tensors from :func:`iter_frame_batches` and :func:`read_video`.
+Nothing here holds more than one batch of frames unless asked to (:func:`read_video`).
+"""
+from __future__ import annotations
+
+import os
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence, Union
+
+import av
+import numpy as np
+import torch
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".gif"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+PathLike = Union[str, os.PathLike]
+# None: native size; an int: a square side; a pair: (height, width).
+Size = Union[None, int, Sequence[int]]
+
+# AREA averages source pixels when shrinking (no aliasing) and matches bilinear when growing.
+_RESIZE_INTERPOLATION = "AREA"
+
+
+def is_video_file(path: PathLike) -> bool:
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def is_image_file(path: PathLike) -> bool:
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_frame_files(folder: PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, in natural order (``2.png`` before ``10.png``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder: expected a directory of frames, got {str(folder)!r}")
+    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: _natural_key(p.name))
+
+
+def is_frame_folder(path: PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and any(is_image_file(p) for p in path.iterdir())
+
+
+def is_video_source(path: PathLike) -> bool:
+    return is_video_file(path) or is_frame_folder(path)
+
+
+def normalize_size(size: Size) -> tuple[int, int] | None:
+    """``None`` stays ``None``; ``256`` becomes ``(256, 256)``; ``(h, w)`` is checked."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"size: expected None, a positive int or (height, width), got {size!r}")
+    return size
+
+
+def _to_rgb_array(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    height, width = size
+    return frame.reformat(
+        width=width, height=height, format="rgb24", interpolation=_RESIZE_INTERPOLATION
+    ).to_ndarray()
+
+
+def _decode(path: Path) -> Iterator[av.VideoFrame]:
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"source: {str(path)!r} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        yield from container.decode(stream)
+
+
+def iter_frames(source: PathLike, size: Size = None) -> Iterator[np.ndarray]:
+    """Yields the frames of a video file or frame folder as ``(H, W, 3)`` RGB ``uint8`` arrays.
+
+    ``size`` resizes every frame (``None``: native size; ``256``: 256x256; ``(h, w)``).
+    Raises ``ValueError`` for a path that is neither; PyAV's errors for unreadable files.
+    """
+    source = Path(source)
+    size = normalize_size(size)
+    if is_video_file(source):
+        for frame in _decode(source):
+            yield _to_rgb_array(frame, size)
+    elif source.is_dir():
+        files = list_frame_files(source)
+        if not files:
+            raise ValueError(f"source: {str(source)!r} holds no image files ({sorted(IMAGE_SUFFIXES)})")
+        for file in files:
+            frame = next(_decode(file), None)
+            if frame is None:
+                raise ValueError(f"source: {str(file)!r} holds no image")
+            yield _to_rgb_array(frame, size)
+    else:
+        raise ValueError(
+            f"source: expected a video file ({sorted(VIDEO_SUFFIXES)}) or a folder of frames, "
+            f"got {str(source)!r}"
+        )
+
+
+def frames_to_tensor(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """``[(H, W, 3)] * N`` uint8 arrays -> ``(N, 3, H, W)`` uint8 tensor."""
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+
+
+def iter_frame_batches(source: PathLike, batch_size: int, size: Size = None) -> Iterator[torch.Tensor]:
+    """Yields ``(n, 3, H, W)`` uint8 tensors of at most ``batch_size`` consecutive frames."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
+    batch: list[np.ndarray] = []
+    for frame in iter_frames(source, size):
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield frames_to_tensor(batch)
+            batch = []
+    if batch:
+        yield frames_to_tensor(batch)
+
+
+def read_video(source: PathLike, size: Size = None, max_frames: int | None = None) -> torch.Tensor:
+    """All frames (or the first ``max_frames``) as one ``(T, 3, H, W)`` uint8 tensor."""
+    frames = []
+    for frame in iter_frames(source, size):
+        if max_frames is not None and len(frames) >= max_frames:
+            break
+        frames.append(frame)
+    if not frames:
+        raise ValueError(f"source: {str(source)!r} has no frames")
+    return frames_to_tensor(frames)
+
+
+def read_fps(source: PathLike) -> Fraction | None:
+    """The average frame rate of a video file; ``None`` for a frame folder or when unknown."""
+    if not is_video_file(source):
+        return None
+    with av.open(str(source)) as container:
+        rate = container.streams.video[0].average_rate
+    return Fraction(rate) if rate else None
+
+
+def _as_hwc_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Accepts ``(H, W, 3)`` arrays or ``(3, H, W)`` tensors, uint8 or 0-255 floats."""
+    if isinstance(frame, torch.Tensor):
+        if frame.dim() != 3 or frame.shape[0] != 3:
+            raise ValueError(f"frame: expected a (3, H, W) tensor, got shape {tuple(frame.shape)}")
+        frame = frame.detach().cpu().permute(1, 2, 0).numpy()
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame: expected an (H, W, 3) array, got shape {frame.shape}")
+    if frame.dtype != np.uint8:
+        frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(frame)
+
+
+def _split_frames(frames: np.ndarray | torch.Tensor | Iterable) -> Iterator:
+    """A ``(T, 3, H, W)`` tensor or ``(T, H, W, 3)`` array is split into frames; iterables pass."""
+    if isinstance(frames, torch.Tensor) and frames.dim() == 4:
+        return iter(frames.unbind(0))
+    return iter(frames)
+
+
+class VideoWriter:
+    """Encodes frames one at a time into a video file::
+
+        with VideoWriter("out.mp4", fps=25) as writer:
+            for frame in frames:
+                writer.write(frame)
+
+    The size comes from the first frame. ``crf`` sets libx264/libx265 quality (lower is
+    better; 0 with ``pix_fmt="yuv444p"`` is lossless). Odd sizes use ``yuv444p`` because
+    ``yuv420p`` needs even sides.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        fps: int | float | Fraction = 25,
+        codec: str = "libx264",
+        crf: int | None = 18,
+        pix_fmt: str | None = None,
+    ):
+        self.path = Path(path)
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.codec = codec
+        self.crf = crf
+        self.pix_fmt = pix_fmt
+        self._container = None
+        self._stream = None
+        self.frames_written = 0
+
+    def _open(self, height: int, width: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.path), mode="w")
+        stream = self._container.add_stream(self.codec, rate=self.fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = self.pix_fmt or ("yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p")
+        if self.crf is not None and self.codec in ("libx264", "libx265"):
+            stream.options = {"crf": str(self.crf)}
+        self._stream = stream
+
+    def write(self, frame: np.ndarray | torch.Tensor) -> None:
+        frame = _as_hwc_uint8(frame)
+        if self._container is None:
+            self._open(*frame.shape[:2])
+        elif frame.shape[:2] != (self._stream.height, self._stream.width):
+            raise ValueError(
+                f"frame: expected size {(self._stream.height, self._stream.width)} like the first "
+                f"frame, got {frame.shape[:2]}"
+            )
+        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        self._container.mux(self._stream.encode(video_frame))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        self._container = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def write_video(path: PathLike, frames, fps: int | float | Fraction = 25, **writer_options) -> Path:
+    """Writes frames (an iterable of frames, or a ``(T, 3, H, W)`` tensor) to a video file."""
+    with VideoWriter(path, fps=fps, **writer_options) as writer:
+        for frame in _split_frames(frames):
+            writer.write(frame)
+    if writer.frames_written == 0:
+        raise ValueError("frames: expected at least one frame")
+    return Path(path)
+
+
+_IMAGE_CODECS = {".png": ("png", "rgb24"), ".jpg": ("mjpeg", "yuvj444p"), ".jpeg": ("mjpeg", "yuvj444p")}
+
+
+def write_image(path: PathLike, frame: np.ndarray | torch.Tensor, quality: int = 2) -> Path:
+    """Writes one frame as PNG or JPEG (``quality``: mjpeg's qscale, 2 is best, 31 worst)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _IMAGE_CODECS:
+        raise ValueError(f"path: expected a {sorted(_IMAGE_CODECS)} file name, got {str(path)!r}")
+    frame = _as_hwc_uint8(frame)
+    codec_name, pix_fmt = _IMAGE_CODECS[suffix]
+    codec = av.CodecContext.create(codec_name, "w")
+    codec.height, codec.width = frame.shape[:2]
+    codec.pix_fmt = pix_fmt
+    codec.time_base = Fraction(1, 25)
+    if codec_name == "mjpeg":
+        codec.qscale = quality  # a fixed quantiser; mjpeg has no crf
+    video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format=pix_fmt)
+    packets = codec.encode(video_frame) + codec.encode(None)
+    path.write_bytes(b"".join(bytes(packet) for packet in packets))
+    return path
+
+
+def write_frame_folder(folder: PathLike, frames, suffix: str = ".png", start: int = 0) -> Path:
+    """Writes frames as ``folder/00000.png``, ``00001.png``, ... (the DAVIS naming)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for index, frame in enumerate(_split_frames(frames), start=start):
+        write_image(folder / f"{index:05d}{suffix}", frame)
+        count += 1
+    if count == 0:
+        raise ValueError("frames: expected at least one frame")
+    return folder

@@ -1,0 +1,144 @@
+"""Smoke test of the benchmark report (issue 4): ``--quick`` on CPU into a temporary folder.
+
+One run with ``--check`` and two test-only backends registered: an honest copy of the reference
+(must be measured and reported) and a deliberately wrong one (must be rejected by ``--check``).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+import lc4_kernels as K
+from benchmarks import environment, report, shapes
+from lc4_kernels import reference
+from lc4_kernels.backends import Backend, register_backend, unregister_backend
+
+HONEST, WRONG = "test-honest", "test-wrong"
+MODES = ("fwd", "fwd_bwd")
+
+
+def _test_backend(name: str, distortion: float) -> Backend:
+    return Backend(name=name, priority=-100, device_types=frozenset({"cpu"}),
+                   dtypes=frozenset({torch.float32, torch.float64}), auto_selectable=False,
+                   trilinear_sample=lambda value, points: reference.trilinear_sample(value, points) * (1 + distortion),
+                   tda_attention=lambda q, k, v, points, scale: reference.tda_attention(q, k, v, points, scale) * (1 + distortion))
+
+
+@pytest.fixture(scope="module")
+def checked_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    register_backend(_test_backend(HONEST, 0.0))
+    register_backend(_test_backend(WRONG, 0.05))
+    try:
+        status = report.main(["--quick", "--check", "--device", "cpu", "--out", str(out)])
+    finally:
+        unregister_backend(HONEST)
+        unregister_backend(WRONG)
+    reports = list(out.glob("*/report-quick.json"))
+    assert len(reports) == 1, reports
+    return status, json.loads(reports[0].read_text()), reports[0].parent
+
+
+def test_outputs_written_next_to_each_other(checked_run):
+    _, doc, folder = checked_run
+    assert folder.name == doc["environment"]["device"]["slug"]
+    for ext in ("md", "png"):
+        assert (folder / f"report-quick.{ext}").stat().st_size > 0
+    assert (folder / "report-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (folder / "report-quick.md").read_text()
+    assert "| sdpa (lower bound) |" in markdown and "## Memory scaling" in markdown
+    assert f"{folder.name}/report-quick.md" in (folder.parent / "README.md").read_text()
+
+
+def test_json_environment_fields(checked_run):
+    _, doc, _ = checked_run
+    env = doc["environment"]
+    assert env["device"]["type"] == "cpu" and env["device"]["name"]
+    assert env["torch"] == torch.__version__
+    assert "triton" in env and env["cuda"] == torch.version.cuda
+    assert env["commit"] is None or len(env["commit"]) == 40
+    assert datetime.datetime.fromisoformat(env["date"]).tzinfo is not None
+    described = {c["name"]: c for c in doc["shapes"]}
+    assert list(described) == [c.name for c in shapes.SHAPE_SETS["quick"]]
+    for case in shapes.SHAPE_SETS["quick"]:
+        assert described[case.name]["nq"] == case.nq and described[case.name]["nk"] == case.nk
+
+
+def test_every_backend_and_lower_bound_measured_per_case(checked_run):
+    _, doc, _ = checked_run
+    expected = {"reference", HONEST, *K.available_backends()} - {WRONG}
+    for case in doc["shapes"]:
+        for op, bound in (("tda_attention", "sdpa"), ("trilinear_sample", "grid_sample")):
+            labels = {r["label"] for r in doc["results"] if r["case"] == case["name"] and r["op"] == op}
+            assert labels == expected | {bound}
+    for row in doc["results"]:
+        assert row["error"] is None
+        if row["kind"] == "backend":
+            assert row["ran_backend"] == row["label"]  # dispatch ran what the row claims
+        for mode in MODES:
+            assert row["peak_memory_bytes"][mode] > 0
+
+
+def test_ratios_and_throughput_come_from_measured_times(checked_run):
+    _, doc, _ = checked_run
+    for row in doc["results"]:
+        group = [r for r in doc["results"] if (r["case"], r["op"], r["dtype"]) == (row["case"], row["op"], row["dtype"])]
+        ref = next(r for r in group if r["label"] == "reference")
+        bound = next(r for r in group if r["kind"] == "lower_bound")
+        for mode in MODES:
+            timing = row[mode]
+            assert timing["repeats"] == len(timing["times_s"]) >= 3
+            assert all(t > 0 for t in timing["times_s"])
+            assert timing["median_s"] == pytest.approx(statistics.median(timing["times_s"]))
+            assert row["speedup_vs_reference"][mode] == pytest.approx(ref[mode]["median_s"] / timing["median_s"])
+            assert row["time_over_lower_bound"][mode] == pytest.approx(timing["median_s"] / bound[mode]["median_s"])
+            work = row["work"]
+            assert row["throughput"][mode] == pytest.approx(work[mode] / timing["median_s"] / work["scale"])
+        assert math.isclose(ref["speedup_vs_reference"]["fwd"], 1.0)
+
+
+def test_memory_scaling_covers_each_backend_and_query_count(checked_run):
+    _, doc, _ = checked_run
+    scaling = doc["memory_scaling"]
+    assert scaling["nq"] == [c.nq for c in shapes.memory_scaling_cases("quick")]
+    labels = set(scaling["growth_bytes_per_query"])
+    assert {"sdpa", "reference", HONEST} <= labels and WRONG not in labels
+    for label in labels:
+        assert sorted(p["nq"] for p in scaling["points"] if p["label"] == label) == scaling["nq"]
+        assert all(p["peak_bytes"] > 0 for p in scaling["points"] if p["label"] == label)
+    # The reference materialises the scores: at least one Nk x heads row per query must show.
+    assert scaling["growth_bytes_per_query"]["reference"] >= scaling["score_row_bytes"]
+
+
+def test_check_rejects_the_wrong_backend_only(checked_run):
+    status, doc, _ = checked_run
+    assert status == 1
+    assert set(doc["rejected"]) == {WRONG}
+    assert WRONG not in doc["settings"]["backends_measured"]
+    assert all(r["label"] != WRONG for r in doc["results"])
+    failures = doc["rejected"][WRONG]
+    assert {f["op"] for f in failures} == {"tda_attention", "trilinear_sample"}
+    assert all(f["worst_error"] > f["tolerance"] for f in failures)
+    honest = [c for c in doc["checks"] if c["label"] != WRONG]
+    assert {c["label"] for c in honest} >= {HONEST, "sdpa", "grid_sample"}
+    assert all(c["passed"] for c in honest)
+
+
+def test_results_of_another_device_are_never_overwritten(tmp_path):
+    me = environment.device_info(torch.device("cpu"))
+    other = tmp_path / me["slug"] / "report-quick.json"
+    other.parent.mkdir(parents=True)
+    foreign = {"environment": {"device": {**me, "name": "Some Other CPU", "threads": 64}}}
+    other.write_text(json.dumps(foreign))
+    status = report.main(["--quick", "--shapes", "quick-4x4-d80", "--backends", "reference", "--no-memory-scaling",
+                          "--device", "cpu", "--out", str(tmp_path)])
+    assert status == 0
+    assert json.loads(other.read_text()) == foreign
+    written = json.loads((tmp_path / f"{me['slug']}-2" / "report-quick.json").read_text())
+    assert written["environment"]["device"]["name"] == me["name"]
+    assert [r["label"] for r in written["results"] if r["op"] == "tda_attention"] == ["sdpa", "reference"]

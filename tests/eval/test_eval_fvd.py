@@ -48,6 +48,16 @@ def test_frechet_distance_by_hand():
     assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
 
 
+def test_frechet_distance_matches_the_matrix_square_root_formula():
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(40, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(size=(30, 5)) @ rng.normal(size=(5, 5)) + 0.5
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a + cov_b - 2 * linalg.sqrtm(cov_a @ cov_b).real)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
 def test_clip_features_shapes_and_streaming(random_i3d, bikes_frames):
     clips = ClipFeatures(random_i3d, **SMALL)
     for chunk in bikes_frames[:11].split(3):  # arbitrary chunks; the 3-frame tail is dropped

@@ -6,7 +6,7 @@ import torch
 
 from lc4.metrics import cdc, cdc_from_histograms, channel_histograms, js_divergence
 
-from conftest import degrade
+from eval_helpers import degrade
 
 scipy_distance = pytest.importorskip("scipy.spatial.distance")
 

@@ -17,7 +17,7 @@ from lc4.metrics.fvd import ENV_VAR as I3D_ENV_VAR
 from lc4.metrics.i3d import InceptionI3d
 from lc4.metrics.lpips import ENV_VAR as LPIPS_ENV_VAR
 
-from conftest import degrade
+from eval_helpers import degrade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

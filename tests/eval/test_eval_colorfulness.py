@@ -6,7 +6,7 @@ import torch
 
 from lc4.metrics import colorfulness
 
-from conftest import to_tensor
+from eval_helpers import to_tensor
 
 
 def _reference(image: np.ndarray, absolute: bool) -> float:

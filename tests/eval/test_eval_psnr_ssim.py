@@ -6,7 +6,7 @@ import torch
 
 from lc4.metrics import psnr, ssim
 
-from conftest import to_tensor
+from eval_helpers import to_tensor
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

@@ -42,7 +42,7 @@ COLUMNS = {
 
 @dataclass
 class EvalOptions:
-    metrics: tuple[str, ...] = ("colorfulness", "psnr", "ssim", "cdc")
+    metrics: tuple[str, ...] = ("colorfulness", "psnr", "ssim", "cdc")  # the four needing no weights
     size: tuple[int, int] | None = (256, 256)  # None: native size (PRED and GT must agree)
     colorfulness_variant: str = "abs"
     lpips_weights: str | None = None
@@ -87,7 +87,8 @@ class EvalReport:
         for result in self.videos:
             cells = [result.name, str(result.frames)] + [_format(result.scores.get(m), m) for m in names]
             lines.append("| " + " | ".join(cells) + " |")
-        mean_cells = [f"**mean** ({len(self.videos)} videos)", str(sum(v.frames for v in self.videos))]
+        count = len(self.videos)
+        mean_cells = [f"**mean** ({count} video{'s' if count != 1 else ''})", str(sum(v.frames for v in self.videos))]
         lines.append("| " + " | ".join(mean_cells + [_format(self.mean.get(m), m) for m in names]) + " |")
         if "fvd" in self.options["metrics"]:
             lines += ["", f"{COLUMNS['fvd'][0]} (whole set): {_format(self.mean.get('fvd'), 'fvd')}"]
@@ -274,8 +275,6 @@ def _score_video(name: str, pred: Path, gt: Path, built: dict, options: EvalOpti
             metric.update(p, g)
     if frames == 0:
         raise ValueError("no frames")
-    if "cdc" in built and frames < 2:
-        raise ValueError("CDC needs at least 2 frames")
     scores = {key: metric.end_video() for key, metric in built.items()}
     for metric in built.values():
         metric.commit_video()

@@ -90,6 +90,13 @@ def _decode(path: Path) -> Iterator[av.VideoFrame]:
         yield from container.decode(stream)
 
 
+def _decode_image(path: Path) -> av.VideoFrame:
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            return frame
+    raise ValueError(f"source: {str(path)!r} holds no image")
+
+
 def iter_frames(source: PathLike, size: Size = None) -> Iterator[np.ndarray]:
     """Yields the frames of a video file or frame folder as ``(H, W, 3)`` RGB ``uint8`` arrays.
 
@@ -106,10 +113,7 @@ def iter_frames(source: PathLike, size: Size = None) -> Iterator[np.ndarray]:
         if not files:
             raise ValueError(f"source: {str(source)!r} holds no image files ({sorted(IMAGE_SUFFIXES)})")
         for file in files:
-            frame = next(_decode(file), None)
-            if frame is None:
-                raise ValueError(f"source: {str(file)!r} holds no image")
-            yield _to_rgb_array(frame, size)
+            yield _to_rgb_array(_decode_image(file), size)
     else:
         raise ValueError(
             f"source: expected a video file ({sorted(VIDEO_SUFFIXES)}) or a folder of frames, "

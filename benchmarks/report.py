@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ DEFAULT_DTYPES = {"cpu": "float32", "cuda": "float16,bfloat16"}
 TIMING = {
     # On CPU the memory measurement's two calls precede the timing and serve as its warm-up.
     "quick": measure.TimingPolicy(min_repeats=3, min_total_s=0.02, block_s=0.005, warmup_calls=0),
-    "cpu": measure.TimingPolicy(min_repeats=5, min_total_s=1.0, block_s=0.05, warmup_calls=0),
+    "cpu": measure.TimingPolicy(min_repeats=5, min_total_s=0.5, block_s=0.05, warmup_calls=0),
     "cuda": measure.TimingPolicy(min_repeats=10, min_total_s=0.5, block_s=0.02, warmup_calls=3),
 }
 SCHEMA_VERSION = 1
@@ -43,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repeats (CI smoke test)")
     parser.add_argument("--shapes", help=f"comma-separated shape sets ({', '.join(shapes.SHAPE_SETS)}) or case names")
-    parser.add_argument("--backends", help="comma-separated backends (default: all available); "
+    parser.add_argument("--backends", help="comma-separated backends (default: every available one that "
+                                           "auto may choose); "
                                            "'reference' is always measured, as the baseline of the ratios")
     parser.add_argument("--dtype", help="comma-separated dtypes (default: float32 on CPU, float16,bfloat16 on CUDA)")
     parser.add_argument("--check", action="store_true", help="verify every backend against the reference first")
@@ -62,7 +64,12 @@ def _dtypes(spec: str) -> list[torch.dtype]:
 
 
 def _backends(spec: str | None) -> list[str]:
-    names = K.available_backends() if spec is None else [n.strip().lower() for n in spec.split(",") if n.strip()]
+    """Named backends, or every available one that ``auto`` may pick (test-only backends such as
+    emulators are measured only when named)."""
+    if spec is None:
+        names = [n for n in K.available_backends() if K.get_backend(n).auto_selectable]
+    else:
+        names = [n.strip().lower() for n in spec.split(",") if n.strip()]
     for name in names:
         try:
             K.get_backend(name)
@@ -140,6 +147,7 @@ def write_index(root: Path) -> Path:
 
 
 def main(argv=None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = build_settings(args, device)
@@ -154,6 +162,7 @@ def main(argv=None) -> int:
         "shapes": [case.describe() for case in settings.cases],
         **outcome,
     }
+    doc["settings"]["wall_s"] = time.perf_counter() - started
     stem = _file_stem(args)
     directory = environment.results_dir(args.out, env["device"], stem)
     paths = write_outputs(doc, directory, stem)

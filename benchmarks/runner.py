@@ -3,6 +3,7 @@ backend side by side, then derives throughput and ratios from the measured media
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -55,7 +56,7 @@ def plan(settings: Settings) -> list[Group]:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc) or "out of memory" in str(exc)
+    return isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)) or "can't allocate memory" in str(exc) or "out of memory" in str(exc)
 
 
 def _release(device: torch.device) -> None:
@@ -110,12 +111,14 @@ def run_group(group: Group, settings: Settings, progress) -> list[dict]:
     rows = []
     for workload in workloads.workloads_for(group.op, inputs, group.backends):
         progress.set_postfix_str(f"{group.op} {group.case.name} {workload.label}", refresh=False)
+        started = time.perf_counter()
         ran = None if workload.is_lower_bound else K.backend_for(
             group.op, *workloads.op_arguments(group.op, inputs), backend=workload.label)
         row = {"op": group.op, "case": group.case.name, "dtype": str(group.dtype), "label": workload.label,
                "kind": "lower_bound" if workload.is_lower_bound else "backend", "ran_backend": ran,
                "auto_backend": auto_choice, "work": metrics.work_for(group.op, group.case, element_size),
                **measure_workload(workload, device, settings.policy)}
+        row["wall_s"] = time.perf_counter() - started  # the whole measurement, for budgeting runs
         rows.append(row)
         progress.update()
     del inputs

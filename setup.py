@@ -26,7 +26,7 @@ def _extensions():
     except ImportError:  # no torch at build time: pure-Python install, reference backend only
         return [], {}
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", *_cpu_arch_flags()]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", *_cpu_arch_flags()]
     ext = CppExtension(
         "lc4_kernels._C",
         sources,

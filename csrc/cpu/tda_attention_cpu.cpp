@@ -1,0 +1,291 @@
+// tda_attention on the CPU, FlashAttention-style.
+//
+// Forward: keys and values are sampled once per (batch, group) into small buffers
+// (B, heads, Nk, d), then each task (batch, head, block of queries) runs an online softmax over
+// blocks of keys. Only the output and a per-query log-sum-exp are kept; nothing of size Nq x Nk
+// is allocated. Tile products go to the BLAS behind at::mm (kept single-threaded inside
+// at::parallel_for), the softmax and everything else is fused here.
+//
+// Backward: probabilities are recomputed from the log-sum-exp. Tasks own (batch, head, chunk
+// of queries) and accumulate dk~/dv~ into per-chunk buffers reduced in a fixed order, so the
+// result has the same bits on every run whatever the thread count. dk~/dv~ are then scattered
+// into dk/dv through the trilinear weights (tasks own disjoint heads), and dpoints is reduced
+// from dk~/dv~ and the corner values.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/trilinear_math.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu/sequential_blas.h"
+#include "cpu/vec_math.h"
+
+namespace lc4::cpu {
+namespace {
+
+constexpr int64_t kForwardBlockQ = 128;
+constexpr int64_t kForwardBlockK = 512;
+constexpr int64_t kBackwardBlockQ = 128;
+constexpr int64_t kBackwardBlockK = 256;
+// The backward splits each (batch, head) into enough query chunks for about this many tasks;
+// fixed (not the thread count) so that the reduction order, and so the bits, never change.
+constexpr int64_t kBackwardTasks = 64;
+
+// A (rows x cols) row-major view of memory owned elsewhere, for the tile products.
+template <typename T>
+at::Tensor tile(const T* data, int64_t rows, int64_t cols, int64_t row_stride) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, {row_stride, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// Samples k and v at every key point into (B, heads, Nk, d) buffers.
+template <typename T>
+void sample_keys_values(const AttentionParams& p, std::vector<T>& k_sampled, std::vector<T>& v_sampled) {
+  const auto* k = static_cast<const T*>(p.k);
+  const auto* v = static_cast<const T*>(p.v);
+  const auto* points = static_cast<const T*>(p.points);
+  const int64_t voxels = p.T * p.H * p.W, d = p.d, Nk = p.Nk, heads = p.heads;
+  const int64_t per_group = heads / p.G;
+  k_sampled.assign(static_cast<size_t>(p.B * heads * Nk * d), T(0));
+  v_sampled.assign(k_sampled.size(), T(0));
+  at::parallel_for(0, p.B * Nk, 16, [&](int64_t begin, int64_t end) {
+    TrilinearPoint<T> tp;
+    for (int64_t bn = begin; bn < end; ++bn) {
+      const int64_t b = bn / Nk, n = bn % Nk;
+      for (int64_t g = 0; g < p.G; ++g) {
+        const T* xyt = points + (bn * p.G + g) * 3;
+        trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
+        for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
+          T* k_row = k_sampled.data() + ((b * heads + h) * Nk + n) * d;
+          T* v_row = v_sampled.data() + ((b * heads + h) * Nk + n) * d;
+          for (int corner = 0; corner < 8; ++corner) {
+            if (!tp.valid[corner]) continue;
+            const T w = tp.weight[corner];
+            const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
+#pragma omp simd
+            for (int64_t c = 0; c < d; ++c) {
+              k_row[c] += w * k[offset + c];
+              v_row[c] += w * v[offset + c];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void tda_attention_forward(const AttentionParams& p) {
+  std::vector<T> k_sampled, v_sampled;
+  sample_keys_values(p, k_sampled, v_sampled);
+  const auto* q = static_cast<const T*>(p.q);
+  auto* out = static_cast<T*>(p.out);
+  auto* lse = static_cast<T*>(p.lse);
+  const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, row_stride = heads * d;
+  const int64_t q_blocks = (Nq + kForwardBlockQ - 1) / kForwardBlockQ;
+  const T scale = static_cast<T>(p.scale);
+
+  at::parallel_for(0, p.B * heads * q_blocks, 1, [&](int64_t begin, int64_t end) {
+    const SequentialBlasScope sequential_blas;
+    std::vector<T> acc(kForwardBlockQ * d), scores(kForwardBlockQ * kForwardBlockK);
+    std::vector<T> row_max(kForwardBlockQ), row_sum(kForwardBlockQ);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / q_blocks, b = bh / heads, h = bh % heads;
+      const int64_t i0 = (task % q_blocks) * kForwardBlockQ, nq = std::min(kForwardBlockQ, Nq - i0);
+      const T* q_first = q + ((b * Nq + i0) * heads + h) * d;
+      const at::Tensor q_tile = tile(q_first, nq, d, row_stride);
+      at::Tensor acc_tile = tile(acc.data(), nq, d, d);
+      std::fill(acc.begin(), acc.end(), T(0));
+      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<T>::infinity());
+      std::fill(row_sum.begin(), row_sum.end(), T(0));
+
+      for (int64_t j0 = 0; j0 < Nk; j0 += kForwardBlockK) {
+        const int64_t nk = std::min(kForwardBlockK, Nk - j0);
+        const T* k_first = k_sampled.data() + (bh * Nk + j0) * d;
+        const T* v_first = v_sampled.data() + (bh * Nk + j0) * d;
+        at::Tensor score_tile = tile(scores.data(), nq, nk, nk);
+        // beta = 0: the tile's previous contents are ignored, NaN included.
+        at::addmm_out(score_tile, score_tile, q_tile, tile(k_first, nk, d, d).t(), /*beta=*/0, /*alpha=*/scale);
+        for (int64_t i = 0; i < nq; ++i) {
+          T* row = scores.data() + i * nk;
+          const T new_max = std::max(row_max[i], row_max_of(row, nk));
+          const T correction = std::exp(row_max[i] - new_max);
+          const T block_sum = exp_rows_and_sum(row, nk, T(1), new_max);
+          row_sum[i] = row_sum[i] * correction + block_sum;
+          row_max[i] = new_max;
+          T* a = acc.data() + i * d;
+#pragma omp simd
+          for (int64_t c = 0; c < d; ++c) a[c] *= correction;
+        }
+        acc_tile.addmm_(score_tile, tile(v_first, nk, d, d));
+      }
+      for (int64_t i = 0; i < nq; ++i) {
+        const T inv = T(1) / row_sum[i];
+        T* o = out + ((b * Nq + i0 + i) * heads + h) * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) o[c] = acc[i * d + c] * inv;
+        lse[bh * Nq + i0 + i] = row_max[i] + std::log(row_sum[i]);
+      }
+    }
+  });
+}
+
+template <typename T>
+void tda_attention_backward(const AttentionParams& p) {
+  std::vector<T> k_sampled, v_sampled;
+  sample_keys_values(p, k_sampled, v_sampled);
+  const auto* q = static_cast<const T*>(p.q);
+  const auto* k = static_cast<const T*>(p.k);
+  const auto* v = static_cast<const T*>(p.v);
+  const auto* points = static_cast<const T*>(p.points);
+  const auto* out = static_cast<const T*>(p.out);
+  const auto* lse = static_cast<const T*>(p.lse);
+  const auto* grad_out = static_cast<const T*>(p.grad_out);
+  auto* grad_q = static_cast<T*>(p.grad_q);
+  auto* grad_k = static_cast<T*>(p.grad_k);
+  auto* grad_v = static_cast<T*>(p.grad_v);
+  auto* grad_points = static_cast<T*>(p.grad_points);
+  const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, BH = p.B * heads, row_stride = heads * d;
+  const int64_t voxels = p.T * p.H * p.W, per_group = heads / p.G;
+  const T scale = static_cast<T>(p.scale);
+
+  const int64_t q_blocks = std::max<int64_t>(1, (Nq + kBackwardBlockQ - 1) / kBackwardBlockQ);
+  const int64_t chunks = std::max<int64_t>(1, std::min(q_blocks, kBackwardTasks / BH));
+  const int64_t blocks_per_chunk = (q_blocks + chunks - 1) / chunks;
+  std::vector<T> partial_dk(static_cast<size_t>(BH * chunks * Nk * d), T(0));
+  std::vector<T> partial_dv(partial_dk.size(), T(0));
+
+  at::parallel_for(0, BH * chunks, 1, [&](int64_t begin, int64_t end) {
+    const SequentialBlasScope sequential_blas;
+    std::vector<T> probs(kBackwardBlockQ * kBackwardBlockK), dscores(kBackwardBlockQ * kBackwardBlockK);
+    std::vector<T> dq(kBackwardBlockQ * d), row_lse(kBackwardBlockQ), row_delta(kBackwardBlockQ);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / chunks, chunk = task % chunks, b = bh / heads, h = bh % heads;
+      const int64_t first_block = chunk * blocks_per_chunk;
+      const int64_t last_block = std::min(q_blocks, first_block + blocks_per_chunk);
+      for (int64_t block = first_block; block < last_block; ++block) {
+        const int64_t i0 = block * kBackwardBlockQ;
+        const int64_t nq = std::max<int64_t>(0, std::min(kBackwardBlockQ, Nq - i0));
+        if (nq == 0) continue;
+        const int64_t first_row = ((b * Nq + i0) * heads + h) * d;
+        for (int64_t i = 0; i < nq; ++i) {
+          const T* go = grad_out + first_row + i * row_stride;
+          const T* o = out + first_row + i * row_stride;
+          T delta = 0;
+#pragma omp simd reduction(+ : delta)
+          for (int64_t c = 0; c < d; ++c) delta += go[c] * o[c];
+          row_delta[i] = delta;
+          row_lse[i] = lse[bh * Nq + i0 + i];
+        }
+        const at::Tensor q_tile = tile(q + first_row, nq, d, row_stride);
+        const at::Tensor do_tile = tile(grad_out + first_row, nq, d, row_stride);
+        at::Tensor dq_tile = tile(dq.data(), nq, d, d);
+        dq_tile.zero_();
+        for (int64_t j0 = 0; j0 < Nk; j0 += kBackwardBlockK) {
+          const int64_t nk = std::min(kBackwardBlockK, Nk - j0);
+          const at::Tensor k_tile = tile(k_sampled.data() + (bh * Nk + j0) * d, nk, d, d);
+          const at::Tensor v_tile = tile(v_sampled.data() + (bh * Nk + j0) * d, nk, d, d);
+          at::Tensor p_tile = tile(probs.data(), nq, nk, nk);
+          at::Tensor ds_tile = tile(dscores.data(), nq, nk, nk);
+          at::mm_out(p_tile, q_tile, k_tile.t());
+          at::mm_out(ds_tile, do_tile, v_tile.t());
+          for (int64_t i = 0; i < nq; ++i) {
+            T* p_row = probs.data() + i * nk;
+            T* ds_row = dscores.data() + i * nk;
+            softmax_backward_row(p_row, ds_row, nk, scale, row_lse[i], row_delta[i]);
+          }
+          tile(partial_dv.data() + (task * Nk + j0) * d, nk, d, d).addmm_(p_tile.t(), do_tile);
+          tile(partial_dk.data() + (task * Nk + j0) * d, nk, d, d).addmm_(ds_tile.t(), q_tile);
+          dq_tile.addmm_(ds_tile, k_tile);
+        }
+        for (int64_t i = 0; i < nq; ++i) std::copy_n(dq.data() + i * d, d, grad_q + first_row + i * row_stride);
+      }
+    }
+  });
+
+  // Reduce the chunks in a fixed order into chunk 0: dk~ and dv~ of shape (B, heads, Nk, d).
+  if (chunks > 1) {
+    at::parallel_for(0, BH * Nk, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t bhn = begin; bhn < end; ++bhn) {
+        const int64_t bh = bhn / Nk, n = bhn % Nk;
+        T* dk0 = partial_dk.data() + ((bh * chunks) * Nk + n) * d;
+        T* dv0 = partial_dv.data() + ((bh * chunks) * Nk + n) * d;
+        for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+          const T* dk1 = partial_dk.data() + ((bh * chunks + chunk) * Nk + n) * d;
+          const T* dv1 = partial_dv.data() + ((bh * chunks + chunk) * Nk + n) * d;
+#pragma omp simd
+          for (int64_t c = 0; c < d; ++c) {
+            dk0[c] += dk1[c];
+            dv0[c] += dv1[c];
+          }
+        }
+      }
+    });
+  }
+  auto sampled_grad = [&](const std::vector<T>& partial, int64_t bh, int64_t n) {
+    return partial.data() + ((bh * chunks) * Nk + n) * d;
+  };
+
+  // Scatter dk~/dv~ into dk/dv through the trilinear weights; a task owns one (batch, head).
+  at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
+    TrilinearPoint<T> tp;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads, g = h / per_group;
+      for (int64_t n = 0; n < Nk; ++n) {
+        const T* xyt = points + ((b * Nk + n) * p.G + g) * 3;
+        trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
+        const T* dk_s = sampled_grad(partial_dk, bh, n);
+        const T* dv_s = sampled_grad(partial_dv, bh, n);
+        for (int corner = 0; corner < 8; ++corner) {
+          if (!tp.valid[corner]) continue;
+          const T w = tp.weight[corner];
+          const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
+#pragma omp simd
+          for (int64_t c = 0; c < d; ++c) {
+            grad_k[offset + c] += w * dk_s[c];
+            grad_v[offset + c] += w * dv_s[c];
+          }
+        }
+      }
+    }
+  });
+
+  // dpoints[b, n, g] = sum over the group's heads and the corners of dweight * <dk~, k> + <dv~, v>.
+  at::parallel_for(0, p.B * Nk, 16, [&](int64_t begin, int64_t end) {
+    TrilinearPoint<T> tp;
+    for (int64_t bn = begin; bn < end; ++bn) {
+      const int64_t b = bn / Nk, n = bn % Nk;
+      for (int64_t g = 0; g < p.G; ++g) {
+        const T* xyt = points + (bn * p.G + g) * 3;
+        trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
+        T grad[3] = {0, 0, 0};
+        for (int corner = 0; corner < 8; ++corner) {
+          if (!tp.valid[corner]) continue;
+          T dot = 0;
+          for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
+            const T* dk_s = sampled_grad(partial_dk, b * heads + h, n);
+            const T* dv_s = sampled_grad(partial_dv, b * heads + h, n);
+            const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t c = 0; c < d; ++c) dot += dk_s[c] * k[offset + c] + dv_s[c] * v[offset + c];
+          }
+          for (int axis = 0; axis < 3; ++axis) grad[axis] += tp.dweight[corner][axis] * dot;
+        }
+        for (int axis = 0; axis < 3; ++axis) grad_points[(bn * p.G + g) * 3 + axis] = grad[axis];
+      }
+    }
+  });
+}
+
+template void tda_attention_forward<float>(const AttentionParams&);
+template void tda_attention_forward<double>(const AttentionParams&);
+template void tda_attention_backward<float>(const AttentionParams&);
+template void tda_attention_backward<double>(const AttentionParams&);
+
+}  // namespace lc4::cpu

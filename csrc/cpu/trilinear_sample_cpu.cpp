@@ -1,0 +1,105 @@
+// trilinear_sample on the CPU: forward gathers 8 channel vectors per point; backward scatters
+// into grad_value in a fixed order (tasks own disjoint (batch, group, channel-chunk) slices, so
+// no atomics and the same bits on every run) and reduces grad_points over channels.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "common/trilinear_math.h"
+#include "cpu/cpu_kernels.h"
+
+namespace lc4::cpu {
+namespace {
+constexpr int64_t kChannelChunk = 64;
+}
+
+template <typename scalar_t>
+void trilinear_sample_forward(const SampleParams& p) {
+  const auto* value = static_cast<const scalar_t*>(p.value);
+  const auto* points = static_cast<const scalar_t*>(p.points);
+  auto* out = static_cast<scalar_t*>(p.out);
+  const int64_t voxels = p.T * p.H * p.W;
+  at::parallel_for(0, p.B * p.P, 16, [&](int64_t begin, int64_t end) {
+    TrilinearPoint<scalar_t> tp;
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const int64_t b = bp / p.P;
+      for (int64_t g = 0; g < p.G; ++g) {
+        const scalar_t* xyt = points + (bp * p.G + g) * 3;
+        trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
+        scalar_t* o = out + (bp * p.G + g) * p.C;
+        std::fill(o, o + p.C, scalar_t(0));
+        for (int corner = 0; corner < 8; ++corner) {
+          if (!tp.valid[corner]) continue;
+          const scalar_t w = tp.weight[corner];
+          const scalar_t* src = value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
+#pragma omp simd
+          for (int64_t c = 0; c < p.C; ++c) o[c] += w * src[c];
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void trilinear_sample_backward(const SampleParams& p) {
+  const auto* value = static_cast<const scalar_t*>(p.value);
+  const auto* points = static_cast<const scalar_t*>(p.points);
+  const auto* grad_out = static_cast<const scalar_t*>(p.grad_out);
+  auto* grad_value = static_cast<scalar_t*>(p.grad_value);
+  auto* grad_points = static_cast<scalar_t*>(p.grad_points);
+  const int64_t voxels = p.T * p.H * p.W;
+  const int64_t chunks = (p.C + kChannelChunk - 1) / kChannelChunk;
+
+  at::parallel_for(0, p.B * p.G * chunks, 1, [&](int64_t begin, int64_t end) {
+    TrilinearPoint<scalar_t> tp;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t chunk = task % chunks;
+      const int64_t g = (task / chunks) % p.G;
+      const int64_t b = task / (chunks * p.G);
+      const int64_t c0 = chunk * kChannelChunk, c1 = std::min(p.C, c0 + kChannelChunk);
+      for (int64_t i = 0; i < p.P; ++i) {
+        const int64_t bpg = (b * p.P + i) * p.G + g;
+        const scalar_t* xyt = points + bpg * 3;
+        trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
+        const scalar_t* go = grad_out + bpg * p.C;
+        for (int corner = 0; corner < 8; ++corner) {
+          if (!tp.valid[corner]) continue;
+          const scalar_t w = tp.weight[corner];
+          scalar_t* dst = grad_value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
+#pragma omp simd
+          for (int64_t c = c0; c < c1; ++c) dst[c] += w * go[c];
+        }
+      }
+    }
+  });
+
+  at::parallel_for(0, p.B * p.P, 16, [&](int64_t begin, int64_t end) {
+    TrilinearPoint<scalar_t> tp;
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const int64_t b = bp / p.P;
+      for (int64_t g = 0; g < p.G; ++g) {
+        const int64_t bpg = bp * p.G + g;
+        const scalar_t* xyt = points + bpg * 3;
+        trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
+        const scalar_t* go = grad_out + bpg * p.C;
+        scalar_t grad[3] = {0, 0, 0};
+        for (int corner = 0; corner < 8; ++corner) {
+          if (!tp.valid[corner]) continue;
+          const scalar_t* src = value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
+          scalar_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t c = 0; c < p.C; ++c) dot += go[c] * src[c];
+          for (int axis = 0; axis < 3; ++axis) grad[axis] += tp.dweight[corner][axis] * dot;
+        }
+        for (int axis = 0; axis < 3; ++axis) grad_points[bpg * 3 + axis] = grad[axis];
+      }
+    }
+  });
+}
+
+template void trilinear_sample_forward<float>(const SampleParams&);
+template void trilinear_sample_forward<double>(const SampleParams&);
+template void trilinear_sample_backward<float>(const SampleParams&);
+template void trilinear_sample_backward<double>(const SampleParams&);
+
+}  // namespace lc4::cpu

@@ -1,0 +1,196 @@
+// Torch glue for the lc4 ops: schemas (registered once), checks, allocation, dtype dispatch,
+// and the per-backend registrations. Kernels live in csrc/cpu (and csrc/cuda later) and see
+// only the plain params structs of common/params.h.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "common/params.h"
+#include "cpu/cpu_kernels.h"
+
+namespace lc4 {
+namespace {
+
+at::ScalarType accumulation_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ", t.scalar_type());
+}
+
+void check_sample(const at::Tensor& value, const at::Tensor& points) {
+  check_float(value, "value");
+  check_float(points, "points");
+  TORCH_CHECK_VALUE(value.dim() == 6, "value must be (B, T, H, W, G, C), got ", value.sizes());
+  TORCH_CHECK_VALUE(points.dim() == 4 && points.size(3) == 3 && points.size(0) == value.size(0) &&
+                        points.size(2) == value.size(4),
+                    "points must be (B, P, G, 3) matching value ", value.sizes(), ", got ", points.sizes());
+  TORCH_CHECK_VALUE(value.size(1) > 0 && value.size(2) > 0 && value.size(3) > 0,
+                    "value must have non-empty T, H, W axes, got ", value.sizes());
+  TORCH_CHECK_VALUE(value.device() == points.device(), "value and points must be on one device");
+}
+
+void check_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& points) {
+  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&points, "points"}}) check_float(*t, name);
+  TORCH_CHECK_VALUE(q.dim() == 4, "q must be (B, Nq, heads, d), got ", q.sizes());
+  TORCH_CHECK_VALUE(k.dim() == 6 && k.size(0) == q.size(0) && k.size(4) == q.size(2) && k.size(5) == q.size(3),
+                    "k must be (B, T, H, W, heads, d) matching q ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v must have the shape of k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK_VALUE(k.size(1) > 0 && k.size(2) > 0 && k.size(3) > 0,
+                    "k must have non-empty T, H, W axes, got ", k.sizes());
+  TORCH_CHECK_VALUE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                    "q, k and v must share one dtype");
+  TORCH_CHECK_VALUE(points.dim() == 4 && points.size(3) == 3 && points.size(0) == q.size(0) && points.size(1) > 0,
+                    "points must be (B, Nk, G, 3) with Nk > 0, got ", points.sizes());
+  TORCH_CHECK_VALUE(points.size(2) > 0 && q.size(2) % points.size(2) == 0,
+                    "points must be (B, Nk, G, 3) with G dividing heads=", q.size(2), ", got ", points.sizes());
+  for (const at::Tensor* t : {&k, &v, &points})
+    TORCH_CHECK_VALUE(t->device() == q.device(), "q, k, v and points must be on one device");
+}
+
+SampleParams sample_params(const at::Tensor& value, const at::Tensor& points) {
+  SampleParams p;
+  p.value = value.data_ptr();
+  p.points = points.data_ptr();
+  p.B = value.size(0);
+  p.T = value.size(1);
+  p.H = value.size(2);
+  p.W = value.size(3);
+  p.G = value.size(4);
+  p.C = value.size(5);
+  p.P = points.size(1);
+  return p;
+}
+
+AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& points, double scale) {
+  AttentionParams p;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.points = points.data_ptr();
+  p.B = q.size(0);
+  p.Nq = q.size(1);
+  p.heads = q.size(2);
+  p.d = q.size(3);
+  p.T = k.size(1);
+  p.H = k.size(2);
+  p.W = k.size(3);
+  p.G = points.size(2);
+  p.Nk = points.size(1);
+  p.scale = scale;
+  p.deterministic = at::globalContext().deterministicAlgorithms();
+  return p;
+}
+
+#define LC4_DISPATCH_CPU(dtype, NAME, ...)                                                      \
+  [&] {                                                                                         \
+    if ((dtype) == at::kFloat) {                                                                \
+      using scalar_t = float;                                                                   \
+      __VA_ARGS__();                                                                            \
+    } else if ((dtype) == at::kDouble) {                                                        \
+      using scalar_t = double;                                                                  \
+      __VA_ARGS__();                                                                            \
+    } else {                                                                                    \
+      TORCH_CHECK_VALUE(false, NAME, ": the cpu backend supports float32 and float64, got ", dtype); \
+    }                                                                                           \
+  }()
+
+at::Tensor trilinear_sample_cpu(const at::Tensor& value_in, const at::Tensor& points_in) {
+  check_sample(value_in, points_in);
+  const auto value = value_in.contiguous();
+  const auto points = points_in.to(accumulation_type(value.scalar_type())).contiguous();
+  auto out = at::empty({value.size(0), points.size(1), value.size(4), value.size(5)}, value.options());
+  SampleParams p = sample_params(value, points);
+  p.out = out.data_ptr();
+  LC4_DISPATCH_CPU(value.scalar_type(), "trilinear_sample", [&] { cpu::trilinear_sample_forward<scalar_t>(p); });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> trilinear_sample_backward_cpu(const at::Tensor& grad_out, const at::Tensor& value_in,
+                                                                 const at::Tensor& points_in) {
+  check_sample(value_in, points_in);
+  const auto value = value_in.contiguous();
+  const auto points = points_in.to(accumulation_type(value.scalar_type())).contiguous();
+  const auto go = grad_out.to(value.scalar_type()).contiguous();
+  TORCH_CHECK_VALUE(go.dim() == 4 && go.size(0) == value.size(0) && go.size(1) == points.size(1) &&
+                        go.size(2) == value.size(4) && go.size(3) == value.size(5),
+                    "grad_out must be (B, P, G, C), got ", grad_out.sizes());
+  auto grad_value = at::zeros_like(value);
+  auto grad_points = at::empty_like(points);
+  SampleParams p = sample_params(value, points);
+  p.grad_out = go.data_ptr();
+  p.grad_value = grad_value.data_ptr();
+  p.grad_points = grad_points.data_ptr();
+  LC4_DISPATCH_CPU(value.scalar_type(), "trilinear_sample_backward",
+                   [&] { cpu::trilinear_sample_backward<scalar_t>(p); });
+  return {grad_value, grad_points.to(points_in.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> tda_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                     const at::Tensor& v_in, const at::Tensor& points_in,
+                                                     double scale) {
+  check_attention(q_in, k_in, v_in, points_in);
+  const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const auto acc = accumulation_type(q.scalar_type());
+  const auto points = points_in.to(acc).contiguous();
+  auto out = at::empty_like(q);
+  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(acc));
+  AttentionParams p = attention_params(q, k, v, points, scale);
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr();
+  LC4_DISPATCH_CPU(q.scalar_type(), "tda_attention", [&] { cpu::tda_attention_forward<scalar_t>(p); });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& points_in, const at::Tensor& out_in, const at::Tensor& lse_in, double scale) {
+  check_attention(q_in, k_in, v_in, points_in);
+  const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const auto acc = accumulation_type(q.scalar_type());
+  const auto points = points_in.to(acc).contiguous();
+  const auto out = out_in.contiguous();
+  const auto lse = lse_in.to(acc).contiguous();
+  const auto go = grad_out.to(q.scalar_type()).contiguous();
+  TORCH_CHECK_VALUE(go.sizes() == q.sizes() && out.sizes() == q.sizes(), "grad_out and out must have q's shape ",
+                    q.sizes());
+  TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(2) && lse.size(2) == q.size(1),
+                    "lse must be (B, heads, Nq), got ", lse.sizes());
+  auto grad_q = at::empty_like(q);
+  auto grad_k = at::zeros_like(k);
+  auto grad_v = at::zeros_like(v);
+  auto grad_points = at::empty_like(points);
+  AttentionParams p = attention_params(q, k, v, points, scale);
+  p.out = const_cast<void*>(out.data_ptr());
+  p.lse = const_cast<void*>(lse.data_ptr());
+  p.grad_out = go.data_ptr();
+  p.grad_q = grad_q.data_ptr();
+  p.grad_k = grad_k.data_ptr();
+  p.grad_v = grad_v.data_ptr();
+  p.grad_points = grad_points.data_ptr();
+  LC4_DISPATCH_CPU(q.scalar_type(), "tda_attention_backward", [&] { cpu::tda_attention_backward<scalar_t>(p); });
+  return {grad_q, grad_k, grad_v, grad_points.to(points_in.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lc4, m) {
+  m.def("trilinear_sample(Tensor value, Tensor points) -> Tensor");
+  m.def("trilinear_sample_backward(Tensor grad_out, Tensor value, Tensor points) -> (Tensor, Tensor)");
+  m.def("tda_attention(Tensor q, Tensor k, Tensor v, Tensor points, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "tda_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor points, Tensor out, "
+      "Tensor lse, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(lc4, CPU, m) {
+  m.impl("trilinear_sample", &trilinear_sample_cpu);
+  m.impl("trilinear_sample_backward", &trilinear_sample_backward_cpu);
+  m.impl("tda_attention", &tda_attention_cpu);
+  m.impl("tda_attention_backward", &tda_attention_backward_cpu);
+}
+
+}  // namespace lc4
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.doc() = "lc4 compiled ops (registered under torch.ops.lc4)"; }

@@ -1,0 +1,141 @@
+"""Every compiled backend against the reference path: forward, all four gradients, float64
+gradcheck, edge coordinates, determinism, empty queries, strided inputs."""
+import pytest
+import torch
+
+import lc4_kernels
+
+from .cases import (TOLERANCES, assert_close, attention_inputs, compiled_backend_cases, run_with_grads,
+                    sample_inputs)
+
+BACKENDS_F32 = compiled_backend_cases(torch.float32)
+BACKENDS_F64 = compiled_backend_cases(torch.float64)
+ATTENTION_SHAPES = [
+    dict(),                                                    # Nq, Nk not multiples of any block
+    dict(B=2, Nq=130, Nk=300, heads=2, d=40, G=1),
+    dict(Nq=257, Nk=517, heads=8, d=64, G=8, T=2, H=6, W=7),  # G = heads, Nk past a block of 512
+    dict(Nq=19, Nk=23, heads=2, d=80, G=2, T=1),               # single frame
+    dict(Nq=19, Nk=23, heads=2, d=160, G=1, H=1, W=9),         # a 1-pixel-high volume
+    dict(Nq=5, Nk=7, heads=3, d=8, G=3, T=1, H=1, W=1),        # a single voxel
+]
+SAMPLE_SHAPES = [dict(), dict(B=1, P=300, G=1, C=40, T=8, H=9, W=7), dict(T=1, H=1, W=1, C=3),
+                 dict(B=1, P=70, G=4, C=160, T=2, H=3, W=4)]
+
+
+def _ids(shapes):
+    return [",".join(f"{k}={v}" for k, v in s.items()) or "default" for s in shapes]
+
+
+def _attention(backend):
+    return lambda q, k, v, p: lc4_kernels.tda_attention(q, k, v, p, backend=backend)
+
+
+def _sample(backend):
+    return lambda value, p: lc4_kernels.trilinear_sample(value, p, backend=backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=_ids(ATTENTION_SHAPES))
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_attention_matches_reference(backend, device, shape, dtype):
+    if (backend, device) not in compiled_backend_cases(dtype, shape.get("d", 8)):
+        pytest.skip(f"{backend} does not run {dtype} on {device}")
+    inputs = attention_inputs(**shape, dtype=dtype, device=device)
+    out, grads = run_with_grads(_attention(backend), inputs)
+    # The oracle runs in float64 on the same values.
+    ref_out, ref_grads = run_with_grads(_attention("reference"), [t.double() for t in inputs])
+    assert torch.isfinite(out).all()
+    assert_close(out, ref_out.to(out.dtype), dtype, "out")
+    for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+        assert_close(g, ref_g.to(g.dtype), dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SAMPLE_SHAPES, ids=_ids(SAMPLE_SHAPES))
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_sample_matches_reference(backend, device, shape, dtype):
+    if (backend, device) not in compiled_backend_cases(dtype):
+        pytest.skip(f"{backend} does not run {dtype} on {device}")
+    inputs = sample_inputs(**shape, dtype=dtype, device=device)
+    out, grads = run_with_grads(_sample(backend), inputs)
+    ref_out, ref_grads = run_with_grads(_sample("reference"), [t.double() for t in inputs])
+    assert_close(out, ref_out.to(out.dtype), dtype, "out")
+    for name, g, ref_g in zip(("dvalue", "dpoints"), grads, ref_grads):
+        assert_close(g, ref_g.to(g.dtype), dtype, name)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS_F64)
+def test_gradcheck_float64(backend, device):
+    # Points off the integer kinks (finite differences cannot cross them) and inside or partly outside.
+    q, k, v, points = attention_inputs(Nq=6, Nk=7, heads=2, d=3, G=2, T=2, H=3, W=3, dtype=torch.float64,
+                                       device=device, special_fraction=0)
+    points = points.round() + 0.3141
+    for t in (q, k, v, points):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(_attention(backend), (q, k, v, points))
+    value, sample_points = sample_inputs(B=1, P=9, G=2, C=3, dtype=torch.float64, device=device, special_fraction=0)
+    sample_points = (sample_points.round() + 0.2718).requires_grad_(True)
+    assert torch.autograd.gradcheck(_sample(backend), (value.requires_grad_(True), sample_points))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_five_dim_sample_form(backend, device):
+    value, points = sample_inputs(G=1, device=device)
+    out = lc4_kernels.trilinear_sample(value[..., 0, :], points[:, :, 0], backend=backend)
+    assert out.shape == (value.shape[0], points.shape[1], value.shape[-1])
+    assert_close(out, lc4_kernels.trilinear_sample(value, points, backend="reference")[:, :, 0], torch.float32, "out")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_non_finite_points_give_zero_samples_and_gradients(backend, device):
+    q, k, v, points = attention_inputs(Nq=9, Nk=6, heads=2, d=8, G=1, device=device, special_fraction=0)
+    points[0, 1, 0, 0] = float("nan")
+    points[0, 2, 0, 1] = float("inf")
+    points[0, 3, 0, 2] = -1e30
+    points[0, 4, 0] = 1e30
+    out, (dq, dk, dv, dpoints) = run_with_grads(_attention(backend), (q, k, v, points))
+    for t in (out, dq, dk, dv, dpoints):
+        assert torch.isfinite(t).all()
+    assert (dpoints[0, 1:5] == 0).all()
+    sampled = lc4_kernels.trilinear_sample(k[..., :1, :], points, backend=backend)
+    assert (sampled[0, 1:5] == 0).all() and (sampled[0, 0] != 0).any()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts(backend, device):
+    inputs = attention_inputs(Nq=300, Nk=140, heads=2, d=40, G=1, device=device)
+    first = run_with_grads(_attention(backend), inputs)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        second = run_with_grads(_attention(backend), inputs)
+    finally:
+        torch.set_num_threads(threads)
+    third = run_with_grads(_attention(backend), inputs)
+    for a, b, c in zip([first[0], *first[1]], [second[0], *second[1]], [third[0], *third[1]]):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_empty_queries(backend, device):
+    q, k, v, points = attention_inputs(Nq=0, device=device)
+    out, (dq, dk, dv, dpoints) = run_with_grads(_attention(backend), (q, k, v, points))
+    assert out.shape == q.shape
+    assert dq.shape == q.shape
+    assert (dk == 0).all() and (dv == 0).all() and (dpoints == 0).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_strided_inputs(backend, device):
+    q, k, v, points = attention_inputs(Nq=20, Nk=9, heads=2, d=8, device=device)
+    q_strided = q.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other memory order
+    k_strided = k[..., :].permute(0, 1, 3, 2, 4, 5).contiguous().permute(0, 1, 3, 2, 4, 5)
+    expected = lc4_kernels.tda_attention(q, k, v, points, backend="reference")
+    assert not q_strided.is_contiguous() and not k_strided.is_contiguous()
+    assert_close(lc4_kernels.tda_attention(q_strided, k_strided, v, points, backend=backend), expected,
+                 torch.float32, "out")
+
+
+def test_tolerance_table_covers_every_dtype_a_backend_declares():
+    for name in lc4_kernels.available_backends():
+        assert set(lc4_kernels.get_backend(name).dtypes) <= set(TOLERANCES)

@@ -1,33 +1,16 @@
 """pytest-benchmark suites over the same workloads as the report.
 
 ``pytest benchmarks/ --benchmark-only`` measures every available backend and the lower bound
-for each case of a shape set; results are grouped so that each table compares the backends of
+for each case of a shape set (test-only backends are left out, as in the report); results are grouped so that each table compares the backends of
 one (op, case, dtype, mode). Environment variables choose what runs:
 ``LC4_BENCH_SHAPES`` (a set or case names, as ``--shapes``; default: the report's default set),
 ``LC4_BENCH_DTYPE`` (default float32 on CPU, float16 on CUDA), ``LC4_BENCH_DEVICE``.
 """
 from __future__ import annotations
 
-import os
-
-import pytest
-import torch
-
-import lc4_kernels as K
-from benchmarks import check, measure, shapes, workloads
-from benchmarks.report import DTYPES
-
-
-def bench_device() -> torch.device:
-    return torch.device(os.environ.get("LC4_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def bench_dtype(device: torch.device) -> torch.dtype:
-    return DTYPES[os.environ.get("LC4_BENCH_DTYPE") or ("float16" if device.type == "cuda" else "float32")]
-
-
-def bench_cases(device: torch.device) -> list[shapes.Case]:
-    return shapes.resolve(os.environ.get("LC4_BENCH_SHAPES") or shapes.default_set(device.type, quick=False))
+from benchmarks import workloads
+from benchmarks.report import default_backends
+from benchmarks.suite import bench_cases, bench_device
 
 
 def pytest_generate_tests(metafunc):
@@ -36,30 +19,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("bench_case", cases, ids=[c.name for c in cases])
     if "bench_label" in metafunc.fixturenames:
         op = metafunc.module.OP
-        labels = [workloads.LOWER_BOUND[op], *K.available_backends()]
+        labels = [workloads.LOWER_BOUND[op], *default_backends()]
         metafunc.parametrize("bench_label", labels)
     if "bench_mode" in metafunc.fixturenames:
         metafunc.parametrize("bench_mode", ["fwd", "fwd_bwd"])
-
-
-def run_benchmark(benchmark, op: str, case: shapes.Case, label: str, mode: str) -> None:
-    device = bench_device()
-    dtype = bench_dtype(device)
-    if label != workloads.LOWER_BOUND[op]:
-        reason = K.get_backend(label).unsupported_reason(device, dtype, case.head_dim if op == workloads.ATTENTION else None)
-        if reason:
-            pytest.skip(f"{label}: {reason}")
-    inputs = check.make_inputs(op, case, device, dtype)
-    bound, *backends = workloads.workloads_for(op, inputs, [] if label == workloads.LOWER_BOUND[op] else [label])
-    workload = backends[0] if backends else bound
-    step = workload.forward if mode == "fwd" else workload.forward_backward
-
-    def synchronised():
-        step()
-        measure.synchronize(device)
-
-    benchmark.group = f"{op} {case.name} {str(dtype).removeprefix('torch.')} {mode}"
-    benchmark.extra_info.update(case.describe())
-    benchmark.extra_info["ran_backend"] = None if workload.is_lower_bound else K.backend_for(
-        op, *workloads.op_arguments(op, inputs), backend=label)
-    benchmark.pedantic(synchronised, warmup_rounds=1, rounds=int(os.environ.get("LC4_BENCH_ROUNDS", "5")))

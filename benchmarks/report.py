@@ -63,11 +63,15 @@ def _dtypes(spec: str) -> list[torch.dtype]:
         raise SystemExit(f"unknown dtype {exc.args[0]!r}; choose from {', '.join(DTYPES)}")
 
 
+def default_backends() -> list[str]:
+    """Every available backend that ``auto`` may pick; test-only backends such as emulators are
+    measured only when named."""
+    return [n for n in K.available_backends() if K.get_backend(n).auto_selectable]
+
+
 def _backends(spec: str | None) -> list[str]:
-    """Named backends, or every available one that ``auto`` may pick (test-only backends such as
-    emulators are measured only when named)."""
     if spec is None:
-        names = [n for n in K.available_backends() if K.get_backend(n).auto_selectable]
+        names = default_backends()
     else:
         names = [n.strip().lower() for n in spec.split(",") if n.strip()]
     for name in names:
@@ -130,9 +134,10 @@ def write_outputs(doc: dict, directory: Path, stem: str) -> dict[str, Path]:
 
 
 def write_index(root: Path) -> Path:
-    """``root/README.md``: the latest report of each device found under ``root``."""
+    """``root/README.md``: links to the full report (``report.md``, not quick or custom runs) of
+    each device found under ``root``."""
     entries = []
-    for path in sorted(root.glob("*/report*.json")):
+    for path in sorted(root.glob("*/report.json")):
         try:
             env = json.loads(path.read_text())["environment"]
             name = env["device"]["name"]

@@ -1,5 +1,5 @@
 """pytest-benchmark: tda_attention per backend and SDPA on pre-sampled k~/v~ (see conftest.py)."""
-from benchmarks.conftest import run_benchmark
+from benchmarks.suite import run_benchmark
 from benchmarks.workloads import ATTENTION
 
 OP = ATTENTION

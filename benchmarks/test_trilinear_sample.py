@@ -1,5 +1,5 @@
 """pytest-benchmark: trilinear_sample per backend and F.grid_sample (see conftest.py)."""
-from benchmarks.conftest import run_benchmark
+from benchmarks.suite import run_benchmark
 from benchmarks.workloads import SAMPLE
 
 OP = SAMPLE

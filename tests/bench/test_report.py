@@ -55,7 +55,6 @@ def test_outputs_written_next_to_each_other(checked_run):
     assert (folder / "report-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (folder / "report-quick.md").read_text()
     assert "| sdpa (lower bound) |" in markdown and "## Memory scaling" in markdown
-    assert f"{folder.name}/report-quick.md" in (folder.parent / "README.md").read_text()
 
 
 def test_json_environment_fields(checked_run):
@@ -138,6 +137,9 @@ def test_results_of_another_device_are_never_overwritten(tmp_path):
     other.parent.mkdir(parents=True)
     foreign = {"environment": {"device": {**me, "name": "Some Other CPU", "threads": 64}}}
     other.write_text(json.dumps(foreign))
+    gpu_report = tmp_path / "some-gpu" / "report.json"
+    gpu_report.parent.mkdir()
+    gpu_report.write_text(json.dumps({"environment": {"device": {"name": "Some GPU"}, "date": "2026-01-01"}}))
     status = report.main(["--quick", "--shapes", "quick-4x4-d80", "--backends", "reference", "--no-memory-scaling",
                           "--device", "cpu", "--out", str(tmp_path)])
     assert status == 0
@@ -145,3 +147,5 @@ def test_results_of_another_device_are_never_overwritten(tmp_path):
     written = json.loads((tmp_path / f"{me['slug']}-2" / "report-quick.json").read_text())
     assert written["environment"]["device"]["name"] == me["name"]
     assert [r["label"] for r in written["results"] if r["op"] == "tda_attention"] == ["sdpa", "reference"]
+    index = (tmp_path / "README.md").read_text()  # links full reports only, never quick runs
+    assert "[some-gpu/report.md](some-gpu/report.md)" in index and "report-quick" not in index

@@ -8,7 +8,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -64,7 +63,7 @@ def _triton_version() -> Optional[str]:
     return getattr(triton, "__version__", "unknown")
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, arguments: list[str]) -> dict:
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "device": device_info(device),
@@ -77,7 +76,7 @@ def environment(device: torch.device) -> dict:
         "commit": _git("rev-parse", "HEAD"),
         "commit_dirty": None if status is None else bool(status),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.report", *sys.argv[1:]]),
+        "command": " ".join(["python -m benchmarks.report", *arguments]),
     }
 
 

@@ -155,8 +155,10 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch has no usable CUDA device")
     settings = build_settings(args, device)
-    env = environment.environment(device)
+    env = environment.environment(device, sys.argv[1:] if argv is None else list(argv))
     outcome = run(settings, args.check)
     doc = {
         "schema_version": SCHEMA_VERSION,

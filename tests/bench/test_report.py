@@ -61,6 +61,7 @@ def test_json_environment_fields(checked_run):
     _, doc, _ = checked_run
     env = doc["environment"]
     assert env["device"]["type"] == "cpu" and env["device"]["name"]
+    assert env["command"].startswith("python -m benchmarks.report --quick --check")
     assert env["torch"] == torch.__version__
     assert "triton" in env and env["cuda"] == torch.version.cuda
     assert env["commit"] is None or len(env["commit"]) == 40

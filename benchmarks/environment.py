@@ -75,6 +75,8 @@ def environment(device: torch.device, arguments: list[str]) -> dict:
         "platform": platform.platform(),
         "commit": _git("rev-parse", "HEAD"),
         "commit_dirty": None if status is None else bool(status),
+        # Other work on the machine inflates times and their spread; readers should see it.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m benchmarks.report", *arguments]),
     }

@@ -43,6 +43,8 @@ def _environment_lines(doc: dict) -> list[str]:
     device = env["device"]
     details = (f"compute capability {device['compute_capability']}, {device['memory_bytes'] / 2 ** 30:.0f} GiB"
                if device["type"] == "cuda" else f"{device['threads']} threads, {device['cpu_capability']}")
+    if env.get("load_average_1m") is not None:
+        details += f"; load average {env['load_average_1m']:.2f} at the start"
     dirty = " (with uncommitted changes)" if env["commit_dirty"] else ""
     checked = ("yes, every backend and lower bound against the float64 reference" if settings["check"]
                else "no (run with `--check`)")

@@ -5,6 +5,7 @@ One run with ``--check`` and two test-only backends registered: an honest copy o
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import math
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import lc4_kernels as K
-from benchmarks import environment, report, shapes
+from benchmarks import environment, plot, render, report, shapes
 from lc4_kernels import reference
 from lc4_kernels.backends import Backend, register_backend, unregister_backend
 
@@ -150,3 +151,17 @@ def test_results_of_another_device_are_never_overwritten(tmp_path):
     assert [r["label"] for r in written["results"] if r["op"] == "tda_attention"] == ["sdpa", "reference"]
     index = (tmp_path / "README.md").read_text()  # links full reports only, never quick runs
     assert "[some-gpu/report.md](some-gpu/report.md)" in index and "report-quick" not in index
+
+
+def test_a_row_that_ran_out_of_memory_renders(checked_run, tmp_path):
+    _, doc, _ = checked_run
+    doc = copy.deepcopy(doc)
+    row = next(r for r in doc["results"] if r["label"] == "reference" and r["op"] == "tda_attention")
+    row.update({"fwd_bwd": None, "error": "fwd_bwd: out of memory"})
+    row["peak_memory_bytes"].pop("fwd_bwd")
+    for key in ("throughput", "speedup_vs_reference", "time_over_lower_bound"):
+        row[key]["fwd_bwd"] = None
+    line = next(l for l in render.markdown(doc, None).splitlines() if "| reference |" in l and row["case"] in l)
+    assert "out of memory" in line and "| – |" in line
+    plot.write_plot(doc, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0

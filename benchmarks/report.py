@@ -21,11 +21,14 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 import lc4_kernels as K
 
-from . import environment, measure, plot, render, runner, shapes
+from . import environment, measure, render, runner, shapes
+
+try:
+    from tqdm import tqdm
+except ImportError:  # an offline image without tqdm still gets its report, without a progress bar
+    tqdm = None
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
@@ -101,11 +104,32 @@ def build_settings(args: argparse.Namespace, device: torch.device) -> runner.Set
                            scaling_cases=scaling)
 
 
+class _NoProgress:
+    def __init__(self, **_):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, *_, **__) -> None:
+        pass
+
+
+def _progress(**kwargs):
+    return (tqdm or _NoProgress)(file=sys.stderr, **kwargs)
+
+
 def run(settings: runner.Settings, check: bool) -> dict:
     groups = runner.plan(settings)
     checks, rejected = [], {}
     if check:
-        with tqdm(total=len(groups), desc="checking", unit="group", file=sys.stderr) as progress:
+        with _progress(total=len(groups), desc="checking", unit="group") as progress:
             checks = runner.run_checks(settings, progress)
         for result in checks:
             if not result.passed:
@@ -115,7 +139,7 @@ def run(settings: runner.Settings, check: bool) -> dict:
     total = sum(len(g.backends) + 1 for g in groups)
     total += len(settings.scaling_cases) * (len(settings.backends) + 1)
     rows, scaling = [], None
-    with tqdm(total=total, desc="benchmarking", unit="run", file=sys.stderr) as progress:
+    with _progress(total=total, desc="benchmarking", unit="run") as progress:
         for group in groups:
             rows.extend(runner.run_group(group, settings, progress))
         if settings.scaling_cases:
@@ -127,8 +151,14 @@ def run(settings: runner.Settings, check: bool) -> dict:
 def write_outputs(doc: dict, directory: Path, stem: str) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = {ext: directory / f"{stem}.{ext}" for ext in ("json", "md", "png")}
-    plot.write_plot(doc, paths["png"])
-    paths["md"].write_text(render.markdown(doc, paths["png"].name))
+    try:
+        from . import plot
+    except ImportError as exc:  # matplotlib missing (offline image): the tables still get written
+        print(f"no plot: {exc}", file=sys.stderr)
+        del paths["png"]
+    else:
+        plot.write_plot(doc, paths["png"])
+    paths["md"].write_text(render.markdown(doc, paths["png"].name if "png" in paths else None))
     paths["json"].write_text(json.dumps(doc, indent=1) + "\n")
     return paths
 

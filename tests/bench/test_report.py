@@ -15,9 +15,11 @@ import pytest
 import torch
 
 import lc4_kernels as K
-from benchmarks import environment, plot, render, report, shapes
+from benchmarks import environment, render, report, shapes
 from lc4_kernels import reference
 from lc4_kernels.backends import Backend, register_backend, unregister_backend
+
+plot = pytest.importorskip("benchmarks.plot", reason="the PNG needs matplotlib")
 
 HONEST, WRONG = "test-honest", "test-wrong"
 MEASURED_BY_DEFAULT = [n for n in K.available_backends() if K.get_backend(n).auto_selectable]

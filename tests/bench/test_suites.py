@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+
 from benchmarks.report import default_backends
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

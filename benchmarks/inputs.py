@@ -28,19 +28,20 @@ class SampleInputs:
     grad_out: torch.Tensor  # (B, P, G, C)
 
 
-def _axis_grid(size: int, stride: int) -> torch.Tensor:
-    """Centres of the stride cells along an axis of ``size`` (the whole axis when stride >= size)."""
-    count = -(-size // stride)
-    return (torch.arange(count, dtype=torch.float32) * stride + (min(stride, size) - 1) / 2)
+def reference_grid(case: Case) -> torch.Tensor:
+    """``(Nk, 3)`` points (x, y, t) at ``j * stride`` along each axis, t-major, as the lc4 TDA
+    module places them."""
+    t = torch.arange(0, case.frames, case.temporal_stride, dtype=torch.float32)
+    y = torch.arange(0, case.height, case.spatial_stride, dtype=torch.float32)
+    x = torch.arange(0, case.width, case.spatial_stride, dtype=torch.float32)
+    grid_t, grid_y, grid_x = torch.meshgrid(t, y, x, indexing="ij")
+    return torch.stack([grid_x, grid_y, grid_t], dim=-1).reshape(-1, 3)
 
 
 def key_points(case: Case, generator: torch.Generator) -> torch.Tensor:
-    """Reference grid with strides (Nrs, Nrs, Nrt) plus offsets ``alpha * tanh(.)`` as the lc4 TDA
+    """``(B, Nk, G, 3)``: the reference grid plus offsets ``alpha * tanh(.)`` as a trained TDA
     module produces them; some points land outside the volume, as trained offsets do."""
-    t, y, x = torch.meshgrid(_axis_grid(case.frames, case.temporal_stride),
-                             _axis_grid(case.height, case.spatial_stride),
-                             _axis_grid(case.width, case.spatial_stride), indexing="ij")
-    grid = torch.stack([x, y, t], dim=-1).reshape(1, -1, 1, 3)  # (1, Nk, 1, 3)
+    grid = reference_grid(case).reshape(1, -1, 1, 3)
     assert grid.shape[1] == case.nk
     offsets = OFFSET_RANGE * torch.tanh(0.5 * torch.randn(case.batch, case.nk, case.groups, 3, generator=generator))
     return grid + offsets

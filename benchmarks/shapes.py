@@ -5,12 +5,12 @@ four levels, ``latent``, ``latent/2``, ``latent/4`` (down and up blocks, 320/640
 and ``latent/8`` (mid block, 1280 channels), always with 8 heads (d = channels / 8) and 8
 frames. Every pixel of every frame is a query: ``Nq = frames * h * w``.
 
-Key points: a uniform reference grid with spatial stride ``Nrs`` and temporal stride ``Nrt``
-(plus learned offsets), so ``Nk = ceil(h/Nrs) * ceil(w/Nrs) * ceil(frames/Nrt)``. The strides
-are the same at every level, ``Nrs = 4, Nrt = 2``, chosen so that the finest 512 px level
-(64x64) has ``Nk = 16 * 16 * 4 = 1024``; coarser levels have fewer keys (256 at 32x32, 64 at
-16x16, 16 at 8x8, 4 at 4x4). The issue-2 performance case (32x32 latent, Nk = 1024) uses
-``Nrs = 2`` to reach 1024 keys at 32x32.
+Key points follow the lc4 model (``lc4/tda.py``, ``lc4/unet.py``): a reference grid with
+points at ``j * stride`` along each axis plus offsets ``alpha * tanh(.)``, so
+``Nk = ceil(h/Nrs) * ceil(w/Nrs) * ceil(frames/Nrt)``. ``Nrt = 2``; ``Nrs = 4`` at the first
+UNet level and halves at each coarser level (4, 2, 1, 1). At 512 px that gives Nk = 1024 at
+64x64, 32x32 and 16x16 and 256 at 8x8; at 256 px, 256, 256, 256 and 64. The CPU set adds the
+issue-2 performance case: a 32x32 latent with d = 40 and Nk = 1024.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 
 FRAMES = 8
 HEADS = 8
-SPATIAL_STRIDE = 4  # Nrs
+SPATIAL_STRIDE = 4  # Nrs at the first UNet level
 TEMPORAL_STRIDE = 2  # Nrt
 OFFSET_GROUPS = 1  # G: offset groups sharing key points (heads % G == 0)
 OFFSET_RANGE = 4.0  # alpha: offsets are alpha * tanh(.) pixels/frames around the grid
@@ -63,10 +63,14 @@ class Case:
         return {**asdict(self), "nq": self.nq, "nk": self.nk, "channels": self.channels}
 
 
+def level_spatial_stride(level: int) -> int:
+    return max(1, SPATIAL_STRIDE >> level)
+
+
 def sd15_levels(pixels: int) -> list[Case]:
     latent = pixels // 8
-    return [Case(f"sd15-{pixels}px-{latent >> level}x{latent >> level}",
-                 height=latent >> level, width=latent >> level, head_dim=channels // HEADS)
+    return [Case(f"sd15-{pixels}px-{latent >> level}x{latent >> level}", height=latent >> level,
+                 width=latent >> level, head_dim=channels // HEADS, spatial_stride=level_spatial_stride(level))
             for level, channels in enumerate(SD15_LEVEL_CHANNELS)]
 
 

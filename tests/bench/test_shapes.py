@@ -14,22 +14,33 @@ def test_sd15_levels_follow_the_unet():
         latent = pixels // 8
         assert [c.height for c in cases] == [latent, latent // 2, latent // 4, latent // 8]
         assert [c.head_dim for c in cases] == [40, 80, 160, 160]
+        assert [c.spatial_stride for c in cases] == [4, 2, 1, 1]
         assert all(c.heads == 8 and c.frames == 8 and c.nq == 8 * c.height * c.width for c in cases)
-    finest = shapes.SHAPE_SETS["sd15-512"][0]
-    assert (finest.height, finest.nq, finest.nk) == (64, 32768, 1024)
+    assert [c.nk for c in shapes.SHAPE_SETS["sd15-512"]] == [1024, 1024, 1024, 256]
+    assert [c.nk for c in shapes.SHAPE_SETS["sd15-256"]] == [256, 256, 256, 64]
+    assert (shapes.ISSUE2_CPU_CASE.nq, shapes.ISSUE2_CPU_CASE.nk, shapes.ISSUE2_CPU_CASE.head_dim) == (8192, 1024, 40)
 
 
-def test_key_points_follow_the_reference_grid():
-    case = shapes.ISSUE2_CPU_CASE
-    assert (case.nq, case.nk, case.head_dim) == (8192, 1024, 40)
+@pytest.mark.parametrize("case", [*shapes.SHAPE_SETS["sd15-512"], *shapes.SHAPE_SETS["quick"]], ids=lambda c: c.name)
+def test_key_points_are_the_reference_grid_plus_bounded_offsets(case):
+    grid = inputs.reference_grid(case)
+    assert grid.shape == (case.nk, 3)
+    assert grid[0].tolist() == [0, 0, 0]
+    if case.width > case.spatial_stride:
+        assert grid[1].tolist() == [case.spatial_stride, 0, 0]
+    assert (grid >= 0).all() and (grid <= torch.tensor([case.width - 1, case.height - 1, case.frames - 1])).all()
     points = inputs.key_points(case, torch.Generator().manual_seed(0))
     assert points.shape == (case.batch, case.nk, case.groups, 3)
-    offsets_bound = shapes.OFFSET_RANGE
-    upper = torch.tensor([case.width - 1, case.height - 1, case.frames - 1]) + offsets_bound
-    assert (points >= -offsets_bound).all() and (points <= upper).all()
-    # Offsets are centred on the grid: the mean point is near the volume's centre.
-    centre = torch.tensor([(case.width - 1) / 2, (case.height - 1) / 2, (case.frames - 1) / 2])
-    assert torch.allclose(points.reshape(-1, 3).mean(0), centre, atol=0.5)
+    offsets = points - grid.reshape(1, -1, 1, 3)
+    assert offsets.abs().max() <= shapes.OFFSET_RANGE and offsets.abs().max() > 0
+
+
+def test_reference_grid_matches_the_lc4_model():
+    tda = pytest.importorskip("lc4.tda", reason="the lc4 model layer is not importable here")
+    for case in shapes.SHAPE_SETS["sd15-256"]:
+        strides = (case.temporal_stride, case.spatial_stride, case.spatial_stride)
+        expected = tda.reference_grid(case.frames, case.height, case.width, strides)
+        assert torch.equal(inputs.reference_grid(case), expected)
 
 
 def test_resolve_sets_and_cases_without_repeats():

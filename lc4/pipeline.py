@@ -1,0 +1,241 @@
+"""``LC4Pipeline``: language-guided video colorization at inference (seed Fig. 2 b).
+
+Per video: Rec. 601 luma at the model resolution -> luminance encoder (``y_lum``) -> CLIP
+embeddings of the prompt, refined by CMPF with ``y_lum`` as visual prompt -> DDIM sampling of
+all frames' latents with the UNet with TDA (the luminance residual added to the noisy latent
+at every step; classifier-free guidance; cross-clip fusion when the video is longer than one
+clip) -> VAE decoding with the luminance skips -> chroma. Outputs: the decoded frames at the
+model resolution and, by default, the predicted chroma carried onto the input's own
+full-resolution luma (:func:`lc4.color.merge_luma_chroma`).
+
+The CMPF visual prompt is built from ``frames_per_clip`` frames spread evenly over the whole
+video, so every clip is denoised under the same instance-aware embedding (one more thing that
+keeps colours consistent across a long video).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from . import video as video_io
+from .ccf import ClipPlan
+from .cmpf import CrossModalityPreFusion, color_token_mask
+from .color import merge_luma_chroma, rgb_to_luma, rgb_to_ycbcr, to_unit, to_uint8
+from .luminance import LuminanceEncoder, decode_latents
+from .tda import set_tda_backend
+from .unet import TDAAdapter, has_tda, insert_tda, tda_removed, temporal_kwargs
+
+VideoInput = Union[str, os.PathLike, torch.Tensor, np.ndarray, Sequence[np.ndarray]]
+CLIP_MODES = ("skip", "sliding", "disjoint")
+
+
+@dataclass
+class LC4PipelineOutput(BaseOutput):
+    """frames: ``(T, 3, r, r)`` colorized frames at the model resolution, float in [0, 1].
+    chroma: ``(T, 2, r, r)`` predicted Cb, Cr (Rec. 601, in [-0.5, 0.5]).
+    full_resolution_frames: ``(T, 3, H, W)`` chroma carried onto the input's luma, or None."""
+
+    frames: torch.Tensor
+    chroma: torch.Tensor
+    full_resolution_frames: Optional[torch.Tensor] = None
+
+
+def load_luma(video: VideoInput, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """Any accepted video input -> luma ``(T, 1, H, W)`` float in [0, 1], resized to ``size``.
+
+    Accepts a video file or frame folder path; a tensor ``(T, 3, H, W)``, ``(T, 1, H, W)`` or
+    ``(T, H, W)`` (uint8, or float in [0, 1]); an array ``(T, H, W, 3)`` or ``(T, H, W)`` or a
+    list of ``(H, W, 3)`` / ``(H, W)`` arrays (uint8, or float in [0, 1]).
+    """
+    if isinstance(video, (str, os.PathLike)):
+        if not video_io.is_video_source(video):
+            raise ValueError(f"video: expected a video file or a folder of frames, got {str(video)!r}")
+        frames = video_io.read_video(video, size=size)
+        return rgb_to_luma(to_unit(frames))
+    if isinstance(video, (list, tuple)):
+        video = np.stack([np.asarray(frame) for frame in video])
+    if isinstance(video, np.ndarray):
+        array = torch.from_numpy(np.ascontiguousarray(video))
+        if array.dim() == 4 and array.shape[-1] in (1, 3):
+            array = array.permute(0, 3, 1, 2)
+        video = array
+    if not isinstance(video, torch.Tensor):
+        raise ValueError(f"video: expected a path, tensor or array of frames, got {type(video).__name__}")
+    if video.dim() == 3:
+        video = video.unsqueeze(1)
+    if video.dim() != 4 or video.shape[1] not in (1, 3) or video.shape[0] == 0:
+        raise ValueError("video: expected frames (T, 3, H, W), (T, 1, H, W), (T, H, W) or arrays (T, H, W, 3), "
+                         f"got shape {tuple(video.shape)}")
+    frames = to_unit(video.cpu())
+    luma = rgb_to_luma(frames) if frames.shape[1] == 3 else frames
+    if size is not None and tuple(luma.shape[-2:]) != tuple(size):
+        luma = F.interpolate(luma, size=size, mode="area")
+    return luma.clamp(0, 1)
+
+
+def evenly_spaced(count: int, total: int) -> list[int]:
+    """``count`` frame indices spread over ``total`` frames, first and last included."""
+    count = min(count, total)
+    if count == 1:
+        return [total // 2]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+
+
+class LC4Pipeline(DiffusionPipeline):
+    """L-C4 inference. Components: ``vae`` (SD1.5), ``luminance_encoder``, ``unet`` (SD1.5 UNet;
+    the ``tda`` adapter's layers are inserted on construction), ``tda``, ``text_encoder`` and
+    ``tokenizer`` (CLIP), ``cmpf``, ``scheduler`` (DDIM by default).
+    Load with ``LC4Pipeline.from_pretrained(folder)``: local folders only, never a download."""
+
+    model_cpu_offload_seq = "text_encoder->cmpf->luminance_encoder->unet->vae"
+
+    def __init__(self, vae: AutoencoderKL, luminance_encoder: LuminanceEncoder, unet: UNet2DConditionModel,
+                 tda: TDAAdapter, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 cmpf: CrossModalityPreFusion, scheduler: KarrasDiffusionSchedulers):
+        super().__init__()
+        vocab = text_encoder.config.vocab_size
+        if len(tokenizer) != vocab:
+            # A CLIP tokenizer requested by hub name while offline comes back with 2 tokens.
+            raise ValueError(f"tokenizer: has {len(tokenizer)} tokens but the text encoder expects {vocab}; "
+                             "load it from the model folder's tokenizer/ (vocab.json and merges.txt)")
+        if not has_tda(unet):
+            insert_tda(unet, tda)
+        self.register_modules(vae=vae, luminance_encoder=luminance_encoder, unet=unet, tda=tda,
+                              text_encoder=text_encoder, tokenizer=tokenizer, cmpf=cmpf, scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model: {str(folder)!r} is not a local model folder "
+                                    "(make one with `lc4 init-model`; nothing is downloaded)")
+        kwargs["local_files_only"] = True
+        return super().from_pretrained(folder, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Saves every component in its own folder; ``unet/`` holds plain SD1.5-layout weights
+        and ``tda/`` the TDA layers."""
+        with tda_removed(self.unet):
+            super().save_pretrained(save_directory, **kwargs)
+
+    @property
+    def default_resolution(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    # -- pieces ---------------------------------------------------------------------------
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP embeddings ``(B, L, D)`` and the colour-word mask ``(B, L)``."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        embeds = self.text_encoder(ids.to(self.text_encoder.device))[0]
+        return embeds, color_token_mask(self.tokenizer, ids).to(embeds.device)
+
+    def _luminance_in(self, luma: torch.Tensor) -> torch.Tensor:
+        return (luma * 2 - 1).to(self.luminance_encoder.device, self.luminance_encoder.dtype)
+
+    def clip_plan(self, num_frames: int, frames_per_clip: int, mode: Union[str, ClipPlan] = "skip"):
+        """``None`` (one clip) when the video fits a clip; else the CCF plan of ``mode``."""
+        if isinstance(mode, ClipPlan):
+            return mode
+        if mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode: expected one of {CLIP_MODES} or a ClipPlan, got {mode!r}")
+        if num_frames <= frames_per_clip:
+            return None
+        build = {"skip": ClipPlan.skip_windows, "sliding": ClipPlan.sliding_windows, "disjoint": ClipPlan.disjoint}
+        return build[mode](num_frames, frames_per_clip)
+
+    # -- inference ------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        video: VideoInput,
+        prompt: str,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: Optional[int] = None,
+        negative_prompt: str = "",
+        resolution: Optional[int] = None,
+        frames_per_clip: int = 8,
+        clip_mode: Union[str, ClipPlan] = "skip",
+        full_resolution: bool = True,
+        decode_batch_size: int = 8,
+        backend: Optional[str] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> LC4PipelineOutput:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt: expected a non-empty description of the colours, e.g. 'a red car on a road'")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps: expected >= 1, got {num_inference_steps}")
+        if frames_per_clip < 1:
+            raise ValueError(f"frames_per_clip: expected >= 1, got {frames_per_clip}")
+        resolution = resolution or self.default_resolution
+        if resolution % self.vae_scale_factor:
+            raise ValueError(f"resolution: expected a multiple of {self.vae_scale_factor}, got {resolution}")
+        set_tda_backend(self.unet, backend)
+        set_tda_backend(self.cmpf, backend)
+        device = self._execution_device
+
+        luma = load_luma(video, size=(resolution, resolution))
+        num_frames = luma.shape[0]
+        lum = self.luminance_encoder(self._luminance_in(luma), return_skips=False)
+
+        do_cfg = guidance_scale > 1.0
+        prompts = [negative_prompt, prompt] if do_cfg else [prompt]
+        embeds, color_mask = self.encode_prompt(prompts)
+        prompt_frames = evenly_spaced(frames_per_clip, num_frames)
+        embeds = self.cmpf(embeds.to(self.cmpf.dtype), lum.features[prompt_frames], len(prompt_frames), color_mask)
+        embeds = embeds.to(self.unet.dtype).repeat_interleave(num_frames, dim=0)  # (prompts x frames, L, D)
+
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+        shape = (num_frames, self.unet.config.in_channels, resolution // self.vae_scale_factor,
+                 resolution // self.vae_scale_factor)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, self.unet.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents * self.scheduler.init_noise_sigma
+        residual = lum.latent_residual.to(self.unet.dtype)
+        plan = self.clip_plan(num_frames, frames_per_clip, clip_mode)
+
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = self.scheduler.scale_model_input(latents, t) + residual
+            model_in = torch.cat([model_in] * len(prompts))
+            noise = self.unet(model_in, t, encoder_hidden_states=embeds,
+                              cross_attention_kwargs=temporal_kwargs(model_in, num_frames, plan)).sample
+            if do_cfg:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(noise, t, latents, generator=generator).prev_sample
+
+        frames = []
+        for start in range(0, num_frames, decode_batch_size):
+            part = slice(start, start + decode_batch_size)
+            skips = self.luminance_encoder(self._luminance_in(luma[part])).skips
+            decoded = decode_latents(self.vae, latents[part].to(self.vae.dtype), skips)
+            frames.append(((decoded.float() + 1) / 2).clamp(0, 1).cpu())
+        frames = torch.cat(frames)
+        chroma = rgb_to_ycbcr(frames)[:, 1:]
+
+        full = None
+        if full_resolution:
+            full = merge_luma_chroma(load_luma(video), chroma)
+        self.maybe_free_model_hooks()
+        return LC4PipelineOutput(frames=frames, chroma=chroma, full_resolution_frames=full)
+
+
+def transfer_chroma_to_frames(frame: Union[np.ndarray, torch.Tensor], chroma: torch.Tensor) -> np.ndarray:
+    """One full-resolution frame ``(H, W, 3)`` uint8 plus its chroma ``(2, h, w)`` -> the
+    colorized ``(H, W, 3)`` uint8 frame with the frame's own luma (used when streaming)."""
+    frame = torch.as_tensor(np.asarray(frame)).permute(2, 0, 1)[None]
+    rgb = merge_luma_chroma(rgb_to_luma(to_unit(frame)), chroma[None].float())
+    return to_uint8(rgb)[0].permute(1, 2, 0).numpy()

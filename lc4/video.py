@@ -292,3 +292,27 @@ def write_frame_folder(folder: PathLike, frames, suffix: str = ".png", start: in
     if count == 0:
         raise ValueError("frames: expected at least one frame")
     return folder
+
+
+def has_audio(source: PathLike) -> bool:
+    """Whether a video file has an audio stream (a frame folder never has)."""
+    if not is_video_file(source):
+        return False
+    with av.open(str(source)) as container:
+        return bool(container.streams.audio)
+
+
+def mux_audio(video_path: PathLike, audio_source: PathLike, output_path: PathLike) -> Path:
+    """Writes ``output_path`` with the video stream of ``video_path`` and the first audio stream
+    of ``audio_source``, both copied without re-encoding."""
+    with av.open(str(video_path)) as video_in, av.open(str(audio_source)) as audio_in, \
+            av.open(str(output_path), mode="w") as out:
+        streams = [(video_in, video_in.streams.video[0]), (audio_in, audio_in.streams.audio[0])]
+        for container, stream in streams:
+            out_stream = out.add_stream_from_template(stream)
+            for packet in container.demux(stream):
+                if packet.dts is None:  # the demuxer's flush packet
+                    continue
+                packet.stream = out_stream
+                out.mux(packet)
+    return Path(output_path)

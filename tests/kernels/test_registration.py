@@ -1,0 +1,62 @@
+"""Op registration: schemas, fake kernels and autograd (opcheck), torch.compile without graph
+breaks, and the autocast policy."""
+import pytest
+import torch
+
+import lc4_kernels
+
+from .cases import attention_inputs, compiled_backend_cases, sample_inputs
+
+needs_extension = pytest.mark.skipif(lc4_kernels.extension_error is not None,
+                                     reason=f"compiled extension missing: {lc4_kernels.extension_error}")
+
+
+@needs_extension
+def test_opcheck_attention_and_sample_ops():
+    q, k, v, points = attention_inputs(Nq=9, Nk=7, heads=2, d=4, G=1, special_fraction=0)
+    args = [t.requires_grad_(True) for t in (q, k, v, points)]
+    torch.library.opcheck(torch.ops.lc4.tda_attention.default, (*args, 0.5))
+    value, sample_points = sample_inputs(B=1, P=5, G=1, C=3, special_fraction=0)
+    torch.library.opcheck(torch.ops.lc4.trilinear_sample.default,
+                          (value.requires_grad_(True), sample_points.requires_grad_(True)))
+
+
+@pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32) + [("reference", "cpu")])
+def test_torch_compile_fullgraph_forward_and_backward(backend, device):
+    q, k, v, points = attention_inputs(Nq=16, Nk=10, heads=2, d=8, G=2, device=device, special_fraction=0)
+
+    def layer(q, k, v, points):
+        sampled = lc4_kernels.trilinear_sample(k, points.repeat_interleave(1, dim=2)[:, :, :1].expand(-1, -1, 2, -1),
+                                               backend=backend)
+        return lc4_kernels.tda_attention(q, k, v, points, backend=backend).sum() + sampled.sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    eager_inputs = [t.clone().requires_grad_(True) for t in (q, k, v, points)]
+    compiled_inputs = [t.clone().requires_grad_(True) for t in (q, k, v, points)]
+    expected = layer(*eager_inputs)
+    expected.backward()
+    actual = compiled(*compiled_inputs)
+    actual.backward()
+    torch.testing.assert_close(actual, expected)
+    for a, e in zip(compiled_inputs, eager_inputs):
+        torch.testing.assert_close(a.grad, e.grad)
+
+
+def test_autocast_runs_in_low_precision_and_keeps_coordinates_float32():
+    # value(x) = x - 100 makes a sample at x equal x - 100. bfloat16 coordinates would move
+    # x = 100.3 to 100.5 and x = 101.7 to 101.5 (spacing 0.5 there), far beyond output rounding.
+    W = 128
+    ramp = (torch.arange(W, dtype=torch.float32) - 100).reshape(1, 1, 1, W, 1).expand(1, 2, 3, W, 1).contiguous()
+    points = torch.tensor([[[100.3, 1.0, 0.5], [101.7, 0.0, 1.0]]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lc4_kernels.trilinear_sample(ramp, points)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float().flatten(), torch.tensor([0.3, 1.7]), rtol=0, atol=1e-2)
+
+    q, k, v, pts = attention_inputs(Nq=8, Nk=6, heads=2, d=8, special_fraction=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lc4_kernels.backend_for("tda_attention", q, k, v, pts) == "reference"  # cpu runs float32/64 only
+        out = lc4_kernels.tda_attention(q, k, v, pts)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), lc4_kernels.tda_attention(q, k, v, pts), rtol=3e-2, atol=3e-2)

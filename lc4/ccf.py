@@ -53,7 +53,8 @@ def skip_window_intervals(num_frames: int, max_interval: int | None = None) -> l
     return intervals
 
 
-def _strided_clips(num_frames: int, frames_per_clip: int, interval: int) -> list[tuple[int, ...]]:
+def interval_clips(num_frames: int, frames_per_clip: int, interval: int) -> list[tuple[int, ...]]:
+    """The clips of one interval ``d``: each residue class cut into clips of ``frames_per_clip``."""
     clips = []
     for residue in range(min(interval, num_frames)):
         members = list(range(residue, num_frames, interval))
@@ -99,7 +100,7 @@ class ClipPlan:
         """The paper's CCF: clips at intervals 1, 2, 4, ..., N^d (see the module docstring)."""
         _check_counts(num_frames, frames_per_clip)
         clips = [clip for d in skip_window_intervals(num_frames, max_interval)
-                 for clip in _strided_clips(num_frames, frames_per_clip, d)]
+                 for clip in interval_clips(num_frames, frames_per_clip, d)]
         return cls(clips, num_frames, **options)
 
     @classmethod
@@ -116,7 +117,7 @@ class ClipPlan:
     def disjoint(cls, num_frames: int, frames_per_clip: int = 8, **options) -> "ClipPlan":
         """Clip-by-clip inference without fusion (the paper's "w/o CCF")."""
         _check_counts(num_frames, frames_per_clip)
-        return cls(_strided_clips(num_frames, frames_per_clip, 1), num_frames, **options)
+        return cls(interval_clips(num_frames, frames_per_clip, 1), num_frames, **options)
 
     # -- use ------------------------------------------------------------------------------
     def clips_of(self, frame: int) -> list[tuple[int, float]]:

@@ -1,0 +1,80 @@
+"""CMPF (seed Sec. 3.3, Eq. 4-7) and the colour vocabulary."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lc4.cmpf import COLOR_NAMES, CrossModalityPreFusion, color_token_mask
+
+from model_helpers import randomize_
+
+
+def tokenize(tokenizer, prompts):
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def masked_words(tokenizer, prompt):
+    ids = tokenize(tokenizer, [prompt])
+    mask = color_token_mask(tokenizer, ids)[0]
+    return [tokenizer.convert_ids_to_tokens(i).replace("</w>", "") for i, m in zip(ids[0].tolist(), mask) if m]
+
+
+def test_colour_words_are_found_with_the_real_tokenizer(components):
+    tokenizer = components["tokenizer"]
+    assert len(tokenizer) == components["text_encoder"].config.vocab_size > 500
+    assert masked_words(tokenizer, "a man in a red shirt riding a bike") == ["red"]
+    assert masked_words(tokenizer, "a light blue car and a navy hat") == ["light", "blue", "navy"]
+    # "dark" is three BPE pieces in the tiny vocabulary: all of them are masked, nothing else.
+    assert "".join(masked_words(tokenizer, "a Dark Green tree under a sky")) == "darkgreen"
+    assert masked_words(tokenizer, "a dark road with a man") == []  # a shade word alone is no colour
+    assert "".join(masked_words(tokenizer, "turquoise water, golden hair")) == "turquoisegolden"
+    assert "light blue" in COLOR_NAMES and "gray" in COLOR_NAMES and "grey" in COLOR_NAMES
+
+
+def test_colour_words_split_into_several_tokens_are_masked_whole(components):
+    tokenizer = components["tokenizer"]
+    ids = tokenize(tokenizer, ["a zorblat car"])
+    assert len(tokenizer("zorblat", add_special_tokens=False).input_ids) > 1
+    mask = color_token_mask(tokenizer, ids, color_names=["zorblat"])[0]
+    zorblat = tokenizer("zorblat", add_special_tokens=False).input_ids
+    assert mask.sum() == len(zorblat)
+    start = ids[0].tolist().index(zorblat[0])
+    assert mask[start:start + len(zorblat)].all()
+
+
+def test_fresh_cmpf_returns_the_clip_embeddings_exactly(components):
+    cmpf = components["cmpf"]
+    text = torch.randn(2, 77, 32)
+    lum = torch.randn(4, 8, 16, 16)
+    assert torch.equal(cmpf(text, lum, num_frames=4), text)
+    randomize_(cmpf)
+    assert not torch.allclose(cmpf(text, lum, num_frames=4), text)
+
+
+def test_colour_tokens_take_no_visual_context(components):
+    """With one fusion block, a colour token's output depends on the text only (MCA is masked
+    for it; MSA and FFN see the text); a noun's output depends on the luminance features."""
+    tokenizer = components["tokenizer"]
+    cmpf = randomize_(CrossModalityPreFusion(text_dim=32, num_layers=1, num_heads=4, luminance_channels=8,
+                                             spatial_stride=2, temporal_stride=2))
+    ids = tokenize(tokenizer, ["a red car"])
+    mask = color_token_mask(tokenizer, ids)
+    text = torch.randn(1, ids.shape[1], 32)
+    lum_a, lum_b = torch.randn(4, 8, 16, 16), torch.randn(4, 8, 16, 16)
+    with torch.no_grad():
+        out_a = cmpf(text, lum_a, 4, mask)
+        out_b = cmpf(text, lum_b, 4, mask)
+    red = mask[0].nonzero().item()
+    assert torch.allclose(out_a[0, red], out_b[0, red], atol=1e-6)
+    assert not torch.allclose(out_a[0, red + 1], out_b[0, red + 1], atol=1e-3)  # "car"
+
+
+def test_cmpf_checks_its_inputs(components):
+    cmpf = components["cmpf"]
+    with pytest.raises(ValueError, match=r"text_embeds: expected \(B, Nt, 32\)"):
+        cmpf(torch.randn(1, 77, 16), torch.randn(4, 8, 16, 16), 4)
+    with pytest.raises(ValueError, match=r"luminance_features: expected \(B\*4, 8, h, w\)"):
+        cmpf(torch.randn(1, 77, 32), torch.randn(4, 3, 16, 16), 4)
+    with pytest.raises(ValueError, match="color_mask"):
+        cmpf(torch.randn(1, 77, 32), torch.randn(4, 8, 16, 16), 4, torch.zeros(1, 5, dtype=torch.bool))

@@ -1,0 +1,81 @@
+"""Colour space (Rec. 601 YCbCr) and the luminance encoder (seed Sec. 3.1)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lc4.color import merge_luma_chroma, rgb_to_luma, rgb_to_ycbcr, to_uint8, ycbcr_to_rgb
+from lc4.luminance import LuminanceEncoder, decode_latents
+
+from model_helpers import randomize_
+
+
+def test_ycbcr_round_trip_and_rec601_luma():
+    rgb = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    assert torch.allclose(ycbcr_to_rgb(rgb_to_ycbcr(rgb)), rgb, atol=1e-12)
+    pure = torch.eye(3, dtype=torch.float64).view(3, 3, 1, 1)  # red, green, blue pixels
+    assert torch.allclose(rgb_to_luma(pure).flatten(), torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64))
+    gray = torch.rand(1, 1, 4, 4).expand(1, 3, 4, 4)
+    assert torch.allclose(rgb_to_ycbcr(gray)[:, 1:], torch.zeros(1, 2, 4, 4), atol=1e-6)
+
+
+def test_out_of_gamut_chroma_is_desaturated_keeping_luma():
+    generator = torch.Generator().manual_seed(0)
+    luma = torch.rand(1, 1, 16, 16, generator=generator, dtype=torch.float64)
+    chroma = torch.rand(1, 2, 16, 16, generator=generator, dtype=torch.float64) * 2 - 1  # far outside
+    rgb = ycbcr_to_rgb(torch.cat([luma, chroma], 1))
+    assert rgb.min() >= 0 and rgb.max() <= 1
+    assert torch.allclose(rgb_to_luma(rgb), luma, atol=1e-12)
+    clipped = ycbcr_to_rgb(torch.cat([luma, chroma], 1), fit_gamut=False)
+    assert (rgb_to_luma(clipped) - luma).abs().max() > 0.05  # what clipping would have done
+
+
+def test_merge_luma_chroma_keeps_full_resolution_luma():
+    luma = torch.rand(3, 1, 45, 61)
+    chroma = (torch.rand(3, 2, 16, 16) - 0.5) * 0.4
+    rgb = merge_luma_chroma(luma, chroma)
+    assert rgb.shape == (3, 3, 45, 61)
+    assert (rgb_to_luma(rgb) - luma).abs().max() < 1e-5
+    assert (rgb_to_luma(to_uint8(rgb).float() / 255) - luma).abs().max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match=r"chroma: expected a float tensor \(\.\.\., 2, H, W\)"):
+        merge_luma_chroma(luma, torch.rand(3, 3, 16, 16))
+
+
+def test_fresh_luminance_encoder_changes_neither_latents_nor_decoding(components):
+    vae, encoder = components["vae"], components["luminance_encoder"]
+    luma = torch.rand(3, 1, 32, 32) * 2 - 1
+    latents = torch.randn(3, 4, 16, 16)
+    with torch.no_grad():
+        features = encoder(luma)
+        plain = vae.decode(latents / vae.config.scaling_factor).sample
+        guided = decode_latents(vae, latents, features.skips)
+    assert torch.equal(features.latent_residual, torch.zeros_like(features.latent_residual))
+    assert features.features.shape == (3, 8, 16, 16)  # y_lum: the VAE encoder's 2 x latent channels
+    assert torch.equal(guided, plain)
+    # Trained projections carry luminance detail into the decoder at every scale.
+    randomize_(encoder)
+    with torch.no_grad():
+        features = encoder(luma)
+        assert features.latent_residual.abs().sum() > 0
+        assert [tuple(s.shape[-2:]) for s in features.skips] == [(16, 16), (32, 32)]
+        assert not torch.allclose(decode_latents(vae, latents, features.skips), plain)
+
+
+def test_luminance_encoder_follows_the_sd15_vae_structure():
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL
+    from lc4.luminance import SD15_VAE_CONFIG
+    with init_empty_weights():
+        vae = AutoencoderKL(**SD15_VAE_CONFIG)
+        encoder = LuminanceEncoder.from_vae(vae)
+    assert encoder.encoder.conv_in.in_channels == 1
+    vae_shapes = {k: v.shape for k, v in vae.encoder.state_dict().items() if k != "conv_in.weight"}
+    ours = {k: v.shape for k, v in encoder.encoder.state_dict().items() if k != "conv_in.weight"}
+    assert ours == vae_shapes
+    # Skip projections into the decoder's up blocks: 512 ch at 64, 512 at 128, 512 at 256, 256 at 512 px.
+    assert [(p.in_channels, p.out_channels) for p in encoder.skip_projs] == [(512, 512), (256, 512), (128, 512), (128, 256)]
+
+
+def test_luminance_encoder_rejects_rgb_input(components):
+    with pytest.raises(ValueError, match=r"luminance: expected \(N, 1, H, W\)"):
+        components["luminance_encoder"](torch.rand(2, 3, 32, 32))

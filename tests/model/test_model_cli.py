@@ -135,3 +135,23 @@ def test_init_model_writes_a_complete_loadable_folder(tmp_path, capsys):
     assert missing_model_files(folder) == []
     assert main(["init-model", str(tmp_path / "x"), "--from-sd15", str(tmp_path / "no_sd")]) == 2
     assert "not a diffusers SD1.5 folder" in capsys.readouterr().err
+
+
+def test_init_model_from_sd15_keeps_its_weights_and_adds_fresh_parts(components, tmp_path):
+    """A stand-in SD1.5 folder (tiny weights, the diffusers layout) -> an L-C4 folder whose UNet,
+    VAE and text encoder are SD's own and whose TDA, luminance encoder and CMPF are new."""
+    import torch
+    from safetensors.torch import load_file
+    from lc4.pipeline import LC4Pipeline
+    sd = tmp_path / "sd15"
+    for name in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
+        components[name].save_pretrained(sd / name)
+    folder = tmp_path / "model"
+    assert main(["init-model", str(folder), "--from-sd15", str(sd)]) == 0
+    for name, file in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
+                       ("text_encoder", "model.safetensors")):
+        ours, theirs = load_file(folder / name / file), load_file(sd / name / file)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    pipeline = LC4Pipeline.from_pretrained(folder)
+    assert all(torch.count_nonzero(block.to_out.weight) == 0 for block in pipeline.tda.blocks)
+    assert torch.count_nonzero(pipeline.cmpf.proj_out.weight) == 0

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-from .cmpf import COLOR_NAMES
-
 TINY_WORDS = (
     "a an the and or of in on at to with by from is are this that its his her their man woman boy girl "
     "child people person dog cat horse bird car bike bicycle bus truck road street tree trees grass sky "
@@ -76,6 +74,8 @@ def write_tiny_tokenizer(folder: str | Path, words=None, model_max_length: int =
     """A CLIP BPE tokenizer whose merges spell out ``words`` (each becomes one token); any other
     word falls back to byte-level pieces. Written as vocab.json/merges.txt and loaded from there."""
     from transformers import CLIPTokenizer
+
+    from .cmpf import COLOR_NAMES
 
     words = sorted({w for name in (words or [*TINY_WORDS, *COLOR_NAMES]) for w in name.lower().split()})
     characters = list(_bytes_to_unicode().values())

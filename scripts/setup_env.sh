@@ -21,8 +21,12 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "${PIP[@]}" "torch==2.13.0"
 fi
 # Only what is missing is fetched; an offline image that already has everything installs nothing.
-"${PIP[@]}" -r requirements.txt
-"${PIP[@]}" -r requirements-dev.txt || echo "warning: could not install requirements-dev.txt (offline?); tests needing them skip" >&2
+# An offline image that lacks a model-layer or test package still gets the kernels built and
+# tested: the test folders that need the missing package are left out (tests/conftest.py).
+for requirements in requirements.txt requirements-dev.txt; do
+  "${PIP[@]}" -r "$requirements" ||
+    echo "warning: could not install everything in $requirements (offline?); tests that need it are left out" >&2
+done
 # --no-deps: the requirements above are already satisfied; --no-build-isolation: build against this torch.
 "${PIP[@]}" --no-build-isolation --no-deps -e .
 "$PY" -c "import lc4_kernels as k; print('lc4_kernels backends:', ', '.join(k.available_backends()))"

@@ -1,9 +1,13 @@
-"""Builds lc4_kernels._C: the fused CPU backend (and, when torch has CUDA and a toolkit is
-found, the CUDA backend). Without a compiler the package still installs and runs on the
-reference backend."""
+"""Builds lc4_kernels._C: the fused CPU backend, the host emulation of the CUDA kernels (the
+test-only cuda_emu backend) and, when torch has CUDA and a CUDA toolkit is found, the CUDA
+backend for TORCH_CUDA_ARCH_LIST (default 7.0;8.0;9.0). Without a toolkit it builds the CPU
+extension alone; without a compiler the package still installs and runs on the reference
+backend. LC4_NO_CUDA=1 skips the CUDA build."""
 import glob
 import os
 import platform
+import re
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -21,20 +25,62 @@ def _cpu_arch_flags():
     return [flag + arch]
 
 
+DEFAULT_CUDA_ARCHS = "7.0;8.0;9.0"
+
+
+def _nvcc_version(cuda_home):
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _cuda_home():
+    """The CUDA toolkit to build with, or None (torch without CUDA, no toolkit, LC4_NO_CUDA=1)."""
+    import torch
+    from torch.utils import cpp_extension
+
+    if os.environ.get("LC4_NO_CUDA") == "1" or torch.version.cuda is None:
+        return None
+    home = cpp_extension.CUDA_HOME
+    if not home or _nvcc_version(home) is None:
+        return None
+    return home
+
+
+def _set_cuda_arch_list(cuda_home):
+    # torch's build needs the list when no GPU is visible. nvcc 13 dropped sm_70 (it builds 7.5
+    # and newer), so the default list leaves 7.0 out there; an explicit list is used as given.
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return
+    archs = DEFAULT_CUDA_ARCHS
+    version = _nvcc_version(cuda_home)
+    if version and version >= (13, 0):
+        archs = "8.0;9.0"
+        print("lc4: nvcc >= 13 cannot build sm_70; building for " + archs, file=sys.stderr)
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+
+
 def _extensions():
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError:  # no torch at build time: pure-Python install, reference backend only
         return [], {}
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", *_cpu_arch_flags()]
-    ext = CppExtension(
-        "lc4_kernels._C",
-        sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"],
-    )
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/cuda_emu/*.cpp"))
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-unknown-pragmas", *_cpu_arch_flags()]
+    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    cuda_home = _cuda_home()
+    if cuda_home is None:
+        ext = CppExtension("lc4_kernels._C", sources, extra_compile_args={"cxx": cxx}, **common)
+    else:
+        _set_cuda_arch_list(cuda_home)
+        nvcc = ["-O3", "-std=c++17", "-lineinfo", "-Xcompiler", "-Wno-unknown-pragmas"]
+        ext = CUDAExtension("lc4_kernels._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
+                            define_macros=[("LC4_WITH_CUDA", "1")], extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                            **common)
     return [ext], {"build_ext": _optional(BuildExtension).with_options(use_ninja=True)}
 
 

@@ -1,11 +1,22 @@
 // Torch glue for the lc4 ops: schemas (registered once), checks, allocation, dtype dispatch,
-// and the per-backend registrations. Kernels live in csrc/cpu (and csrc/cuda later) and see
-// only the plain params structs of common/params.h.
+// and the per-backend registrations. Kernels live in csrc/cpu and csrc/cuda and see only the
+// plain params structs of common/params.h. The CUDA kernels register under lc4 for CUDA tensors
+// (when built with CUDA) and, through their host emulation, under lc4_emu for CPU tensors.
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "common/params.h"
 #include "cpu/cpu_kernels.h"
+#include "cuda/launchers.h"
+
+#ifdef LC4_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
 
 namespace lc4 {
 namespace {
@@ -173,16 +184,212 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   return {grad_q, grad_k, grad_v, grad_points.to(points_in.scalar_type())};
 }
 
+// ---- CUDA kernels (real, or emulated on the host) ----------------------------------------
+
+// The kernels of one build of csrc/cuda: the real ones on the current CUDA stream, or the
+// host emulation (cuda_emu) on CPU tensors.
+struct EmulatedKernels {
+  static constexpr const char* name = "cuda_emu";
+  static int arch(const at::Tensor&) { return 90; }
+  static cudaStream_t stream() { return nullptr; }
+  static void sample_forward(const SampleParams& p, ScalarKind k) { cuda_emu::trilinear_sample_forward(p, k, stream()); }
+  static void sample_backward(const SampleParams& p, ScalarKind k, bool det) {
+    cuda_emu::trilinear_sample_backward(p, k, det, stream());
+  }
+  static void attention_forward(const AttentionParams& p, ScalarKind k) { cuda_emu::tda_attention_forward(p, k, stream()); }
+  static void attention_backward(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
+    cuda_emu::tda_attention_backward(p, s, k, stream());
+  }
+};
+
+#ifdef LC4_WITH_CUDA
+// LC4_CUDA_FORCE_SM70=1 makes a newer GPU take the paths a V100 takes (no bfloat16), so that
+// they can be tested there.
+int effective_arch(const at::Tensor& t) {
+  const char* forced = std::getenv("LC4_CUDA_FORCE_SM70");
+  if (forced && std::string(forced) == "1") return 70;
+  const auto* props = at::cuda::getDeviceProperties(t.get_device());
+  return props->major * 10 + props->minor;
+}
+
+struct CudaKernels {
+  static constexpr const char* name = "cuda";
+  static int arch(const at::Tensor& t) { return effective_arch(t); }
+  static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+  static void sample_forward(const SampleParams& p, ScalarKind k) {
+    cuda::trilinear_sample_forward(p, k, stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  static void sample_backward(const SampleParams& p, ScalarKind k, bool det) {
+    cuda::trilinear_sample_backward(p, k, det, stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  static void attention_forward(const AttentionParams& p, ScalarKind k) {
+    cuda::tda_attention_forward(p, k, stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  static void attention_backward(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
+    cuda::tda_attention_backward(p, s, k, stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+#endif
+
+template <typename Kernels>
+ScalarKind cuda_scalar_kind(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return ScalarKind::f32;
+    case at::kHalf: return ScalarKind::f16;
+    case at::kBFloat16:
+      TORCH_CHECK_VALUE(Kernels::arch(t) >= 80, "the ", Kernels::name,
+                        " backend runs bfloat16 on sm_80 and newer only (this device runs the sm_70 paths)");
+      return ScalarKind::bf16;
+    default:
+      TORCH_CHECK_VALUE(false, "the ", Kernels::name, " backend supports float32, float16 and bfloat16, got ",
+                        t.scalar_type());
+  }
+}
+
+// Gradients come back from the kernels in float32; they take the input's dtype here.
+at::Tensor float_buffer_for(const at::Tensor& t, bool zeroed) {
+  const auto options = t.options().dtype(at::kFloat);
+  return zeroed ? at::zeros(t.sizes(), options) : at::empty(t.sizes(), options);
+}
+
+struct DeviceGuard {
+#ifdef LC4_WITH_CUDA
+  explicit DeviceGuard(const at::Tensor& t) {
+    if (t.is_cuda()) guard.set_device(t.device());
+  }
+  c10::cuda::OptionalCUDAGuard guard;
+#else
+  explicit DeviceGuard(const at::Tensor&) {}
+#endif
+};
+
+template <typename Kernels>
+at::Tensor trilinear_sample_gpu(const at::Tensor& value_in, const at::Tensor& points_in) {
+  check_sample(value_in, points_in);
+  const DeviceGuard guard(value_in);
+  const ScalarKind kind = cuda_scalar_kind<Kernels>(value_in);
+  const auto value = value_in.contiguous();
+  const auto points = points_in.to(at::kFloat).contiguous();
+  auto out = at::empty({value.size(0), points.size(1), value.size(4), value.size(5)}, value.options());
+  SampleParams p = sample_params(value, points);
+  p.out = out.data_ptr();
+  Kernels::sample_forward(p, kind);
+  return out;
+}
+
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor> trilinear_sample_backward_gpu(const at::Tensor& grad_out, const at::Tensor& value_in,
+                                                                 const at::Tensor& points_in) {
+  check_sample(value_in, points_in);
+  const DeviceGuard guard(value_in);
+  const ScalarKind kind = cuda_scalar_kind<Kernels>(value_in);
+  const auto value = value_in.contiguous();
+  const auto points = points_in.to(at::kFloat).contiguous();
+  const auto go = grad_out.to(value.scalar_type()).contiguous();
+  TORCH_CHECK_VALUE(go.dim() == 4 && go.size(0) == value.size(0) && go.size(1) == points.size(1) &&
+                        go.size(2) == value.size(4) && go.size(3) == value.size(5),
+                    "grad_out must be (B, P, G, C), got ", grad_out.sizes());
+  auto grad_value = float_buffer_for(value, /*zeroed=*/true);
+  auto grad_points = float_buffer_for(points, /*zeroed=*/false);
+  SampleParams p = sample_params(value, points);
+  p.grad_out = go.data_ptr();
+  p.grad_value = grad_value.data_ptr();
+  p.grad_points = grad_points.data_ptr();
+  Kernels::sample_backward(p, kind, at::globalContext().deterministicAlgorithms());
+  return {grad_value.to(value.scalar_type()), grad_points.to(points_in.scalar_type())};
+}
+
+template <typename Kernels>
+void check_cuda_head_dim(const at::Tensor& q) {
+  TORCH_CHECK_VALUE(q.size(3) <= kCudaMaxHeadDim, "q must have a head dim d <= ", kCudaMaxHeadDim, " for the ",
+                    Kernels::name, " backend, got ", q.sizes());
+}
+
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor> tda_attention_gpu(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                     const at::Tensor& v_in, const at::Tensor& points_in,
+                                                     double scale) {
+  check_attention(q_in, k_in, v_in, points_in);
+  check_cuda_head_dim<Kernels>(q_in);
+  const DeviceGuard guard(q_in);
+  const ScalarKind kind = cuda_scalar_kind<Kernels>(q_in);
+  const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const auto points = points_in.to(at::kFloat).contiguous();
+  auto out = at::empty_like(q);
+  auto lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(at::kFloat));
+  AttentionParams p = attention_params(q, k, v, points, scale);
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr();
+  Kernels::attention_forward(p, kind);
+  return {out, lse};
+}
+
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backward_gpu(
+    const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& points_in, const at::Tensor& out_in, const at::Tensor& lse_in, double scale) {
+  check_attention(q_in, k_in, v_in, points_in);
+  check_cuda_head_dim<Kernels>(q_in);
+  const DeviceGuard guard(q_in);
+  const ScalarKind kind = cuda_scalar_kind<Kernels>(q_in);
+  const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const auto points = points_in.to(at::kFloat).contiguous();
+  const auto out = out_in.to(q.scalar_type()).contiguous();
+  const auto lse = lse_in.to(at::kFloat).contiguous();
+  const auto go = grad_out.to(q.scalar_type()).contiguous();
+  TORCH_CHECK_VALUE(go.sizes() == q.sizes() && out.sizes() == q.sizes(), "grad_out and out must have q's shape ",
+                    q.sizes());
+  TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(2) && lse.size(2) == q.size(1),
+                    "lse must be (B, heads, Nq), got ", lse.sizes());
+  AttentionParams p = attention_params(q, k, v, points, scale);
+  auto grad_q = float_buffer_for(q, /*zeroed=*/!p.deterministic);  // atomics add into it
+  auto grad_k = float_buffer_for(k, /*zeroed=*/true);
+  auto grad_v = float_buffer_for(v, /*zeroed=*/true);
+  auto grad_points = float_buffer_for(points, /*zeroed=*/false);
+  const auto float_options = q.options().dtype(at::kFloat);
+  auto delta = at::empty({q.size(0), q.size(2), q.size(1)}, float_options);
+  auto grad_k_sampled = at::empty({q.size(0), q.size(2), points.size(1), q.size(3)}, float_options);
+  auto grad_v_sampled = at::empty_like(grad_k_sampled);
+  AttentionScratch s;
+  s.delta = delta.data_ptr<float>();
+  s.grad_k_sampled = grad_k_sampled.data_ptr<float>();
+  s.grad_v_sampled = grad_v_sampled.data_ptr<float>();
+  p.out = const_cast<void*>(out.data_ptr());
+  p.lse = const_cast<void*>(lse.data_ptr());
+  p.grad_out = go.data_ptr();
+  p.grad_q = grad_q.data_ptr();
+  p.grad_k = grad_k.data_ptr();
+  p.grad_v = grad_v.data_ptr();
+  p.grad_points = grad_points.data_ptr();
+  Kernels::attention_backward(p, s, kind);
+  const auto dtype = q.scalar_type();
+  return {grad_q.to(dtype), grad_k.to(dtype), grad_v.to(dtype), grad_points.to(points_in.scalar_type())};
+}
+
+#define LC4_DEFINE_OP_SCHEMAS(m)                                                                            \
+  m.def("trilinear_sample(Tensor value, Tensor points) -> Tensor");                                         \
+  m.def("trilinear_sample_backward(Tensor grad_out, Tensor value, Tensor points) -> (Tensor, Tensor)");     \
+  m.def("tda_attention(Tensor q, Tensor k, Tensor v, Tensor points, float scale) -> (Tensor, Tensor)");     \
+  m.def(                                                                                                    \
+      "tda_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor points, Tensor out, "   \
+      "Tensor lse, float scale) -> (Tensor, Tensor, Tensor, Tensor)")
+
+#define LC4_IMPL_GPU_OPS(m, Kernels)                                                  \
+  m.impl("trilinear_sample", &trilinear_sample_gpu<Kernels>);                          \
+  m.impl("trilinear_sample_backward", &trilinear_sample_backward_gpu<Kernels>);        \
+  m.impl("tda_attention", &tda_attention_gpu<Kernels>);                                \
+  m.impl("tda_attention_backward", &tda_attention_backward_gpu<Kernels>)
+
 }  // namespace
 
-TORCH_LIBRARY(lc4, m) {
-  m.def("trilinear_sample(Tensor value, Tensor points) -> Tensor");
-  m.def("trilinear_sample_backward(Tensor grad_out, Tensor value, Tensor points) -> (Tensor, Tensor)");
-  m.def("tda_attention(Tensor q, Tensor k, Tensor v, Tensor points, float scale) -> (Tensor, Tensor)");
-  m.def(
-      "tda_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor points, Tensor out, "
-      "Tensor lse, float scale) -> (Tensor, Tensor, Tensor, Tensor)");
-}
+TORCH_LIBRARY(lc4, m) { LC4_DEFINE_OP_SCHEMAS(m); }
+
+// The host emulation of the CUDA kernels runs on CPU tensors, so it needs ops of its own.
+TORCH_LIBRARY(lc4_emu, m) { LC4_DEFINE_OP_SCHEMAS(m); }
 
 TORCH_LIBRARY_IMPL(lc4, CPU, m) {
   m.impl("trilinear_sample", &trilinear_sample_cpu);
@@ -191,6 +398,19 @@ TORCH_LIBRARY_IMPL(lc4, CPU, m) {
   m.impl("tda_attention_backward", &tda_attention_backward_cpu);
 }
 
+TORCH_LIBRARY_IMPL(lc4_emu, CPU, m) { LC4_IMPL_GPU_OPS(m, EmulatedKernels); }
+
+#ifdef LC4_WITH_CUDA
+TORCH_LIBRARY_IMPL(lc4, CUDA, m) { LC4_IMPL_GPU_OPS(m, CudaKernels); }
+#endif
+
 }  // namespace lc4
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.doc() = "lc4 compiled ops (registered under torch.ops.lc4)"; }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "lc4 compiled ops (torch.ops.lc4; the emulated CUDA kernels under torch.ops.lc4_emu)";
+#ifdef LC4_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

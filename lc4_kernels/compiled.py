@@ -2,11 +2,16 @@
 TORCH_LIBRARY, and gives those ops what torch needs around them: autograd through the
 hand-written backward ops, and fake kernels so that ``torch.compile`` traces them.
 
+Backends: ``cpu`` (csrc/cpu), ``cuda`` (csrc/cuda, CUDA tensors, when the extension was built
+with CUDA) and the test-only ``cuda_emu``: the same CUDA kernel sources built by the host compiler
+and run on CPU tensors through ``lc4_emu::`` ops of the same schemas (never chosen by ``auto``).
+
 Without the extension (no compiler, build skipped) only the reference backend is available,
 and ``EXTENSION_ERROR`` says why.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -26,24 +31,24 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _register_op_support() -> None:
-    ops = torch.ops.lc4
+def _register_op_support(namespace: str) -> None:
+    ops = getattr(torch.ops, namespace)
 
-    @torch.library.register_fake("lc4::trilinear_sample")
+    @torch.library.register_fake(f"{namespace}::trilinear_sample")
     def _(value, points):
         B, _, _, _, G, C = value.shape
         return value.new_empty((B, points.shape[1], G, C))
 
-    @torch.library.register_fake("lc4::trilinear_sample_backward")
+    @torch.library.register_fake(f"{namespace}::trilinear_sample_backward")
     def _(grad_out, value, points):
         return torch.empty_like(value), torch.empty_like(points)
 
-    @torch.library.register_fake("lc4::tda_attention")
+    @torch.library.register_fake(f"{namespace}::tda_attention")
     def _(q, k, v, points, scale):
         B, Nq, heads, _ = q.shape
         return torch.empty_like(q), q.new_empty((B, heads, Nq), dtype=_accumulation_dtype(q.dtype))
 
-    @torch.library.register_fake("lc4::tda_attention_backward")
+    @torch.library.register_fake(f"{namespace}::tda_attention_backward")
     def _(grad_out, q, k, v, points, out, lse, scale):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(points)
 
@@ -55,7 +60,7 @@ def _register_op_support() -> None:
         grad_value, grad_points = ops.trilinear_sample_backward(grad_out.contiguous(), value, points)
         return grad_value, grad_points
 
-    torch.library.register_autograd("lc4::trilinear_sample", sample_backward, setup_context=sample_setup)
+    torch.library.register_autograd(f"{namespace}::trilinear_sample", sample_backward, setup_context=sample_setup)
 
     def attention_setup(ctx, inputs, output):
         q, k, v, points, scale = inputs
@@ -68,25 +73,76 @@ def _register_op_support() -> None:
         grads = ops.tda_attention_backward(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
         return (*grads, None)
 
-    torch.library.register_autograd("lc4::tda_attention", attention_backward, setup_context=attention_setup)
+    torch.library.register_autograd(f"{namespace}::tda_attention", attention_backward, setup_context=attention_setup)
 
 
-def _cpu_trilinear_sample(value, points):
-    return torch.ops.lc4.trilinear_sample(value.contiguous(), points.contiguous())
+def _op_calls(namespace: str):
+    ops = getattr(torch.ops, namespace)
+
+    def trilinear_sample(value, points):
+        return ops.trilinear_sample(value.contiguous(), points.contiguous())
+
+    def tda_attention(q, k, v, points, scale):
+        out, _ = ops.tda_attention(q.contiguous(), k.contiguous(), v.contiguous(), points.contiguous(), scale)
+        return out
+
+    return trilinear_sample, tda_attention
 
 
-def _cpu_tda_attention(q, k, v, points, scale):
-    out, _ = torch.ops.lc4.tda_attention(q.contiguous(), k.contiguous(), v.contiguous(), points.contiguous(), scale)
-    return out
+CUDA_MAX_HEAD_DIM = 256  # kCudaMaxHeadDim in csrc/cuda/launchers.h
+FORCE_SM70_ENV = "LC4_CUDA_FORCE_SM70"  # "1": a newer GPU takes the sm_70 (V100) paths, bfloat16 off
 
 
-if EXTENSION_ERROR is None:
-    _register_op_support()
+def _cuda_unavailable_reason():
+    if not getattr(_C, "with_cuda", False):
+        return "lc4_kernels._C was built without CUDA (torch without CUDA or no CUDA toolkit at build time)"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+def _cuda_dtypes():
+    dtypes = {torch.float32, torch.float16}
+    if (_cuda_unavailable_reason() is None and os.environ.get(FORCE_SM70_ENV) != "1"
+            and torch.cuda.get_device_capability() >= (8, 0)):
+        dtypes.add(torch.bfloat16)
+    return frozenset(dtypes)
+
+
+def _register_backends() -> None:
+    sample, attention = _op_calls("lc4")
     backends.register_backend(backends.Backend(
         name="cpu",
         priority=10,
         device_types=frozenset({"cpu"}),
         dtypes=frozenset({torch.float32, torch.float64}),
-        trilinear_sample=_cpu_trilinear_sample,
-        tda_attention=_cpu_tda_attention,
+        trilinear_sample=sample,
+        tda_attention=attention,
     ))
+    backends.register_backend(backends.Backend(
+        name="cuda",
+        priority=20,
+        device_types=frozenset({"cuda"}),
+        dtypes=_cuda_dtypes(),
+        trilinear_sample=sample,
+        tda_attention=attention,
+        max_head_dim=CUDA_MAX_HEAD_DIM,
+        is_available=_cuda_unavailable_reason,
+    ))
+    emu_sample, emu_attention = _op_calls("lc4_emu")
+    backends.register_backend(backends.Backend(
+        name="cuda_emu",
+        priority=1,
+        device_types=frozenset({"cpu"}),
+        dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
+        trilinear_sample=emu_sample,
+        tda_attention=emu_attention,
+        max_head_dim=CUDA_MAX_HEAD_DIM,
+        auto_selectable=False,
+    ))
+
+
+if EXTENSION_ERROR is None:
+    _register_op_support("lc4")
+    _register_op_support("lc4_emu")
+    _register_backends()

@@ -1,0 +1,87 @@
+// Warp-collective host implementation of the nvcuda::wmma calls the kernels use (16x16x16 tiles
+// of __half or __nv_bfloat16 inputs with float accumulators). The layout is this file's own, as
+// the API allows: lane L holds elements 8L..8L+7 of the tile in logical row-major order. A
+// product exchanges the tiles through the warp's scratch between two barriers of the warp.
+#pragma once
+
+namespace lc4::emu::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+constexpr int kTile = 16;
+constexpr int kPerLane = kTile * kTile / kWarpSize;
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == kTile && N == kTile && K == kTile, "only m16n16k16 is emulated");
+  static constexpr int num_elements = kPerLane;
+  T x[kPerLane];
+};
+
+inline float as_float(float v) { return v; }
+inline float as_float(__half v) { return __half2float(v); }
+inline float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Logical (row, column) of element i of this lane.
+inline int element_row(int i) { return (lane_id() * kPerLane + i) / kTile; }
+inline int element_col(int i) { return (lane_id() * kPerLane + i) % kTile; }
+
+template <typename Use, typename T, typename Layout, typename V>
+void fill_fragment(fragment<Use, kTile, kTile, kTile, T, Layout>& f, const V& value) {
+  for (int i = 0; i < kPerLane; ++i) f.x[i] = T(value);
+}
+
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, kTile, kTile, kTile, T, Layout>& f, const T* p, unsigned ldm) {
+  constexpr bool row = std::is_same_v<Layout, row_major>;
+  for (int i = 0; i < kPerLane; ++i) {
+    const int r = element_row(i), c = element_col(i);
+    f.x[i] = row ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+
+inline void load_matrix_sync(fragment<accumulator, kTile, kTile, kTile, float>& f, const float* p, unsigned ldm,
+                             layout_t layout) {
+  for (int i = 0; i < kPerLane; ++i) {
+    const int r = element_row(i), c = element_col(i);
+    f.x[i] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  }
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, kTile, kTile, kTile, float>& f, unsigned ldm,
+                              layout_t layout) {
+  for (int i = 0; i < kPerLane; ++i) {
+    const int r = element_row(i), c = element_col(i);
+    (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[i];
+  }
+}
+
+template <typename T, typename LayoutA, typename LayoutB>
+void mma_sync(fragment<accumulator, kTile, kTile, kTile, float>& d,
+              const fragment<matrix_a, kTile, kTile, kTile, T, LayoutA>& a,
+              const fragment<matrix_b, kTile, kTile, kTile, T, LayoutB>& b,
+              const fragment<accumulator, kTile, kTile, kTile, float>& c) {
+  Warp& warp = this_warp();
+  float(&tiles)[3][256] = warp.mma_scratch;
+  const int first = lane_id() * kPerLane;
+  for (int i = 0; i < kPerLane; ++i) {
+    tiles[0][first + i] = as_float(a.x[i]);
+    tiles[1][first + i] = as_float(b.x[i]);
+    tiles[2][first + i] = c.x[i];
+  }
+  warp.barrier.arrive_and_wait();
+  for (int i = 0; i < kPerLane; ++i) {
+    const int r = element_row(i), col = element_col(i);
+    float sum = tiles[2][first + i];
+    for (int k = 0; k < kTile; ++k) sum += tiles[0][r * kTile + k] * tiles[1][k * kTile + col];
+    d.x[i] = sum;
+  }
+  warp.barrier.arrive_and_wait();
+}
+
+}  // namespace lc4::emu::wmma

@@ -1,0 +1,45 @@
+// Launchers of the CUDA kernels, as the torch glue sees them: plain params structs and a
+// stream, no CUDA or torch header. The same declarations serve the real kernels (namespace
+// lc4::cuda, built by nvcc) and their host emulation (lc4::cuda_emu, built by the host compiler).
+#pragma once
+
+#include <cstdint>
+
+#include "common/params.h"
+
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
+
+namespace lc4 {
+
+enum class ScalarKind { f32, f16, bf16 };
+
+// Buffers the glue allocates for the attention backward, all float32 and contiguous.
+struct AttentionScratch {
+  float* delta = nullptr;         // (B, heads, Nq): rowsum(grad_out * out)
+  float* grad_k_sampled = nullptr;  // (B, heads, Nk, d): dk~
+  float* grad_v_sampled = nullptr;  // (B, heads, Nk, d): dv~
+};
+
+// Head dims up to this run on the CUDA kernels; each d runs on the smallest instantiated
+// bucket that holds it (see head_dims.h).
+constexpr int64_t kCudaMaxHeadDim = 256;
+
+}  // namespace lc4
+
+// Gradients (grad_value, grad_q, grad_k, grad_v, grad_points) are float32 buffers whatever the
+// input dtype; grad_value, grad_k, grad_v (and grad_q when !deterministic) must be zeroed.
+#define LC4_DECLARE_CUDA_LAUNCHERS(NS)                                                              \
+  namespace lc4::NS {                                                                              \
+  void trilinear_sample_forward(const SampleParams& p, ScalarKind kind, cudaStream_t stream);      \
+  void trilinear_sample_backward(const SampleParams& p, ScalarKind kind, bool deterministic,       \
+                                 cudaStream_t stream);                                             \
+  void tda_attention_forward(const AttentionParams& p, ScalarKind kind, cudaStream_t stream);      \
+  void tda_attention_backward(const AttentionParams& p, const AttentionScratch& scratch,           \
+                              ScalarKind kind, cudaStream_t stream);                               \
+  }
+
+LC4_DECLARE_CUDA_LAUNCHERS(cuda_emu)
+#if defined(LC4_WITH_CUDA) || defined(__CUDACC__)
+LC4_DECLARE_CUDA_LAUNCHERS(cuda)
+#endif

@@ -1,0 +1,6 @@
+// float instantiations of the attention kernels, every head-dim bucket (head_dims.h).
+#include "cuda/tda_attention_dtype.cuh"
+
+namespace lc4::LC4_CUDA_NS {
+LC4_INSTANTIATE_ATTENTION(float)
+}  // namespace lc4::LC4_CUDA_NS

@@ -1,0 +1,2 @@
+// The kernels of cuda/tda_attention_bf16.cu built by the host compiler into the cuda_emu backend.
+#include "cuda/tda_attention_bf16.cu"

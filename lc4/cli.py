@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("lc4.eval", "lc4.colorize", "lc4.init_model")
+COMMAND_MODULES = ("lc4.eval", "lc4.colorize", "lc4.init_model", "lc4.train.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

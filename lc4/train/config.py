@@ -1,0 +1,245 @@
+"""Training configuration: a YAML or TOML file whose defaults are the paper's (seed Sec. 3.5).
+
+Sec. 3.5 in config terms:
+
+* two stages: ``stage: 1`` trains the denoising UNet with TDA under the CLIP embeddings of the
+  captions; ``stage: 2`` freezes it and trains CMPF. What trains is explicit in ``trainable``
+  (stage defaults below); stage 2 refuses a ``trainable`` that includes the UNet or TDA.
+* epsilon-prediction MSE (Eq. 9) in both stages;
+* AdamW, ``lr = 1e-5``, ``betas = (0.99, 0.999)``; 20 epochs (stage 1), 10 (stage 2);
+  batch size 2; clips of ``N^f = 8`` frames.
+* ``lambda = 1e-4``: the paper names it with the training settings but defines no loss term
+  for it; with AdamW the one hyper-parameter it can be is the weight decay, so that is where
+  it goes (``optimizer.weight_decay``).
+
+Choices the paper leaves open: resolution 256 (its evaluations run at 256; 512 is the SD1.5
+native size), ``caption_dropout = 0.1`` (the pipeline samples with classifier-free guidance, so
+the unconditional branch has to keep training), fp16 mixed precision and gradient
+checkpointing (V100s), a constant learning rate, gradient clipping at 1.0.
+
+Luminance encoder: the paper starts it from L-CAD's weights, which are not public, so stage 1
+trains it by default (its zero-initialised ``latent_proj`` is how the luminance reaches the
+UNet). Eq. 9 gives its decoder skip projections no gradient; they stay as initialised.
+
+A minimal file::
+
+    stage: 1
+    model: {path: models/lc4-sd15}       # from `lc4 init-model DIR --from-sd15 SD_DIR`
+    data: {source: data/internvid.csv}    # or .jsonl, or a folder of videos with .txt captions
+    output_dir: runs/stage1
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+TRAINABLE_PARTS = ("unet", "tda", "luminance_encoder", "cmpf")
+STAGE_TRAINABLE = {1: ("unet", "tda", "luminance_encoder"), 2: ("cmpf",)}
+STAGE_EPOCHS = {1: 20, 2: 10}
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # an lc4 model folder (`lc4 init-model`, or a previous stage's output)
+    tda_backend: Optional[str] = None  # lc4_kernels backend; None: automatic
+
+
+@dataclass
+class DataConfig:
+    source: str = ""  # folder of videos (caption in NAME.txt beside each), .csv or .jsonl
+    resolution: int = 256
+    num_frames: int = 8  # N^f
+    frame_stride: int = 1  # take every k-th frame of the source
+    random_crop: bool = True  # else centre crop
+    caption_dropout: float = 0.1
+    num_workers: int = 4
+    max_skips: int = 32  # consecutive unreadable videos tolerated before giving up
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.99, 0.999)
+    weight_decay: float = 1e-4  # the paper's lambda, see the module docstring
+    eps: float = 1e-8
+    max_grad_norm: Optional[float] = 1.0
+    lr_scheduler: str = "constant"  # any name diffusers.optimization.get_scheduler knows
+    lr_warmup_steps: int = 0
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = False
+    decay: float = 0.9999
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    keep_last: Optional[int] = 3  # None keeps all
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    tensorboard: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    every_steps: int = 0  # 0: never (the end of training still validates if a clip is known)
+    video: Optional[str] = None  # a held-out video; None: the last item of the data source is held out
+    caption: Optional[str] = None
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    stage: int = 1
+    trainable: Optional[list[str]] = None  # None: the stage's default, STAGE_TRAINABLE
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpointing: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    output_dir: str = "runs/lc4"
+    batch_size: int = 2  # clips per process and micro-step
+    gradient_accumulation_steps: int = 1
+    epochs: Optional[int] = None  # None: the stage's default, STAGE_EPOCHS
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
+    mixed_precision: str = "fp16"  # falls back to "no" without a GPU
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (needed for bitwise resume)
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def trainable_parts(self) -> tuple[str, ...]:
+        return tuple(self.trainable) if self.trainable is not None else STAGE_TRAINABLE[self.stage]
+
+    @property
+    def num_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else STAGE_EPOCHS[self.stage]
+
+    def validate(self) -> None:
+        if self.stage not in STAGE_TRAINABLE:
+            raise ValueError(f"stage: expected 1 or 2, got {self.stage!r}")
+        unknown = [p for p in self.trainable_parts if p not in TRAINABLE_PARTS]
+        if unknown or not self.trainable_parts:
+            raise ValueError(f"trainable: expected a non-empty list of {TRAINABLE_PARTS}, got {self.trainable!r}")
+        if self.stage == 2 and {"unet", "tda"} & set(self.trainable_parts):
+            raise ValueError("trainable: stage 2 freezes the UNet and its TDA layers; train them in stage 1")
+        if self.stage == 1 and "cmpf" in self.trainable_parts:
+            raise ValueError("trainable: stage 1 conditions on plain CLIP embeddings, CMPF is not used; "
+                             "train it in stage 2")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision: expected one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        data = self.data
+        if data.resolution % 8 or data.resolution <= 0:
+            raise ValueError(f"data.resolution: expected a positive multiple of 8, got {data.resolution}")
+        for name, value in (("data.num_frames", data.num_frames), ("data.frame_stride", data.frame_stride),
+                            ("batch_size", self.batch_size),
+                            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+                            ("checkpointing.every_steps", self.checkpointing.every_steps),
+                            ("logging.every_steps", self.logging.every_steps)):
+            if value < 1:
+                raise ValueError(f"{name}: expected >= 1, got {value}")
+        if not 0 <= data.caption_dropout <= 1:
+            raise ValueError(f"data.caption_dropout: expected a probability, got {data.caption_dropout}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps: expected >= 1, got {self.max_steps}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    """A dataclass from a dict, nested sections included; unknown keys are errors (typos)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                         f"known under {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value or {}, f"{prefix}{name}.")
+        elif name == "betas":
+            kwargs[name] = tuple(float(b) for b in value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(values: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        values = values.setdefault(key, {})
+    values[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optimizer.lr=1e-4"`` -> ``("optimizer.lr", 1e-4)``; values are read as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"--set: expected KEY=VALUE (e.g. optimizer.lr=1e-4), got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CONFIG: no such file {str(path)!r}")
+    if path.suffix.lower() == ".toml":
+        return tomllib.loads(path.read_text())
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        import yaml
+
+        return yaml.safe_load(path.read_text()) or {}
+    raise ValueError(f"CONFIG: expected a .yaml, .yml, .toml or .json file, got {str(path)!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None,
+                values: Optional[dict] = None) -> TrainConfig:
+    """Reads a config file (or takes ``values``), applies ``KEY=VALUE`` overrides, checks it.
+    Relative ``model.path``, ``data.source``, ``output_dir`` and ``validation.video`` in a file
+    are taken relative to the file's folder."""
+    values = json.loads(json.dumps(values or {}))
+    if path is not None:
+        values = read_config_file(path)
+        base = Path(path).parent
+        for dotted in ("model.path", "data.source", "output_dir", "validation.video"):
+            *parents, leaf = dotted.split(".")
+            section = values
+            for key in parents:
+                section = section.get(key) or {}
+            if isinstance(section.get(leaf), str) and section[leaf] and not Path(section[leaf]).is_absolute():
+                section[leaf] = str(base / section[leaf])
+    for text in overrides or []:
+        _set_dotted(values, *parse_override(text))
+    return _build(TrainConfig, values)
+
+
+def dump_config(config: TrainConfig, path: str | Path) -> None:
+    import yaml
+
+    data = config.to_dict()
+    data["optimizer"]["betas"] = list(data["optimizer"]["betas"])
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,329 @@
+"""The training loop: one stage of L-C4 training, on one process or many (accelerate).
+
+Resuming is exact: a checkpoint holds the weights, optimizer, learning-rate scheduler, EMA,
+the step count and every process's RNG states; the data order and each sample's random choices
+are functions of ``(seed, epoch, position)`` (:class:`lc4.train.data.ClipSampler`), and the
+batches of the interrupted epoch already seen are skipped without decoding them. With
+``deterministic: true`` a run killed after step k and resumed ends with the same weights, bit
+for bit, as one never interrupted. Validation runs under a forked RNG, so it does not shift
+the training's random numbers either.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .checkpoint import resolve_resume, save_checkpoint, save_model_folder
+from .config import TrainConfig
+from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_videos, split_holdout,
+                   validation_clip)
+from .models import Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingProgress:
+    """The step count, saved and restored with the checkpoint (accelerate custom object)."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+@dataclass
+class TrainResult:
+    step: int
+    output_dir: Path
+    model_dir: Optional[Path]
+    components: Components
+    denoiser: torch.nn.Module = field(repr=False)
+    trainable: list = field(repr=False, default_factory=list)
+    validation_outputs: list = field(default_factory=list)
+
+
+def _mixed_precision(requested: str) -> str:
+    if requested != "no" and not torch.cuda.is_available():
+        logger.warning("mixed_precision=%s needs a GPU; training in float32 on the CPU", requested)
+        return "no"
+    return requested
+
+
+def _frozen_dtype(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: resident high-water
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    """``torch.use_deterministic_algorithms`` for the run, restored afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def build_dataloader(config: TrainConfig, items: list[VideoItem]):
+    data = config.data
+    dataset = TextVideoDataset(items, data.resolution, data.num_frames, data.frame_stride, data.random_crop,
+                               data.caption_dropout, data.max_skips)
+    sampler = ClipSampler(len(dataset), seed=config.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, num_workers=data.num_workers,
+        # Its own generator: creating an iterator must not draw from the global RNG (resume).
+        generator=torch.Generator().manual_seed(config.seed), pin_memory=torch.cuda.is_available(),
+        persistent_workers=False)
+    return loader, sampler
+
+
+def _validation_item(config: TrainConfig, items: list[VideoItem]) -> tuple[list[VideoItem], Optional[VideoItem]]:
+    validation = config.validation
+    if validation.video:
+        caption = validation.caption
+        if not caption:
+            raise ValueError("validation.caption: needed with validation.video")
+        return items, VideoItem(Path(validation.video), caption)
+    return split_holdout(items, holdout=validation.every_steps > 0)
+
+
+def colorize_validation_clip(components: Components, item: VideoItem, config: TrainConfig, path: Path) -> Path:
+    """Colorizes the held-out clip with its caption and writes it to ``path`` (an .mp4)."""
+    from diffusers import DDIMScheduler
+
+    from ..color import to_uint8
+    from ..pipeline import LC4Pipeline
+    from ..video import write_video
+
+    clip = validation_clip(item, config.data.resolution, config.data.num_frames)
+    pipeline = LC4Pipeline(components.vae, components.luminance_encoder, components.unet, components.tda,
+                           components.text_encoder, components.tokenizer, components.cmpf,
+                           DDIMScheduler.from_config(components.scheduler_config))
+    pipeline.set_progress_bar_config(disable=True)
+    validation = config.validation
+    result = pipeline(clip, item.caption, num_inference_steps=validation.num_inference_steps,
+                      guidance_scale=validation.guidance_scale, seed=validation.seed,
+                      resolution=config.data.resolution, frames_per_clip=config.data.num_frames,
+                      full_resolution=False, backend=config.model.tda_backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_video(path, to_uint8(result.frames), fps=8)
+
+
+class MetricsLog:
+    """Appends one JSON object per logging step to ``logs/metrics.jsonl`` (main process)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, resume: Optional[str] = None, stop_after: Optional[int] = None) -> TrainResult:
+    """Runs (or resumes, ``resume="latest"`` or a checkpoint path) one training stage.
+    ``stop_after``: leave the loop after that many optimizer steps in total, as a killed run
+    would (a checkpoint is written there first); the schedule still counts to ``max_steps``."""
+    with _deterministic(config.deterministic):
+        return _train(config, resume, stop_after)
+
+
+def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from ..tda import set_tda_backend
+
+    output_dir = Path(config.output_dir)
+    mixed_precision = _mixed_precision(config.mixed_precision)
+    log_with = None
+    if config.logging.tensorboard:
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            logger.warning("logging.tensorboard: tensorboard is not installed (pip install tensorboard); "
+                           "logging to logs/metrics.jsonl only")
+        else:
+            log_with = "tensorboard"
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=mixed_precision,
+        log_with=log_with, project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                                               logging_dir=str(output_dir / "logs")))
+    # Every process its own noise, one model: the weights come from the model folder.
+    set_seed(config.seed, device_specific=True)
+    device = accelerator.device
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        from .config import dump_config
+        dump_config(config, output_dir / "config.yaml")
+
+    # -- model ---------------------------------------------------------------------------
+    components = load_components(config.model.path)
+    set_tda_backend(components.unet, config.model.tda_backend)
+    set_tda_backend(components.cmpf, config.model.tda_backend)
+    parts = config.trainable_parts
+    params = freeze_all_but(components, parts)
+    frozen_dtype = _frozen_dtype(mixed_precision)
+    for frozen in (components.vae, components.text_encoder):
+        frozen.to(device) if frozen_dtype == torch.float32 else frozen.to(device, frozen_dtype)
+    if config.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+    denoiser = LC4Denoiser(components.unet, components.luminance_encoder,
+                           components.cmpf if config.stage == 2 else None).to(device)
+    denoiser.train()
+
+    optim = config.optimizer
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay,
+                                  eps=optim.eps)
+
+    # -- data ----------------------------------------------------------------------------
+    items = list_videos(config.data.source)
+    items, validation_item = _validation_item(config, items)
+    dataloader, sampler = build_dataloader(config, items)
+
+    denoiser, optimizer, dataloader = accelerator.prepare(denoiser, optimizer, dataloader)
+
+    # -- schedule ------------------------------------------------------------------------
+    steps_per_epoch = max(1, math.ceil(len(dataloader) / config.gradient_accumulation_steps))  # per process
+    max_steps = config.max_steps or config.num_epochs * steps_per_epoch
+    # accelerate steps a prepared scheduler once per process per optimizer step.
+    lr_scheduler = accelerator.prepare(get_scheduler(
+        optim.lr_scheduler, optimizer, num_warmup_steps=optim.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes))
+    ema = None
+    if config.ema.enabled:
+        from diffusers.training_utils import EMAModel
+        ema = EMAModel(params, decay=config.ema.decay)
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+
+    checkpoints_dir = output_dir / "checkpoints"
+    resume_path = resolve_resume(resume, checkpoints_dir)
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        accelerator.print(f"resumed from {resume_path} at step {progress.step}")
+    if accelerator.is_main_process:
+        accelerator.init_trackers("lc4-train", config={"stage": config.stage, "lr": optim.lr,
+                                                       "resolution": config.data.resolution})
+
+    metrics = MetricsLog(output_dir / "logs" / "metrics.jsonl", accelerator.is_main_process)
+    validation_outputs = []
+
+    def validate(step: int) -> None:
+        if validation_item is None or not accelerator.is_main_process:
+            return
+        path = output_dir / "validation" / f"step-{step:08d}.mp4"
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
+                _ema_weights(ema, params):
+            denoiser.eval()
+            try:
+                validation_outputs.append(colorize_validation_clip(components, validation_item, config, path))
+            except (ValueError, OSError) as error:  # an unreadable held-out clip must not end a run
+                logger.warning("validation: could not colorize %s: %s", validation_item.path, error)
+            finally:
+                denoiser.train()
+
+    # -- loop ----------------------------------------------------------------------------
+    step = progress.step
+    epoch, batches_to_skip = divmod(step, steps_per_epoch)
+    batches_to_skip *= config.gradient_accumulation_steps
+    last_stop = min(max_steps, stop_after) if stop_after else max_steps
+    bar = tqdm(total=max_steps, initial=step, desc=f"stage {config.stage}", unit="step",
+               disable=not (accelerator.is_local_main_process and config.logging.progress_bar))
+    window_loss, window_clips, window_start = 0.0, 0, time.perf_counter()
+    while step < last_stop:
+        sampler.set_epoch_seed(epoch)
+        loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
+        batches_to_skip = 0
+        for batch in loader:
+            with accelerator.accumulate(denoiser):
+                loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.stage == 2)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and optim.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, optim.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_loss += loss.detach().float().item() / config.gradient_accumulation_steps
+            window_clips += batch["pixel_values"].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.step = step
+            if ema is not None:
+                ema.step(params)
+            bar.update(1)
+            if step % config.logging.every_steps == 0 or step == last_stop:
+                steps_in_window = (step - 1) % config.logging.every_steps + 1
+                mean_loss = accelerator.reduce(torch.tensor(window_loss / steps_in_window, device=device), "mean").item()
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
+                          "clips_per_s": window_clips / max(elapsed, 1e-9), "memory_gib": _peak_memory_gib(device)}
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                metrics.write(record)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
+                window_loss, window_clips, window_start = 0.0, 0, time.perf_counter()
+            if step % config.checkpointing.every_steps == 0 or step == last_stop:
+                save_checkpoint(accelerator, checkpoints_dir, step, config.checkpointing.keep_last)
+            if config.validation.every_steps and step % config.validation.every_steps == 0:
+                validate(step)
+            if step >= last_stop:
+                break
+        epoch += 1
+    bar.close()
+
+    model_dir = None
+    if step >= max_steps:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with torch.no_grad(), _ema_weights(ema, params):
+                model_dir = save_model_folder(components, config.model.path, output_dir / "model", parts)
+            if config.validation.every_steps and step % config.validation.every_steps:
+                validate(step)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(step, output_dir, model_dir, components, accelerator.unwrap_model(denoiser), params,
+                       validation_outputs)
+
+
+@contextlib.contextmanager
+def _ema_weights(ema, params):
+    """The EMA weights in place of the trained ones for the duration (no-op without EMA)."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)

@@ -1,0 +1,149 @@
+"""The L-C4 components as training sees them, and the loss of one step (Eq. 9).
+
+:class:`LC4Denoiser` holds what gradients flow through (the UNet with TDA, the luminance
+encoder and, in stage 2, CMPF) so that accelerate wraps one module in DDP; the frozen VAE and
+text encoder stay outside (in fp16 on a GPU). :func:`diffusion_loss` is the epsilon-prediction
+MSE: frames to latents with the VAE, noise at a random DDPM timestep, the luminance residual
+added to the noisy latent as the pipeline adds it at inference, the UNet (under CLIP
+embeddings in stage 1, under CMPF's instance-aware embeddings in stage 2) predicts the noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cmpf import CrossModalityPreFusion, color_token_mask
+from ..luminance import LuminanceEncoder
+from ..unet import TDAAdapter, load_unet_with_tda, temporal_kwargs
+
+
+@dataclass
+class Components:
+    """Every part of an L-C4 model folder, loaded for training."""
+
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: object
+    unet: nn.Module  # with the TDA layers inserted
+    tda: TDAAdapter  # the same TDA modules, for saving them in their own folder
+    luminance_encoder: LuminanceEncoder
+    cmpf: CrossModalityPreFusion
+    noise_scheduler: object  # DDPMScheduler
+    scheduler_config: dict  # the folder's own (inference) scheduler config
+
+
+def load_components(model_dir: str | Path) -> Components:
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from ..init_model import check_model_folder
+
+    folder = check_model_folder(model_dir)
+    scheduler_config = DDPMScheduler.load_config(folder / "scheduler")
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+    if noise_scheduler.config.prediction_type != "epsilon":
+        raise ValueError(f"model: scheduler predicts {noise_scheduler.config.prediction_type!r}; "
+                         "L-C4 trains epsilon prediction (Eq. 9)")
+    unet, tda = load_unet_with_tda(folder / "unet", folder / "tda")
+    return Components(
+        vae=AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
+        unet=unet, tda=tda,
+        luminance_encoder=LuminanceEncoder.from_pretrained(folder / "luminance_encoder", local_files_only=True),
+        cmpf=CrossModalityPreFusion.from_pretrained(folder / "cmpf", local_files_only=True),
+        noise_scheduler=noise_scheduler, scheduler_config=dict(scheduler_config),
+    )
+
+
+def trainable_parameters(components: Components, parts: tuple[str, ...]) -> dict[str, list[nn.Parameter]]:
+    """Parameters of each trainable part. ``unet`` means the SD1.5 UNet's own weights and
+    ``tda`` the TDA layers in it, so either can train without the other."""
+    tda_ids = {id(p) for p in components.tda.parameters()}
+    groups = {
+        "unet": [p for p in components.unet.parameters() if id(p) not in tda_ids],
+        "tda": list(components.tda.parameters()),
+        "luminance_encoder": list(components.luminance_encoder.parameters()),
+        "cmpf": list(components.cmpf.parameters()),
+    }
+    return {part: groups[part] for part in parts}
+
+
+def freeze_all_but(components: Components, parts: tuple[str, ...]) -> list[nn.Parameter]:
+    """Sets ``requires_grad`` so exactly ``parts`` train; returns their parameters."""
+    for module in (components.vae, components.text_encoder, components.unet, components.luminance_encoder,
+                   components.cmpf):
+        module.requires_grad_(False)
+    params = [p for group in trainable_parameters(components, parts).values() for p in group]
+    for param in params:
+        param.requires_grad_(True)
+    return params
+
+
+class LC4Denoiser(nn.Module):
+    """``epsilon_theta(z_t, t, y_tex, y_lum)``: the UNet with TDA, conditioned on the luminance
+    (residual added to ``z_t``) and on the caption embeddings, refined by CMPF when ``cmpf``
+    is given (stage 2)."""
+
+    def __init__(self, unet: nn.Module, luminance_encoder: LuminanceEncoder,
+                 cmpf: Optional[CrossModalityPreFusion] = None):
+        super().__init__()
+        self.unet, self.luminance_encoder, self.cmpf = unet, luminance_encoder, cmpf
+
+    def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+                luminance: torch.Tensor, num_frames: int, color_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``noisy_latents`` ``(B*F, 4, h, w)``, ``timesteps`` ``(B*F,)``, ``text_embeds``
+        ``(B, L, D)``, ``luminance`` ``(B*F, 1, H, W)`` in ``[-1, 1]``."""
+        lum = self.luminance_encoder(luminance, return_skips=False)
+        if self.cmpf is not None:
+            text_embeds = self.cmpf(text_embeds, lum.features, num_frames, color_mask)
+        text_embeds = text_embeds.repeat_interleave(num_frames, dim=0)
+        model_in = noisy_latents + lum.latent_residual.to(noisy_latents.dtype)
+        return self.unet(model_in, timesteps, encoder_hidden_states=text_embeds,
+                         cross_attention_kwargs=temporal_kwargs(model_in, num_frames)).sample
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, text_encoder, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP embeddings ``(B, L, D)`` (float32) and the colour-word mask ``(B, L)`` of CMPF."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    embeds = text_encoder(ids.to(device))[0].float()
+    return embeds, color_token_mask(tokenizer, ids).to(device)
+
+
+@torch.no_grad()
+def encode_frames(vae, pixel_values: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``(N, 3, H, W)`` in ``[-1, 1]`` -> scaled latents ``(N, 4, H/8, W/8)`` (float32), sampled
+    from the VAE's posterior."""
+    latents = vae.encode(pixel_values.to(vae.dtype)).latent_dist.sample(generator=generator)
+    return latents.float() * vae.config.scaling_factor
+
+
+def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
+                   generator: Optional[torch.Generator] = None, timesteps: Optional[torch.Tensor] = None,
+                   with_cmpf: bool = False) -> torch.Tensor:
+    """Eq. 9 on one batch of clips. Noise and timesteps come from the global RNG unless a
+    ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given."""
+    pixel_values, luminance = batch["pixel_values"], batch["luminance"]
+    batch_size, num_frames = pixel_values.shape[:2]
+    device = pixel_values.device
+    latents = encode_frames(components.vae, pixel_values.flatten(0, 1), generator)
+    noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator else device)
+    noise = noise.to(device)
+    if timesteps is None:
+        steps = components.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (batch_size,), generator=generator,
+                                  device=generator.device if generator else device)
+    # One timestep per clip: the frames of a clip are denoised together, as at inference.
+    timesteps = timesteps.to(device).long().repeat_interleave(num_frames)
+    noisy = components.noise_scheduler.add_noise(latents, noise, timesteps)
+    embeds, color_mask = encode_captions(components.tokenizer, components.text_encoder, batch["captions"], device)
+    prediction = denoiser(noisy, timesteps, embeds, luminance.flatten(0, 1), num_frames,
+                          color_mask if with_cmpf else None)
+    return F.mse_loss(prediction.float(), noise, reduction="mean")

@@ -6,6 +6,10 @@ extension is built; :func:`available_backends` lists them, :func:`backend_for` t
 a call would use, ``backend=`` or ``LC4_BACKEND`` forces one.
 """
 from . import compiled as _compiled  # registers the compiled backends it finds
+try:  # registers the triton backend; it reports itself unavailable without triton or a GPU
+    from . import triton as _triton  # noqa: F401
+except ImportError:  # pragma: no cover - a torch without torch.library.custom_op
+    pass
 from .backends import available_backends, get_backend
 from .ops import backend_for, tda_attention, trilinear_sample
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -22,12 +23,19 @@ def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
+def _selected_for_testing(name: str) -> bool:
+    """``LC4_TEST_BACKENDS=name[,name...]`` limits the compiled-backend cases to those backends:
+    the second test process, under ``TRITON_INTERPRET=1``, tests only ``triton``."""
+    selected = os.environ.get("LC4_TEST_BACKENDS", "").strip()
+    return not selected or name in {s.strip() for s in selected.split(",")}
+
+
 def compiled_backend_cases(dtype: torch.dtype = torch.float32, head_dim: int | None = None):
     """(backend, device) pairs for every non-reference backend that can run this dtype here,
     including test-only backends that ``auto`` never picks."""
     cases = []
     for name in lc4_kernels.available_backends():
-        if name == "reference":
+        if name == "reference" or not _selected_for_testing(name):
             continue
         backend = lc4_kernels.get_backend(name)
         for device in devices():

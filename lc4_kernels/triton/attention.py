@@ -1,0 +1,76 @@
+"""Launchers of TDA attention: sample k~ and v~ at the points (small: Nk rows), then the
+FlashAttention-2 style kernels; the backward scatters dk~ and dv~ back through the trilinear
+weights and takes dpoints from both."""
+from __future__ import annotations
+
+import torch
+import triton
+
+from . import attention_kernels as kernels
+from .sampling import sample, sample_backward
+from .tuning import padded_head_dim
+
+
+def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, T, H, W, heads, d) as (B, T, H, W, G, heads/G * d): the heads of a group share its
+    points and are adjacent, so one sample of the grouped view samples all of them."""
+    B, T, H, W, heads, d = x.shape
+    return x.contiguous().view(B, T, H, W, groups, heads // groups * d)
+
+
+def _sampled_keys_values(k, v, points):
+    """k~, v~ as contiguous (B, Nk, heads, d) in the inputs' dtype."""
+    B, _, _, _, heads, d = k.shape
+    G = points.shape[2]
+    shape = (B, points.shape[1], heads, d)
+    return sample(_grouped(k, G), points).view(shape), sample(_grouped(v, G), points).view(shape)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # float32 inputs must not be rounded to tf32 by tl.dot: the float32 contract is ~1e-5.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _launch_arguments(q, Nk, scale):
+    B, Nq, heads, d = q.shape
+    return dict(Nq=Nq, Nk=Nk, heads=heads, head_dim=d, scale=scale, D_PAD=padded_head_dim(d),
+                PRECISION=_precision(q.dtype))
+
+
+def attention_forward(q, k, v, points, scale: float):
+    """(out, lse): out ``(B, Nq, heads, d)`` in q's dtype, lse ``(B, heads, Nq)`` float32."""
+    B, Nq, heads, d = q.shape
+    out = torch.empty((B, Nq, heads, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, heads, Nq), dtype=torch.float32, device=q.device)
+    if Nq == 0 or d == 0:
+        return out.zero_(), lse.zero_()
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    k_sampled, v_sampled = _sampled_keys_values(k, v, points)
+    grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
+    kernels.attention_forward_kernel[grid](q, k_sampled, v_sampled, out, lse, q.stride(0), q.stride(1), q.stride(2),
+                                           **_launch_arguments(q, points.shape[1], scale))
+    return out, lse
+
+
+def attention_backward(grad_out, q, k, v, points, out, lse, scale: float):
+    """(dq, dk, dv, dpoints) of ``<grad_out, attention(q, k, v, points)>``."""
+    B, Nq, heads, d = q.shape
+    Nk, G = points.shape[1], points.shape[2]
+    if Nq == 0 or d == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(points)
+    q, grad_out = q.contiguous(), grad_out.contiguous()
+    k_sampled, v_sampled = _sampled_keys_values(k, v, points)
+    delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (B, heads, Nq)
+    dk_sampled = torch.empty((B, Nk, heads, d), dtype=torch.float32, device=q.device)
+    dv_sampled = torch.empty_like(dk_sampled)
+    dq = torch.empty_like(q)
+    arguments = _launch_arguments(q, Nk, scale)
+    kv_grid = lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]), B * heads)  # noqa: E731
+    kernels.attention_backward_kv_kernel[kv_grid](q, k_sampled, v_sampled, grad_out, lse, delta,
+                                                  dk_sampled, dv_sampled, **arguments)
+    q_grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
+    kernels.attention_backward_q_kernel[q_grid](q, k_sampled, v_sampled, grad_out, lse, delta, dq, **arguments)
+    grouped_grads = [g.view(B, Nk, G, heads // G * d) for g in (dk_sampled, dv_sampled)]
+    (dk, dv), dpoints = sample_backward(grouped_grads, [_grouped(k, G), _grouped(v, G)], points)
+    return dq, dk.view(k.shape), dv.view(v.shape), dpoints

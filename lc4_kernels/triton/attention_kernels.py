@@ -1,0 +1,141 @@
+"""FlashAttention-2 style kernels over pre-sampled keys and values.
+
+q ``(B, Nq, heads, d)`` (any strides in the forward, contiguous in the backward), k~ / v~
+``(B, Nk, heads, d)`` contiguous (sampled by the trilinear kernel; Nk is small), out and dq
+``(B, Nq, heads, d)`` contiguous, lse and delta ``(B, heads, Nq)`` float32 (lse in natural log).
+The head dim is padded to D_PAD (a power of two >= 16) by masks only. One program owns a block of
+queries (forward, dq) or of keys (dk~, dv~) of one (batch, head) and loops over the other axis
+in order: nothing of size Nq x Nk is stored, no output is written by two programs, and the
+results are the same bits on every run.
+
+Loads are written out in each loop rather than through a helper: under the interpreter every
+call of a jit helper costs about a millisecond.
+"""
+import triton
+import triton.language as tl
+
+from .tuning import ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, ATTENTION_PRUNING
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.autotune(configs=ATTENTION_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING)
+@triton.jit
+def attention_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_stride_b, q_stride_n, q_stride_h,
+                             Nq, Nk, heads, head_dim, scale,
+                             D_PAD: tl.constexpr, PRECISION: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    b = (tl.program_id(1) // heads).to(tl.int64)
+    h = tl.program_id(1) % heads
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_ok = rows < Nq
+    dims = tl.arange(0, D_PAD)
+    dims_ok = dims < head_dim
+    row_stride = heads * head_dim  # of k~, v~ and out
+    q_mask = rows_ok[:, None] & dims_ok[None, :]
+    q = tl.load(q_ptr + b * q_stride_b + h * q_stride_h + rows.to(tl.int64)[:, None] * q_stride_n + dims[None, :],
+                mask=q_mask, other=0.0)
+    kv_ptrs = (b * Nk * heads + h) * head_dim + dims[None, :]
+    scale_log2 = scale * LOG2E
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    for start in range(0, Nk, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        keys_ok = keys < Nk
+        kv_offsets = kv_ptrs + keys[:, None] * row_stride
+        kv_mask = keys_ok[:, None] & dims_ok[None, :]
+        k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        scores = tl.where(keys_ok[None, :], scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
+        probs = tl.exp2(scores - new_max[:, None])
+        rescale = tl.exp2(row_max - new_max)
+        row_sum = row_sum * rescale + tl.sum(probs, axis=1)
+        v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
+        row_max = new_max
+    out = acc / row_sum[:, None]
+    out_offsets = (b * Nq * heads + h) * head_dim + rows.to(tl.int64)[:, None] * row_stride + dims[None, :]
+    tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=q_mask)
+    tl.store(lse_ptr + (b * heads + h) * Nq + rows, row_max * LN2 + tl.log(row_sum), mask=rows_ok)
+
+
+@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING)
+@triton.jit
+def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+                                 Nq, Nk, heads, head_dim, scale,
+                                 D_PAD: tl.constexpr, PRECISION: tl.constexpr,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dk~ and dv~ (float32) of one block of keys; delta = rowsum(grad_out * out)."""
+    b = (tl.program_id(1) // heads).to(tl.int64)
+    h = tl.program_id(1) % heads
+    keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    keys_ok = keys < Nk
+    dims = tl.arange(0, D_PAD)
+    dims_ok = dims < head_dim
+    row_stride = heads * head_dim
+    kv_offsets = (b * Nk * heads + h) * head_dim + keys[:, None] * row_stride + dims[None, :]
+    kv_mask = keys_ok[:, None] & dims_ok[None, :]
+    k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    q_ptrs = (b * Nq * heads + h) * head_dim + dims[None, :]
+    stats_base = (b * heads + h) * Nq
+    dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    for start in range(0, Nq, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        rows_ok = rows < Nq
+        q_offsets = q_ptrs + rows.to(tl.int64)[:, None] * row_stride
+        q_mask = rows_ok[:, None] & dims_ok[None, :]
+        q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
+        grad_out = tl.load(grad_out_ptr + q_offsets, mask=q_mask, other=0.0)
+        lse = tl.load(lse_ptr + stats_base + rows, mask=rows_ok, other=0.0)
+        delta = tl.load(delta_ptr + stats_base + rows, mask=rows_ok, other=0.0)
+        scores_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale  # (keys, queries)
+        probs_t = tl.where(rows_ok[None, :] & keys_ok[:, None], tl.exp(scores_t - lse[None, :]), 0.0)
+        dv += tl.dot(probs_t.to(grad_out.dtype), grad_out, input_precision=PRECISION)
+        dprobs_t = tl.dot(v, tl.trans(grad_out), input_precision=PRECISION)
+        dscores_t = probs_t * (dprobs_t - delta[None, :])
+        dk += tl.dot(dscores_t.to(q.dtype), q, input_precision=PRECISION)
+    tl.store(dk_ptr + kv_offsets, dk * scale, mask=kv_mask)
+    tl.store(dv_ptr + kv_offsets, dv, mask=kv_mask)
+
+
+@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING)
+@triton.jit
+def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr,
+                                Nq, Nk, heads, head_dim, scale,
+                                D_PAD: tl.constexpr, PRECISION: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dq of one block of queries."""
+    b = (tl.program_id(1) // heads).to(tl.int64)
+    h = tl.program_id(1) % heads
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_ok = rows < Nq
+    dims = tl.arange(0, D_PAD)
+    dims_ok = dims < head_dim
+    row_stride = heads * head_dim
+    q_offsets = (b * Nq * heads + h) * head_dim + rows.to(tl.int64)[:, None] * row_stride + dims[None, :]
+    q_mask = rows_ok[:, None] & dims_ok[None, :]
+    q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
+    grad_out = tl.load(grad_out_ptr + q_offsets, mask=q_mask, other=0.0)
+    stats_base = (b * heads + h) * Nq
+    lse = tl.load(lse_ptr + stats_base + rows, mask=rows_ok, other=0.0)
+    delta = tl.load(delta_ptr + stats_base + rows, mask=rows_ok, other=0.0)
+    kv_ptrs = (b * Nk * heads + h) * head_dim + dims[None, :]
+    dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    for start in range(0, Nk, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        keys_ok = keys < Nk
+        kv_offsets = kv_ptrs + keys[:, None] * row_stride
+        kv_mask = keys_ok[:, None] & dims_ok[None, :]
+        k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+        probs = tl.where(keys_ok[None, :], tl.exp(scores - lse[:, None]), 0.0)
+        dprobs = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
+        dscores = probs * (dprobs - delta[:, None])
+        dq += tl.dot(dscores.to(k.dtype), k, input_precision=PRECISION)
+    tl.store(dq_ptr + q_offsets, (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)

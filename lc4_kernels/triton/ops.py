@@ -1,0 +1,85 @@
+"""The Triton kernels as ``torch.ops.lc4_triton.*`` custom ops, with fake kernels (so that
+``torch.compile(fullgraph=True)`` traces them) and autograd through the hand-written backward
+ops. Kernel modules are imported on the first call, after ``TRITON_INTERPRET`` has been read."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _kernels():
+    from . import attention, sampling
+    return attention, sampling
+
+
+@torch.library.custom_op("lc4_triton::trilinear_sample", mutates_args=())
+def trilinear_sample(value: Tensor, points: Tensor) -> Tensor:
+    return _kernels()[1].sample(value, points)
+
+
+@trilinear_sample.register_fake
+def _(value, points):
+    B, _, _, _, G, C = value.shape
+    return value.new_empty((B, points.shape[1], G, C))
+
+
+@torch.library.custom_op("lc4_triton::trilinear_sample_backward", mutates_args=())
+def trilinear_sample_backward(grad_out: Tensor, value: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+    (grad_value,), grad_points = _kernels()[1].sample_backward([grad_out], [value], points)
+    return grad_value, grad_points
+
+
+@trilinear_sample_backward.register_fake
+def _(grad_out, value, points):
+    return (torch.empty_like(value, memory_format=torch.contiguous_format),
+            torch.empty_like(points, memory_format=torch.contiguous_format))
+
+
+def _sample_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _sample_backward(ctx, grad_out):
+    value, points = ctx.saved_tensors
+    return trilinear_sample_backward(grad_out.contiguous(), value, points)
+
+
+trilinear_sample.register_autograd(_sample_backward, setup_context=_sample_setup)
+
+
+@torch.library.custom_op("lc4_triton::tda_attention", mutates_args=())
+def tda_attention(q: Tensor, k: Tensor, v: Tensor, points: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """(out, lse): lse is the float32 per-query log-sum-exp ``(B, heads, Nq)`` the backward needs."""
+    return _kernels()[0].attention_forward(q, k, v, points, scale)
+
+
+@tda_attention.register_fake
+def _(q, k, v, points, scale):
+    B, Nq, heads, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, heads, Nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("lc4_triton::tda_attention_backward", mutates_args=())
+def tda_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, points: Tensor, out: Tensor,
+                           lse: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _kernels()[0].attention_backward(grad_out, q, k, v, points, out, lse, scale)
+
+
+@tda_attention_backward.register_fake
+def _(grad_out, q, k, v, points, out, lse, scale):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, points))
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, points, scale = inputs
+    out, lse = output
+    ctx.scale = scale
+    ctx.save_for_backward(q, k, v, points, out, lse)
+
+
+def _attention_backward(ctx, grad_out, grad_lse):
+    q, k, v, points, out, lse = ctx.saved_tensors
+    return (*tda_attention_backward(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale), None)
+
+
+tda_attention.register_autograd(_attention_backward, setup_context=_attention_setup)

@@ -1,0 +1,47 @@
+"""Launch configurations: autotuned candidates on a GPU (sm_80 / sm_90), one fixed
+configuration under the interpreter (which runs programs one after another in numpy, so
+fewer, larger programs are faster there, and it autotunes nothing)."""
+from __future__ import annotations
+
+import itertools
+
+import triton
+
+from .environment import INTERPRET
+
+# tl.dot needs every inner size >= 16 on the GPU compiler (the interpreter would accept less).
+MIN_DOT_SIZE = 16
+MAX_CHANNEL_BLOCK = 128
+
+
+def padded_head_dim(head_dim: int) -> int:
+    return max(MIN_DOT_SIZE, triton.next_power_of_2(head_dim))
+
+
+def channel_block(channels: int) -> int:
+    return min(MAX_CHANNEL_BLOCK, max(MIN_DOT_SIZE, triton.next_power_of_2(channels)))
+
+
+def _configs(interpreter: dict, gpu_grid: dict, warps=(4, 8), stages=(1,)):
+    if INTERPRET:
+        return [triton.Config(interpreter, num_warps=1, num_stages=1)]
+    names = list(gpu_grid)
+    return [triton.Config(dict(zip(names, values)), num_warps=w, num_stages=s)
+            for values in itertools.product(*gpu_grid.values()) for w in warps for s in stages]
+
+
+def _drop_oversized_attention_tiles(configs, named_args, **kwargs):
+    # A 128 x 128 tile pair of d = 256 needs more shared memory than sm_80 has: skip it rather
+    # than spend autotuning time on a launch that fails.
+    head = named_args.get("D_PAD", kwargs.get("D_PAD", 0))
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * head <= 128 * 64 * 256]
+    return kept or configs[:1]
+
+
+SAMPLE_CONFIGS = _configs(dict(BLOCK_P=128), dict(BLOCK_P=[16, 32, 64]), warps=(2, 4, 8))
+SEGMENT_CONFIGS = _configs(dict(BLOCK_S=64), dict(BLOCK_S=[16, 32, 64]), warps=(2, 4, 8))
+ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64),
+                             dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64]), warps=(4, 8), stages=(2, 3, 4))
+ATTENTION_BACKWARD_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64),
+                                      dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128]), warps=(4, 8), stages=(2, 3))
+ATTENTION_PRUNING = None if INTERPRET else {"early_config_prune": _drop_oversized_attention_tiles}

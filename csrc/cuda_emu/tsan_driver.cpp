@@ -1,0 +1,122 @@
+// Standalone driver (no torch) that runs the emulated CUDA kernels on small problems, for the
+// ThreadSanitizer build of tests/kernels/test_cuda_tsan.py: a missing barrier between threads of a
+// block shows as a data race. It also checks the forward against a direct float64 computation and
+// the atomic backward against the deterministic one, and exits non-zero on a mismatch.
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "common/trilinear_math.h"
+#include "cuda/launchers.h"
+
+namespace {
+
+struct Random {
+  uint64_t state = 12345;
+  float next() {  // uniform in [-1, 1)
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<float>((state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+  }
+};
+
+bool close(const std::vector<float>& a, const std::vector<float>& b, float tolerance, const char* what) {
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!(std::fabs(a[i] - b[i]) <= tolerance * (1.f + std::fabs(b[i])))) {
+      std::fprintf(stderr, "%s differs at %zu: %g vs %g\n", what, i, a[i], b[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int main() {
+  using namespace lc4;
+  const int64_t B = 1, Nq = 37, Nk = 45, heads = 2, d = 40, G = 1, T = 2, H = 3, W = 4;
+  const int64_t voxels = T * H * W;
+  Random rng;
+  auto fill = [&](int64_t n, float scale, float shift) {
+    std::vector<float> v(n);
+    for (float& x : v) x = rng.next() * scale + shift;
+    return v;
+  };
+  std::vector<float> q = fill(B * Nq * heads * d, 1.f, 0.f), k = fill(B * voxels * heads * d, 1.f, 0.f),
+                     v = fill(B * voxels * heads * d, 1.f, 0.f), points(B * Nk * G * 3);
+  for (int64_t n = 0; n < B * Nk * G; ++n) {  // inside and up to a pixel outside each axis
+    points[n * 3] = (rng.next() + 1.f) * 0.5f * (W + 1) - 1.f;
+    points[n * 3 + 1] = (rng.next() + 1.f) * 0.5f * (H + 1) - 1.f;
+    points[n * 3 + 2] = (rng.next() + 1.f) * 0.5f * (T + 1) - 1.f;
+  }
+  std::vector<float> out(q.size()), lse(B * heads * Nq), grad_out = fill(q.size(), 1.f, 0.f);
+
+  AttentionParams p;
+  p.q = q.data(), p.k = k.data(), p.v = v.data(), p.points = points.data(), p.out = out.data(), p.lse = lse.data();
+  p.B = B, p.Nq = Nq, p.Nk = Nk, p.heads = heads, p.G = G, p.d = d, p.T = T, p.H = H, p.W = W;
+  p.scale = 1.0 / std::sqrt(static_cast<double>(d));
+  cuda_emu::tda_attention_forward(p, ScalarKind::f32, nullptr);
+
+  // Direct float64 forward.
+  std::vector<float> expected(out.size());
+  for (int64_t h = 0; h < heads; ++h) {
+    std::vector<double> ks(Nk * d, 0.0), vs(Nk * d, 0.0);
+    for (int64_t n = 0; n < Nk; ++n) {
+      TrilinearPoint<float> tp;
+      trilinear_point(points[n * 3], points[n * 3 + 1], points[n * 3 + 2], T, H, W, tp);
+      for (int c = 0; c < 8; ++c)
+        for (int64_t e = 0; tp.valid[c] && e < d; ++e) {
+          ks[n * d + e] += tp.weight[c] * k[(tp.voxel[c] * heads + h) * d + e];
+          vs[n * d + e] += tp.weight[c] * v[(tp.voxel[c] * heads + h) * d + e];
+        }
+    }
+    for (int64_t i = 0; i < Nq; ++i) {
+      std::vector<double> s(Nk);
+      double top = -1e300, sum = 0;
+      for (int64_t n = 0; n < Nk; ++n) {
+        s[n] = 0;
+        for (int64_t e = 0; e < d; ++e) s[n] += q[(i * heads + h) * d + e] * ks[n * d + e] * p.scale;
+        top = std::max(top, s[n]);
+      }
+      for (double& x : s) sum += x = std::exp(x - top);
+      for (int64_t e = 0; e < d; ++e) {
+        double o = 0;
+        for (int64_t n = 0; n < Nk; ++n) o += s[n] / sum * vs[n * d + e];
+        expected[(i * heads + h) * d + e] = static_cast<float>(o);
+      }
+    }
+  }
+  bool ok = close(out, expected, 1e-5f, "forward");
+
+  auto backward = [&](bool deterministic) {
+    std::vector<float> dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f), dpoints(points.size());
+    std::vector<float> delta(B * heads * Nq), dk_s(B * heads * Nk * d), dv_s(B * heads * Nk * d);
+    AttentionParams pb = p;
+    pb.grad_out = grad_out.data(), pb.grad_q = dq.data(), pb.grad_k = dk.data(), pb.grad_v = dv.data();
+    pb.grad_points = dpoints.data(), pb.deterministic = deterministic;
+    AttentionScratch s{delta.data(), dk_s.data(), dv_s.data()};
+    cuda_emu::tda_attention_backward(pb, s, ScalarKind::f32, nullptr);
+    std::vector<float> all;
+    for (const auto* g : {&dq, &dk, &dv, &dpoints}) all.insert(all.end(), g->begin(), g->end());
+    return all;
+  };
+  ok = close(backward(false), backward(true), 1e-4f, "atomic vs deterministic backward") && ok;
+
+  SampleParams sp;
+  std::vector<float> sampled(B * Nk * G * d), grad_value(k.size()), grad_points(points.size());
+  sp.value = k.data(), sp.points = points.data(), sp.out = sampled.data(), sp.grad_out = sampled.data();
+  sp.grad_value = grad_value.data(), sp.grad_points = grad_points.data();
+  sp.B = B, sp.T = T, sp.H = H, sp.W = W, sp.G = heads, sp.C = d, sp.P = Nk;
+  std::vector<float> points_per_head(B * Nk * heads * 3);
+  for (int64_t n = 0; n < Nk; ++n)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int a = 0; a < 3; ++a) points_per_head[(n * heads + h) * 3 + a] = points[n * 3 + a];
+  sp.points = points_per_head.data();
+  sampled.resize(B * Nk * heads * d);
+  sp.out = sampled.data(), sp.grad_out = sampled.data();
+  grad_points.resize(points_per_head.size());
+  sp.grad_points = grad_points.data();
+  cuda_emu::trilinear_sample_forward(sp, ScalarKind::f32, nullptr);
+  cuda_emu::trilinear_sample_backward(sp, ScalarKind::f32, false, nullptr);
+  std::puts(ok ? "tsan driver: ok" : "tsan driver: MISMATCH");
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,127 @@
+"""The triton backend in half precision and in its own corner cases, against the reference.
+
+Runs on a GPU as is, and on the CPU in the Triton interpreter (``TRITON_INTERPRET=1``, the second
+process of ``make test``); where neither is possible every case is skipped (empty parameter set).
+The float32 and float64 equivalence of every backend is in test_backends.py and test_sweep.py.
+"""
+import pytest
+import torch
+
+import lc4_kernels
+
+from .cases import assert_close, attention_inputs, compiled_backend_cases, run_with_grads, sample_inputs
+
+
+def triton_cases(dtype, head_dim=None):
+    return [case for case in compiled_backend_cases(dtype, head_dim) if case[0] == "triton"]
+
+
+HALF_DTYPES = [torch.float16, torch.bfloat16]
+ANY_DEVICE = triton_cases(torch.float32)
+# Nq and Nk off the block sizes (16 to 128), several blocks each, G in {1, 2, heads}, d padded.
+HALF_ATTENTION_SHAPES = [
+    dict(d=8),
+    dict(Nq=150, Nk=131, heads=4, d=40, G=2),
+    dict(Nq=70, Nk=90, heads=2, d=64, G=2, T=2, H=6, W=7),
+    dict(Nq=33, Nk=17, heads=2, d=160, G=1, T=1),
+]
+
+
+def _ids(shapes):
+    return [",".join(f"{k}={v}" for k, v in s.items()) for s in shapes]
+
+
+def _attention(q, k, v, points):
+    return lc4_kernels.tda_attention(q, k, v, points, backend="triton")
+
+
+def _sample(value, points):
+    return lc4_kernels.trilinear_sample(value, points, backend="triton")
+
+
+def _half_cases(head_dim=None):
+    return [(dtype, device) for dtype in HALF_DTYPES for _, device in triton_cases(dtype, head_dim)]
+
+
+@pytest.mark.parametrize("shape", HALF_ATTENTION_SHAPES, ids=_ids(HALF_ATTENTION_SHAPES))
+@pytest.mark.parametrize("dtype,device", _half_cases(head_dim=64), ids=str)
+def test_half_precision_attention_matches_reference(shape, dtype, device):
+    if ("triton", device) not in triton_cases(dtype, shape["d"]):
+        pytest.skip(f"triton does not run {dtype} attention on {device}")
+    inputs = attention_inputs(**shape, dtype=dtype, device=device)
+    out, grads = run_with_grads(_attention, inputs)
+    ref_out, ref_grads = run_with_grads(lambda *a: lc4_kernels.tda_attention(*a, backend="reference"),
+                                        [t.double() for t in inputs])
+    assert out.dtype == dtype and all(g.dtype == t.dtype for g, t in zip(grads, inputs))
+    assert_close(out, ref_out.to(dtype), dtype, "out")
+    for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert_close(g, ref_g.to(dtype), dtype, name)
+    # Coordinates are float32: their gradient sums half-precision products, so it is held to the
+    # tolerance of the values' dtype, not to float32's.
+    assert_close(grads[3].to(dtype), ref_grads[3].to(dtype), dtype, "dpoints")
+
+
+@pytest.mark.parametrize("dtype,device", _half_cases(), ids=str)
+def test_half_precision_sample_matches_reference(dtype, device):
+    inputs = sample_inputs(B=2, P=150, G=2, C=40, T=3, H=4, W=5, dtype=dtype, device=device)
+    out, (dvalue, dpoints) = run_with_grads(_sample, inputs)
+    ref_out, (ref_dvalue, ref_dpoints) = run_with_grads(
+        lambda *a: lc4_kernels.trilinear_sample(*a, backend="reference"), [t.double() for t in inputs])
+    assert_close(out, ref_out.to(dtype), dtype, "out")
+    assert_close(dvalue, ref_dvalue.to(dtype), dtype, "dvalue")
+    assert_close(dpoints.to(dtype), ref_dpoints.to(dtype), dtype, "dpoints")
+
+
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_many_points_on_one_voxel_sum_in_a_fixed_order(backend, device):
+    # Every point lands on the same 8 voxels: each voxel's gradient is one long segment.
+    value, points = sample_inputs(B=1, P=500, G=1, C=24, T=2, H=3, W=3, device=device, special_fraction=0)
+    points = torch.tensor([0.25, 1.5, 0.75], device=device).expand_as(points).contiguous()
+    first = run_with_grads(_sample, (value, points))
+    second = run_with_grads(_sample, (value, points))
+    ref_out, ref_grads = run_with_grads(lambda *a: lc4_kernels.trilinear_sample(*a, backend="reference"),
+                                        [value.double(), points.double()])
+    assert_close(first[0], ref_out.float(), torch.float32, "out")
+    assert_close(first[1][0], ref_grads[0].float(), torch.float32, "dvalue")
+    assert_close(first[1][1], ref_grads[1].float(), torch.float32, "dpoints")
+    assert torch.equal(first[1][0], second[1][0]) and torch.equal(first[1][1], second[1][1])
+
+
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_deterministic_mode_runs_the_same_kernels_with_the_same_bits(backend, device):
+    assert lc4_kernels.get_backend("triton").deterministic
+    inputs = attention_inputs(Nq=40, Nk=50, heads=2, d=16, G=2, device=device)
+    expected = run_with_grads(_attention, inputs)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert lc4_kernels.get_backend("triton").unsupported_reason(torch.device(device), torch.float32, 16) is None
+        actual = run_with_grads(_attention, inputs)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, e in zip([actual[0], *actual[1]], [expected[0], *expected[1]]):
+        assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_head_dim_limit(backend, device):
+    q, k, v, points = attention_inputs(Nq=3, Nk=4, heads=1, d=256, G=1, T=1, H=2, W=2, device=device)
+    out = _attention(q, k, v, points)
+    assert_close(out, lc4_kernels.tda_attention(q, k, v, points, backend="reference"), torch.float32, "out")
+    wide = attention_inputs(Nq=3, Nk=4, heads=1, d=257, G=1, T=1, H=2, W=2, device=device)
+    with pytest.raises(ValueError, match="backend 'triton' cannot run these inputs: head dim 257 > 256"):
+        _attention(*wide)
+
+
+@pytest.mark.parametrize("backend,device", [c for c in ANY_DEVICE if c[1] == "cpu"])
+def test_interpreter_refuses_bfloat16_attention_by_name_and_auto_never_picks_it(backend, device):
+    q, k, v, points = attention_inputs(dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="Triton interpreter cannot run bfloat16 tl.dot"):
+        _attention(q, k, v, points)
+    assert lc4_kernels.backend_for("tda_attention", *attention_inputs()) != "triton"
+    assert lc4_kernels.backend_for("trilinear_sample", *sample_inputs()) != "triton"
+
+
+@pytest.mark.parametrize("backend,device", [c for c in ANY_DEVICE if c[1] == "cuda"])
+def test_auto_picks_triton_on_the_gpu_for_half_precision(backend, device):
+    inputs = attention_inputs(dtype=torch.float16, device=device)
+    assert lc4_kernels.backend_for("tda_attention", *inputs) in ("triton", "cuda")

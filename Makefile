@@ -26,3 +26,4 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.report --check
+gpu-check: setup ; scripts/gpu_check.sh

@@ -1,6 +1,6 @@
 """One emulated run of the CUDA kernels under ThreadSanitizer (a separate build, no torch): the
 threads of an emulated block race on shared memory if a kernel misses a barrier. The driver
-(csrc/cuda_emu/tsan_driver.cpp) also checks the forward against float64 and the atomic backward
+(csrc/tsan/tsan_driver.cpp) also checks the forward against float64 and the atomic backward
 against the deterministic one."""
 import os
 import shutil
@@ -19,7 +19,7 @@ def test_emulated_kernels_run_clean_under_thread_sanitizer(tmp_path):
     binary = tmp_path / "tsan_driver"
     kernels = [str(p) for p in sorted((CSRC / "cuda").glob("*.cu"))]
     build = subprocess.run([CXX, "-std=c++20", "-O1", "-g", "-fsanitize=thread", "-Wno-unknown-pragmas", f"-I{CSRC}",
-                            "-x", "c++", *kernels, "-x", "none", str(CSRC / "cuda_emu" / "tsan_driver.cpp"),
+                            "-x", "c++", *kernels, "-x", "none", str(CSRC / "tsan" / "tsan_driver.cpp"),
                             "-o", str(binary)], capture_output=True, text=True)
     if build.returncode != 0 and "tsan" in build.stderr and "cannot find" in build.stderr:
         pytest.skip(f"ThreadSanitizer runtime missing: {build.stderr[-500:]}")

@@ -1,0 +1,63 @@
+"""Compile checks of csrc/cuda/*.cu (warnings as errors) through scripts/check_cuda_compile.py:
+the host compiler (the cuda_emu build), the machine's nvcc 13 for sm_90, and CUDA 11.8 with
+g++-11 for sm_70/80/90 (installed by scripts/install_cuda118.sh when absent and apt is usable).
+Each also checks the register/spill report lists every generated kernel instantiation."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "check_cuda_compile.py"
+CUDA118_NVCC = Path("/usr/lib/nvidia-cuda-toolkit/bin/nvcc")
+
+
+def head_dim_buckets():
+    text = (ROOT / "csrc" / "cuda" / "head_dims.h").read_text()
+    line = re.search(r"#define LC4_FOR_EACH_HEAD_DIM\(X\)(.*)", text).group(1)
+    return [int(d) for d in re.findall(r"X\((\d+)\)", line)]
+
+
+def run_check(toolkit, report_dir, *extra):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--toolkit", toolkit, "--report-dir", str(report_dir), *extra],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"{toolkit} compile check failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-8000:]}"
+    return done
+
+
+def assert_report_covers_every_instantiation(report: Path, archs):
+    text = report.read_text()
+    for arch in archs:
+        for dtype in ("float", "f16", "bf16"):
+            for d in head_dim_buckets():
+                for kernel in ("attention_forward_kernel", "attention_dkv_kernel", "attention_dq_kernel"):
+                    assert re.search(rf"`{kernel}<{dtype}, {d}>` \| sm_{arch} \| \d+ \|", text), (kernel, dtype, d, arch)
+        assert re.search(rf"`sample_forward_kernel<float>` \| sm_{arch} \|", text)
+
+
+def test_head_dim_buckets_cover_the_sd15_head_dims_and_reach_256():
+    buckets = head_dim_buckets()
+    assert {40, 64, 80, 128, 160} <= set(buckets) and max(buckets) == 256 and buckets == sorted(buckets)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no host C++ compiler")
+def test_kernel_sources_compile_as_host_cpp_without_warnings(tmp_path):
+    done = run_check("host", tmp_path)
+    assert done.stdout.count(": ok") == len(list((ROOT / "csrc" / "cuda").glob("*.cu")))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH (the machine's nvcc 13 checks sm_90)")
+def test_every_cu_compiles_for_sm90_with_the_machine_nvcc(tmp_path):
+    run_check("nvcc13", tmp_path)
+    assert_report_covers_every_instantiation(tmp_path / "nvcc13.md", ["90"])
+
+
+def test_every_cu_compiles_for_sm70_sm80_sm90_with_cuda_11_8(tmp_path):
+    if not CUDA118_NVCC.exists() and (os.geteuid() != 0 or shutil.which("apt-get") is None):
+        pytest.skip("CUDA 11.8 is not installed and cannot be (needs root and apt-get for nvidia-cuda-toolkit)")
+    run_check("cuda11.8", tmp_path, "--install")
+    assert_report_covers_every_instantiation(tmp_path / "cuda11.8.md", ["70", "80", "90"])

@@ -56,6 +56,7 @@ class LuminanceFeatures:
 
 class LuminanceEncoder(ModelMixin, ConfigMixin):
     config_name = "config.json"
+    _supports_gradient_checkpointing = True  # checkpoints the encoder's blocks, as diffusers' Encoder does
 
     @register_to_config
     def __init__(
@@ -103,10 +104,12 @@ class LuminanceEncoder(ModelMixin, ConfigMixin):
         encoder = self.encoder
         sample = encoder.conv_in(luminance.to(self.dtype))
         stages = [sample]
+        checkpointing = torch.is_grad_enabled() and encoder.gradient_checkpointing
+        run = encoder._gradient_checkpointing_func if checkpointing else (lambda block, x: block(x))
         for down_block in encoder.down_blocks:
-            sample = down_block(sample)
+            sample = run(down_block, sample)
             stages.append(sample)
-        sample = encoder.mid_block(sample)
+        sample = run(encoder.mid_block, sample)
         stages.append(sample)
         features = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(sample)))
         skips = None

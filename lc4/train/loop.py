@@ -195,13 +195,15 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         frozen.to(device) if frozen_dtype == torch.float32 else frozen.to(device, frozen_dtype)
     if config.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
+        components.luminance_encoder.enable_gradient_checkpointing()
     denoiser = LC4Denoiser(components.unet, components.luminance_encoder,
                            components.cmpf if config.stage == 2 else None).to(device)
     denoiser.train()
 
     optim = config.optimizer
+    # Fused on a GPU: the foreach version makes a temporary as large as the AdamW states.
     optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay,
-                                  eps=optim.eps)
+                                  eps=optim.eps, fused=device.type == "cuda")
 
     # -- data ----------------------------------------------------------------------------
     items = list_videos(config.data.source)

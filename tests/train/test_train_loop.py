@@ -1,0 +1,169 @@
+"""The training loop on the tiny model: learning, stage 2 freezing, kill-and-resume, bad data,
+checkpoints, validation, the command line."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lc4.train import load_config, train
+from lc4.train.checkpoint import list_checkpoints
+from lc4.train.data import TextVideoDataset, collate, list_videos
+from lc4.train.models import LC4Denoiser, diffusion_loss, load_components
+from train_helpers import make_dataset, tiny_config_values
+
+EVAL_TIMESTEPS = (50, 250, 500, 750, 950)
+
+
+def fixed_noise_loss(denoiser, components, batch, with_cmpf=False) -> float:
+    """Eq. 9 with fixed noise at fixed timesteps: the same number for the same weights."""
+    losses = []
+    with torch.no_grad():
+        for seed, t in enumerate(EVAL_TIMESTEPS):
+            generator = torch.Generator().manual_seed(seed)
+            timesteps = torch.full((batch["pixel_values"].shape[0],), t)
+            losses.append(diffusion_loss(denoiser, components, batch, generator=generator, timesteps=timesteps,
+                                         with_cmpf=with_cmpf).item())
+    return sum(losses) / len(losses)
+
+
+def eval_batch(source: Path) -> dict:
+    dataset = TextVideoDataset(list_videos(source), resolution=32, num_frames=8, random_crop=False)
+    return collate([dataset[(index, 7)] for index in range(len(dataset))])
+
+
+def weights(module: torch.nn.Module) -> dict:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def test_stage1_loss_goes_down(tiny_model_dir, video_folder, tmp_path):
+    config = load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=30))
+    batch = eval_batch(video_folder)
+    initial = load_components(tiny_model_dir)
+    before = fixed_noise_loss(LC4Denoiser(initial.unet, initial.luminance_encoder).eval(), initial, batch)
+
+    result = train(config)
+
+    after = fixed_noise_loss(result.denoiser.eval(), result.components, batch)
+    assert result.step == 30
+    assert after < 0.8 * before, f"fixed-noise loss {before:.4f} -> {after:.4f}"
+    records = [json.loads(line) for line in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 31))
+    assert all(r["lr"] == pytest.approx(1e-3) and r["clips_per_s"] > 0 and r["memory_gib"] > 0 for r in records)
+    # The trained model folder is complete and holds the trained weights.
+    trained = load_components(result.model_dir)
+    assert fixed_noise_loss(LC4Denoiser(trained.unet, trained.luminance_encoder).eval(), trained, batch) \
+        == pytest.approx(after, rel=1e-5)
+
+
+def test_stage2_trains_cmpf_and_leaves_the_unet_bitwise_unchanged(tiny_model_dir, video_folder, tmp_path):
+    stage1 = train(load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "s1", max_steps=2)))
+    start = load_components(stage1.model_dir)
+    values = tiny_config_values(stage1.model_dir, video_folder, tmp_path / "s2", max_steps=4, stage=2)
+    result = train(load_config(values=values))
+
+    for name, module in (("unet", "unet"), ("luminance_encoder", "luminance_encoder")):
+        before, after = weights(getattr(start, module)), weights(getattr(result.components, module))
+        assert before.keys() == after.keys()
+        changed = [key for key in before if not torch.equal(before[key], after[key])]
+        assert not changed, f"stage 2 changed {name} weights: {changed[:5]}"
+    cmpf_before, cmpf_after = weights(start.cmpf), weights(result.components.cmpf)
+    assert not torch.equal(cmpf_before["proj_out.weight"], cmpf_after["proj_out.weight"])
+    saved = load_components(result.model_dir)
+    assert torch.equal(weights(saved.cmpf)["proj_out.weight"], cmpf_after["proj_out.weight"])
+    assert all(torch.equal(v, weights(saved.unet)[k]) for k, v in weights(start.unet).items())
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_model_dir, video_folder, tmp_path):
+    # 4 clips, accumulation 2: 2 optimizer steps per epoch, so step 3 stops inside epoch 1.
+    common = dict(max_steps=5, gradient_accumulation_steps=2, deterministic=True, ema__enabled=True,
+                  ema__decay=0.9, optimizer__lr_scheduler="linear", optimizer__lr_warmup_steps=2)
+    whole = train(load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "whole", **common)))
+
+    interrupted = load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "cut", **common))
+    first = train(interrupted, stop_after=3)
+    assert first.step == 3 and first.model_dir is None
+    assert [step for step, _ in list_checkpoints(tmp_path / "cut/checkpoints")] == [3]
+    resumed = train(interrupted, resume="latest")
+    assert resumed.step == 5
+
+    expected, actual = weights(whole.denoiser), weights(resumed.denoiser)
+    different = [key for key in expected if not torch.equal(expected[key], actual[key])]
+    assert not different, f"{len(different)} tensors differ after resuming, e.g. {different[:3]}"
+    # The saved models hold the EMA weights, equal too; and they differ from the raw weights.
+    saved_whole, saved_resumed = load_components(whole.model_dir), load_components(resumed.model_dir)
+    assert all(torch.equal(v, weights(saved_resumed.unet)[k]) for k, v in weights(saved_whole.unet).items())
+    assert not torch.equal(weights(saved_whole.unet)["conv_in.weight"], expected["unet.conv_in.weight"])
+    log_whole = (tmp_path / "whole/logs/metrics.jsonl").read_text().splitlines()
+    log_cut = (tmp_path / "cut/logs/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["loss"] for r in log_whole] == [json.loads(r)["loss"] for r in log_cut]
+
+
+def test_a_corrupt_and_a_short_video_are_skipped_and_reported(tiny_model_dir, tmp_path, caplog):
+    source = make_dataset(tmp_path / "data", count=3, num_frames=12)
+    (source / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    (source / "broken.txt").write_text("a red car")
+    short = make_dataset(tmp_path / "short", count=1, num_frames=4)
+    shutil.copy(short / "clip00.mp4", source / "short.mp4")
+    (source / "short.txt").write_text("a blue bird")
+
+    config = load_config(values=tiny_config_values(tiny_model_dir, source, tmp_path / "run", max_steps=6,
+                                                   data__num_workers=1))
+    with caplog.at_level(logging.WARNING, logger="lc4.train.data"):
+        result = train(config)  # one worker process: its warnings reach the log through stderr
+    assert result.step == 6 and result.model_dir is not None
+
+    dataset = TextVideoDataset(list_videos(source), resolution=32, num_frames=8)
+    names = [item.path.name for item in dataset.items]
+    with caplog.at_level(logging.WARNING, logger="lc4.train.data"):
+        caplog.clear()
+        sample = dataset[(names.index("broken.mp4"), 0)]
+        sample_short = dataset[(names.index("short.mp4"), 0)]
+    assert dataset.items[sample["index"]].path.name not in ("broken.mp4", "short.mp4")
+    assert dataset.items[sample_short["index"]].path.name not in ("broken.mp4", "short.mp4")
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("broken.mp4" in m for m in messages) and any("short.mp4" in m and "4 frames" in m for m in messages)
+
+
+def test_checkpoints_are_complete_and_pruned(tiny_model_dir, video_folder, tmp_path):
+    values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=5,
+                                checkpointing__every_steps=2, checkpointing__keep_last=2)
+    (tmp_path / "run/checkpoints/.tmp-step-00000009").mkdir(parents=True)  # a save killed halfway
+    train(load_config(values=values))
+    checkpoints = list_checkpoints(tmp_path / "run/checkpoints")
+    assert [step for step, _ in checkpoints] == [4, 5]
+    assert not [p for p in (tmp_path / "run/checkpoints").iterdir() if p.name.startswith(".tmp-step-00000004")]
+    files = {p.name for p in checkpoints[-1][1].iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= files
+    # resume latest ignores the unfinished folder and, with nothing left to do, stops at once.
+    again = train(load_config(values=values), resume="latest")
+    assert again.step == 5
+
+
+def test_validation_colorizes_the_held_out_clip(tiny_model_dir, video_folder, tmp_path):
+    values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=2,
+                                validation__every_steps=2, validation__num_inference_steps=2)
+    result = train(load_config(values=values))
+    assert result.validation_outputs == [tmp_path / "run/validation/step-00000002.mp4"]
+    from lc4.video import read_video
+    frames = read_video(result.validation_outputs[0])
+    assert frames.shape == (8, 3, 32, 32)
+
+
+def test_lc4_train_command(tiny_model_dir, video_folder, tmp_path, capsys):
+    from lc4.cli import main
+
+    config_path = tmp_path / "stage1.yaml"
+    import yaml
+    values = tiny_config_values(tiny_model_dir, video_folder, "run", max_steps=2)
+    config_path.write_text(yaml.safe_dump(values))
+    assert main(["train", str(config_path), "--set", "max_steps=3"]) == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    assert (tmp_path / "run/model/unet/diffusion_pytorch_model.safetensors").is_file()
+    assert load_config(tmp_path / "run/config.yaml").max_steps == 3
+    assert main(["train", str(config_path), "--set", "stage=2", "--set", "trainable=[unet]"]) == 2
+    assert "stage 2 freezes the UNet" in capsys.readouterr().err

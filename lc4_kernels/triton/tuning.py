@@ -31,10 +31,11 @@ def _configs(interpreter: dict, gpu_grid: dict, warps=(4, 8), stages=(1,)):
 
 
 def _drop_oversized_attention_tiles(configs, named_args, **kwargs):
-    # A 128 x 128 tile pair of d = 256 needs more shared memory than sm_80 has: skip it rather
-    # than spend autotuning time on a launch that fails.
-    head = named_args.get("D_PAD", kwargs.get("D_PAD", 0))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * head <= 128 * 64 * 256]
+    # Keep every float32 tile of BLOCK x D_PAD within about 128 registers per thread: larger
+    # tiles (e.g. 128 x 256 on 4 warps) spill, compile for minutes and never win.
+    head = kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE))
+    kept = [c for c in configs
+            if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) * head <= 128 * 32 * c.num_warps]
     return kept or configs[:1]
 
 

@@ -1,0 +1,98 @@
+"""Compiles the backend's kernels for sm_80 and sm_90 without a GPU (Triton's own LLVM and the
+ptxas shipped in the triton wheel), to catch what only the GPU compiler rejects (the interpreter
+accepts more, e.g. tl.dot with an inner size below 16) and to see each config's shared memory.
+
+    python -m lc4_kernels.triton.compile_check [--configs every] [--dtype fp16] [--head-dim 80]
+
+Not usable under TRITON_INTERPRET=1 (kernels are then interpreted functions, not compilable).
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import attention_kernels, trilinear_kernels
+from .tuning import channel_block, padded_head_dim
+
+# Shared memory per block (bytes) that each target can give a kernel.
+SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
+def supported() -> str | None:
+    """None when this triton can compile ahead of time here, else why not."""
+    if not hasattr(attention_kernels.attention_forward_kernel, "fn") or \
+            not hasattr(attention_kernels.attention_forward_kernel.fn, "arg_names"):
+        return "kernels are interpreted (TRITON_INTERPRET=1)"
+    if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
+        return f"triton {triton.__version__}'s ASTSource has another signature"
+    return None
+
+
+def _kernels(dtype: str, head_dim: int):
+    """(autotuned kernel, pointer/float argument types, constexprs) of every kernel."""
+    attention_types = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "grad_out_ptr", "dq_ptr")}
+    attention_types.update({name: "*fp32" for name in ("lse_ptr", "delta_ptr", "dk_ptr", "dv_ptr")}, scale="fp32")
+    attention_constants = dict(D_PAD=padded_head_dim(head_dim), PRECISION="ieee" if dtype == "fp32" else "tf32")
+    sample_types = {"value_ptr": f"*{dtype}", "points_ptr": "*fp32", "out_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}",
+                    "dpoints_ptr": "*fp32", "keys_ptr": "*i64", "weights_ptr": "*fp32", "order_ptr": "*i64",
+                    "segment_keys_ptr": "*i64", "segment_starts_ptr": "*i64", "segment_counts_ptr": "*i64",
+                    "dvalue_ptr": f"*{dtype}"}
+    sample_constants = dict(BLOCK_C=channel_block(head_dim))
+    return [
+        (attention_kernels.attention_forward_kernel, attention_types, attention_constants),
+        (attention_kernels.attention_backward_kv_kernel, attention_types, attention_constants),
+        (attention_kernels.attention_backward_q_kernel, attention_types, attention_constants),
+        (trilinear_kernels.sample_forward_kernel, sample_types, sample_constants),
+        (trilinear_kernels.sample_backward_points_kernel, sample_types,
+         dict(sample_constants, ACCUMULATE=True, WRITE_CORNERS=True)),
+        (trilinear_kernels.scatter_segments_kernel, sample_types, sample_constants),
+    ]
+
+
+CONFIG_CHOICES = ("smallest", "largest", "every")
+
+
+def _configs(autotuned, constants, which: str):
+    configs = autotuned.configs
+    if autotuned.early_config_prune is not None:
+        configs = autotuned.early_config_prune(configs, {}, **constants)
+    return {"smallest": configs[:1], "largest": configs[-1:], "every": configs}[which]
+
+
+def compile_kernels(capability: int, dtype: str = "fp16", head_dim: int = 80, which: str = "largest"):
+    """Compiles each kernel (its smallest, largest or every autotune config) for
+    ``sm_<capability>``; yields (kernel name, config, shared memory bytes)."""
+    for autotuned, types, constants in _kernels(dtype, head_dim):
+        jit_fn = autotuned.fn
+        for config in _configs(autotuned, constants, which):
+            values = dict(constants, **config.kwargs)
+            signature = {name: "constexpr" if name in values else types.get(name, "i32") for name in jit_fn.arg_names}
+            source = ASTSource(fn=jit_fn, signature=signature,
+                               constexprs={(jit_fn.arg_names.index(name),): value for name, value in values.items()})
+            compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                                      options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+            yield jit_fn.__name__, config, compiled.metadata.shared
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="largest", choices=CONFIG_CHOICES)
+    parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    parser.add_argument("--head-dim", type=int, default=80)
+    args = parser.parse_args()
+    reason = supported()
+    if reason:
+        raise SystemExit(f"cannot compile ahead of time: {reason}")
+    for capability in sorted(SHARED_MEMORY_LIMIT):
+        for name, config, shared in compile_kernels(capability, args.dtype, args.head_dim, args.configs):
+            fits = "ok" if shared <= SHARED_MEMORY_LIMIT[capability] else "EXCEEDS the shared memory limit"
+            print(f"sm_{capability} {name} {config.kwargs} warps={config.num_warps} stages={config.num_stages}: "
+                  f"shared {shared} B {fits}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -100,7 +100,8 @@ def sample_forward_kernel(value_ptr, points_ptr, out_ptr, rows, rows_per_batch, 
              mask=row_ok[:, None] & chan_ok[None, :])
 
 
-@triton.autotune(configs=SAMPLE_CONFIGS, key=["C", "BLOCK_C", "WRITE_CORNERS"])
+# restore_value: with ACCUMULATE, every benchmark run of the autotuner would add to dpoints again.
+@triton.autotune(configs=SAMPLE_CONFIGS, key=["C", "BLOCK_C", "WRITE_CORNERS"], restore_value=["dpoints_ptr"])
 @triton.jit
 def sample_backward_points_kernel(value_ptr, grad_ptr, points_ptr, dpoints_ptr, keys_ptr, weights_ptr,
                                   rows, rows_per_batch, G, C, T, H, W,

@@ -125,3 +125,13 @@ def test_interpreter_refuses_bfloat16_attention_by_name_and_auto_never_picks_it(
 def test_auto_picks_triton_on_the_gpu_for_half_precision(backend, device):
     inputs = attention_inputs(dtype=torch.float16, device=device)
     assert lc4_kernels.backend_for("tda_attention", *inputs) in ("triton", "cuda")
+
+
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_opcheck_triton_ops(backend, device):
+    q, k, v, points = attention_inputs(Nq=9, Nk=7, heads=2, d=4, G=1, device=device, special_fraction=0)
+    args = [t.requires_grad_(True) for t in (q, k, v, points)]
+    torch.library.opcheck(torch.ops.lc4_triton.tda_attention.default, (*args, 0.5))
+    value, sample_points = sample_inputs(B=1, P=5, G=1, C=3, device=device, special_fraction=0)
+    torch.library.opcheck(torch.ops.lc4_triton.trilinear_sample.default,
+                          (value.requires_grad_(True), sample_points.requires_grad_(True)))

@@ -8,7 +8,6 @@ from . import trilinear_kernels as kernels
 from .tuning import channel_block
 
 CORNERS = kernels.CORNERS.value
-INVALID_KEY = kernels.INVALID_KEY.value
 
 
 def _coordinates(points: torch.Tensor) -> torch.Tensor:

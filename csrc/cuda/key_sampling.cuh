@@ -35,9 +35,10 @@ __device__ __forceinline__ void load_key_corners(const AttentionParams& p, int64
   }
 }
 
-// tile[j * kStride + c] = sum over corners of weight * src[offset + c], for c < d, else 0.
-template <typename T, int kKeys, int D, int kStride, int kThreads>
-__device__ __forceinline__ void sample_key_tile(const T* src, int64_t d, const KeyCorners* corners, float* tile) {
+// tile[j * kStride + c] = sum over corners of weight * src[offset + c], for c < d, else 0
+// (the tile holds float, or T for the tensor-core kernels).
+template <typename T, int kKeys, int D, int kStride, int kThreads, typename TileT = float>
+__device__ __forceinline__ void sample_key_tile(const T* src, int64_t d, const KeyCorners* corners, TileT* tile) {
   for (int idx = threadIdx.x; idx < kKeys * D; idx += kThreads) {
     const int j = idx / D, c = idx % D;
     float sum = 0.f;
@@ -48,7 +49,7 @@ __device__ __forceinline__ void sample_key_tile(const T* src, int64_t d, const K
         if (offset >= 0) sum += corners[j].weight[corner] * to_float(src[offset + c]);
       }
     }
-    tile[j * kStride + c] = sum;
+    tile[j * kStride + c] = from_float<TileT>(sum);
   }
 }
 

@@ -5,8 +5,22 @@
 #include "cuda/head_dims.h"
 #include "cuda/tda_attention_backward.cuh"
 #include "cuda/tda_attention_forward.cuh"
+#include "cuda/tda_attention_forward_wmma.cuh"
 
 namespace lc4::LC4_CUDA_NS {
+
+// float16 (and bfloat16, which the glue admits on sm_80+ only) take the tensor-core forward.
+template <typename T, int D>
+void launch_attention_forward(const AttentionParams& p, cudaStream_t stream) {
+  const auto heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.B);
+  if constexpr (std::is_same_v<T, float>) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, ForwardTiles<D>::kBlockQ)), heads, batch);
+    launch(attention_forward_kernel<T, D>, grid, dim3(kAttentionThreads), stream, p);
+  } else {
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, WmmaForwardTiles<D>::kBlockQ)), heads, batch);
+    launch(attention_forward_wmma_kernel<T, D>, grid, dim3(kAttentionThreads), stream, p);
+  }
+}
 
 template <typename T>
 void attention_forward_for(const AttentionParams& p, cudaStream_t stream) {

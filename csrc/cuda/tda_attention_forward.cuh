@@ -105,11 +105,5 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_kernel(co
   }
 }
 
-template <typename T, int D>
-void launch_attention_forward(const AttentionParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, ForwardTiles<D>::kBlockQ)), static_cast<unsigned>(p.heads),
-                  static_cast<unsigned>(p.B));
-  launch(attention_forward_kernel<T, D>, grid, dim3(kAttentionThreads), stream, p);
-}
 
 }  // namespace lc4::LC4_CUDA_NS

@@ -1,5 +1,5 @@
 """The CUDA kernels through their host emulation (cuda_emu), beyond the shared equivalence suite:
-float16/bfloat16 against the reference, every head-dim bucket, deterministic mode (identical
+float16/bfloat16 (the WMMA forward) against the reference, every head-dim bucket, deterministic mode (identical
 bits, no atomics) against the atomic path, registration (never chosen by auto)."""
 import pytest
 import torch
@@ -39,8 +39,8 @@ def test_registered_as_test_only_backend():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [dict(Nq=33, Nk=41, heads=2, d=40, G=1), dict(Nq=20, Nk=17, heads=4, d=80, G=2)],
-                         ids=["d40", "d80"])
+@pytest.mark.parametrize("shape", [dict(Nq=33, Nk=41, heads=2, d=40, G=1), dict(Nq=20, Nk=17, heads=4, d=80, G=2),
+                                   dict(Nq=21, Nk=35, heads=2, d=160, G=1, T=2)], ids=["d40", "d80", "d160"])
 def test_half_precision_matches_reference(dtype, shape):
     check_attention(attention_inputs(**shape, dtype=dtype), dtype)
     value, points = sample_inputs(C=24, dtype=dtype)

@@ -25,7 +25,8 @@ def test_import_without_compiled_extension_falls_back_to_reference():
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["backends"] == ["reference"]
+    # Only compiled backends disappear; Python ones (triton on a GPU machine) may remain.
+    assert "cpu" not in report["backends"] and report["backends"][-1] == "reference"
     assert report["chosen"] == "reference"
     assert report["shape"] == [1, 4, 2, 8]
     assert "lc4_kernels._C is not built" in report["error"]

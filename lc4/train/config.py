@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -170,6 +171,7 @@ def _build(cls, values: dict, prefix: str = ""):
     if not isinstance(values, dict):
         raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"config: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
@@ -182,8 +184,22 @@ def _build(cls, values: dict, prefix: str = ""):
         elif name == "betas":
             kwargs[name] = tuple(float(b) for b in value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hints[name], prefix + name)
     return cls(**kwargs)
+
+
+def _coerce(value, hint, name: str):
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string: numbers are converted to the field's type."""
+    if value is None:
+        return None
+    wanted = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    if isinstance(value, str) and (float in wanted or int in wanted):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+        return int(number) if int in wanted and float not in wanted and number.is_integer() else number
+    return value
 
 
 def _set_dotted(values: dict, dotted: str, value: Any) -> None:

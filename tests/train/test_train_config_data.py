@@ -1,0 +1,90 @@
+"""Config defaults (the paper's Sec. 3.5), config files and errors; the data source formats,
+clips, luminance, determinism of samples."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lc4.color import rgb_to_luma
+from lc4.train.config import TrainConfig, load_config
+from lc4.train.data import ClipSampler, TextVideoDataset, list_videos
+from train_helpers import CAPTIONS, make_dataset
+
+
+def test_defaults_are_the_papers():
+    stage1, stage2 = TrainConfig(stage=1), TrainConfig(stage=2)
+    assert stage1.optimizer.lr == 1e-5 and stage1.optimizer.betas == (0.99, 0.999)
+    assert stage1.data.num_frames == 8 and stage1.batch_size == 2 and stage1.data.resolution in (256, 512)
+    assert (stage1.num_epochs, stage2.num_epochs) == (20, 10)
+    assert stage1.trainable_parts == ("unet", "tda", "luminance_encoder")
+    assert stage2.trainable_parts == ("cmpf",)
+    assert stage1.mixed_precision == "fp16" and stage1.gradient_checkpointing
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml"])
+def test_config_files_relative_paths_and_overrides(tmp_path, suffix):
+    text = {".yaml": "stage: 2\nmodel: {path: models/s1}\ndata: {source: data.csv, resolution: 512}\n"
+                     "optimizer: {betas: [0.9, 0.99]}\n",
+            ".toml": "stage = 2\n[model]\npath = 'models/s1'\n[data]\nsource = 'data.csv'\nresolution = 512\n"
+                     "[optimizer]\nbetas = [0.9, 0.99]\n"}[suffix]
+    path = tmp_path / f"config{suffix}"
+    path.write_text(text)
+    config = load_config(path, ["optimizer.lr=3e-5", "ema.enabled=true"])
+    assert config.stage == 2 and config.data.resolution == 512 and config.optimizer.betas == (0.9, 0.99)
+    assert config.model.path == str(tmp_path / "models/s1") and config.data.source == str(tmp_path / "data.csv")
+    assert config.optimizer.lr == 3e-5 and config.ema.enabled is True and config.optimizer.weight_decay == 1e-4
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"optimizer": {"learning_rate": 1}}, "unknown key(s) optimizer.learning_rate"),
+    ({"stage": 2, "trainable": ["unet", "cmpf"]}, "stage 2 freezes the UNet"),
+    ({"stage": 1, "trainable": ["cmpf"]}, "CMPF is not used"),
+    ({"trainable": ["text_encoder"]}, "trainable"),
+    ({"data": {"resolution": 250}}, "multiple of 8"),
+    ({"mixed_precision": "fp8"}, "mixed_precision"),
+])
+def test_config_errors(values, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(values=values)
+
+
+@pytest.mark.parametrize("layout", ["folder", "csv", "jsonl"])
+def test_data_sources(tmp_path, layout):
+    source = make_dataset(tmp_path / layout, count=3, num_frames=10, layout=layout)
+    items = list_videos(source)
+    assert [item.caption for item in items] == list(CAPTIONS[:3])
+    assert all(item.path.is_file() for item in items)
+
+
+def test_clips_are_cropped_deterministic_and_luma_is_rec601(video_folder):
+    dataset = TextVideoDataset(list_videos(video_folder), resolution=32, num_frames=8, frame_stride=1)
+    sample = dataset[(1, 1234)]
+    assert sample["pixel_values"].shape == (8, 3, 32, 32) and sample["luminance"].shape == (8, 1, 32, 32)
+    assert -1 <= sample["pixel_values"].min() and sample["pixel_values"].max() <= 1
+    expected = rgb_to_luma((sample["pixel_values"] + 1) / 2) * 2 - 1
+    torch.testing.assert_close(sample["luminance"], expected.clamp(-1, 1))
+    again = dataset[(1, 1234)]
+    assert torch.equal(sample["pixel_values"], again["pixel_values"])
+    others = [dataset[(1, seed)]["pixel_values"] for seed in range(6)]
+    assert any(not torch.equal(sample["pixel_values"], other) for other in others), "seed changes nothing"
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch():
+    sampler = ClipSampler(10, seed=3)
+    sampler.set_epoch_seed(0)
+    first = list(sampler)
+    assert sorted(index for index, _ in first) == list(range(10))
+    assert list(sampler) == first
+    sampler.set_epoch_seed(1)
+    assert list(sampler) != first
+
+
+def test_unreadable_source_stops_with_a_clear_error(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"not a video")
+    (tmp_path / "a.txt").write_text("a red car")
+    dataset = TextVideoDataset(list_videos(tmp_path), resolution=32, num_frames=8, max_skips=3)
+    with pytest.raises(RuntimeError, match="could not be read"):
+        dataset[(0, 0)]
+    (tmp_path / "empty.csv").write_text("video,caption\n")
+    with pytest.raises(ValueError, match="lists no"):
+        list_videos(tmp_path / "empty.csv")

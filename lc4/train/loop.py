@@ -176,6 +176,9 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=mixed_precision,
         log_with=log_with, project_config=ProjectConfiguration(project_dir=str(output_dir),
                                                                logging_dir=str(output_dir / "logs")))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
+        logger.warning("WORLD_SIZE=%s but accelerate runs one process: each trains alone. On CPUs launch "
+                       "with `accelerate launch --cpu` (or set ACCELERATE_USE_CPU=1)", os.environ["WORLD_SIZE"])
     # Every process its own noise, one model: the weights come from the model folder.
     set_seed(config.seed, device_specific=True)
     device = accelerator.device

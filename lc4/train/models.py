@@ -63,12 +63,15 @@ def load_components(model_dir: str | Path) -> Components:
 
 def trainable_parameters(components: Components, parts: tuple[str, ...]) -> dict[str, list[nn.Parameter]]:
     """Parameters of each trainable part. ``unet`` means the SD1.5 UNet's own weights and
-    ``tda`` the TDA layers in it, so either can train without the other."""
+    ``tda`` the TDA layers in it, so either can train without the other. The luminance
+    encoder's ``skip_projs`` feed only the VAE decoder, which Eq. 9 never runs: they get no
+    gradient, so they are left out (DDP insists that every trained parameter gets one)."""
     tda_ids = {id(p) for p in components.tda.parameters()}
     groups = {
         "unet": [p for p in components.unet.parameters() if id(p) not in tda_ids],
         "tda": list(components.tda.parameters()),
-        "luminance_encoder": list(components.luminance_encoder.parameters()),
+        "luminance_encoder": [p for name, p in components.luminance_encoder.named_parameters()
+                              if not name.startswith("skip_projs.")],
         "cmpf": list(components.cmpf.parameters()),
     }
     return {part: groups[part] for part in parts}

@@ -5,7 +5,7 @@ BUILD_INPUTS := setup.py requirements.txt requirements-dev.txt scripts/setup_env
 	$(shell find csrc -type f 2>/dev/null)
 STAMP := $(VENV)/.lc4-built
 
-.PHONY: setup test bench
+.PHONY: setup test bench gpu-check
 setup: $(STAMP)
 
 $(STAMP): $(BUILD_INPUTS)

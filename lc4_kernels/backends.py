@@ -31,6 +31,9 @@ class Backend:
     deterministic: bool = True
     auto_selectable: bool = True  # test-only backends (e.g. emulators) say False
     is_available: Callable[[], Optional[str]] = field(default=lambda: None)  # None or why not
+    # Per-device limits found only on the device itself (e.g. bfloat16 needs sm_80): asked lazily,
+    # so that importing the package never initialises an accelerator.
+    device_check: Optional[Callable[[torch.device, torch.dtype], Optional[str]]] = None
 
     def unsupported_reason(self, device: torch.device, dtype: torch.dtype, head_dim: Optional[int]) -> Optional[str]:
         """None when this backend can run inputs of this device/dtype/head dim, else why not."""
@@ -45,6 +48,8 @@ class Backend:
             return f"head dim {head_dim} > {self.max_head_dim}"
         if torch.are_deterministic_algorithms_enabled() and not self.deterministic:
             return "not deterministic"
+        if self.device_check is not None:
+            return self.device_check(device, dtype)
         return None
 
 

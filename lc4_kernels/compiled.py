@@ -101,12 +101,15 @@ def _cuda_unavailable_reason():
     return None
 
 
-def _cuda_dtypes():
-    dtypes = {torch.float32, torch.float16}
-    if (_cuda_unavailable_reason() is None and os.environ.get(FORCE_SM70_ENV) != "1"
-            and torch.cuda.get_device_capability() >= (8, 0)):
-        dtypes.add(torch.bfloat16)
-    return frozenset(dtypes)
+def _cuda_device_check(device: torch.device, dtype: torch.dtype):
+    """bfloat16 needs sm_80 on the device that runs the call (and is off on the sm_70 paths)."""
+    if dtype != torch.bfloat16:
+        return None
+    if os.environ.get(FORCE_SM70_ENV) == "1":
+        return f"bfloat16 is off on the sm_70 paths ({FORCE_SM70_ENV}=1)"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return f"bfloat16 needs compute capability 8.0, {device} has {torch.cuda.get_device_capability(device)}"
+    return None
 
 
 def _register_backends() -> None:
@@ -121,9 +124,12 @@ def _register_backends() -> None:
     ))
     backends.register_backend(backends.Backend(
         name="cuda",
-        priority=20,
+        # Below triton, which auto takes on sm_80+ (where Triton has tensor cores); cuda is the
+        # path for sm_70 (V100). Revisit when GPU benchmarks compare the two.
+        priority=15,
         device_types=frozenset({"cuda"}),
-        dtypes=_cuda_dtypes(),
+        dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
+        device_check=_cuda_device_check,
         trilinear_sample=sample,
         tda_attention=attention,
         max_head_dim=CUDA_MAX_HEAD_DIM,

@@ -57,6 +57,7 @@ class LuminanceFeatures:
 class LuminanceEncoder(ModelMixin, ConfigMixin):
     config_name = "config.json"
     _supports_gradient_checkpointing = True  # checkpoints the encoder's blocks, as diffusers' Encoder does
+    checkpoint_chunk_frames: Optional[int] = None  # frames per chunk under gradient checkpointing; None: all
 
     @register_to_config
     def __init__(
@@ -101,21 +102,30 @@ class LuminanceEncoder(ModelMixin, ConfigMixin):
         if luminance.dim() != 4 or luminance.shape[1] != self.config.in_channels:
             raise ValueError(f"luminance: expected (N, {self.config.in_channels}, H, W) in [-1, 1], "
                              f"got {tuple(luminance.shape)}")
+        checkpointing = torch.is_grad_enabled() and self.encoder.gradient_checkpointing
+        # Under checkpointing, frames go through in chunks (lc4.train: luminance_chunk_frames): a
+        # block's recomputation in the backward then holds one chunk's activations. Frames are
+        # independent (convs, group norms per sample), so outputs and gradients are the same.
+        chunk = self.checkpoint_chunk_frames if checkpointing and self.checkpoint_chunk_frames else len(luminance)
+        parts = [self._encode(part, checkpointing) for part in luminance.split(chunk)]
+        features = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
+        skips = None
+        if return_skips:
+            stages = parts[0][1] if len(parts) == 1 else [torch.cat(s) for s in zip(*(p[1] for p in parts))]
+            skips = [proj(stages[_source_index(level, len(self.skip_projs))]) for level, proj in enumerate(self.skip_projs)]
+        return LuminanceFeatures(self.latent_proj(features), features, skips)
+
+    def _encode(self, luminance: torch.Tensor, checkpointing: bool):
         encoder = self.encoder
         sample = encoder.conv_in(luminance.to(self.dtype))
         stages = [sample]
-        checkpointing = torch.is_grad_enabled() and encoder.gradient_checkpointing
         run = encoder._gradient_checkpointing_func if checkpointing else (lambda block, x: block(x))
         for down_block in encoder.down_blocks:
             sample = run(down_block, sample)
             stages.append(sample)
         sample = run(encoder.mid_block, sample)
         stages.append(sample)
-        features = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(sample)))
-        skips = None
-        if return_skips:
-            skips = [proj(stages[_source_index(level, len(self.skip_projs))]) for level, proj in enumerate(self.skip_projs)]
-        return LuminanceFeatures(self.latent_proj(features), features, skips)
+        return encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(sample))), stages
 
 
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, skips: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--batch-size", type=int, default=None, help="(plan) clips per step; default: the config's")
     plan.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
                       help="(plan) mixed precision; default: the config's (fp32 for 'no')")
+    plan.add_argument("--num-gpus", type=int, default=1, metavar="N",
+                      help="(plan) per-GPU memory when training on N GPUs (distributed.sharding decides "
+                           "whether they share the model: fsdp, or each holds all of it: none)")
     plan.add_argument("--measure", action="store_true",
                       help="(plan) also run one real step on the GPU and report its measured peak")
 
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         from .memory import plan_memory, format_plan
 
         plan = plan_memory(config, resolution=args.resolution, frames=args.frames, batch_size=args.batch_size,
-                           dtype=args.dtype, measure=args.measure)
+                           dtype=args.dtype, measure=args.measure, num_gpus=args.num_gpus)
         print(format_plan(plan))
         return 0
     from .loop import train

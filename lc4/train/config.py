@@ -17,6 +17,12 @@ native size), ``caption_dropout = 0.1`` (the pipeline samples with classifier-fr
 the unconditional branch has to keep training), fp16 mixed precision and gradient
 checkpointing (V100s), a constant learning rate, gradient clipping at 1.0.
 
+Memory (``lc4 train CONFIG --plan-memory``): stage 1 with the whole UNet trainable holds about
+14 GB of fp32 weights, gradients and AdamW states on every GPU under DDP. Two ways under 16 GB:
+``distributed: {sharding: fsdp}`` over several GPUs (accelerate's FSDP plugin shards gradients
+and optimizer states, ZeRO-2-like) or, on one GPU, ``optimizer: {name: adamw8bit}``
+(bitsandbytes, 2 bytes of state per parameter instead of 8).
+
 Luminance encoder: the paper starts it from L-CAD's weights, which are not public, so stage 1
 trains it by default (its zero-initialised ``latent_proj`` is how the luminance reaches the
 UNet). Eq. 9 gives its decoder skip projections no gradient; they stay as initialised.
@@ -42,6 +48,12 @@ TRAINABLE_PARTS = ("unet", "tda", "luminance_encoder", "cmpf")
 STAGE_TRAINABLE = {1: ("unet", "tda", "luminance_encoder"), 2: ("cmpf",)}
 STAGE_EPOCHS = {1: 20, 2: 10}
 MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+SHARDING = ("none", "fsdp")
+FSDP_STRATEGIES = ("SHARD_GRAD_OP", "FULL_SHARD")
+# FSDP units (module class names): every ResNet block and transformer of the UNet and of the
+# luminance encoder; the rest (embeddings, up/down-samplers, conv_in/out) is the root unit.
+FSDP_WRAP = ("ResnetBlock2D", "Transformer2DModel")
 
 
 @dataclass
@@ -64,6 +76,7 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
+    name: str = "adamw"  # "adamw" (torch, fused on a GPU) or "adamw8bit" (bitsandbytes, 8-bit states)
     lr: float = 1e-5
     betas: tuple[float, float] = (0.99, 0.999)
     weight_decay: float = 1e-4  # the paper's lambda, see the module docstring
@@ -71,6 +84,22 @@ class OptimizerConfig:
     max_grad_norm: Optional[float] = 1.0
     lr_scheduler: str = "constant"  # any name diffusers.optimization.get_scheduler knows
     lr_warmup_steps: int = 0
+
+
+@dataclass
+class DistributedConfig:
+    """How several processes share the work (``accelerate launch``). ``sharding: none`` is DDP:
+    every GPU holds the whole model, its gradients and AdamW states. ``sharding: fsdp`` passes
+    accelerate a ``FullyShardedDataParallelPlugin`` (torch FSDP2, ``fully_shard``): each GPU keeps
+    1/N of the trained weights (fp32), gradients and optimizer states, and all-gathers the
+    weights in fp16 per unit (``fsdp_wrap``) for the forward and backward. ``fsdp_strategy``:
+    ``SHARD_GRAD_OP`` (ZeRO-2-like: gathered weights stay between forward and backward, one
+    all-gather per step) or ``FULL_SHARD`` (ZeRO-3-like: freed after each unit's forward and
+    gathered again for the backward; less memory, more communication)."""
+
+    sharding: str = "none"
+    fsdp_strategy: str = "SHARD_GRAD_OP"
+    fsdp_wrap: list[str] = field(default_factory=lambda: list(FSDP_WRAP))
 
 
 @dataclass
@@ -113,6 +142,7 @@ class TrainConfig:
     checkpointing: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     output_dir: str = "runs/lc4"
     batch_size: int = 2  # clips per process and micro-step
     gradient_accumulation_steps: int = 1
@@ -120,6 +150,11 @@ class TrainConfig:
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
     mixed_precision: str = "fp16"  # falls back to "no" without a GPU
     gradient_checkpointing: bool = True
+    # Under gradient checkpointing, the luminance encoder (full resolution, the VAE encoder's
+    # structure) runs this many frames at a time: the same outputs and gradients, but a block's
+    # recomputation in the backward holds the activations of one chunk, not of every frame.
+    # None: all frames at once.
+    luminance_chunk_frames: Optional[int] = 1
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (needed for bitwise resume)
 
@@ -159,6 +194,25 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected >= 1, got {value}")
         if not 0 <= data.caption_dropout <= 1:
             raise ValueError(f"data.caption_dropout: expected a probability, got {data.caption_dropout}")
+        if self.optimizer.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name: expected one of {OPTIMIZERS}, got {self.optimizer.name!r}")
+        dist = self.distributed
+        dist.fsdp_strategy = str(dist.fsdp_strategy).upper()
+        if dist.sharding not in SHARDING:
+            raise ValueError(f"distributed.sharding: expected one of {SHARDING}, got {dist.sharding!r}")
+        if dist.fsdp_strategy not in FSDP_STRATEGIES:
+            raise ValueError(f"distributed.fsdp_strategy: expected one of {FSDP_STRATEGIES}, got {dist.fsdp_strategy!r}")
+        if dist.sharding == "fsdp":
+            if self.optimizer.name == "adamw8bit":
+                raise ValueError("optimizer.name: adamw8bit is for one GPU; with distributed.sharding: fsdp use adamw "
+                                 "(bitsandbytes' 8-bit states do not shard with FSDP's DTensor parameters)")
+            if self.ema.enabled:
+                raise ValueError("ema.enabled: not supported with distributed.sharding: fsdp yet (the EMA copy "
+                                 "would be sharded and checkpointed per process); use sharding: none for EMA")
+            if not dist.fsdp_wrap:
+                raise ValueError("distributed.fsdp_wrap: expected a non-empty list of module class names")
+        if self.luminance_chunk_frames is not None and self.luminance_chunk_frames < 1:
+            raise ValueError(f"luminance_chunk_frames: expected >= 1 or null, got {self.luminance_chunk_frames}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps: expected >= 1, got {self.max_steps}")
 

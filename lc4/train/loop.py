@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_videos, split_holdout,
                    validation_clip)
 from .models import Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components
+from .optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def train(config: TrainConfig, resume: Optional[str] = None, stop_after: Optiona
 
 def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]) -> TrainResult:
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
@@ -172,10 +173,21 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                            "logging to logs/metrics.jsonl only")
         else:
             log_with = "tensorboard"
+    sharded = config.distributed.sharding == "fsdp"
+    if sharded:
+        from .memory import fsdp_plugin
+        plugin = fsdp_plugin(config, mixed_precision)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=mixed_precision,
         log_with=log_with, project_config=ProjectConfiguration(project_dir=str(output_dir),
-                                                               logging_dir=str(output_dir / "logs")))
+                                                               logging_dir=str(output_dir / "logs")),
+        fsdp_plugin=plugin if sharded else None,
+        # DDP: gradients live in its communication buckets instead of in a second copy.
+        kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)])
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if sharded and not fsdp:
+        logger.warning("distributed.sharding: fsdp needs several GPUs under `accelerate launch` (accelerate runs "
+                       "%s here); training without sharding", accelerator.distributed_type)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and accelerator.num_processes == 1:
         logger.warning("WORLD_SIZE=%s but accelerate runs one process: each trains alone. On CPUs launch "
                        "with `accelerate launch --cpu` (or set ACCELERATE_USE_CPU=1)", os.environ["WORLD_SIZE"])
@@ -199,14 +211,13 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     if config.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         components.luminance_encoder.enable_gradient_checkpointing()
+        components.luminance_encoder.checkpoint_chunk_frames = config.luminance_chunk_frames
     denoiser = LC4Denoiser(components.unet, components.luminance_encoder,
                            components.cmpf if config.stage == 2 else None).to(device)
     denoiser.train()
 
     optim = config.optimizer
-    # Fused on a GPU: the foreach version makes a temporary as large as the AdamW states.
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay,
-                                  eps=optim.eps, fused=device.type == "cuda")
+    optimizer = build_optimizer(params, optim, device)
 
     # -- data ----------------------------------------------------------------------------
     items = list_videos(config.data.source)
@@ -214,6 +225,10 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     dataloader, sampler = build_dataloader(config, items)
 
     denoiser, optimizer, dataloader = accelerator.prepare(denoiser, optimizer, dataloader)
+    if fsdp:  # FSDP2 replaced the parameters by sharded ones (DTensors), the optimizer's too
+        params = [p for p in denoiser.parameters() if p.requires_grad]
+    # accelerate's FSDP clipping wants exactly the prepared model's parameters (a global norm over shards).
+    clipped = denoiser.parameters if fsdp else (lambda: params)
 
     # -- schedule ------------------------------------------------------------------------
     steps_per_epoch = max(1, math.ceil(len(dataloader) / config.gradient_accumulation_steps))  # per process
@@ -274,7 +289,7 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.stage == 2)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and optim.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, optim.max_grad_norm)
+                    accelerator.clip_grad_norm_(clipped(), optim.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -309,7 +324,11 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     model_dir = None
     if step >= max_steps:
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if fsdp:  # every process takes part in gathering the full weights; the main one saves them
+            full_state = accelerator.get_state_dict(denoiser)
+            if accelerator.is_main_process:
+                model_dir = _save_gathered(full_state, config, output_dir / "model", parts)
+        elif accelerator.is_main_process:
             with torch.no_grad(), _ema_weights(ema, params):
                 model_dir = save_model_folder(components, config.model.path, output_dir / "model", parts)
             if config.validation.every_steps and step % config.validation.every_steps:
@@ -318,6 +337,15 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     accelerator.end_training()
     return TrainResult(step, output_dir, model_dir, components, accelerator.unwrap_model(denoiser), params,
                        validation_outputs)
+
+
+def _save_gathered(full_state: dict, config: TrainConfig, model_dir: Path, parts) -> Path:
+    """The model folder from a gathered (FSDP) state dict of the denoiser: loaded into fresh
+    components from the input folder, then saved as without sharding."""
+    fresh = load_components(config.model.path)
+    denoiser = LC4Denoiser(fresh.unet, fresh.luminance_encoder, fresh.cmpf if config.stage == 2 else None)
+    denoiser.load_state_dict(full_state)
+    return save_model_folder(fresh, config.model.path, model_dir, parts)
 
 
 @contextlib.contextmanager

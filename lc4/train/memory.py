@@ -61,7 +61,12 @@ class MemoryPlan:
     dtype: str
     gradient_checkpointing: bool
     ema: bool
-    weights: dict = field(default_factory=dict)  # component -> bytes
+    num_gpus: int = 1
+    sharding: str = "none"  # "none" (DDP when num_gpus > 1) or "fsdp"
+    fsdp_strategy: str = ""
+    optimizer: str = "adamw"
+    luminance_chunk_frames: Optional[int] = None
+    weights: dict = field(default_factory=dict)  # component -> bytes on one GPU (its shard under FSDP)
     trainable_parameters: int = 0
     gradients: int = 0
     optimizer_states: int = 0
@@ -81,25 +86,51 @@ class MemoryPlan:
 
 class LiveMemoryTracker(TorchDispatchMode):
     """Sums the bytes of live tensor storages (fake or real) after every op; ``peak`` is the
-    largest sum seen. Tensors made before the tracker starts are added with :meth:`track`."""
+    largest sum seen. Tensors made before the tracker starts are added with :meth:`track`.
+    Storages resized in place (FSDP frees and re-allocates its gathered weights that way) are
+    followed while :meth:`follow_resizes` is active."""
 
     def __init__(self):
         super().__init__()
-        self._live = weakref.WeakKeyDictionary()  # storage -> bytes
+        self._live = weakref.WeakKeyDictionary()  # storage -> [bytes]
         self.current = 0
         self.peak = 0
 
     def _add(self, tensor: torch.Tensor) -> None:
+        tensor = _local(tensor)
         storage = tensor.untyped_storage()
         if storage in self._live:
             return
-        size = storage.nbytes()
+        size = [storage.nbytes()]
         self._live[storage] = size
-        self.current += size
+        self.current += size[0]
         weakref.finalize(storage, self._release, size)
 
-    def _release(self, size: int) -> None:
-        self.current -= size
+    def _release(self, size: list) -> None:
+        self.current -= size[0]
+
+    def _resized(self, storage, nbytes: int) -> None:
+        size = self._live.get(storage)
+        if size is not None:
+            self.current += nbytes - size[0]
+            size[0] = nbytes
+            self.peak = max(self.peak, self.current)
+
+    @contextlib.contextmanager
+    def follow_resizes(self):
+        original = torch.UntypedStorage.resize_
+        tracker = self
+
+        def resize_(storage, nbytes):
+            out = original(storage, nbytes)
+            tracker._resized(storage, storage.nbytes())
+            return out
+
+        torch.UntypedStorage.resize_ = resize_
+        try:
+            yield
+        finally:
+            torch.UntypedStorage.resize_ = original
 
     def track(self, tensors) -> None:
         for tensor in tensors:
@@ -114,6 +145,12 @@ class LiveMemoryTracker(TorchDispatchMode):
                 self._add(tensor)
         self.peak = max(self.peak, self.current)
         return out
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's shard on this process (what its memory is); any other tensor as is."""
+    local = getattr(tensor, "_local_tensor", None)
+    return local if isinstance(local, torch.Tensor) else tensor
 
 
 def _register_plan_backend() -> Optional[str]:
@@ -192,12 +229,84 @@ def build_architecture(model_dir: Optional[str], frozen_dtype: torch.dtype = tor
 
 
 def _bytes(params) -> int:
-    return sum(p.numel() * p.element_size() for p in params)
+    return sum(_local(p).numel() * _local(p).element_size() for p in params)
 
 
-def _prepare_step(parts, config: TrainConfig, plan: MemoryPlan):
-    """Freezing, dtypes, checkpointing, optimizer and EMA as :func:`lc4.train.loop.train` sets
-    them up: ``(denoiser, text_encoder, vae, params, optimizer, ema)``."""
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes: smaller tensors keep 32-bit states
+BNB_BLOCK_SIZE = 256  # one float32 absmax per block of a blockwise-quantised state
+
+
+def adamw8bit_state_bytes(param: torch.Tensor) -> int:
+    """Bytes of bitsandbytes ``AdamW8bit``'s state for one parameter: two uint8 moments and
+    their float32 block scales, or two float32 moments below ``min_8bit_size``."""
+    n = _local(param).numel()
+    if n < BNB_MIN_8BIT_SIZE:
+        return 8 * n
+    return 2 * n + 2 * 4 * -(-n // BNB_BLOCK_SIZE)
+
+
+class SimulatedAdamW8bit(torch.optim.Optimizer):
+    """Stands in for ``bitsandbytes.optim.AdamW8bit`` in the plan (it has no CPU or fake-tensor
+    path to trace): the same state tensors, an in-place update (its blockwise kernel keeps no
+    temporaries of parameter size)."""
+
+    def __init__(self, params, lr=1e-3):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    n = p.numel()
+                    if n < BNB_MIN_8BIT_SIZE:
+                        state["state1"], state["state2"] = torch.zeros_like(p), torch.zeros_like(p)
+                    else:
+                        blocks = -(-n // BNB_BLOCK_SIZE)
+                        state["state1"] = torch.zeros(n, dtype=torch.uint8, device=p.device)
+                        state["state2"] = torch.zeros(n, dtype=torch.uint8, device=p.device)
+                        state["absmax1"] = torch.zeros(blocks, device=p.device)
+                        state["absmax2"] = torch.zeros(blocks, device=p.device)
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+def fsdp_plugin(config: TrainConfig, mixed_precision: str):
+    """The ``FullyShardedDataParallelPlugin`` that training passes to accelerate for
+    ``distributed.sharding: fsdp``: FSDP2 (``fully_shard``), one unit per ``fsdp_wrap`` module,
+    weights gathered in the mixed-precision dtype, sharded checkpoints."""
+    from accelerate import FullyShardedDataParallelPlugin
+
+    dist = config.distributed
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, reshard_after_forward=dist.fsdp_strategy == "FULL_SHARD",
+        auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=list(dist.fsdp_wrap),
+        state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False, activation_checkpointing=False)
+    if mixed_precision in ("fp16", "bf16"):
+        plugin.set_mixed_precision(mixed_precision)
+    return plugin
+
+
+def _shard_like_accelerate(denoiser, config: TrainConfig, dtype: str, mesh):
+    """``fully_shard`` applied to ``denoiser`` as ``accelerator.prepare`` applies it with
+    :func:`fsdp_plugin` (accelerate's own ``fsdp2_prepare_model``), on the current process group."""
+    from types import SimpleNamespace
+
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    mixed = {"fp32": "no"}.get(dtype, dtype)
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=fsdp_plugin(config, mixed)),
+                                  torch_device_mesh=mesh, parallelism_config=SimpleNamespace(fsdp_dim_names=("dp_shard",)),
+                                  mixed_precision=mixed, is_main_process=True,
+                                  device=torch.device("cpu"))
+    return fsdp2_prepare_model(accelerator, denoiser)
+
+
+def _prepare_step(parts, config: TrainConfig, plan: MemoryPlan, real_optimizer: bool = False, mesh=None):
+    """Freezing, dtypes, checkpointing, sharding, optimizer and EMA as :func:`lc4.train.loop.train`
+    sets them up: ``(denoiser, text_encoder, vae, params, optimizer, ema, resident)``."""
     from types import SimpleNamespace
 
     from .models import freeze_all_but
@@ -209,10 +318,20 @@ def _prepare_step(parts, config: TrainConfig, plan: MemoryPlan):
     if plan.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         luminance_encoder.enable_gradient_checkpointing()
+        luminance_encoder.checkpoint_chunk_frames = plan.luminance_chunk_frames
     denoiser = LC4Denoiser(unet, luminance_encoder, cmpf if plan.stage == 2 else None)
+    if plan.sharding == "fsdp":
+        denoiser = _shard_like_accelerate(denoiser, config, plan.dtype, mesh)
+        params = [p for p in denoiser.parameters() if p.requires_grad]
     optim = config.optimizer
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay,
-                                  eps=optim.eps, fused=True)
+    if real_optimizer:  # measuring on the GPU
+        from .optim import build_optimizer
+        optimizer = build_optimizer(params, optim, torch.device("cuda"))
+    elif plan.optimizer == "adamw8bit":
+        optimizer = SimulatedAdamW8bit(params, lr=optim.lr)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay,
+                                      eps=optim.eps, fused=True)
     ema = None
     if plan.ema:
         from diffusers.training_utils import EMAModel
@@ -223,10 +342,12 @@ def _prepare_step(parts, config: TrainConfig, plan: MemoryPlan):
                     "luminance_encoder": _bytes(luminance_encoder.parameters())}
     if plan.stage == 2:  # stage 1 does not use CMPF and leaves it on the CPU
         plan.weights["cmpf"] = _bytes(cmpf.parameters())
-    plan.trainable_parameters = sum(p.numel() for p in params)
-    plan.gradients = 4 * plan.trainable_parameters
-    plan.optimizer_states = 8 * plan.trainable_parameters
-    plan.ema_weights = 4 * plan.trainable_parameters if ema is not None else 0
+    plan.trainable_parameters = sum(p.numel() for p in params)  # the whole model's, not a shard's
+    local_trainable = sum(_local(p).numel() for p in params)
+    plan.gradients = 4 * local_trainable
+    plan.optimizer_states = (sum(adamw8bit_state_bytes(p) for p in params) if plan.optimizer == "adamw8bit"
+                             else 8 * local_trainable)
+    plan.ema_weights = 4 * local_trainable if ema is not None else 0
     resident = [*vae.parameters(), *vae.buffers(), *text_encoder.parameters(), *text_encoder.buffers(),
                 *denoiser.parameters(), *denoiser.buffers(), *(ema.shadow_params if ema else [])]
     return denoiser, text_encoder, vae, params, optimizer, ema, resident
@@ -259,9 +380,30 @@ def _training_step(prepared, plan: MemoryPlan, device_type: str) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+@contextlib.contextmanager
+def _fake_process_group(world_size: int):
+    """A process group of ``world_size`` ranks, this one rank 0, whose collectives do nothing
+    (torch's ``fake`` backend): FSDP shards and communicates as on ``world_size`` GPUs."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_available() and dist.is_initialized():
+        raise ValueError("--plan-memory: run it outside a distributed launch (one process plans for all)")
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        yield init_device_mesh("cpu", (world_size,), mesh_dim_names=("dp_shard",))
+    finally:
+        dist.destroy_process_group()
+
+
 def plan_memory(config: TrainConfig, resolution: Optional[int] = None, frames: Optional[int] = None,
-                batch_size: Optional[int] = None, dtype: Optional[str] = None, measure: bool = False) -> MemoryPlan:
-    """The simulated (and, with ``measure``, measured) peak memory of one training step."""
+                batch_size: Optional[int] = None, dtype: Optional[str] = None, measure: bool = False,
+                num_gpus: Optional[int] = None) -> MemoryPlan:
+    """The simulated (and, with ``measure``, measured) peak memory of one training step on one
+    of ``num_gpus`` GPUs (default 1): with ``distributed.sharding: fsdp`` the model is sharded
+    over them as accelerate shards it; without sharding (DDP) every GPU holds the same."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ..tda import set_tda_backend
@@ -269,11 +411,18 @@ def plan_memory(config: TrainConfig, resolution: Optional[int] = None, frames: O
     dtype = dtype or ("fp32" if config.mixed_precision == "no" else config.mixed_precision)
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of fp16, bf16, fp32, got {dtype!r}")
+    num_gpus = 1 if num_gpus is None else num_gpus
+    if num_gpus < 1:
+        raise ValueError(f"--num-gpus: expected >= 1, got {num_gpus}")
+    sharding = config.distributed.sharding
     plan = MemoryPlan(
         architecture="", stage=config.stage, trainable=config.trainable_parts,
         resolution=resolution or config.data.resolution, frames=frames or config.data.num_frames,
         batch_size=batch_size or config.batch_size, dtype=dtype,
-        gradient_checkpointing=config.gradient_checkpointing, ema=config.ema.enabled)
+        gradient_checkpointing=config.gradient_checkpointing, ema=config.ema.enabled, num_gpus=num_gpus,
+        sharding=sharding, fsdp_strategy=config.distributed.fsdp_strategy if sharding == "fsdp" else "",
+        optimizer=config.optimizer.name,
+        luminance_chunk_frames=config.luminance_chunk_frames if config.gradient_checkpointing else None)
     if plan.resolution % 8 or plan.frames < 1 or plan.batch_size < 1:
         raise ValueError(f"plan: expected a resolution that is a multiple of 8 and positive frames and batch size, "
                          f"got {plan.resolution}, {plan.frames}, {plan.batch_size}")
@@ -281,14 +430,21 @@ def plan_memory(config: TrainConfig, resolution: Optional[int] = None, frames: O
     if backend is None:
         plan.notes.append("lc4_kernels._C is not built: TDA simulated with the reference implementation, "
                           "which keeps its score matrices (an upper bound)")
+    if plan.optimizer == "adamw8bit":
+        plan.notes.append("AdamW8bit simulated by its state tensors (bitsandbytes: uint8 moments, float32 "
+                          f"scale per {BNB_BLOCK_SIZE} values, 32-bit below {BNB_MIN_8BIT_SIZE} values)")
+    if sharding == "none" and num_gpus > 1:
+        plan.notes.append(f"DDP on {num_gpus} GPUs: every GPU holds what one holds (gradients in DDP's buckets, "
+                          "gradient_as_bucket_view); distributed.sharding: fsdp divides them")
     try:
         tracker = LiveMemoryTracker()
-        with FakeTensorMode():
+        sharded = _fake_process_group(num_gpus) if sharding == "fsdp" else contextlib.nullcontext()
+        with sharded as mesh, FakeTensorMode(), tracker.follow_resizes():
             parts = build_architecture(config.model.path, DTYPES[dtype])
             plan.architecture = parts[0]
             for module in (parts[3], parts[6]):
                 set_tda_backend(module, backend)
-            prepared = _prepare_step(parts, config, plan)
+            prepared = _prepare_step(parts, config, plan, mesh=mesh)
             with tracker:
                 tracker.track(prepared[-1])
                 # Two steps: from the second on, AdamW's states are resident during the backward.
@@ -296,6 +452,9 @@ def plan_memory(config: TrainConfig, resolution: Optional[int] = None, frames: O
                     _training_step(prepared, plan, "cpu")
         plan.peak = tracker.peak
         if measure:
+            if sharding == "fsdp" or num_gpus > 1:
+                raise ValueError("--measure: measures one process on one GPU (sharding: none, --num-gpus 1); "
+                                 "for FSDP read torch.cuda.max_memory_allocated in a real accelerate launch")
             plan.measured_peak = measure_peak_memory(config, plan)
     finally:
         if backend is not None:
@@ -316,7 +475,7 @@ def measure_peak_memory(config: TrainConfig, plan: MemoryPlan) -> int:
     with torch.device(device):
         parts = build_architecture(config.model.path, DTYPES[plan.dtype])
     measured = SimpleNamespace(**vars(plan))  # preparing fills in the same fields; keep the plan's
-    prepared = _prepare_step(parts, config, measured)
+    prepared = _prepare_step(parts, config, measured, real_optimizer=True)
     for _ in range(2):
         _training_step(prepared, measured, "cuda")
     torch.cuda.synchronize(device)
@@ -325,17 +484,26 @@ def measure_peak_memory(config: TrainConfig, plan: MemoryPlan) -> int:
 
 def format_plan(plan: MemoryPlan, gpu_gib: float = 16.0) -> str:
     gib = lambda n: f"{n / GIB:8.2f} GiB"  # noqa: E731
+    if plan.sharding == "fsdp":
+        layout = f"{plan.num_gpus} GPU(s), FSDP {plan.fsdp_strategy}: per GPU, trained weights, gradients and states sharded"
+    elif plan.num_gpus > 1:
+        layout = f"{plan.num_gpus} GPUs, DDP: per GPU, everything replicated"
+    else:
+        layout = "1 GPU"
+    states = "AdamW8bit states" if plan.optimizer == "adamw8bit" else "AdamW states"
     lines = [
         f"memory plan: one training step, stage {plan.stage} (trains {', '.join(plan.trainable)})",
         f"  architecture        {plan.architecture}",
         f"  clips x frames      {plan.batch_size} x {plan.frames} at {plan.resolution}x{plan.resolution} px, "
         f"{plan.dtype}{', gradient checkpointing' if plan.gradient_checkpointing else ''}"
+        f"{f', luminance encoder {plan.luminance_chunk_frames} frame(s) at a time' if plan.luminance_chunk_frames else ''}"
         f"{', EMA' if plan.ema else ''}",
+        f"  GPUs                {layout}",
         f"  trainable params    {plan.trainable_parameters / 1e6:8.1f} M",
         "  weights:",
         *(f"    {name:<18}{gib(size)}" for name, size in plan.weights.items()),
         f"  gradients (fp32)    {gib(plan.gradients)}",
-        f"  AdamW states        {gib(plan.optimizer_states)}",
+        f"  {states:<20}{gib(plan.optimizer_states)}",
         f"  EMA weights         {gib(plan.ema_weights)}",
         f"  peak of the step    {gib(plan.peak)}  (weights, states, activations, temporaries)",
         f"  + CUDA overhead     {gib(CUDA_OVERHEAD_GIB * GIB)}  (context, workspaces; estimated)",

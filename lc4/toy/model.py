@@ -1,0 +1,119 @@
+"""The toy L-C4: every component of the real architecture (``lc4.init_model``'s tiny layout:
+VAE, luminance encoder, UNet with TDA, CLIP text encoder + tokenizer, CMPF, DDIM scheduler) at
+sizes read from the toy config, a word-level tokenizer spelling the toy vocabulary, and a VAE
+trained on toy frames first (the diffusion stages train in its latent space and never train
+it, as SD1.5's VAE comes pretrained)."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .dataset import clip_of_row, read_rows
+from .palette import BACKGROUND_COLORS, SHAPES
+
+logger = logging.getLogger(__name__)
+TOY_WORDS = ("a", "an", "and", "on", "background", *BACKGROUND_COLORS, *SHAPES)
+
+
+@dataclass
+class ToyModelSizes:
+    vae_channels: list[int] = field(default_factory=lambda: [16, 32])  # 2 levels: latents at 1/2 the side
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64])
+    unet_layers_per_block: int = 1
+    attention_head_dim: int = 8
+    text_dim: int = 32
+    text_layers: int = 2
+    cmpf_layers: int = 1
+    tda_spatial_stride: int = 2
+    tda_temporal_stride: int = 2
+
+
+@dataclass
+class VAETraining:
+    steps: int = 1500
+    batch_size: int = 32  # frames
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    seed: int = 0
+
+
+def toy_components(sizes: ToyModelSizes, resolution: int = 64, seed: int = 0) -> dict:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..cmpf import CrossModalityPreFusion
+    from ..init_model import write_tiny_tokenizer
+    from ..luminance import LuminanceEncoder
+    from ..unet import TDAAdapter
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = write_tiny_tokenizer(folder, words=TOY_WORDS, model_max_length=24)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=sizes.text_dim, intermediate_size=2 * sizes.text_dim,
+        num_hidden_layers=sizes.text_layers, num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    levels = len(sizes.vae_channels)
+    vae = AutoencoderKL(block_out_channels=tuple(sizes.vae_channels), down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels, latent_channels=4, norm_num_groups=8,
+                        layers_per_block=1, sample_size=resolution)
+    unet_levels = len(sizes.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 2 ** (levels - 1), in_channels=4, out_channels=4,
+        layers_per_block=sizes.unet_layers_per_block, block_out_channels=tuple(sizes.unet_channels),
+        down_block_types=("CrossAttnDownBlock2D",) * unet_levels, up_block_types=("CrossAttnUpBlock2D",) * unet_levels,
+        cross_attention_dim=sizes.text_dim, attention_head_dim=sizes.attention_head_dim, norm_num_groups=8)
+    return dict(
+        vae=vae, luminance_encoder=LuminanceEncoder.from_vae(vae), unet=unet,
+        tda=TDAAdapter.from_unet(unet, spatial_stride=sizes.tda_spatial_stride, temporal_stride=sizes.tda_temporal_stride),
+        text_encoder=text_encoder, tokenizer=tokenizer,
+        cmpf=CrossModalityPreFusion(text_dim=sizes.text_dim, num_layers=sizes.cmpf_layers, num_heads=4,
+                                    luminance_channels=8, spatial_stride=sizes.tda_spatial_stride,
+                                    temporal_stride=sizes.tda_temporal_stride),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+    )
+
+
+def training_frames(listing: str | Path, count: int, generator: np.random.Generator) -> torch.Tensor:
+    """``(count, 3, H, W)`` in [-1, 1]: random frames of random clips of the list (regenerated
+    from their seeds, which is faster than decoding the PNGs)."""
+    rows = read_rows(listing)
+    frames = []
+    for index in generator.integers(len(rows), size=count):
+        clip = clip_of_row(rows[int(index)])
+        frames.append(clip.frames[int(generator.integers(len(clip.frames)))])
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 50) -> list[dict]:
+    """Trains the VAE to reconstruct toy frames (MSE + a small KL term), then sets its
+    ``scaling_factor`` so latents have unit variance, as SD1.5's 0.18215 does for its data."""
+    torch.manual_seed(settings.seed)
+    generator = np.random.default_rng(settings.seed)
+    pool = training_frames(listing, max(512, settings.batch_size * 16), generator)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
+    curve = []
+    vae.train()
+    for step in range(1, settings.steps + 1):
+        batch = pool[torch.randint(len(pool), (settings.batch_size,))]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(reconstruction, batch) + settings.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % log_every == 0 or step == settings.steps:
+            curve.append({"step": step, "loss": float(loss)})
+            logger.info("vae step %d loss %.5f", step, float(loss))
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(pool[i:i + 64]).latent_dist.sample() for i in range(0, len(pool), 64)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return curve

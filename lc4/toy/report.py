@@ -1,0 +1,30 @@
+"""Training curves of the toy model as one PNG (VAE, stage 1, stage 2 loss per step)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_curve(path: Path) -> list[dict]:
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def plot_curves(vae_curve: Path, stage_logs: list[Path], output: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [("VAE reconstruction", read_curve(vae_curve))]
+    curves += [(f"stage {i} (Eq. 9 MSE)", read_curve(log)) for i, log in enumerate(stage_logs, start=1)]
+    figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
+    for axis, (title, curve) in zip(axes, curves):
+        axis.plot([r["step"] for r in curve], [r["loss"] for r in curve])
+        axis.set(title=title, xlabel="step", ylabel="loss", yscale="log")
+    figure.tight_layout()
+    figure.savefig(output, dpi=80)
+    plt.close(figure)
+    return output

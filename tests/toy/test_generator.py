@@ -1,0 +1,78 @@
+"""The toy generator: determinism, captions that match the masks and colours, the held-out split."""
+import numpy as np
+import pytest
+
+from lc4.toy.dataset import clip_of_row, read_rows, write_split
+from lc4.toy.evaluate import object_color_names
+from lc4.toy.generator import HELDOUT_PAIRS, SHAPES, ClipSpec, generate_clip, is_heldout_pair
+from lc4.toy.palette import OBJECT_COLORS, PALETTE_HUES, hue_distance, name_of_chroma, chroma_of
+
+
+def test_same_seed_same_clip_other_seed_other_clip():
+    a, b = generate_clip(7), generate_clip(7)
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.masks, b.masks) and a.caption == b.caption
+    assert not np.array_equal(a.frames, generate_clip(8).frames)
+    assert generate_clip(7, "heldout").caption != a.caption or not np.array_equal(generate_clip(7, "heldout").frames, a.frames)
+
+
+def test_shapes_and_size_are_configurable():
+    clip = generate_clip(3, size=48, num_frames=12)
+    assert clip.frames.shape == (12, 48, 48, 3) and clip.frames.dtype == np.uint8
+    assert clip.masks.shape == (12, len(clip.spec.objects), 48, 48)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_caption_names_every_object_and_its_pixels_have_that_colour(seed):
+    clip = generate_clip(seed)
+    assert 1 <= len(clip.spec.objects) <= 3
+    for k, obj in enumerate(clip.spec.objects):
+        assert f"{obj.color} {obj.shape}" in clip.caption
+        pixels = clip.frames[clip.masks[:, k]]
+        assert len(pixels) > 0
+        assert (pixels == OBJECT_COLORS[obj.color]).all()
+    assert clip.caption.endswith(f"on a {clip.spec.background} background")
+    assert not (clip.masks.sum(axis=1) > 1).any(), "visible masks must not overlap"
+    # The ground truth reads back as the caption's colours.
+    assert object_color_names(clip.frames, clip.masks) == [o.color for o in clip.spec.objects]
+
+
+def test_clips_move_and_vary():
+    clips = [generate_clip(seed) for seed in range(30)]
+    assert any(not np.array_equal(c.masks[0], c.masks[-1]) for c in clips)
+    assert {len(c.spec.objects) for c in clips} == {1, 2, 3}
+    assert len({c.spec.texture for c in clips}) > 1
+    # Some object is cut by the frame border at some point (entering or leaving).
+    assert any(c.masks[:, :, [0, -1], :].any() or c.masks[:, :, :, [0, -1]].any() for c in clips)
+
+
+def test_heldout_split_has_combinations_training_never_shows():
+    train_pairs = {(o.color, o.shape) for seed in range(300) for o in generate_clip(seed).spec.objects}
+    assert not train_pairs & HELDOUT_PAIRS
+    heldout = [generate_clip(seed, "heldout") for seed in range(50)]
+    assert all(any(is_heldout_pair(o.color, o.shape) for o in c.spec.objects) for c in heldout)
+    # Every colour and shape of a held-out pair still occurs in training, in other combinations.
+    assert {c for c, _ in HELDOUT_PAIRS} <= {c for c, _ in train_pairs}
+    assert {s for _, s in HELDOUT_PAIRS} <= {s for _, s in train_pairs} <= set(SHAPES)
+
+
+def test_palette_hues_are_apart_and_grey_has_no_name():
+    hues = sorted(PALETTE_HUES.values())
+    gaps = [hue_distance(a, b) for a, b in zip(hues, hues[1:] + hues[:1])]
+    assert min(gaps) >= 25
+    for name, rgb in OBJECT_COLORS.items():
+        assert name_of_chroma(chroma_of(rgb)) == name
+    assert name_of_chroma(chroma_of((128, 128, 128))) is None
+
+
+def test_spec_round_trips_and_written_split_regenerates(tmp_path):
+    clip = generate_clip(5)
+    assert ClipSpec.from_dict(clip.spec.to_dict()) == clip.spec
+    listing = write_split(tmp_path, "heldout", 3, size=32, num_frames=4)
+    rows = read_rows(listing)
+    assert len(rows) == 3
+    from lc4.video import read_video
+    for row in rows:
+        regenerated = clip_of_row(row)
+        assert row["caption"] == regenerated.caption
+        frames = read_video(tmp_path / row["video"]).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(frames, regenerated.frames)

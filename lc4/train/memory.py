@@ -23,6 +23,14 @@ What the simulation assumes:
   caching allocator's fragmentation. :data:`CUDA_OVERHEAD_GIB` is added to the total that is
   compared with a GPU's memory.
 
+Several GPUs (``--num-gpus N``): without sharding (DDP) each GPU holds what one GPU holds. With
+``distributed.sharding: fsdp`` the step runs on rank 0 of a fake process group of N ranks
+(torch's ``fake`` backend: collectives do nothing, shapes are right), the denoiser sharded by
+accelerate's own ``fsdp2_prepare_model`` with the plugin training uses: shards of weights,
+gradients and states, gathered fp16 weights and their resharding (``storage.resize_``, which
+the tracker follows) are counted as on one of N GPUs. ``optimizer.name: adamw8bit`` is
+simulated by its state tensors (:class:`SimulatedAdamW8bit`).
+
 ``--measure`` runs the same step for real on the GPU (random weights of the same
 architecture; memory does not depend on the values) and reports ``max_memory_allocated``.
 """

@@ -23,7 +23,7 @@ TOY_WORDS = ("a", "an", "and", "on", "background", *BACKGROUND_COLORS, *SHAPES)
 
 @dataclass
 class ToyModelSizes:
-    vae_channels: list[int] = field(default_factory=lambda: [16, 32])  # 2 levels: latents at 1/2 the side
+    vae_channels: list[int] = field(default_factory=lambda: [16, 32])  # levels - 1 halvings: latents at 1/2 the side
     unet_channels: list[int] = field(default_factory=lambda: [32, 64])
     unet_layers_per_block: int = 1
     attention_head_dim: int = 8

@@ -3,6 +3,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +29,19 @@ collect_ignore = [folder for folder, missing in _MISSING.items() if missing]
 def pytest_report_header(config):
     return [f"left out tests/{folder}: {', '.join(missing)} not installed"
             for folder, missing in _MISSING.items() if missing]
+
+
+# Tiny models on a shared 2-core machine: torch's thread pool only adds contention there (one
+# small I3D forward went from 20 ms to over 1 s). Kernel tests keep their threads on purpose.
+_SINGLE_THREAD_FOLDERS = {"model", "eval", "train", "toy"}
+
+
+@pytest.fixture(autouse=True)
+def single_thread_torch(request):
+    if request.path.parent.name not in _SINGLE_THREAD_FOLDERS:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,17 +13,6 @@ from lc4 import video
 from eval_helpers import BIKES_FRAMES, BIKES_SIZE
 
 
-@pytest.fixture(autouse=True)
-def single_thread_torch():
-    """These tests run tiny tensors: torch's thread pool only adds contention (a small network
-    forward goes from 20 ms to over 1 s on a busy 2-core machine). Restored afterwards for the
-    rest of the suite."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def bikes_frames(bikes_path) -> torch.Tensor:
     """The first frames of bikes.mp4, downscaled: ``(T, 3, 68, 160)`` uint8."""

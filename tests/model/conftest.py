@@ -4,19 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("diffusers", reason="the model layer needs diffusers (requirements.txt)")
 pytest.importorskip("transformers", reason="the model layer needs transformers (requirements.txt)")
-
-
-@pytest.fixture(autouse=True)
-def single_thread_torch():
-    """Tiny models: torch's thread pool only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

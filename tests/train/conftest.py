@@ -2,22 +2,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 pytest.importorskip("diffusers", reason="training needs diffusers (requirements.txt)")
 pytest.importorskip("accelerate", reason="training needs accelerate (requirements.txt)")
 pytest.importorskip("yaml", reason="training configs need PyYAML (requirements.txt)")
 
 from train_helpers import make_dataset  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def single_thread_torch():
-    """Tiny models: torch's thread pool only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

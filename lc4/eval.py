@@ -9,6 +9,8 @@ set: the mean of each per-video score, and FVD (a set-level metric).
 """
 from __future__ import annotations
 
+import abc
+
 import argparse
 import itertools
 import json
@@ -137,18 +139,19 @@ def match_sources(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, P
     return pairs, unmatched
 
 
-class _Metric:
+class _Metric(abc.ABC):
     """Accumulates one metric over a video's frame chunks, then over the set of videos."""
 
     def start_video(self) -> None:
         self.values: list[torch.Tensor] = []
 
+    @abc.abstractmethod
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Takes one chunk of matching PRED and GT frames."""
 
+    @abc.abstractmethod
     def end_video(self) -> float | None:
         """The video's score; ``None`` for a metric of the whole set only."""
-        raise NotImplementedError
 
     def commit_video(self) -> None:
         """Called once every metric has scored the video, so a failed video leaves no trace."""

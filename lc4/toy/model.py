@@ -110,8 +110,9 @@ def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 
         loss.backward()
         optimizer.step()
         if step % log_every == 0 or step == settings.steps:
-            curve.append({"step": step, "loss": float(loss)})
-            logger.info("vae step %d loss %.5f", step, float(loss))
+            value = loss.item()
+            curve.append({"step": step, "loss": value})
+            logger.info("vae step %d loss %.5f", step, value)
     vae.eval()
     with torch.no_grad():
         latents = torch.cat([vae.encode(pool[i:i + 64]).latent_dist.sample() for i in range(0, len(pool), 64)])

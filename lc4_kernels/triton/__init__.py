@@ -46,7 +46,7 @@ backends.register_backend(TritonBackend(
     trilinear_sample=_trilinear_sample,
     tda_attention=_tda_attention,
     max_head_dim=MAX_HEAD_DIM,
-    deterministic=True,  # no atomics: every output element is written once, in a fixed order
+    deterministic=True,  # under deterministic algorithms the dvalue scatter runs without atomics
     auto_selectable=not INTERPRET,
     is_available=unavailable_reason,
 ))

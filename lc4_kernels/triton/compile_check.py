@@ -39,8 +39,7 @@ def _kernels(dtype: str, head_dim: int):
     attention_constants = dict(D_PAD=padded_head_dim(head_dim), PRECISION="ieee" if dtype == "fp32" else "tf32")
     sample_types = {"value_ptr": f"*{dtype}", "points_ptr": "*fp32", "out_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}",
                     "dpoints_ptr": "*fp32", "keys_ptr": "*i64", "weights_ptr": "*fp32", "order_ptr": "*i64",
-                    "segment_keys_ptr": "*i64", "segment_starts_ptr": "*i64", "segment_counts_ptr": "*i64",
-                    "dvalue_ptr": f"*{dtype}"}
+                    "sorted_keys_ptr": "*i64", "segment_ends_ptr": "*i64", "dvalue_ptr": f"*{dtype}"}
     sample_constants = dict(BLOCK_C=channel_block(head_dim))
     return [
         (attention_kernels.attention_forward_kernel, attention_types, attention_constants),
@@ -50,6 +49,7 @@ def _kernels(dtype: str, head_dim: int):
         (trilinear_kernels.sample_backward_points_kernel, sample_types,
          dict(sample_constants, ACCUMULATE=True, WRITE_CORNERS=True)),
         (trilinear_kernels.scatter_segments_kernel, sample_types, sample_constants),
+        (trilinear_kernels.scatter_atomic_kernel, dict(sample_types, dvalue_ptr="*fp32"), sample_constants),
     ]
 
 

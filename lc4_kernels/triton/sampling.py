@@ -1,6 +1,8 @@
 """Launchers of the trilinear kernels: ``sample`` (forward) and ``sample_backward``."""
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 
@@ -36,15 +38,35 @@ def sample(value: torch.Tensor, points: torch.Tensor, out_dtype: torch.dtype | N
     return out
 
 
-class CornerTable:
-    """Every (row, corner) of a set of points as a voxel key and a weight, sorted by key into
-    segments of equal keys; built once and shared by every value sampled at those points."""
+SCATTER_MODES = ("atomic", "sorted")
+SCATTER_ENV = "LC4_TRITON_SCATTER"
 
-    def __init__(self, keys: torch.Tensor, weights: torch.Tensor):
-        sorted_keys, self.order = torch.sort(keys, stable=True)
-        self.segment_keys, self.segment_counts = torch.unique_consecutive(sorted_keys, return_counts=True)
-        self.segment_starts = torch.searchsorted(sorted_keys, self.segment_keys)
-        self.weights = weights
+
+def scatter_mode() -> str:
+    """How ``dvalue`` is scattered: ``sorted`` (no atomics, the same bits on every run) when
+    deterministic algorithms are enabled, else ``atomic``; ``LC4_TRITON_SCATTER`` forces one
+    (for benchmarks), though never atomics under deterministic algorithms."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    forced = os.environ.get(SCATTER_ENV, "").strip().lower()
+    if forced and forced not in SCATTER_MODES:
+        raise ValueError(f"{SCATTER_ENV}: expected one of {SCATTER_MODES}, got {forced!r}")
+    if forced == "atomic" and deterministic:
+        raise RuntimeError(f"{SCATTER_ENV}=atomic: the atomic dvalue scatter is not deterministic, but "
+                           "torch.use_deterministic_algorithms(True) is set; unset one of them")
+    return forced or ("sorted" if deterministic else "atomic")
+
+
+class CornerTable:
+    """Every (row, corner) of a set of points as a voxel key and a weight; for the sorted
+    scatter also sorted by key, with the end of each position's run of equal keys. Built once
+    and shared by every value sampled at those points."""
+
+    def __init__(self, keys: torch.Tensor, weights: torch.Tensor, mode: str):
+        self.keys, self.weights, self.mode = keys, weights, mode
+        if mode == "sorted":
+            # Fixed-size outputs only (no unique/counts): nothing waits for the device.
+            self.sorted_keys, self.order = torch.sort(keys, stable=True)
+            self.segment_ends = torch.searchsorted(self.sorted_keys, self.sorted_keys, right=True)
 
 
 def _points_gradient(value, grad, coords, dpoints, *, accumulate: bool, table_out=None):
@@ -59,15 +81,20 @@ def _points_gradient(value, grad, coords, dpoints, *, accumulate: bool, table_ou
 
 def _scatter(grad: torch.Tensor, table: CornerTable, like: torch.Tensor) -> torch.Tensor:
     B, T, H, W, G, C = like.shape
-    dvalue = torch.zeros_like(like)
-    segments = table.segment_keys.numel()
+    entries = table.keys.numel()
     if C == 0:
-        return dvalue
+        return torch.zeros_like(like)
     block_c = channel_block(C)
-    grid = lambda meta: (triton.cdiv(segments, meta["BLOCK_S"]), triton.cdiv(C, block_c))  # noqa: E731
-    kernels.scatter_segments_kernel[grid](grad, table.weights, table.order, table.segment_keys, table.segment_starts,
-                                          table.segment_counts, dvalue, segments, G, C, T * H * W, BLOCK_C=block_c)
-    return dvalue
+    grid = lambda meta: (triton.cdiv(entries, meta["BLOCK_S"]), triton.cdiv(C, block_c))  # noqa: E731
+    if table.mode == "sorted":
+        dvalue = torch.zeros_like(like)
+        kernels.scatter_segments_kernel[grid](grad, table.weights, table.order, table.sorted_keys, table.segment_ends,
+                                              dvalue, entries, G, C, T * H * W, BLOCK_C=block_c)
+        return dvalue
+    dvalue = torch.zeros(like.shape, dtype=torch.float32, device=like.device)  # atomics add in float32
+    kernels.scatter_atomic_kernel[grid](grad, table.keys, table.weights, dvalue, entries, G, C, T * H * W,
+                                        BLOCK_C=block_c)
+    return dvalue.to(like.dtype)
 
 
 def sample_backward(grads, values, points: torch.Tensor):
@@ -84,6 +111,6 @@ def sample_backward(grads, values, points: torch.Tensor):
     weights = torch.empty(entries, dtype=torch.float32, device=coords.device)
     for i, (value, grad) in enumerate(zip(values, grads)):
         _points_gradient(value, grad, coords, dpoints, accumulate=i > 0, table_out=(keys, weights) if i == 0 else None)
-    table = CornerTable(keys, weights)
+    table = CornerTable(keys, weights, scatter_mode())
     dvalues = [_scatter(grad, table, value) for value, grad in zip(values, grads)]
     return dvalues, dpoints.to(points.dtype)

@@ -6,9 +6,10 @@ Layouts (contiguous): value ``(B, T, H, W, G, C)``, points ``(B, P, G, 3)``, sam
 coordinate outside [-1, n) or not finite weighs zero on every corner, gets zero gradient and
 never produces an address; the derivative at an exact integer is the right-hand one (floor).
 
-The backward writes ``dvalue`` without atomics, so that it gives the same bits on every run:
-the first kernel lists every (row, corner) with its voxel key and weight, the keys are sorted,
-and the second kernel sums each run of equal keys in sorted order.
+The backward's first kernel computes dpoints and lists every (row, corner) with its voxel key
+and weight; a second kernel scatters into ``dvalue`` through that list: with float32 atomics by
+default, or, when deterministic algorithms are enabled, without atomics (the keys are sorted
+and each run of equal keys is summed in sorted order, the same bits on every run).
 """
 import triton
 import triton.language as tl
@@ -152,30 +153,56 @@ def _store_point_gradient(pointer, gradient, row_ok, ACCUMULATE: tl.constexpr):
     tl.store(pointer, gradient.to(pointer.dtype.element_ty), mask=row_ok)
 
 
+@triton.jit
+def _value_row(key, G, voxels):
+    """The ``dvalue`` row of a voxel key ``(b * G + g) * V + voxel``."""
+    group_batch = key // voxels  # b * G + g
+    return ((group_batch // G) * voxels + key % voxels) * G + group_batch % G
+
+
 @triton.autotune(configs=SEGMENT_CONFIGS, key=["C", "BLOCK_C"])
 @triton.jit
-def scatter_segments_kernel(grad_ptr, weights_ptr, order_ptr, segment_keys_ptr, segment_starts_ptr,
-                            segment_counts_ptr, dvalue_ptr, segments, G, C, voxels,
-                            BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """dvalue[voxel row] = sum over the (row, corner) entries of one key, in sorted order, of
-    weight * grad[row]. Each segment is one distinct key, so every output is written once."""
-    segment = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
-    key = tl.load(segment_keys_ptr + segment, mask=segment < segments, other=INVALID_KEY)
-    live = key != INVALID_KEY
-    start = tl.load(segment_starts_ptr + segment, mask=live, other=0)
-    count = tl.load(segment_counts_ptr + segment, mask=live, other=0)
+def scatter_segments_kernel(grad_ptr, weights_ptr, order_ptr, sorted_keys_ptr, segment_ends_ptr, dvalue_ptr,
+                            entries, G, C, voxels, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Deterministic scatter: dvalue[voxel row] = sum over the (row, corner) entries of one key,
+    in sorted order, of weight * grad[row]. A lane owns one sorted position and works only where
+    a run of equal keys starts, so every output is written once; the run ends at
+    ``segment_ends[position]``. The grid covers every position, so the number of runs never
+    has to be read back by the host."""
+    position = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    inside = position < entries
+    key = tl.load(sorted_keys_ptr + position, mask=inside, other=INVALID_KEY)
+    # Position 0 reads INVALID_KEY as its predecessor, which no valid key equals.
+    previous = tl.load(sorted_keys_ptr + position - 1, mask=inside & (position > 0), other=INVALID_KEY)
+    live = (key != INVALID_KEY) & (key != previous)
+    count = tl.where(live, tl.load(segment_ends_ptr + position, mask=live, other=0) - position, 0)
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     chan_ok = chan < C
     acc = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.float32)
     for j in range(0, tl.max(count, axis=0)):
         take = j < count
-        entry = tl.load(order_ptr + start + j, mask=take, other=0)
+        entry = tl.load(order_ptr + position + j, mask=take, other=0)
         weight = tl.load(weights_ptr + entry, mask=take, other=0.0)
         grad = tl.load(grad_ptr + (entry // CORNERS)[:, None] * C + chan[None, :],
                        mask=take[:, None] & chan_ok[None, :], other=0.0).to(tl.float32)
         acc += weight[:, None] * grad
-    group_batch = key // voxels  # b * G + g
-    voxel = key % voxels
-    value_row = ((group_batch // G) * voxels + voxel) * G + group_batch % G
-    tl.store(dvalue_ptr + value_row[:, None] * C + chan[None, :], acc.to(dvalue_ptr.dtype.element_ty),
-             mask=live[:, None] & chan_ok[None, :])
+    tl.store(dvalue_ptr + _value_row(key, G, voxels)[:, None] * C + chan[None, :],
+             acc.to(dvalue_ptr.dtype.element_ty), mask=live[:, None] & chan_ok[None, :])
+
+
+# reset_to_zero: every benchmark run of the autotuner would add to dvalue again.
+@triton.autotune(configs=SEGMENT_CONFIGS, key=["C", "BLOCK_C"], reset_to_zero=["dvalue_ptr"])
+@triton.jit
+def scatter_atomic_kernel(grad_ptr, keys_ptr, weights_ptr, dvalue_ptr, entries, G, C, voxels,
+                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Fast scatter: each (row, corner) entry adds weight * grad[row] to its voxel's float32
+    dvalue row with atomics (the order of the additions, and so the last bits, vary)."""
+    entry = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    key = tl.load(keys_ptr + entry, mask=entry < entries, other=INVALID_KEY)
+    live = key != INVALID_KEY
+    weight = tl.load(weights_ptr + entry, mask=live, other=0.0)
+    chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = live[:, None] & (chan < C)[None, :]
+    grad = tl.load(grad_ptr + (entry // CORNERS)[:, None] * C + chan[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.atomic_add(dvalue_ptr + _value_row(key, G, voxels)[:, None] * C + chan[None, :], weight[:, None] * grad,
+                  mask=mask)

@@ -4,6 +4,8 @@ Runs on a GPU as is, and on the CPU in the Triton interpreter (``TRITON_INTERPRE
 process of ``make test``); where neither is possible every case is skipped (empty parameter set).
 The float32 and float64 equivalence of every backend is in test_backends.py and test_sweep.py.
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -29,6 +31,12 @@ HALF_ATTENTION_SHAPES = [
 
 def _ids(shapes):
     return [",".join(f"{k}={v}" for k, v in s.items()) for s in shapes]
+
+
+def scatter_mode():
+    # Imported on use: the kernels must not be defined before TRITON_INTERPRET is read.
+    from lc4_kernels.triton.sampling import scatter_mode as mode
+    return mode()
 
 
 def _attention(q, k, v, points):
@@ -72,34 +80,63 @@ def test_half_precision_sample_matches_reference(dtype, device):
     assert_close(dpoints.to(dtype), ref_dpoints.to(dtype), dtype, "dpoints")
 
 
-@pytest.mark.parametrize("backend,device", ANY_DEVICE)
-def test_many_points_on_one_voxel_sum_in_a_fixed_order(backend, device):
-    # Every point lands on the same 8 voxels: each voxel's gradient is one long segment.
-    value, points = sample_inputs(B=1, P=500, G=1, C=24, T=2, H=3, W=3, device=device, special_fraction=0)
-    points = torch.tensor([0.25, 1.5, 0.75], device=device).expand_as(points).contiguous()
-    first = run_with_grads(_sample, (value, points))
-    second = run_with_grads(_sample, (value, points))
-    ref_out, ref_grads = run_with_grads(lambda *a: lc4_kernels.trilinear_sample(*a, backend="reference"),
-                                        [value.double(), points.double()])
-    assert_close(first[0], ref_out.float(), torch.float32, "out")
-    assert_close(first[1][0], ref_grads[0].float(), torch.float32, "dvalue")
-    assert_close(first[1][1], ref_grads[1].float(), torch.float32, "dpoints")
-    assert torch.equal(first[1][0], second[1][0]) and torch.equal(first[1][1], second[1][1])
-
-
-@pytest.mark.parametrize("backend,device", ANY_DEVICE)
-def test_deterministic_mode_runs_the_same_kernels_with_the_same_bits(backend, device):
-    assert lc4_kernels.get_backend("triton").deterministic
-    inputs = attention_inputs(Nq=40, Nk=50, heads=2, d=16, G=2, device=device)
-    expected = run_with_grads(_attention, inputs)
+@contextlib.contextmanager
+def deterministic_algorithms():
     torch.use_deterministic_algorithms(True)
     try:
-        assert lc4_kernels.get_backend("triton").unsupported_reason(torch.device(device), torch.float32, 16) is None
-        actual = run_with_grads(_attention, inputs)
+        yield
     finally:
         torch.use_deterministic_algorithms(False)
-    for a, e in zip([actual[0], *actual[1]], [expected[0], *expected[1]]):
-        assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("mode", ["atomic", "sorted"])
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_many_points_on_one_voxel(backend, device, mode, monkeypatch):
+    # Every point lands on the same 8 voxels: each voxel's gradient is one long run of entries
+    # (500 atomic additions to one address, or one 500-entry segment of the sorted scatter).
+    monkeypatch.setenv("LC4_TRITON_SCATTER", mode)
+    value, points = sample_inputs(B=1, P=500, G=1, C=24, T=2, H=3, W=3, device=device, special_fraction=0)
+    points = torch.tensor([0.25, 1.5, 0.75], device=device).expand_as(points).contiguous()
+    out, (dvalue, dpoints) = run_with_grads(_sample, (value, points))
+    ref_out, ref_grads = run_with_grads(lambda *a: lc4_kernels.trilinear_sample(*a, backend="reference"),
+                                        [value.double(), points.double()])
+    assert_close(out, ref_out.float(), torch.float32, "out")
+    assert_close(dvalue, ref_grads[0].float(), torch.float32, "dvalue")
+    assert_close(dpoints, ref_grads[1].float(), torch.float32, "dpoints")
+
+
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_deterministic_mode_gives_the_same_bits_and_agrees_with_the_atomic_path(backend, device):
+    assert lc4_kernels.get_backend("triton").deterministic
+    attention_args = attention_inputs(Nq=40, Nk=50, heads=2, d=16, G=2, device=device)
+    sample_args = sample_inputs(P=120, C=40, T=2, H=3, W=4, device=device)
+
+    def both():
+        return run_with_grads(_attention, attention_args), run_with_grads(_sample, sample_args)
+
+    atomic = both()
+    with deterministic_algorithms():
+        assert lc4_kernels.get_backend("triton").unsupported_reason(torch.device(device), torch.float32, 16) is None
+        assert scatter_mode() == "sorted"
+        first, second = both(), both()
+    for run_a, run_b, run_atomic in zip(first, second, atomic):
+        for a, b, c in zip([run_a[0], *run_a[1]], [run_b[0], *run_b[1]], [run_atomic[0], *run_atomic[1]]):
+            assert torch.equal(a, b)
+            assert_close(a, c, torch.float32, "deterministic vs atomic")
+
+
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_scatter_mode_choice_and_override(backend, device, monkeypatch):
+    monkeypatch.delenv("LC4_TRITON_SCATTER", raising=False)
+    assert scatter_mode() == "atomic"
+    monkeypatch.setenv("LC4_TRITON_SCATTER", "sorted")
+    assert scatter_mode() == "sorted"
+    monkeypatch.setenv("LC4_TRITON_SCATTER", "atomic")
+    with deterministic_algorithms(), pytest.raises(RuntimeError, match="LC4_TRITON_SCATTER=atomic: .* not deterministic"):
+        run_with_grads(_sample, sample_inputs(device=device))
+    monkeypatch.setenv("LC4_TRITON_SCATTER", "fast")
+    with pytest.raises(ValueError, match="LC4_TRITON_SCATTER: expected one of"):
+        scatter_mode()
 
 
 @pytest.mark.parametrize("backend,device", ANY_DEVICE)

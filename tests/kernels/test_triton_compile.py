@@ -14,6 +14,6 @@ pytestmark = pytest.mark.skipif(reason is not None, reason=f"ahead-of-time compi
 @pytest.mark.parametrize("capability,dtype,head_dim", [(80, "fp32", 40), (90, "bf16", 8)])
 def test_every_kernel_compiles_and_fits_in_shared_memory(capability, dtype, head_dim):
     compiled = list(compile_check.compile_kernels(capability, dtype, head_dim, which="smallest"))
-    assert len(compiled) == 6
+    assert len(compiled) == 7
     for name, config, shared in compiled:
         assert shared <= compile_check.SHARED_MEMORY_LIMIT[capability], f"{name} {config}"

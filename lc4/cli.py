@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from .cli_logging import setup_cli_logging
+
 COMMAND_MODULES = ("lc4.eval", "lc4.colorize", "lc4.init_model", "lc4.train.cli")
 
 
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

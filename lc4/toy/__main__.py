@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import sys
 from pathlib import Path
+
+from ..cli_logging import setup_cli_logging
 
 DEFAULT_CONFIG = "configs/toy/toy.yaml"
 
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_cli_logging("%(message)s")
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

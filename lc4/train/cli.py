@@ -9,8 +9,9 @@ checkpoint in OUTPUT/checkpoints (and starts afresh when there is none).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+
+from ..cli_logging import setup_cli_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_cli_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config, args.overrides)
     if args.plan_memory:
         from .memory import plan_memory, format_plan

@@ -2,7 +2,8 @@
 // log-sum-exp, nothing of size Nq x Nk in global memory:
 //   delta      rowsum(dO * O) per query;
 //   dkv        one block per (key block, head, batch): dk~, dv~ into float (B, heads, Nk, d)
-//              buffers, and dq through atomics unless deterministic;
+//              buffers, and dq through atomics unless deterministic (this file: float32 on
+//              CUDA cores; float16/bfloat16 on tensor cores in tda_attention_backward_wmma.cuh);
 //   dq         (deterministic only) one block per (query block, head, batch), no atomics;
 //   scatter    dk~, dv~ into dk, dv through the trilinear weights: atomics, or one thread per
 //              (batch, head, column) walking the keys in order when deterministic;
@@ -289,24 +290,6 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dpoints_kernel(co
 
 inline dim3 grid_for(int64_t items, int64_t per_block) {
   return dim3(static_cast<unsigned>(std::min<int64_t>(65535, ceil_div(items, per_block))));
-}
-
-template <typename T, int D>
-void launch_attention_backward(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
-  constexpr int B = BackwardTiles<D>::kBlock, kWarps = kAttentionThreads / kWarpSize;
-  const dim3 block(kAttentionThreads);
-  const auto heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.B);
-  if (p.Nq > 0) launch(attention_delta_kernel<T>, grid_for(p.B * p.Nq * p.heads, kWarps), block, stream, p, s);
-  launch(attention_dkv_kernel<T, D>, dim3(static_cast<unsigned>(ceil_div(p.Nk, B)), heads, batch), block, stream, p, s);
-  if (p.deterministic && p.Nq > 0) {
-    launch(attention_dq_kernel<T, D>, dim3(static_cast<unsigned>(ceil_div(p.Nq, B)), heads, batch), block, stream, p, s);
-  }
-  if (p.deterministic) {
-    launch(attention_scatter_ordered_kernel, grid_for(p.B * p.heads * p.d, kAttentionThreads), block, stream, p, s);
-  } else {
-    launch(attention_scatter_atomic_kernel, grid_for(p.B * p.Nk * p.heads, kWarps), block, stream, p, s);
-  }
-  launch(attention_dpoints_kernel<T>, grid_for(p.B * p.Nk * p.G, kWarps), block, stream, p, s);
 }
 
 }  // namespace lc4::LC4_CUDA_NS

@@ -4,6 +4,7 @@
 
 #include "cuda/head_dims.h"
 #include "cuda/tda_attention_backward.cuh"
+#include "cuda/tda_attention_backward_wmma.cuh"
 #include "cuda/tda_attention_forward.cuh"
 #include "cuda/tda_attention_forward_wmma.cuh"
 
@@ -20,6 +21,32 @@ void launch_attention_forward(const AttentionParams& p, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, WmmaForwardTiles<D>::kBlockQ)), heads, batch);
     launch(attention_forward_wmma_kernel<T, D>, grid, dim3(kAttentionThreads), stream, p);
   }
+}
+
+// float16 and bfloat16 take the tensor-core dk~/dv~ kernel; the rest of the backward is shared.
+template <typename T, int D>
+void launch_attention_backward(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
+  constexpr int kWarps = kAttentionThreads / kWarpSize;
+  const dim3 block(kAttentionThreads);
+  const auto heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.B);
+  if (p.Nq > 0) launch(attention_delta_kernel<T>, grid_for(p.B * p.Nq * p.heads, kWarps), block, stream, p, s);
+  if constexpr (std::is_same_v<T, float>) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nk, BackwardTiles<D>::kBlock)), heads, batch);
+    launch(attention_dkv_kernel<T, D>, grid, block, stream, p, s);
+  } else {
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nk, WmmaBackwardTiles<D>::kBlock)), heads, batch);
+    launch(attention_dkv_wmma_kernel<T, D>, grid, block, stream, p, s);
+  }
+  if (p.deterministic && p.Nq > 0) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, BackwardTiles<D>::kBlock)), heads, batch);
+    launch(attention_dq_kernel<T, D>, grid, block, stream, p, s);
+  }
+  if (p.deterministic) {
+    launch(attention_scatter_ordered_kernel, grid_for(p.B * p.heads * p.d, kAttentionThreads), block, stream, p, s);
+  } else {
+    launch(attention_scatter_atomic_kernel, grid_for(p.B * p.Nk * p.heads, kWarps), block, stream, p, s);
+  }
+  launch(attention_dpoints_kernel<T>, grid_for(p.B * p.Nk * p.G, kWarps), block, stream, p, s);
 }
 
 template <typename T>

@@ -33,11 +33,12 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_wmma_kern
     constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, DW = Tiles::kWidth, S = Tiles::kStride;
     constexpr int SS = Tiles::kScoreStride, OS = Tiles::kOutStride, PS = Tiles::kProbStride, TPR = Tiles::kThreadsPerRow;
     constexpr int kWarps = kAttentionThreads / kWarpSize;
-    __shared__ T q_tile[BQ * S];
-    __shared__ T kv_tile[BK * S];
-    __shared__ T p_tile[BQ * PS];
-    __shared__ float s_tile[BQ * SS];
-    __shared__ float o_tile[BQ * OS];
+    // WMMA loads and stores need 256-bit aligned addresses.
+    __shared__ __align__(32) T q_tile[BQ * S];
+    __shared__ __align__(32) T kv_tile[BK * S];
+    __shared__ __align__(32) T p_tile[BQ * PS];
+    __shared__ __align__(32) float s_tile[BQ * SS];
+    __shared__ __align__(32) float o_tile[BQ * OS];
     __shared__ KeyCorners corners[BK];
 
     const int64_t b = blockIdx.z, h = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * BQ;

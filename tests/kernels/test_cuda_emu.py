@@ -1,5 +1,5 @@
 """The CUDA kernels through their host emulation (cuda_emu), beyond the shared equivalence suite:
-float16/bfloat16 (the WMMA forward) against the reference, every head-dim bucket, deterministic mode (identical
+float16/bfloat16 (the WMMA forward and dk~/dv~ kernels) against the reference, every head-dim bucket, deterministic mode (identical
 bits, no atomics) against the atomic path, registration (never chosen by auto)."""
 import pytest
 import torch
@@ -51,6 +51,14 @@ def test_half_precision_matches_reference(dtype, shape):
     assert_close(grads[1], ref_grads[1].float(), dtype, "dpoints")
 
 
+@pytest.mark.parametrize("d", [1, 64, 96, 256])
+def test_half_precision_every_tile_shape_matches_reference(d):
+    # The tensor-core kernels use 32-row tiles up to d = 64 and 16-row tiles above, with d padded
+    # to whole 16-column WMMA tiles; Nq and Nk here end inside a tile of either size.
+    check_attention(attention_inputs(Nq=37, Nk=45, heads=2, d=d, G=1, T=2, H=3, W=3, dtype=torch.float16),
+                    torch.float16)
+
+
 @pytest.mark.parametrize("d", [1, 32, 96, 128, 192, 250, 256])
 def test_every_head_dim_bucket_matches_reference(d):
     check_attention(attention_inputs(Nq=9, Nk=11, heads=2, d=d, G=1, T=2, H=3, W=3), torch.float32)
@@ -61,9 +69,10 @@ def test_head_dims_above_256_are_refused():
         lc4_kernels.tda_attention(*attention_inputs(Nq=3, Nk=4, d=264), backend="cuda_emu")
 
 
-def test_deterministic_mode_gives_identical_bits_and_agrees_with_the_atomic_path():
-    attention_args = attention_inputs(Nq=70, Nk=90, heads=2, d=40, G=1, T=2, H=3, W=4)
-    sample_args = sample_inputs(P=120, C=40, T=2, H=3, W=4)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_deterministic_mode_gives_identical_bits_and_agrees_with_the_atomic_path(dtype):
+    attention_args = attention_inputs(Nq=70, Nk=90, heads=2, d=40, G=1, T=2, H=3, W=4, dtype=dtype)
+    sample_args = sample_inputs(P=120, C=40, T=2, H=3, W=4, dtype=dtype)
 
     def both():
         return (run_with_grads(attention("cuda_emu"), attention_args), run_with_grads(sample("cuda_emu"), sample_args))
@@ -77,4 +86,4 @@ def test_deterministic_mode_gives_identical_bits_and_agrees_with_the_atomic_path
     for run_a, run_b, run_atomic in zip(first, second, atomic):
         for a, b, c in zip([run_a[0], *run_a[1]], [run_b[0], *run_b[1]], [run_atomic[0], *run_atomic[1]]):
             assert torch.equal(a, b)
-            assert_close(a, c, torch.float32, "deterministic vs atomic")
+            assert_close(a, c, dtype, "deterministic vs atomic")

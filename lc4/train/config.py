@@ -155,6 +155,10 @@ class TrainConfig:
     # recomputation in the backward holds the activations of one chunk, not of every frame.
     # None: all frames at once.
     luminance_chunk_frames: Optional[int] = 1
+    # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma): each clip's MSE
+    # times min(SNR(t), gamma) / SNR(t), so the low-noise steps no longer dominate the gradient.
+    # None: Eq. 9's plain MSE (the paper's).
+    snr_gamma: Optional[float] = None
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (needed for bitwise resume)
 
@@ -213,6 +217,8 @@ class TrainConfig:
                 raise ValueError("distributed.fsdp_wrap: expected a non-empty list of module class names")
         if self.luminance_chunk_frames is not None and self.luminance_chunk_frames < 1:
             raise ValueError(f"luminance_chunk_frames: expected >= 1 or null, got {self.luminance_chunk_frames}")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma: expected a positive number or null, got {self.snr_gamma}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps: expected >= 1, got {self.max_steps}")
 

@@ -286,7 +286,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         batches_to_skip = 0
         for batch in loader:
             with accelerator.accumulate(denoiser):
-                loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.stage == 2)
+                loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.stage == 2,
+                                      snr_gamma=config.snr_gamma)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and optim.max_grad_norm:
                     accelerator.clip_grad_norm_(clipped(), optim.max_grad_norm)

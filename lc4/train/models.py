@@ -130,9 +130,10 @@ def encode_frames(vae, pixel_values: torch.Tensor, generator: Optional[torch.Gen
 
 def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
                    generator: Optional[torch.Generator] = None, timesteps: Optional[torch.Tensor] = None,
-                   with_cmpf: bool = False) -> torch.Tensor:
+                   with_cmpf: bool = False, snr_gamma: Optional[float] = None) -> torch.Tensor:
     """Eq. 9 on one batch of clips. Noise and timesteps come from the global RNG unless a
-    ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given."""
+    ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given. With
+    ``snr_gamma`` each clip's MSE is weighted by ``min(SNR(t), gamma) / SNR(t)`` (Min-SNR)."""
     pixel_values, luminance = batch["pixel_values"], batch["luminance"]
     batch_size, num_frames = pixel_values.shape[:2]
     device = pixel_values.device
@@ -149,4 +150,10 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
     embeds, color_mask = encode_captions(components.tokenizer, components.text_encoder, batch["captions"], device)
     prediction = denoiser(noisy, timesteps, embeds, luminance.flatten(0, 1), num_frames,
                           color_mask if with_cmpf else None)
-    return F.mse_loss(prediction.float(), noise, reduction="mean")
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), noise, reduction="mean")
+    per_clip = F.mse_loss(prediction.float(), noise, reduction="none").unflatten(0, (batch_size, num_frames))
+    per_clip = per_clip.mean(dim=tuple(range(1, per_clip.dim())))
+    alphas = components.noise_scheduler.alphas_cumprod.to(device)[timesteps[::num_frames]]
+    snr = alphas / (1 - alphas)
+    return (per_clip * torch.clamp(snr, max=snr_gamma) / snr).mean()

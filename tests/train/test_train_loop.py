@@ -167,3 +167,30 @@ def test_lc4_train_command(tiny_model_dir, video_folder, tmp_path, capsys):
     assert load_config(tmp_path / "run/config.yaml").max_steps == 3
     assert main(["train", str(config_path), "--set", "stage=2", "--set", "trainable=[unet]"]) == 2
     assert "stage 2 freezes the UNet" in capsys.readouterr().err
+
+
+def test_min_snr_weighting(tiny_model_dir):
+    """snr_gamma weights each clip by min(SNR, gamma) / SNR: 1 where SNR <= gamma (high noise),
+    gamma / SNR where the noise is low; None is Eq. 9's plain MSE."""
+    import torch.nn as nn
+
+    class Zero(nn.Module):
+        def forward(self, noisy, *args, **kwargs):
+            return torch.zeros_like(noisy)
+
+    components = load_components(tiny_model_dir)
+    pixels = torch.rand(2, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = {"pixel_values": pixels, "luminance": pixels.mean(2, keepdim=True), "captions": ["a red car", "a dog"]}
+    alphas = components.noise_scheduler.alphas_cumprod
+
+    def loss(timestep, gamma):
+        return diffusion_loss(Zero(), components, batch, generator=torch.Generator().manual_seed(1),
+                              timesteps=torch.tensor([timestep, timestep]), snr_gamma=gamma)
+
+    noisy_step, clean_step = 900, 10
+    assert alphas[noisy_step] / (1 - alphas[noisy_step]) < 5 < alphas[clean_step] / (1 - alphas[clean_step])
+    assert torch.equal(loss(noisy_step, 5.0), loss(noisy_step, None))
+    snr = alphas[clean_step] / (1 - alphas[clean_step])
+    torch.testing.assert_close(loss(clean_step, 5.0), loss(clean_step, None) * 5.0 / snr)
+    with pytest.raises(ValueError, match="snr_gamma: expected a positive number"):
+        load_config(values={"snr_gamma": 0})

@@ -29,13 +29,14 @@ bench: setup
 gpu-check: setup ; scripts/gpu_check.sh
 
 # Toy L-C4 (issue 9): generated data, the tiny VAE, stage 1 and stage 2 through `lc4 train`,
-# then the model folder with its training curves. A quick run of the same path:
+# then the model folder with its training curves and the report of the three claims on held-out
+# clips (report.json). A quick run of the same path:
 #   make toy-model TOY_MODEL=build/toy-smoke TOY_SET="--set data.num_train=40 --set vae.steps=20" \
 #        TOY_TRAIN_SET="--set max_steps=6"
 TOY_CONFIG ?= configs/toy/toy.yaml
 TOY_BUILD ?= build/toy
 TOY_MODEL ?= models/toy
-TOY_DEMO ?= $(TOY_BUILD)/demo
+TOY_DEMO ?= $(TOY_MODEL)/demo
 TOY_SET ?=
 TOY_TRAIN_SET ?=
 toy_stage = --set model.path=$(1) --set data.source=$(TOY_BUILD)/data/train.jsonl --set output_dir=$(2) $(TOY_TRAIN_SET)
@@ -48,6 +49,8 @@ toy-model: setup
 	$(PY) -m lc4 train configs/toy/stage1.yaml $(call toy_stage,$(TOY_BUILD)/init,$(TOY_BUILD)/stage1)
 	$(PY) -m lc4 train configs/toy/stage2.yaml $(call toy_stage,$(TOY_BUILD)/stage1/model,$(TOY_BUILD)/stage2)
 	$(PY) -m lc4.toy finish $(TOY_MODEL) --init $(TOY_BUILD)/init --runs $(TOY_BUILD)/stage1 $(TOY_BUILD)/stage2
+	$(PY) -m lc4.toy evaluate $(TOY_MODEL) --data $(TOY_BUILD)/data --config $(TOY_CONFIG) $(TOY_SET) \
+		--output $(TOY_MODEL)/report.json
 
 demo: setup
 	$(PY) -m lc4.toy demo $(TOY_MODEL) --out $(TOY_DEMO) --config $(TOY_CONFIG) $(TOY_SET)

@@ -10,6 +10,7 @@ from ..color import to_uint8
 from ..unet import tda_removed
 from .evaluate import color_accuracy, mean_cdc, swap_succeeded, swapped_spec
 from .generator import ToyClip, generate_clip
+from .palette import OBJECT_COLORS
 from .settings import ToyEvaluation
 
 
@@ -37,6 +38,8 @@ def evaluate_pipeline(pipeline, clips: list[ToyClip], settings: ToyEvaluation, l
         without_tda = [colorize(pipeline, clip, clip.caption, settings) for clip in clips]
     report = {
         "clips": len(clips), "objects": sum(len(c.spec.objects) for c in clips),
+        "num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
+        "chance": 1 / len(OBJECT_COLORS),
         "color_accuracy": color_accuracy(outputs, clips),
         "swap_clips": len(pairs), "swap_success": float(np.mean(swaps)) if swaps else None,
         "cdc_tda": mean_cdc(outputs), "cdc_tda_bypassed": mean_cdc(without_tda),

@@ -31,12 +31,13 @@ def run_check(toolkit, report_dir, *extra):
 
 def assert_report_covers_every_instantiation(report: Path, archs):
     text = report.read_text()
-    forward = {"float": "attention_forward_kernel", "f16": "attention_forward_wmma_kernel",
-               "bf16": "attention_forward_wmma_kernel"}
+    # float32 on CUDA cores, float16/bfloat16 on tensor cores (WMMA) for the forward and dk~/dv~.
+    tensor_cores = {"float": "", "f16": "_wmma", "bf16": "_wmma"}
     for arch in archs:
         for dtype in ("float", "f16", "bf16"):
             for d in head_dim_buckets():
-                for kernel in (forward[dtype], "attention_dkv_kernel", "attention_dq_kernel"):
+                for kernel in (f"attention_forward{tensor_cores[dtype]}_kernel", f"attention_dkv{tensor_cores[dtype]}_kernel",
+                               "attention_dq_kernel"):
                     assert re.search(rf"`{kernel}<{dtype}, {d}>` \| sm_{arch} \| \d+ \|", text), (kernel, dtype, d, arch)
         assert re.search(rf"`sample_forward_kernel<float>` \| sm_{arch} \|", text)
 

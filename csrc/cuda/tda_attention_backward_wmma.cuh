@@ -116,6 +116,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
     }
 
     for (int64_t i0 = 0; i0 < p.Nq; i0 += B) {
+      // load_query_rows of the float kernels, but copying T as is: routed through it (T -> float
+      // -> T) the kernel spilled at d = 40 on sm_70 (CUDA 11.8 ptxas).
       for (int idx = threadIdx.x; idx < B * DW; idx += kAttentionThreads) {
         const int r = idx / DW, c = idx % DW;
         const int64_t i = i0 + r;

@@ -5,7 +5,8 @@ Sec. 3.5 in config terms:
 * two stages: ``stage: 1`` trains the denoising UNet with TDA under the CLIP embeddings of the
   captions; ``stage: 2`` freezes it and trains CMPF. What trains is explicit in ``trainable``
   (stage defaults below); stage 2 refuses a ``trainable`` that includes the UNet or TDA.
-* epsilon-prediction MSE (Eq. 9) in both stages;
+* epsilon-prediction MSE (Eq. 9) in both stages (the target follows the model folder's
+  scheduler: SD1.5's is epsilon; the toy model, trained from scratch, uses v-prediction);
 * AdamW, ``lr = 1e-5``, ``betas = (0.99, 0.999)``; 20 epochs (stage 1), 10 (stage 2);
   batch size 2; clips of ``N^f = 8`` frames.
 * ``lambda = 1e-4``: the paper names it with the training settings but defines no loss term
@@ -25,7 +26,8 @@ and optimizer states, ZeRO-2-like) or, on one GPU, ``optimizer: {name: adamw8bit
 
 Luminance encoder: the paper starts it from L-CAD's weights, which are not public, so stage 1
 trains it by default (its zero-initialised ``latent_proj`` is how the luminance reaches the
-UNet). Eq. 9 gives its decoder skip projections no gradient; they stay as initialised.
+UNet). Eq. 9 gives its decoder skip projections no gradient; they stay as initialised. The
+toy model (:mod:`lc4.toy`) pre-trains both of its outputs first and freezes it in stage 1.
 
 A minimal file::
 

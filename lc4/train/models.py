@@ -2,10 +2,13 @@
 
 :class:`LC4Denoiser` holds what gradients flow through (the UNet with TDA, the luminance
 encoder and, in stage 2, CMPF) so that accelerate wraps one module in DDP; the frozen VAE and
-text encoder stay outside (in fp16 on a GPU). :func:`diffusion_loss` is the epsilon-prediction
-MSE: frames to latents with the VAE, noise at a random DDPM timestep, the luminance residual
-added to the noisy latent as the pipeline adds it at inference, the UNet (under CLIP
-embeddings in stage 1, under CMPF's instance-aware embeddings in stage 2) predicts the noise.
+text encoder stay outside (in fp16 on a GPU). :func:`diffusion_loss` is Eq. 9's MSE: frames to
+latents with the VAE, noise at a random DDPM timestep, the luminance residual added to the
+noisy latent as the pipeline adds it at inference, the UNet (under CLIP embeddings in stage 1,
+under CMPF's instance-aware embeddings in stage 2) predicts the noise. The target follows the
+model folder's scheduler, as diffusers' training scripts do: ``epsilon`` (the paper's, for
+SD1.5), or ``v_prediction`` / ``sample`` for models trained from scratch on a zero-terminal-SNR
+schedule (the toy model, :mod:`lc4.toy`), where the noise target carries no signal at t = T.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from torch import nn
 from ..cmpf import CrossModalityPreFusion, color_token_mask
 from ..luminance import LuminanceEncoder
 from ..unet import TDAAdapter, load_unet_with_tda, temporal_kwargs
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass
@@ -46,9 +52,9 @@ def load_components(model_dir: str | Path) -> Components:
     folder = check_model_folder(model_dir)
     scheduler_config = DDPMScheduler.load_config(folder / "scheduler")
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
-    if noise_scheduler.config.prediction_type != "epsilon":
-        raise ValueError(f"model: scheduler predicts {noise_scheduler.config.prediction_type!r}; "
-                         "L-C4 trains epsilon prediction (Eq. 9)")
+    if noise_scheduler.config.prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"model: scheduler/prediction_type is {noise_scheduler.config.prediction_type!r}; "
+                         f"expected one of {PREDICTION_TYPES}")
     unet, tda = load_unet_with_tda(folder / "unet", folder / "tda")
     return Components(
         vae=AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True),
@@ -133,7 +139,8 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
                    with_cmpf: bool = False, snr_gamma: Optional[float] = None) -> torch.Tensor:
     """Eq. 9 on one batch of clips. Noise and timesteps come from the global RNG unless a
     ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given. With
-    ``snr_gamma`` each clip's MSE is weighted by ``min(SNR(t), gamma) / SNR(t)`` (Min-SNR)."""
+    ``snr_gamma`` each clip's MSE is weighted by Min-SNR's ``min(SNR(t), gamma)`` over the
+    target's own weight: ``SNR(t)`` (epsilon), ``SNR(t) + 1`` (v), ``1`` (sample)."""
     pixel_values, luminance = batch["pixel_values"], batch["luminance"]
     batch_size, num_frames = pixel_values.shape[:2]
     device = pixel_values.device
@@ -150,10 +157,18 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
     embeds, color_mask = encode_captions(components.tokenizer, components.text_encoder, batch["captions"], device)
     prediction = denoiser(noisy, timesteps, embeds, luminance.flatten(0, 1), num_frames,
                           color_mask if with_cmpf else None)
+    prediction_type = components.noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = components.noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = latents
     if snr_gamma is None:
-        return F.mse_loss(prediction.float(), noise, reduction="mean")
-    per_clip = F.mse_loss(prediction.float(), noise, reduction="none").unflatten(0, (batch_size, num_frames))
+        return F.mse_loss(prediction.float(), target, reduction="mean")
+    per_clip = F.mse_loss(prediction.float(), target, reduction="none").unflatten(0, (batch_size, num_frames))
     per_clip = per_clip.mean(dim=tuple(range(1, per_clip.dim())))
     alphas = components.noise_scheduler.alphas_cumprod.to(device)[timesteps[::num_frames]]
     snr = alphas / (1 - alphas)
-    return (per_clip * torch.clamp(snr, max=snr_gamma) / snr).mean()
+    target_weight = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
+    return (per_clip * torch.clamp(snr, max=snr_gamma) / target_weight).mean()

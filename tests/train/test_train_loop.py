@@ -194,3 +194,45 @@ def test_min_snr_weighting(tiny_model_dir):
     torch.testing.assert_close(loss(clean_step, 5.0), loss(clean_step, None) * 5.0 / snr)
     with pytest.raises(ValueError, match="snr_gamma: expected a positive number"):
         load_config(values={"snr_gamma": 0})
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_loss_target_follows_the_scheduler(tiny_model_dir, prediction_type):
+    """The regression target is the noise, v = sqrt(a) * noise - sqrt(1 - a) * z0, or z0, as
+    the model folder's scheduler says (a zero prediction's loss is the target's mean square)."""
+    import dataclasses
+
+    import torch.nn as nn
+    from diffusers import DDPMScheduler
+
+    from lc4.train.models import encode_frames
+
+    class Zero(nn.Module):
+        def forward(self, noisy, *args, **kwargs):
+            return torch.zeros_like(noisy)
+
+    components = load_components(tiny_model_dir)
+    components = dataclasses.replace(components, noise_scheduler=DDPMScheduler.from_config(
+        components.scheduler_config, prediction_type=prediction_type, rescale_betas_zero_snr=True))
+    pixels = torch.rand(1, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = {"pixel_values": pixels, "luminance": pixels.mean(2, keepdim=True), "captions": ["a red car"]}
+    timestep = 700
+    loss = diffusion_loss(Zero(), components, batch, generator=torch.Generator().manual_seed(1),
+                          timesteps=torch.tensor([timestep]))
+    generator = torch.Generator().manual_seed(1)
+    latents = encode_frames(components.vae, pixels.flatten(0, 1), generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    alpha = components.noise_scheduler.alphas_cumprod[timestep]
+    target = {"epsilon": noise, "sample": latents,
+              "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents}[prediction_type]
+    torch.testing.assert_close(loss, (target ** 2).mean())
+
+
+def test_unknown_prediction_type_is_refused(tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "prediction_type": "flow"}))
+    with pytest.raises(ValueError, match="prediction_type is 'flow'"):
+        load_components(folder)

@@ -1,7 +1,8 @@
 """``python -m lc4.toy COMMAND``: the toy L-C4 of ``make toy-model`` and ``make demo``.
 
 * ``data ROOT``: writes the generated train and held-out clips with their JSONL lists;
-* ``init-model DIR --data ROOT``: a fresh toy model folder whose VAE is trained on the data;
+* ``init-model DIR --data ROOT``: a fresh toy model folder whose VAE, then luminance encoder,
+  are trained on the data;
 * ``finish OUT --runs RUN...``: copies the last stage's model to OUT and plots the loss curves;
 * ``evaluate MODEL --data ROOT``: the three claims on held-out clips, as JSON;
 * ``demo MODEL --out DIR``: a held-out clip colorized under two prompts.
@@ -44,15 +45,23 @@ def cmd_data(args) -> int:
 
 def cmd_init_model(args) -> int:
     from ..pipeline import LC4Pipeline
-    from .model import toy_components, train_vae
+    from .model import toy_components, train_luminance_encoder, train_vae
 
     settings = _settings(args)
+    listing = Path(args.data) / "train.jsonl"
     components = toy_components(settings.model, settings.data.size, seed=settings.vae.seed)
-    curve = train_vae(components["vae"], Path(args.data) / "train.jsonl", settings.vae)
+    curve = train_vae(components["vae"], listing, settings.vae)
+    luminance_curve = train_luminance_encoder(components["vae"], components["luminance_encoder"], listing,
+                                              settings.luminance)
     folder = Path(args.folder)
     LC4Pipeline(**components).save_pretrained(folder)
     (folder / "vae_curve.json").write_text(json.dumps(curve))
-    print(f"wrote {folder} (VAE reconstruction loss {curve[-1]['loss']:.5f})")
+    (folder / "luminance_curve.json").write_text(json.dumps(luminance_curve))
+    message = f"VAE reconstruction loss {curve[-1]['loss']:.5f}"
+    if luminance_curve:
+        message += (f", luminance encoder: decode loss {luminance_curve[-1]['decode_loss']:.5f}, "
+                    f"latent loss {luminance_curve[-1]['latent_loss']:.5f}")
+    print(f"wrote {folder} ({message})")
     return 0
 
 
@@ -65,7 +74,7 @@ def cmd_finish(args) -> int:
         shutil.rmtree(out)
     shutil.copytree(model, out)
     plot_curves(Path(args.init) / "vae_curve.json", [Path(run) / "logs" / "metrics.jsonl" for run in args.runs],
-                out / "training_curves.png")
+                out / "training_curves.png", luminance_curve=Path(args.init) / "luminance_curve.json")
     print(f"wrote {out} and {out / 'training_curves.png'}")
     return 0
 
@@ -116,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[common], help="write the generated clips")
     p.add_argument("root")
     p.set_defaults(handler=cmd_data)
-    p = sub.add_parser("init-model", parents=[common], help="fresh toy model with a VAE trained on the data")
+    p = sub.add_parser("init-model", parents=[common], help="fresh toy model with its VAE and luminance encoder trained on the data")
     p.add_argument("folder")
     p.add_argument("--data", required=True)
     p.set_defaults(handler=cmd_init_model)

@@ -1,8 +1,9 @@
 """The toy L-C4: every component of the real architecture (``lc4.init_model``'s tiny layout:
 VAE, luminance encoder, UNet with TDA, CLIP text encoder + tokenizer, CMPF, DDIM scheduler) at
-sizes read from the toy config, a word-level tokenizer spelling the toy vocabulary, and a VAE
+sizes read from the toy config, a word-level tokenizer spelling the toy vocabulary, a VAE
 trained on toy frames first (the diffusion stages train in its latent space and never train
-it, as SD1.5's VAE comes pretrained)."""
+it, as SD1.5's VAE comes pretrained) and then a luminance encoder trained against that VAE
+(:func:`train_luminance_encoder`, standing in for the paper's L-CAD weights)."""
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,15 @@ def toy_components(sizes: ToyModelSizes, resolution: int = 64, seed: int = 0) ->
         cmpf=CrossModalityPreFusion(text_dim=sizes.text_dim, num_layers=sizes.cmpf_layers, num_heads=4,
                                     luminance_channels=8, spatial_stride=sizes.tda_spatial_stride,
                                     temporal_stride=sizes.tda_temporal_stride),
+        # SD1.5's betas, rescaled to zero terminal SNR, with v-prediction and trailing timesteps
+        # (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed").
+        # Trained from scratch with SD1.5's epsilon target, the toy denoiser learnt to ignore the
+        # luminance and the caption at high noise (x0 error at t = 900 as large as the latents'
+        # variance): the epsilon loss barely weighs x0 there, and the signal left in z_T hands
+        # it the mean colour. SD1.5 itself keeps its pretrained epsilon schedule.
         scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+                                clip_sample=False, set_alpha_to_one=False, prediction_type="v_prediction",
+                                rescale_betas_zero_snr=True, timestep_spacing="trailing"),
     )
 
 
@@ -117,4 +125,68 @@ def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 
     with torch.no_grad():
         latents = torch.cat([vae.encode(pool[i:i + 64]).latent_dist.sample() for i in range(0, len(pool), 64)])
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return curve
+
+
+@dataclass
+class LuminanceTraining:
+    """The luminance encoder's pre-training (the paper takes it from L-CAD, whose weights are
+    not public). 0 steps keeps the fresh, zero-initialised projections."""
+
+    steps: int = 600
+    batch_size: int = 32  # frames
+    lr: float = 1e-3
+    blur_factors: list[int] = field(default_factory=lambda: [1, 2, 4])  # latent degradation: avg-pool side
+    latent_noise: float = 0.3  # std of the noise added to the degraded latent (unit-variance latents)
+    seed: int = 0
+
+
+def degrade_latents(latents: torch.Tensor, factors: list[int], noise: float, generator: torch.Generator) -> torch.Tensor:
+    """Each latent average-pooled by a random factor of ``factors``, upsampled back, plus
+    Gaussian noise: the coarse, blurred colour layout a denoiser hands the decoder."""
+    out = []
+    for latent in latents:
+        factor = factors[int(torch.randint(len(factors), (1,), generator=generator))]
+        coarse = F.avg_pool2d(latent[None], factor) if factor > 1 else latent[None]
+        out.append(F.interpolate(coarse, size=latent.shape[-2:], mode="bilinear", align_corners=False)[0])
+    degraded = torch.stack(out)
+    return degraded + noise * torch.randn(degraded.shape, generator=generator)
+
+
+def train_luminance_encoder(vae, luminance_encoder, listing: str | Path, settings: LuminanceTraining,
+                            log_every: int = 50) -> list[dict]:
+    """Trains both outputs of the luminance encoder against the frozen VAE, as L-CAD trains its
+    luminance-aware decoder: the skips so that the decoder, given a degraded latent
+    (:func:`degrade_latents`), restores the frame's shapes from the luma; ``latent_proj`` so
+    that the residual it adds to the noisy latent predicts the clean latent from the luma alone
+    (the structure a denoiser at high noise cannot see otherwise)."""
+    from ..color import rgb_to_luma
+    from ..luminance import decode_latents
+
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    pool = training_frames(listing, max(512, settings.batch_size * 16), np.random.default_rng(settings.seed))
+    vae.requires_grad_(False)
+    optimizer = torch.optim.AdamW(luminance_encoder.parameters(), lr=settings.lr, weight_decay=0.0)
+    scale = vae.config.scaling_factor
+    curve = []
+    luminance_encoder.train()
+    for step in range(1, settings.steps + 1):
+        batch = pool[torch.randint(len(pool), (settings.batch_size,), generator=generator)]
+        with torch.no_grad():
+            latents = vae.encode(batch).latent_dist.sample(generator=generator) * scale
+        features = luminance_encoder(rgb_to_luma((batch + 1) / 2) * 2 - 1)
+        degraded = degrade_latents(latents, settings.blur_factors, settings.latent_noise, generator)
+        decode_loss = F.mse_loss(decode_latents(vae, degraded, features.skips), batch)
+        latent_loss = F.mse_loss(features.latent_residual, latents)
+        loss = decode_loss + latent_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % log_every == 0 or step == settings.steps:
+            curve.append({"step": step, "loss": loss.item(), "decode_loss": decode_loss.item(),
+                          "latent_loss": latent_loss.item()})
+            logger.info("luminance encoder step %d decode %.5f latent %.5f", step, decode_loss.item(),
+                        latent_loss.item())
+    luminance_encoder.eval()
     return curve

@@ -1,4 +1,5 @@
-"""Training curves of the toy model as one PNG (VAE, stage 1, stage 2 loss per step)."""
+"""Training curves of the toy model as one PNG (VAE, luminance encoder, stage 1, stage 2 loss
+per step)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +13,15 @@ def read_curve(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def plot_curves(vae_curve: Path, stage_logs: list[Path], output: Path) -> Path:
+def plot_curves(vae_curve: Path, stage_logs: list[Path], output: Path, luminance_curve: Path | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     curves = [("VAE reconstruction", read_curve(vae_curve))]
+    if luminance_curve is not None and luminance_curve.is_file() and read_curve(luminance_curve):
+        curves.append(("luminance encoder (decode + latent MSE)", read_curve(luminance_curve)))
     curves += [(f"stage {i} (Eq. 9 MSE)", read_curve(log)) for i, log in enumerate(stage_logs, start=1)]
     figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
     for axis, (title, curve) in zip(axes, curves):

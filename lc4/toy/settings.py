@@ -1,10 +1,11 @@
-"""The toy config file (``configs/toy/toy.yaml``): data, model sizes, VAE training, evaluation."""
+"""The toy config file (``configs/toy/toy.yaml``): data, model sizes, VAE and luminance-encoder
+training, evaluation."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .model import ToyModelSizes, VAETraining
+from .model import LuminanceTraining, ToyModelSizes, VAETraining
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ToySettings:
     data: ToyData = field(default_factory=ToyData)
     model: ToyModelSizes = field(default_factory=ToyModelSizes)
     vae: VAETraining = field(default_factory=VAETraining)
+    luminance: LuminanceTraining = field(default_factory=LuminanceTraining)
     evaluation: ToyEvaluation = field(default_factory=ToyEvaluation)
 
 
@@ -50,7 +52,8 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         values.setdefault(section, {})[key] = value
-    kinds = {"data": ToyData, "model": ToyModelSizes, "vae": VAETraining, "evaluation": ToyEvaluation}
+    kinds = {"data": ToyData, "model": ToyModelSizes, "vae": VAETraining, "luminance": LuminanceTraining,
+             "evaluation": ToyEvaluation}
     unknown = sorted(set(values) - set(kinds))
     if unknown:
         raise ValueError(f"toy config: unknown section(s) {', '.join(unknown)}; known: {', '.join(kinds)}")

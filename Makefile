@@ -29,11 +29,10 @@ bench: setup
 gpu-check: setup ; scripts/gpu_check.sh
 
 # Toy L-C4 (issue 9): generated data, the tiny VAE and luminance encoder, stage 1 and stage 2
-# through `lc4 train`,
-# then the model folder with its training curves and the report of the three claims on held-out
-# clips (report.json). A quick run of the same path:
-#   make toy-model TOY_MODEL=build/toy-smoke TOY_SET="--set data.num_train=40 --set vae.steps=20 --set luminance.steps=5" \
-#        TOY_TRAIN_SET="--set max_steps=6"
+# through `lc4 train`, then the model folder with its training curves and the report of the
+# three claims on held-out clips (report.json). A quick run of the same path:
+#   make toy-model TOY_MODEL=build/toy-smoke TOY_TRAIN_SET="--set max_steps=6" \
+#        TOY_SET="--set data.num_train=40 --set vae.steps=20 --set luminance.steps=5"
 TOY_CONFIG ?= configs/toy/toy.yaml
 TOY_BUILD ?= build/toy
 TOY_MODEL ?= models/toy

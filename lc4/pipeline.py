@@ -210,12 +210,13 @@ class LC4Pipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = self.scheduler.scale_model_input(latents, t) + residual
             model_in = torch.cat([model_in] * len(prompts))
-            noise = self.unet(model_in, t, encoder_hidden_states=embeds,
-                              cross_attention_kwargs=temporal_kwargs(model_in, num_frames, plan)).sample
+            # The noise, or v, or x0: whatever the scheduler's prediction_type says.
+            prediction = self.unet(model_in, t, encoder_hidden_states=embeds,
+                                   cross_attention_kwargs=temporal_kwargs(model_in, num_frames, plan)).sample
             if do_cfg:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(noise, t, latents, generator=generator).prev_sample
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(prediction, t, latents, generator=generator).prev_sample
 
         frames = []
         for start in range(0, num_frames, decode_batch_size):

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[common], help="write the generated clips")
     p.add_argument("root")
     p.set_defaults(handler=cmd_data)
-    p = sub.add_parser("init-model", parents=[common], help="fresh toy model with its VAE and luminance encoder trained on the data")
+    p = sub.add_parser("init-model", parents=[common],
+                       help="fresh toy model with its VAE and luminance encoder trained on the data")
     p.add_argument("folder")
     p.add_argument("--data", required=True)
     p.set_defaults(handler=cmd_init_model)

@@ -5,8 +5,8 @@ Sec. 3.5 in config terms:
 * two stages: ``stage: 1`` trains the denoising UNet with TDA under the CLIP embeddings of the
   captions; ``stage: 2`` freezes it and trains CMPF. What trains is explicit in ``trainable``
   (stage defaults below); stage 2 refuses a ``trainable`` that includes the UNet or TDA.
-* epsilon-prediction MSE (Eq. 9) in both stages (the target follows the model folder's
-  scheduler: SD1.5's is epsilon; the toy model, trained from scratch, uses v-prediction);
+* Eq. 9's MSE in both stages; its target follows the model folder's scheduler: epsilon for
+  SD1.5, as in the paper (the toy model, trained from scratch, uses v-prediction);
 * AdamW, ``lr = 1e-5``, ``betas = (0.99, 0.999)``; 20 epochs (stage 1), 10 (stage 2);
   batch size 2; clips of ``N^f = 8`` frames.
 * ``lambda = 1e-4``: the paper names it with the training settings but defines no loss term

@@ -33,6 +33,11 @@ SD15_VAE_CONFIG = dict(
 )
 
 
+def luminance_input(luma: torch.Tensor) -> torch.Tensor:
+    """Luma in ``[0, 1]`` -> the encoder's input range ``[-1, 1]`` (the VAE's pixel range)."""
+    return luma * 2 - 1
+
+
 def _source_index(level: int, num_levels: int) -> int:
     """Index into the encoder stages ``[conv_in, down_0, ..., down_{n-1}, mid]`` of the one at
     the size of decoder up block ``level`` (latent size * 2**level)."""

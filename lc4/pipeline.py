@@ -31,7 +31,7 @@ from . import video as video_io
 from .ccf import ClipPlan
 from .cmpf import CrossModalityPreFusion, color_token_mask
 from .color import merge_luma_chroma, rgb_to_luma, rgb_to_ycbcr, to_unit, to_uint8
-from .luminance import LuminanceEncoder, decode_latents
+from .luminance import LuminanceEncoder, decode_latents, luminance_input
 from .tda import set_tda_backend
 from .unet import TDAAdapter, has_tda, insert_tda, tda_removed, temporal_kwargs
 
@@ -142,7 +142,7 @@ class LC4Pipeline(DiffusionPipeline):
         return embeds, color_token_mask(self.tokenizer, ids).to(embeds.device)
 
     def _luminance_in(self, luma: torch.Tensor) -> torch.Tensor:
-        return (luma * 2 - 1).to(self.luminance_encoder.device, self.luminance_encoder.dtype)
+        return luminance_input(luma).to(self.luminance_encoder.device, self.luminance_encoder.dtype)
 
     def clip_plan(self, num_frames: int, frames_per_clip: int, mode: Union[str, ClipPlan] = "skip"):
         """``None`` (one clip) when the video fits a clip; else the CCF plan of ``mode``."""

@@ -161,7 +161,7 @@ def train_luminance_encoder(vae, luminance_encoder, listing: str | Path, setting
     that the residual it adds to the noisy latent predicts the clean latent from the luma alone
     (the structure a denoiser at high noise cannot see otherwise)."""
     from ..color import rgb_to_luma
-    from ..luminance import decode_latents
+    from ..luminance import decode_latents, luminance_input
 
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -175,7 +175,7 @@ def train_luminance_encoder(vae, luminance_encoder, listing: str | Path, setting
         batch = pool[torch.randint(len(pool), (settings.batch_size,), generator=generator)]
         with torch.no_grad():
             latents = vae.encode(batch).latent_dist.sample(generator=generator) * scale
-        features = luminance_encoder(rgb_to_luma((batch + 1) / 2) * 2 - 1)
+        features = luminance_encoder(luminance_input(rgb_to_luma((batch + 1) / 2)))
         degraded = degrade_latents(latents, settings.blur_factors, settings.latent_noise, generator)
         decode_loss = F.mse_loss(decode_latents(vae, degraded, features.skips), batch)
         latent_loss = F.mse_loss(features.latent_residual, latents)

@@ -20,7 +20,8 @@ from typing import Optional
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 TEMP_PREFIX = ".tmp-"
-TRAINED_FOLDERS = {"unet": "unet", "tda": "tda", "luminance_encoder": "luminance_encoder", "cmpf": "cmpf"}
+TRAINED_FOLDERS = {"unet": "unet", "tda": "tda", "luminance_encoder": "luminance_encoder", "cmpf": "cmpf",
+                   "text_encoder": "text_encoder"}
 
 
 def checkpoint_name(step: int) -> str:

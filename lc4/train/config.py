@@ -29,6 +29,10 @@ trains it by default (its zero-initialised ``latent_proj`` is how the luminance 
 UNet). Eq. 9 gives its decoder skip projections no gradient; they stay as initialised. The
 toy model (:mod:`lc4.toy`) pre-trains both of its outputs first and freezes it in stage 1.
 
+Text encoder: frozen CLIP, as in the paper. ``trainable`` may name ``text_encoder`` (as
+diffusers' DreamBooth ``--train_text_encoder`` does); the toy model does, because its text
+encoder starts from random weights where the paper's is pretrained CLIP.
+
 A minimal file::
 
     stage: 1
@@ -46,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-TRAINABLE_PARTS = ("unet", "tda", "luminance_encoder", "cmpf")
+TRAINABLE_PARTS = ("unet", "tda", "luminance_encoder", "cmpf", "text_encoder")
 STAGE_TRAINABLE = {1: ("unet", "tda", "luminance_encoder"), 2: ("cmpf",)}
 STAGE_EPOCHS = {1: 20, 2: 10}
 MIXED_PRECISION = ("no", "fp16", "bf16")

@@ -35,6 +35,7 @@ import torch
 
 from .. import video as video_io
 from ..color import rgb_to_luma
+from ..luminance import luminance_input
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class TextVideoDataset(torch.utils.data.Dataset):
         drop = float(torch.rand((), generator=generator)) < self.caption_dropout
         return {
             "pixel_values": rgb * 2 - 1,
-            "luminance": rgb_to_luma(rgb).clamp(0, 1) * 2 - 1,
+            "luminance": luminance_input(rgb_to_luma(rgb).clamp(0, 1)),
             "caption": "" if drop else item.caption,
             "index": current,
         }

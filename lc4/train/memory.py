@@ -199,10 +199,12 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def build_architecture(model_dir: Optional[str], frozen_dtype: torch.dtype = torch.float32):
+def build_architecture(model_dir: Optional[str], frozen_dtype: torch.dtype = torch.float32,
+                       train_text_encoder: bool = False):
     """Randomly initialised components with the architecture of ``model_dir`` (or SD1.5's when
     it is not a folder): ``(name, vae, text_encoder, unet, tda, luminance_encoder, cmpf)``, the
-    VAE and text encoder made in ``frozen_dtype`` (fake tensors cannot change dtype later).
+    VAE and (unless it trains) the text encoder made in ``frozen_dtype`` (fake tensors cannot
+    change dtype later).
     Build under a fake-tensor mode or a device context; nothing is loaded or downloaded."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -216,6 +218,7 @@ def build_architecture(model_dir: Optional[str], frozen_dtype: torch.dtype = tor
         name = str(folder)
         with _default_dtype(frozen_dtype):
             vae = AutoencoderKL.from_config(_folder_config(folder, "vae"))
+        with _default_dtype(torch.float32 if train_text_encoder else frozen_dtype):
             text_config = _folder_config(folder, "text_encoder")
             text_encoder = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in text_config.items()
                                                            if k not in ("architectures", "transformers_version")}))
@@ -227,6 +230,7 @@ def build_architecture(model_dir: Optional[str], frozen_dtype: torch.dtype = tor
         name = "SD1.5 (no model folder at model.path)"
         with _default_dtype(frozen_dtype):
             vae = AutoencoderKL(**SD15_VAE_CONFIG)
+        with _default_dtype(torch.float32 if train_text_encoder else frozen_dtype):
             text_encoder = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER_CONFIG))
         unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
         tda = TDAAdapter.from_unet(unet)
@@ -327,7 +331,8 @@ def _prepare_step(parts, config: TrainConfig, plan: MemoryPlan, real_optimizer: 
         unet.enable_gradient_checkpointing()
         luminance_encoder.enable_gradient_checkpointing()
         luminance_encoder.checkpoint_chunk_frames = plan.luminance_chunk_frames
-    denoiser = LC4Denoiser(unet, luminance_encoder, cmpf if plan.stage == 2 else None)
+    denoiser = LC4Denoiser(unet, luminance_encoder, cmpf if plan.stage == 2 else None,
+                           text_encoder if "text_encoder" in plan.trainable else None)
     if plan.sharding == "fsdp":
         denoiser = _shard_like_accelerate(denoiser, config, plan.dtype, mesh)
         params = [p for p in denoiser.parameters() if p.requires_grad]
@@ -356,8 +361,9 @@ def _prepare_step(parts, config: TrainConfig, plan: MemoryPlan, real_optimizer: 
     plan.optimizer_states = (sum(adamw8bit_state_bytes(p) for p in params) if plan.optimizer == "adamw8bit"
                              else 8 * local_trainable)
     plan.ema_weights = 4 * local_trainable if ema is not None else 0
-    resident = [*vae.parameters(), *vae.buffers(), *text_encoder.parameters(), *text_encoder.buffers(),
-                *denoiser.parameters(), *denoiser.buffers(), *(ema.shadow_params if ema else [])]
+    tensors = [*vae.parameters(), *vae.buffers(), *text_encoder.parameters(), *text_encoder.buffers(),
+               *denoiser.parameters(), *denoiser.buffers(), *(ema.shadow_params if ema else [])]
+    resident = list({id(t): t for t in tensors}.values())  # a trained text encoder is in the denoiser too
     return denoiser, text_encoder, vae, params, optimizer, ema, resident
 
 
@@ -370,8 +376,11 @@ def _training_step(prepared, plan: MemoryPlan, device_type: str) -> None:
     ids = torch.zeros(plan.batch_size, text_encoder.config.max_position_embeddings, dtype=torch.long,
                       device=device_type)
     latents = encode_frames(vae, pixels)
-    with torch.no_grad():
-        embeds = text_encoder(ids)[0].float()
+    if "text_encoder" in plan.trainable:  # the denoiser holds it and embeds the ids itself
+        text = ids
+    else:
+        with torch.no_grad():
+            text = text_encoder(ids)[0].float()
     noise = torch.randn_like(latents)
     timesteps = torch.randint(0, 1000, (frames,), device=device_type)
     noisy = latents + noise
@@ -379,7 +388,7 @@ def _training_step(prepared, plan: MemoryPlan, device_type: str) -> None:
     autocast = (torch.autocast(device_type, dtype=DTYPES[plan.dtype]) if plan.dtype != "fp32"
                 else contextlib.nullcontext())
     with autocast:
-        prediction = denoiser(noisy, timesteps, embeds, luminance, plan.frames, color_mask)
+        prediction = denoiser(noisy, timesteps, text, luminance, plan.frames, color_mask)
     loss = torch.nn.functional.mse_loss(prediction.float(), noise)
     loss.backward()
     optimizer.step()
@@ -448,7 +457,7 @@ def plan_memory(config: TrainConfig, resolution: Optional[int] = None, frames: O
         tracker = LiveMemoryTracker()
         sharded = _fake_process_group(num_gpus) if sharding == "fsdp" else contextlib.nullcontext()
         with sharded as mesh, FakeTensorMode(), tracker.follow_resizes():
-            parts = build_architecture(config.model.path, DTYPES[dtype])
+            parts = build_architecture(config.model.path, DTYPES[dtype], "text_encoder" in plan.trainable)
             plan.architecture = parts[0]
             for module in (parts[3], parts[6]):
                 set_tda_backend(module, backend)

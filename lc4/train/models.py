@@ -1,8 +1,8 @@
 """The L-C4 components as training sees them, and the loss of one step (Eq. 9).
 
 :class:`LC4Denoiser` holds what gradients flow through (the UNet with TDA, the luminance
-encoder and, in stage 2, CMPF) so that accelerate wraps one module in DDP; the frozen VAE and
-text encoder stay outside (in fp16 on a GPU). :func:`diffusion_loss` is Eq. 9's MSE: frames to
+encoder, in stage 2 CMPF, and the text encoder when it trains) so that accelerate wraps one
+module in DDP; the frozen VAE and a frozen text encoder stay outside (in fp16 on a GPU). :func:`diffusion_loss` is Eq. 9's MSE: frames to
 latents with the VAE, noise at a random DDPM timestep, the luminance residual added to the
 noisy latent as the pipeline adds it at inference, the UNet (under CLIP embeddings in stage 1,
 under CMPF's instance-aware embeddings in stage 2) predicts the noise. The target follows the
@@ -79,6 +79,7 @@ def trainable_parameters(components: Components, parts: tuple[str, ...]) -> dict
         "luminance_encoder": [p for name, p in components.luminance_encoder.named_parameters()
                               if not name.startswith("skip_projs.")],
         "cmpf": list(components.cmpf.parameters()),
+        "text_encoder": list(components.text_encoder.parameters()),
     }
     return {part: groups[part] for part in parts}
 
@@ -97,17 +98,27 @@ def freeze_all_but(components: Components, parts: tuple[str, ...]) -> list[nn.Pa
 class LC4Denoiser(nn.Module):
     """``epsilon_theta(z_t, t, y_tex, y_lum)``: the UNet with TDA, conditioned on the luminance
     (residual added to ``z_t``) and on the caption embeddings, refined by CMPF when ``cmpf``
-    is given (stage 2)."""
+    is given (stage 2). With a ``text_encoder`` (one that trains) it takes the captions' token
+    ids and embeds them itself."""
 
     def __init__(self, unet: nn.Module, luminance_encoder: LuminanceEncoder,
-                 cmpf: Optional[CrossModalityPreFusion] = None):
+                 cmpf: Optional[CrossModalityPreFusion] = None, text_encoder: Optional[nn.Module] = None):
         super().__init__()
         self.unet, self.luminance_encoder, self.cmpf = unet, luminance_encoder, cmpf
+        self.text_encoder = text_encoder
 
-    def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text_embeds: torch.Tensor,
+    def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
                 luminance: torch.Tensor, num_frames: int, color_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``noisy_latents`` ``(B*F, 4, h, w)``, ``timesteps`` ``(B*F,)``, ``text_embeds``
-        ``(B, L, D)``, ``luminance`` ``(B*F, 1, H, W)`` in ``[-1, 1]``."""
+        """``noisy_latents`` ``(B*F, 4, h, w)``, ``timesteps`` ``(B*F,)``, ``text`` the caption
+        embeddings ``(B, L, D)`` or, with a ``text_encoder``, their token ids ``(B, L)``;
+        ``luminance`` ``(B*F, 1, H, W)`` in ``[-1, 1]``."""
+        if self.text_encoder is not None:
+            if text.dim() != 2 or text.is_floating_point():
+                raise ValueError(f"text: this denoiser embeds captions itself and expects token ids (B, L), "
+                                 f"got {tuple(text.shape)} {text.dtype}")
+            text_embeds = self.text_encoder(text)[0].float()
+        else:
+            text_embeds = text
         lum = self.luminance_encoder(luminance, return_skips=False)
         if self.cmpf is not None:
             text_embeds = self.cmpf(text_embeds, lum.features, num_frames, color_mask)
@@ -117,13 +128,18 @@ class LC4Denoiser(nn.Module):
                          cross_attention_kwargs=temporal_kwargs(model_in, num_frames)).sample
 
 
+def tokenize_captions(tokenizer, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``(B, L)`` padded to the tokenizer's length, and the colour-word mask ``(B, L)`` of CMPF."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids.to(device), color_token_mask(tokenizer, ids).to(device)
+
+
 @torch.no_grad()
 def encode_captions(tokenizer, text_encoder, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP embeddings ``(B, L, D)`` (float32) and the colour-word mask ``(B, L)`` of CMPF."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    embeds = text_encoder(ids.to(device))[0].float()
-    return embeds, color_token_mask(tokenizer, ids).to(device)
+    ids, color_mask = tokenize_captions(tokenizer, captions, device)
+    return text_encoder(ids)[0].float(), color_mask
 
 
 @torch.no_grad()
@@ -136,11 +152,13 @@ def encode_frames(vae, pixel_values: torch.Tensor, generator: Optional[torch.Gen
 
 def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
                    generator: Optional[torch.Generator] = None, timesteps: Optional[torch.Tensor] = None,
-                   with_cmpf: bool = False, snr_gamma: Optional[float] = None) -> torch.Tensor:
+                   with_cmpf: bool = False, snr_gamma: Optional[float] = None,
+                   train_text_encoder: bool = False) -> torch.Tensor:
     """Eq. 9 on one batch of clips. Noise and timesteps come from the global RNG unless a
     ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given. With
     ``snr_gamma`` each clip's MSE is weighted by Min-SNR's ``min(SNR(t), gamma)`` over the
-    target's own weight: ``SNR(t)`` (epsilon), ``SNR(t) + 1`` (v), ``1`` (sample)."""
+    target's own weight: ``SNR(t)`` (epsilon), ``SNR(t) + 1`` (v), ``1`` (sample). With
+    ``train_text_encoder`` the denoiser holds the text encoder and gets token ids."""
     pixel_values, luminance = batch["pixel_values"], batch["luminance"]
     batch_size, num_frames = pixel_values.shape[:2]
     device = pixel_values.device
@@ -154,8 +172,11 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
     # One timestep per clip: the frames of a clip are denoised together, as at inference.
     timesteps = timesteps.to(device).long().repeat_interleave(num_frames)
     noisy = components.noise_scheduler.add_noise(latents, noise, timesteps)
-    embeds, color_mask = encode_captions(components.tokenizer, components.text_encoder, batch["captions"], device)
-    prediction = denoiser(noisy, timesteps, embeds, luminance.flatten(0, 1), num_frames,
+    if train_text_encoder:
+        text, color_mask = tokenize_captions(components.tokenizer, batch["captions"], device)
+    else:
+        text, color_mask = encode_captions(components.tokenizer, components.text_encoder, batch["captions"], device)
+    prediction = denoiser(noisy, timesteps, text, luminance.flatten(0, 1), num_frames,
                           color_mask if with_cmpf else None)
     prediction_type = components.noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":

@@ -78,6 +78,34 @@ def test_stage2_trains_cmpf_and_leaves_the_unet_bitwise_unchanged(tiny_model_dir
     assert all(torch.equal(v, weights(saved.unet)[k]) for k, v in weights(start.unet).items())
 
 
+def test_trainable_text_encoder_trains_inside_the_denoiser_and_is_saved(tiny_model_dir, video_folder, tmp_path):
+    values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=3)
+    values["trainable"] = ["unet", "tda", "text_encoder"]
+    start = load_components(tiny_model_dir)
+    result = train(load_config(values=values))
+
+    assert result.denoiser.text_encoder is result.components.text_encoder
+    before, after = weights(start.text_encoder), weights(result.components.text_encoder)
+    changed = [key for key in before if not torch.equal(before[key], after[key])]
+    assert any(".layers." in key for key in changed)
+    assert any(key.endswith("token_embedding.weight") for key in changed)
+    saved = load_components(result.model_dir)
+    assert all(torch.equal(tensor, after[key]) for key, tensor in weights(saved.text_encoder).items())
+    # The default (frozen CLIP, as in the paper) leaves it bitwise as it was.
+    frozen = train(load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "frozen",
+                                                         max_steps=2)))
+    assert frozen.denoiser.text_encoder is None
+    assert all(torch.equal(tensor, before[key]) for key, tensor in weights(frozen.components.text_encoder).items())
+
+
+def test_denoiser_with_a_text_encoder_wants_token_ids(tiny_model_dir):
+    components = load_components(tiny_model_dir)
+    denoiser = LC4Denoiser(components.unet, components.luminance_encoder, text_encoder=components.text_encoder)
+    embeds = torch.zeros(1, 77, components.text_encoder.config.hidden_size)
+    with pytest.raises(ValueError, match=r"text: .*token ids \(B, L\)"):
+        denoiser(torch.zeros(8, 4, 4, 4), torch.zeros(8, dtype=torch.long), embeds, torch.zeros(8, 1, 32, 32), 8)
+
+
 def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_model_dir, video_folder, tmp_path):
     # 4 clips, accumulation 2: 2 optimizer steps per epoch, so step 3 stops inside epoch 1.
     common = dict(max_steps=5, gradient_accumulation_steps=2, deterministic=True, ema__enabled=True,

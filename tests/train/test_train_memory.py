@@ -35,6 +35,14 @@ def test_tiny_plan_is_sane(tiny_config):
     assert stage2.optimizer_states < checkpointed.optimizer_states and stage2.peak < checkpointed.peak
     text = format_plan(small)
     assert "1 x 8 at 32x32 px, fp16" in text and "peak of the step" in text
+    # A trained text encoder is held in float32 (frozen, in fp16) with its gradients and states.
+    with_text = plan_memory(replace(tiny_config, trainable=["unet", "tda", "luminance_encoder", "text_encoder"]),
+                            resolution=32, frames=8, batch_size=1)
+    text_params = with_text.trainable_parameters - small.trainable_parameters
+    assert text_params > 0 and with_text.gradients == small.gradients + 4 * text_params
+    assert with_text.optimizer_states == small.optimizer_states + 8 * text_params
+    assert with_text.weights["text_encoder"] == 2 * small.weights["text_encoder"] >= 2 * 2 * text_params
+    assert with_text.peak > small.peak
 
 
 def test_sd15_stage2_plan_at_512(tmp_path):

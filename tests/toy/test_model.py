@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lc4.color import rgb_to_luma
-from lc4.luminance import decode_latents
+from lc4.luminance import decode_latents, luminance_input
 from lc4.toy.dataset import write_split
 from lc4.toy.model import LuminanceTraining, degrade_latents, train_luminance_encoder, training_frames
 
@@ -51,7 +51,7 @@ def test_luminance_pretraining_makes_skips_restore_the_frame(tmp_path):
     listing = write_split(tmp_path, "train", 64, size=64, num_frames=4)
     heldout = write_split(tmp_path, "heldout", 4, size=64, num_frames=4)
     frames = training_frames(heldout, 16, np.random.default_rng(1))
-    luma = rgb_to_luma((frames + 1) / 2) * 2 - 1
+    luma = luminance_input(rgb_to_luma((frames + 1) / 2))
 
     def losses():
         with torch.no_grad():

@@ -30,8 +30,8 @@ UNet). Eq. 9 gives its decoder skip projections no gradient; they stay as initia
 toy model (:mod:`lc4.toy`) pre-trains both of its outputs first and freezes it in stage 1.
 
 Text encoder: frozen CLIP, as in the paper. ``trainable`` may name ``text_encoder`` (as
-diffusers' DreamBooth ``--train_text_encoder`` does); the toy model does, because its text
-encoder starts from random weights where the paper's is pretrained CLIP.
+diffusers' DreamBooth ``--train_text_encoder`` does), for a text encoder that starts from
+random weights (a model trained from scratch) where the paper's is pretrained CLIP.
 
 A minimal file::
 

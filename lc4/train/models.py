@@ -2,7 +2,8 @@
 
 :class:`LC4Denoiser` holds what gradients flow through (the UNet with TDA, the luminance
 encoder, in stage 2 CMPF, and the text encoder when it trains) so that accelerate wraps one
-module in DDP; the frozen VAE and a frozen text encoder stay outside (in fp16 on a GPU). :func:`diffusion_loss` is Eq. 9's MSE: frames to
+module in DDP; the frozen VAE and a frozen text encoder stay outside (in fp16 on a GPU).
+:func:`diffusion_loss` is Eq. 9's MSE: frames to
 latents with the VAE, noise at a random DDPM timestep, the luminance residual added to the
 noisy latent as the pipeline adds it at inference, the UNet (under CLIP embeddings in stage 1,
 under CMPF's instance-aware embeddings in stage 2) predicts the noise. The target follows the

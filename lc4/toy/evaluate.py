@@ -59,6 +59,15 @@ def color_accuracy(outputs: Sequence[np.ndarray], clips: Sequence[ToyClip]) -> f
     return float(np.mean(hits))
 
 
+def color_accuracy_by_object_count(outputs: Sequence[np.ndarray], clips: Sequence[ToyClip]) -> dict[int, float]:
+    """:func:`color_accuracy` over the clips of each object count (1, 2, 3, ...): with one
+    object any colour word of the caption is the right one; with more, the colour must also
+    land on the object the caption gives it to."""
+    counts = sorted({len(clip.spec.objects) for clip in clips})
+    return {n: color_accuracy(*zip(*[(o, c) for o, c in zip(outputs, clips, strict=True) if len(c.spec.objects) == n]))
+            for n in counts}
+
+
 def swapped_spec(spec: ClipSpec, first: int = 0, second: int = 1) -> ClipSpec:
     """``spec`` with the colours of objects ``first`` and ``second`` exchanged."""
     colors = [o.color for o in spec.objects]

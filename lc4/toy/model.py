@@ -27,7 +27,10 @@ class ToyModelSizes:
     vae_channels: list[int] = field(default_factory=lambda: [16, 32])  # levels - 1 halvings: latents at 1/2 the side
     unet_channels: list[int] = field(default_factory=lambda: [32, 64])
     unet_layers_per_block: int = 1
-    attention_head_dim: int = 8
+    # Heads of the UNet's attention layers (diffusers' UNet2DConditionModel takes the head count
+    # under the name ``attention_head_dim``); each head is ``channels / attention_heads`` wide.
+    attention_heads: int = 2
+    latent_channels: int = 4
     text_dim: int = 32
     text_layers: int = 2
     cmpf_layers: int = 1
@@ -40,7 +43,10 @@ class VAETraining:
     steps: int = 1500
     batch_size: int = 32  # frames
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # or "constant"; both after a linear warm-up
+    lr_warmup_steps: int = 100
     kl_weight: float = 1e-6
+    pool_frames: int = 2048  # frames drawn once from the training clips, batches drawn from them
     seed: int = 0
 
 
@@ -62,20 +68,21 @@ def toy_components(sizes: ToyModelSizes, resolution: int = 64, seed: int = 0) ->
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     levels = len(sizes.vae_channels)
     vae = AutoencoderKL(block_out_channels=tuple(sizes.vae_channels), down_block_types=("DownEncoderBlock2D",) * levels,
-                        up_block_types=("UpDecoderBlock2D",) * levels, latent_channels=4, norm_num_groups=8,
+                        up_block_types=("UpDecoderBlock2D",) * levels, latent_channels=sizes.latent_channels, norm_num_groups=8,
                         layers_per_block=1, sample_size=resolution)
     unet_levels = len(sizes.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=resolution // 2 ** (levels - 1), in_channels=4, out_channels=4,
+        sample_size=resolution // 2 ** (levels - 1), in_channels=sizes.latent_channels,
+        out_channels=sizes.latent_channels,
         layers_per_block=sizes.unet_layers_per_block, block_out_channels=tuple(sizes.unet_channels),
         down_block_types=("CrossAttnDownBlock2D",) * unet_levels, up_block_types=("CrossAttnUpBlock2D",) * unet_levels,
-        cross_attention_dim=sizes.text_dim, attention_head_dim=sizes.attention_head_dim, norm_num_groups=8)
+        cross_attention_dim=sizes.text_dim, attention_head_dim=sizes.attention_heads, norm_num_groups=8)
     return dict(
         vae=vae, luminance_encoder=LuminanceEncoder.from_vae(vae), unet=unet,
         tda=TDAAdapter.from_unet(unet, spatial_stride=sizes.tda_spatial_stride, temporal_stride=sizes.tda_temporal_stride),
         text_encoder=text_encoder, tokenizer=tokenizer,
         cmpf=CrossModalityPreFusion(text_dim=sizes.text_dim, num_layers=sizes.cmpf_layers, num_heads=4,
-                                    luminance_channels=8, spatial_stride=sizes.tda_spatial_stride,
+                                    luminance_channels=2 * sizes.latent_channels, spatial_stride=sizes.tda_spatial_stride,
                                     temporal_stride=sizes.tda_temporal_stride),
         # SD1.5's betas, rescaled to zero terminal SNR, with v-prediction and trailing timesteps
         # (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed").
@@ -100,13 +107,23 @@ def training_frames(listing: str | Path, count: int, generator: np.random.Genera
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def _lr_schedule(optimizer, settings: VAETraining):
+    from diffusers.optimization import get_scheduler
+
+    if settings.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"vae.lr_schedule: expected 'cosine' or 'constant', got {settings.lr_schedule!r}")
+    name = "constant_with_warmup" if settings.lr_schedule == "constant" else "cosine"
+    return get_scheduler(name, optimizer, num_warmup_steps=settings.lr_warmup_steps, num_training_steps=settings.steps)
+
+
 def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 50) -> list[dict]:
     """Trains the VAE to reconstruct toy frames (MSE + a small KL term), then sets its
     ``scaling_factor`` so latents have unit variance, as SD1.5's 0.18215 does for its data."""
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
-    pool = training_frames(listing, max(512, settings.batch_size * 16), generator)
+    pool = training_frames(listing, max(settings.pool_frames, settings.batch_size), generator)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
+    schedule = _lr_schedule(optimizer, settings)
     curve = []
     vae.train()
     for step in range(1, settings.steps + 1):
@@ -117,6 +134,7 @@ def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         if step % log_every == 0 or step == settings.steps:
             value = loss.item()
             curve.append({"step": step, "loss": value})

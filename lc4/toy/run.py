@@ -8,7 +8,7 @@ import torch
 
 from ..color import to_uint8
 from ..unet import tda_removed
-from .evaluate import color_accuracy, mean_cdc, swap_succeeded, swapped_spec
+from .evaluate import color_accuracy, color_accuracy_by_object_count, mean_cdc, swap_succeeded, swapped_spec
 from .generator import ToyClip, generate_clip
 from .palette import OBJECT_COLORS
 from .settings import ToyEvaluation
@@ -21,6 +21,21 @@ def colorize(pipeline, clip: ToyClip, prompt: str, settings: ToyEvaluation, clip
                       guidance_scale=settings.guidance_scale, seed=settings.seed, resolution=clip.frames.shape[1],
                       frames_per_clip=8, clip_mode=clip_mode, full_resolution=False)
     return to_uint8(result.frames).permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def round_trip(pipeline, clip: ToyClip) -> np.ndarray:
+    """``(F, H, W, 3)`` uint8: ``clip``'s colour frames through the VAE encoder and the decoder
+    with the luminance skips of their own luma."""
+    from ..color import rgb_to_luma
+    from ..luminance import decode_latents, luminance_input
+
+    frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    vae = pipeline.vae
+    latents = vae.encode(frames.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+    features = pipeline.luminance_encoder(luminance_input(rgb_to_luma((frames + 1) / 2)).to(vae.dtype))
+    decoded = decode_latents(vae, latents, features.skips).float()
+    return to_uint8((decoded + 1) / 2).permute(0, 2, 3, 1).numpy()
 
 
 def evaluate_pipeline(pipeline, clips: list[ToyClip], settings: ToyEvaluation, long_clip: ToyClip | None = None) -> dict:
@@ -41,6 +56,11 @@ def evaluate_pipeline(pipeline, clips: list[ToyClip], settings: ToyEvaluation, l
         "num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
         "chance": 1 / len(OBJECT_COLORS),
         "color_accuracy": color_accuracy(outputs, clips),
+        "color_accuracy_by_objects_per_clip": {str(n): value for n, value in
+                                               color_accuracy_by_object_count(outputs, clips).items()},
+        # The ceiling set by the autoencoder: the true frames encoded, then decoded as the
+        # pipeline decodes (with the luminance skips).
+        "color_accuracy_vae_round_trip": color_accuracy([round_trip(pipeline, clip) for clip in clips], clips),
         "swap_clips": len(pairs), "swap_success": float(np.mean(swaps)) if swaps else None,
         "cdc_tda": mean_cdc(outputs), "cdc_tda_bypassed": mean_cdc(without_tda),
     }

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from lc4.toy.evaluate import (color_accuracy, compare_cdc, mean_cdc, object_hits, swap_succeeded,
-                              swapped_spec)
+from lc4.toy.evaluate import (color_accuracy, color_accuracy_by_object_count, compare_cdc, mean_cdc, object_hits,
+                              swap_succeeded, swapped_spec)
 from lc4.toy.generator import generate_clip, render
 from lc4.toy.palette import OBJECT_COLORS
 
@@ -45,6 +45,17 @@ def test_one_wrong_object_lowers_accuracy_by_its_share():
     assert color_accuracy([wrong], [clip]) == pytest.approx(1 - 1 / len(clip.spec.objects))
 
 
+def test_accuracy_by_object_count_scores_each_count_on_its_own_clips():
+    clips = _clips(12)
+    counts = sorted({len(c.spec.objects) for c in clips})
+    assert len(counts) >= 2
+    # Perfect outputs for clips of the fewest objects, grey ones for the others.
+    outputs = [c.frames if len(c.spec.objects) == counts[0] else _grey(c.frames) for c in clips]
+    by_count = color_accuracy_by_object_count(outputs, clips)
+    assert list(by_count) == counts
+    assert by_count[counts[0]] == 1.0 and all(by_count[n] == 0.0 for n in counts[1:])
+
+
 def test_cdc_comparison_prefers_the_steadier_output():
     clips = _clips(4)
     rng = np.random.default_rng(0)
@@ -76,6 +87,8 @@ def test_pipeline_evaluation_wiring_on_a_tiny_model(monkeypatch):
     report = evaluate_pipeline(pipeline, clips, settings, long_clip)
     assert report["clips"] == 2 and report["long_clip_frames"] == 12
     assert 0 <= report["color_accuracy"] <= 1
+    assert set(report["color_accuracy_by_objects_per_clip"]) == {str(len(c.spec.objects)) for c in clips}
+    assert 0 <= report["color_accuracy_vae_round_trip"] <= 1
     assert report["cdc_tda"] == pytest.approx(report["cdc_tda_bypassed"])
     with torch.no_grad():
         generator = torch.Generator().manual_seed(0)

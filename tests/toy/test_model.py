@@ -1,4 +1,5 @@
-"""The toy model's pre-training of the luminance encoder (L-CAD's role in the paper)."""
+"""The toy model: its components at the configured sizes, the VAE's schedule and the
+pre-training of the luminance encoder (L-CAD's role in the paper)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,3 +71,46 @@ def test_luminance_pretraining_makes_skips_restore_the_frame(tmp_path):
     assert trained_skips < 0.8 * without_skips
     assert trained_latent < 0.85 * fresh_latent
     assert all(torch.equal(before[name], p) for name, p in vae.state_dict().items())
+
+
+def test_toy_components_follow_the_configured_sizes():
+    """Latent channels reach the VAE, the UNet's input and output, the luminance encoder's
+    residual and CMPF's visual input; ``attention_heads`` is the UNet's head count."""
+    from lc4.toy.model import ToyModelSizes, toy_components
+    from lc4.train.models import LC4Denoiser
+
+    sizes = ToyModelSizes(vae_channels=[8, 16], unet_channels=[16, 32], attention_heads=2, latent_channels=6,
+                          text_dim=16)
+    parts = toy_components(sizes, resolution=16)
+    assert parts["vae"].config.latent_channels == 6
+    assert (parts["unet"].config.in_channels, parts["unet"].config.out_channels) == (6, 6)
+    assert parts["cmpf"].config.luminance_channels == 12  # the encoder's doubled (mean, logvar) width
+    heads = {m.heads for name, m in parts["unet"].named_modules() if name.endswith("attn2")}
+    assert heads == {2}
+    denoiser = LC4Denoiser(parts["unet"], parts["luminance_encoder"], parts["cmpf"])
+    ids = parts["tokenizer"](["a red circle"], padding="max_length", return_tensors="pt").input_ids
+    text = parts["text_encoder"](ids)[0]
+    with torch.no_grad():
+        out = denoiser(torch.randn(8, 6, 8, 8), torch.full((8,), 500), text, torch.rand(8, 1, 16, 16) * 2 - 1, 8)
+    assert out.shape == (8, 6, 8, 8)
+
+
+def test_vae_learning_rate_schedule():
+    from lc4.toy.model import VAETraining, _lr_schedule
+
+    def rates(schedule_name):
+        param = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([param], lr=1.0)
+        schedule = _lr_schedule(optimizer, VAETraining(steps=100, lr_schedule=schedule_name, lr_warmup_steps=10))
+        seen = []
+        for _ in range(100):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return seen
+
+    cosine, constant = rates("cosine"), rates("constant")
+    assert cosine[0] == constant[0] == 0.0 and cosine[10] == constant[10] == pytest.approx(1.0)
+    assert cosine[-1] < 0.01 and constant[-1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="vae.lr_schedule"):
+        rates("linear")

@@ -12,7 +12,7 @@ from lc4.toy.__main__ import main as toy_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "data.num_train=4", "--set", "data.num_heldout=2", "--set", "data.size=32",
-         "--set", "data.num_frames=8", "--set", "vae.steps=2", "--set", "vae.batch_size=4",
+         "--set", "data.num_frames=8", "--set", "vae.steps=2", "--set", "vae.batch_size=4", "--set", "vae.pool_frames=8",
          "--set", "luminance.steps=2", "--set", "luminance.batch_size=4", "--set", "evaluation.clips=2",
          "--set", "evaluation.num_inference_steps=2", "--set", "evaluation.long_clip_frames=12"]
 

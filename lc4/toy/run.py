@@ -33,7 +33,7 @@ def round_trip(pipeline, clip: ToyClip) -> np.ndarray:
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     vae = pipeline.vae
     latents = vae.encode(frames.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-    features = pipeline.luminance_encoder(luminance_input(rgb_to_luma((frames + 1) / 2)).to(vae.dtype))
+    features = pipeline.luminance_encoder(luminance_input(rgb_to_luma((frames + 1) / 2)))
     decoded = decode_latents(vae, latents, features.skips).float()
     return to_uint8((decoded + 1) / 2).permute(0, 2, 3, 1).numpy()
 

@@ -176,6 +176,12 @@ class TrainConfig:
         return tuple(self.trainable) if self.trainable is not None else STAGE_TRAINABLE[self.stage]
 
     @property
+    def uses_cmpf(self) -> bool:
+        """Whether the UNet is conditioned on CMPF's embeddings: always in stage 2; in stage 1
+        (plain CLIP embeddings in the paper) only when CMPF trains with the UNet."""
+        return self.stage == 2 or "cmpf" in self.trainable_parts
+
+    @property
     def num_epochs(self) -> int:
         return self.epochs if self.epochs is not None else STAGE_EPOCHS[self.stage]
 
@@ -187,9 +193,6 @@ class TrainConfig:
             raise ValueError(f"trainable: expected a non-empty list of {TRAINABLE_PARTS}, got {self.trainable!r}")
         if self.stage == 2 and {"unet", "tda"} & set(self.trainable_parts):
             raise ValueError("trainable: stage 2 freezes the UNet and its TDA layers; train them in stage 1")
-        if self.stage == 1 and "cmpf" in self.trainable_parts:
-            raise ValueError("trainable: stage 1 conditions on plain CLIP embeddings, CMPF is not used; "
-                             "train it in stage 2")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision: expected one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         data = self.data

@@ -213,7 +213,7 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         components.unet.enable_gradient_checkpointing()
         components.luminance_encoder.enable_gradient_checkpointing()
         components.luminance_encoder.checkpoint_chunk_frames = config.luminance_chunk_frames
-    denoiser = LC4Denoiser(components.unet, components.luminance_encoder, components.cmpf if config.stage == 2 else None,
+    denoiser = LC4Denoiser(components.unet, components.luminance_encoder, components.cmpf if config.uses_cmpf else None,
                            components.text_encoder if train_text_encoder else None).to(device)
     denoiser.train()
 
@@ -287,7 +287,7 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         batches_to_skip = 0
         for batch in loader:
             with accelerator.accumulate(denoiser):
-                loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.stage == 2,
+                loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.uses_cmpf,
                                       snr_gamma=config.snr_gamma, train_text_encoder=train_text_encoder)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and optim.max_grad_norm:
@@ -345,7 +345,7 @@ def _save_gathered(full_state: dict, config: TrainConfig, model_dir: Path, parts
     """The model folder from a gathered (FSDP) state dict of the denoiser: loaded into fresh
     components from the input folder, then saved as without sharding."""
     fresh = load_components(config.model.path)
-    denoiser = LC4Denoiser(fresh.unet, fresh.luminance_encoder, fresh.cmpf if config.stage == 2 else None,
+    denoiser = LC4Denoiser(fresh.unet, fresh.luminance_encoder, fresh.cmpf if config.uses_cmpf else None,
                            fresh.text_encoder if "text_encoder" in parts else None)
     denoiser.load_state_dict(full_state)
     return save_model_folder(fresh, config.model.path, model_dir, parts)

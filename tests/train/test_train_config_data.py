@@ -19,6 +19,8 @@ def test_defaults_are_the_papers():
     assert stage1.trainable_parts == ("unet", "tda", "luminance_encoder")
     assert stage2.trainable_parts == ("cmpf",)
     assert stage1.mixed_precision == "fp16" and stage1.gradient_checkpointing
+    assert not stage1.uses_cmpf and stage2.uses_cmpf
+    assert TrainConfig(stage=1, trainable=["unet", "cmpf"]).uses_cmpf
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml"])
@@ -38,7 +40,6 @@ def test_config_files_relative_paths_and_overrides(tmp_path, suffix):
 @pytest.mark.parametrize("values, message", [
     ({"optimizer": {"learning_rate": 1}}, "unknown key(s) optimizer.learning_rate"),
     ({"stage": 2, "trainable": ["unet", "cmpf"]}, "stage 2 freezes the UNet"),
-    ({"stage": 1, "trainable": ["cmpf"]}, "CMPF is not used"),
     ({"trainable": ["vae"]}, "trainable"),
     ({"data": {"resolution": 250}}, "multiple of 8"),
     ({"mixed_precision": "fp8"}, "mixed_precision"),

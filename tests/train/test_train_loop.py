@@ -78,6 +78,22 @@ def test_stage2_trains_cmpf_and_leaves_the_unet_bitwise_unchanged(tiny_model_dir
     assert all(torch.equal(v, weights(saved.unet)[k]) for k, v in weights(start.unet).items())
 
 
+def test_stage1_with_cmpf_trains_it_jointly_with_the_unet(tiny_model_dir, video_folder, tmp_path):
+    values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=3)
+    values["trainable"] = ["unet", "tda", "cmpf"]
+    start = load_components(tiny_model_dir)
+    result = train(load_config(values=values))
+
+    assert result.denoiser.cmpf is result.components.cmpf
+    for name in ("unet", "cmpf"):
+        before, after = weights(getattr(start, name)), weights(getattr(result.components, name))
+        assert any(not torch.equal(before[key], after[key]) for key in before), f"{name} did not train"
+    # CMPF's zero-initialised W_e moved, so its other weights got gradients through the UNet.
+    assert weights(result.components.cmpf)["proj_out.weight"].abs().sum() > 0
+    saved = load_components(result.model_dir)
+    assert all(torch.equal(tensor, weights(result.components.cmpf)[key]) for key, tensor in weights(saved.cmpf).items())
+
+
 def test_trainable_text_encoder_trains_inside_the_denoiser_and_is_saved(tiny_model_dir, video_folder, tmp_path):
     values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=3)
     values["trainable"] = ["unet", "tda", "text_encoder"]

@@ -4,7 +4,9 @@ Sec. 3.5 in config terms:
 
 * two stages: ``stage: 1`` trains the denoising UNet with TDA under the CLIP embeddings of the
   captions; ``stage: 2`` freezes it and trains CMPF. What trains is explicit in ``trainable``
-  (stage defaults below); stage 2 refuses a ``trainable`` that includes the UNet or TDA.
+  (stage defaults below); stage 2 refuses a ``trainable`` that includes the UNet or TDA. A
+  stage 1 whose ``trainable`` names ``cmpf`` (not the paper's schedule) conditions the UNet on
+  CMPF's embeddings and trains both together.
 * Eq. 9's MSE in both stages; its target follows the model folder's scheduler: epsilon for
   SD1.5, as in the paper (the toy model, trained from scratch, uses v-prediction);
 * AdamW, ``lr = 1e-5``, ``betas = (0.99, 0.999)``; 20 epochs (stage 1), 10 (stage 2);

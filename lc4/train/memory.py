@@ -91,6 +91,11 @@ class MemoryPlan:
     def peak_with_overhead_gib(self) -> float:
         return self.peak / GIB + CUDA_OVERHEAD_GIB
 
+    @property
+    def uses_cmpf(self) -> bool:
+        """As :attr:`TrainConfig.uses_cmpf`: stage 2, or a stage 1 that trains CMPF."""
+        return self.stage == 2 or "cmpf" in self.trainable
+
 
 class LiveMemoryTracker(TorchDispatchMode):
     """Sums the bytes of live tensor storages (fake or real) after every op; ``peak`` is the
@@ -331,7 +336,7 @@ def _prepare_step(parts, config: TrainConfig, plan: MemoryPlan, real_optimizer: 
         unet.enable_gradient_checkpointing()
         luminance_encoder.enable_gradient_checkpointing()
         luminance_encoder.checkpoint_chunk_frames = plan.luminance_chunk_frames
-    denoiser = LC4Denoiser(unet, luminance_encoder, cmpf if plan.stage == 2 else None,
+    denoiser = LC4Denoiser(unet, luminance_encoder, cmpf if plan.uses_cmpf else None,
                            text_encoder if "text_encoder" in plan.trainable else None)
     if plan.sharding == "fsdp":
         denoiser = _shard_like_accelerate(denoiser, config, plan.dtype, mesh)
@@ -353,7 +358,7 @@ def _prepare_step(parts, config: TrainConfig, plan: MemoryPlan, real_optimizer: 
     plan.weights = {"unet (with TDA)": _bytes(unet.parameters()), "vae": _bytes(vae.parameters()),
                     "text_encoder": _bytes(text_encoder.parameters()),
                     "luminance_encoder": _bytes(luminance_encoder.parameters())}
-    if plan.stage == 2:  # stage 1 does not use CMPF and leaves it on the CPU
+    if plan.uses_cmpf:  # otherwise CMPF is not used and stays on the CPU
         plan.weights["cmpf"] = _bytes(cmpf.parameters())
     plan.trainable_parameters = sum(p.numel() for p in params)  # the whole model's, not a shard's
     local_trainable = sum(_local(p).numel() for p in params)
@@ -384,7 +389,7 @@ def _training_step(prepared, plan: MemoryPlan, device_type: str) -> None:
     noise = torch.randn_like(latents)
     timesteps = torch.randint(0, 1000, (frames,), device=device_type)
     noisy = latents + noise
-    color_mask = torch.zeros(ids.shape, dtype=torch.bool, device=device_type) if plan.stage == 2 else None
+    color_mask = torch.zeros(ids.shape, dtype=torch.bool, device=device_type) if plan.uses_cmpf else None
     autocast = (torch.autocast(device_type, dtype=DTYPES[plan.dtype]) if plan.dtype != "fp32"
                 else contextlib.nullcontext())
     with autocast:

@@ -88,7 +88,7 @@ def test_stage1_with_cmpf_trains_it_jointly_with_the_unet(tiny_model_dir, video_
     for name in ("unet", "cmpf"):
         before, after = weights(getattr(start, name)), weights(getattr(result.components, name))
         assert any(not torch.equal(before[key], after[key]) for key in before), f"{name} did not train"
-    # CMPF's zero-initialised W_e moved, so its other weights got gradients through the UNet.
+    # CMPF's zero-initialised W_e (Eq. 7) left zero: the diffusion loss reaches it through the UNet.
     assert weights(result.components.cmpf)["proj_out.weight"].abs().sum() > 0
     saved = load_components(result.model_dir)
     assert all(torch.equal(tensor, weights(result.components.cmpf)[key]) for key, tensor in weights(saved.cmpf).items())

@@ -43,6 +43,14 @@ def test_tiny_plan_is_sane(tiny_config):
     assert with_text.optimizer_states == small.optimizer_states + 8 * text_params
     assert with_text.weights["text_encoder"] == 2 * small.weights["text_encoder"] >= 2 * 2 * text_params
     assert with_text.peak > small.peak
+    # CMPF trained in stage 1 is on the GPU, in the step and in the optimizer; otherwise it is not.
+    assert "cmpf" not in small.weights
+    with_cmpf = plan_memory(replace(tiny_config, trainable=["unet", "tda", "luminance_encoder", "cmpf"]),
+                            resolution=32, frames=8, batch_size=1)
+    cmpf_params = with_cmpf.trainable_parameters - small.trainable_parameters
+    assert cmpf_params > 0 and with_cmpf.weights["cmpf"] > 0
+    assert with_cmpf.optimizer_states == small.optimizer_states + 8 * cmpf_params
+    assert with_cmpf.peak > small.peak
 
 
 def test_sd15_stage2_plan_at_512(tmp_path):

@@ -78,11 +78,15 @@ def test_stage2_trains_cmpf_and_leaves_the_unet_bitwise_unchanged(tiny_model_dir
     assert all(torch.equal(v, weights(saved.unet)[k]) for k, v in weights(start.unet).items())
 
 
+def train_three_steps(trainable, tiny_model_dir, video_folder, output_dir):
+    """``(components before, TrainResult)`` of a 3-step stage 1 that trains ``trainable``."""
+    values = tiny_config_values(tiny_model_dir, video_folder, output_dir, max_steps=3)
+    values["trainable"] = trainable
+    return load_components(tiny_model_dir), train(load_config(values=values))
+
+
 def test_stage1_with_cmpf_trains_it_jointly_with_the_unet(tiny_model_dir, video_folder, tmp_path):
-    values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=3)
-    values["trainable"] = ["unet", "tda", "cmpf"]
-    start = load_components(tiny_model_dir)
-    result = train(load_config(values=values))
+    start, result = train_three_steps(["unet", "tda", "cmpf"], tiny_model_dir, video_folder, tmp_path / "run")
 
     assert result.denoiser.cmpf is result.components.cmpf
     for name in ("unet", "cmpf"):
@@ -95,10 +99,7 @@ def test_stage1_with_cmpf_trains_it_jointly_with_the_unet(tiny_model_dir, video_
 
 
 def test_trainable_text_encoder_trains_inside_the_denoiser_and_is_saved(tiny_model_dir, video_folder, tmp_path):
-    values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=3)
-    values["trainable"] = ["unet", "tda", "text_encoder"]
-    start = load_components(tiny_model_dir)
-    result = train(load_config(values=values))
+    start, result = train_three_steps(["unet", "tda", "text_encoder"], tiny_model_dir, video_folder, tmp_path / "run")
 
     assert result.denoiser.text_encoder is result.components.text_encoder
     before, after = weights(start.text_encoder), weights(result.components.text_encoder)

@@ -1,0 +1,326 @@
+"""Where the toy model's colour-to-object binding fails: linear probes and learning probes.
+
+Run on the toy domain of ``toy_domain_without_luma_shortcut.patch`` (applied), from the
+repository root, with a model folder that `make toy-model` wrote on that domain:
+
+    python docs/experiments/shape_binding_probes.py text MODEL
+    python docs/experiments/shape_binding_probes.py features MODEL [T]
+    python docs/experiments/shape_binding_probes.py learn-unet MODEL STEPS [T]
+    python docs/experiments/shape_binding_probes.py learn-cnn STEPS
+    python docs/experiments/shape_binding_probes.py oracle MODEL STEPS {with,without} [MIN_T]
+
+* ``text``: does the text encoder's output at a shape word carry the colour named before it?
+  A linear classifier from that token to the colour, fitted on multi-object training captions,
+  scored on held-out captions (unseen colour/shape pairs).
+* ``features``: does the UNet know which shape a pixel belongs to where it asks the caption?
+  A linear classifier from the input of every cross-attention layer (clips noised to step
+  ``T``) to the shape of the object under each latent pixel, fitted on 200 training clips,
+  scored on 60 held-out clips.
+* ``learn-unet``: how fast the UNet learns that shape when told directly: a linear head on the
+  last 16x16 cross-attention input, trained with the UNet on per-pixel shape labels.
+* ``learn-cnn``: the same task for a plain CNN from the 64x64 grey frames (receptive field
+  about 60 pixels), as a yardstick of how hard the shapes are to tell apart.
+* ``oracle``: would the model bind colours if it knew the shapes? Fine-tunes the UNet for
+  ``STEPS`` (the diffusion loss, 4 training clips a step, lr 3e-4) ``with`` the true shape map
+  of every latent pixel added to the luminance residual (a zero-initialised 1x1 convolution
+  of the one-hot map) or ``without`` it (the control: the same fine-tuning), then reports the
+  colour accuracy on 32 unseen clips of the training distribution (seeds 5000-5031), the map
+  given at inference too. ``MIN_T``: fine-tune on timesteps from ``MIN_T`` up only (where the
+  colours must come from the caption) instead of all.
+
+Learning probes print held-out accuracy over object pixels; ``features`` also prints the share
+of the most frequent shape, the accuracy of always guessing it.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import random
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lc4.color import rgb_to_luma
+from lc4.luminance import luminance_input
+from lc4.pipeline import LC4Pipeline
+from lc4.toy.evaluate import color_accuracy, color_accuracy_by_object_count
+from lc4.toy.generator import COLOR_NAMES, generate_clip
+from lc4.toy.palette import SHAPES
+from lc4.toy.run import colorize
+from lc4.toy.settings import load_settings
+from lc4.train.models import LC4Denoiser, diffusion_loss, load_components, tokenize_captions
+from lc4.unet import temporal_kwargs
+
+LATENT_SIDE = 16
+LAST_16_CROSS_ATTENTION = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
+TRAIN_SEEDS = range(2000)  # the clips `make toy-model` trains on
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 1500):
+    """A standardised linear classifier fitted on ``(x, y)``; returns ``accuracy(x, y)``."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    linear = nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.Adam(linear.parameters(), 1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(linear((x - mean) / std), y).backward()
+        optimizer.step()
+    return lambda xs, ys: round((linear((xs - mean) / std).argmax(1) == ys).float().mean().item(), 3)
+
+
+def token_ids(pipe: LC4Pipeline, captions: list[str]) -> torch.Tensor:
+    return tokenize_captions(pipe.tokenizer, captions, "cpu")[0]
+
+
+def probe_text(pipe: LC4Pipeline) -> None:
+    def tokens_and_colours(split: str, seeds: range):
+        xs, ys = [], []
+        for seed in seeds:
+            clip = generate_clip(seed, split)
+            if len(clip.spec.objects) < 2:
+                continue
+            ids = token_ids(pipe, [clip.caption])
+            with torch.no_grad():
+                embeddings = pipe.text_encoder(ids)[0][0]
+            tokens = pipe.tokenizer.convert_ids_to_tokens(ids[0])
+            for obj in clip.spec.objects:
+                pieces = pipe.tokenizer.tokenize(obj.shape)  # the last piece has seen the whole word
+                start = next(i for i in range(len(tokens)) if tokens[i:i + len(pieces)] == pieces)
+                xs.append(embeddings[start + len(pieces) - 1])
+                ys.append(COLOR_NAMES.index(obj.color))
+        return torch.stack(xs), torch.tensor(ys)
+
+    x_train, y_train = tokens_and_colours("train", range(1500))
+    x_test, y_test = tokens_and_colours("heldout", range(300))
+    accuracy = fit_linear(x_train, y_train, len(COLOR_NAMES))
+    print(f"shape-word token -> its colour: train {accuracy(x_train, y_train)}, held-out {accuracy(x_test, y_test)} "
+          f"({len(y_train)} / {len(y_test)} objects; chance {1 / len(COLOR_NAMES):.3f})")
+
+
+def shape_labels(clip, side: int) -> torch.Tensor:
+    """``(F, side, side)``: 1 + the shape index where an object covers > 75% of a cell, else 0."""
+    coverage = F.adaptive_avg_pool2d(torch.from_numpy(clip.masks).float(), side)
+    labels = torch.zeros(coverage.shape[0], side, side, dtype=torch.long)
+    for k, obj in enumerate(clip.spec.objects):
+        labels[coverage[:, k] > 0.75] = SHAPES.index(obj.shape) + 1
+    return labels
+
+
+def unet_call(pipe: LC4Pipeline, clips: list, timestep: torch.Tensor, generator=None) -> None:
+    """The UNet on ``clips`` noised to ``timestep`` (one per clip), as in training."""
+    frames = torch.cat([torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 127.5 - 1 for c in clips])
+    num_frames = clips[0].frames.shape[0]
+    timesteps = timestep.repeat_interleave(num_frames)
+    with torch.no_grad():
+        latents = pipe.vae.encode(frames).latent_dist.mean * pipe.vae.config.scaling_factor
+        luminance = pipe.luminance_encoder(luminance_input(rgb_to_luma((frames + 1) / 2)), return_skips=False)
+        text = pipe.text_encoder(token_ids(pipe, [c.caption for c in clips]))[0].repeat_interleave(num_frames, 0)
+        noise = torch.randn(latents.shape, generator=generator)
+        sample = pipe.scheduler.add_noise(latents, noise, timesteps) + luminance.latent_residual
+    pipe.unet(sample, timesteps, encoder_hidden_states=text, cross_attention_kwargs=temporal_kwargs(sample, num_frames))
+
+
+def record_cross_attention_inputs(pipe: LC4Pipeline, names=None) -> dict:
+    store = {}
+
+    def hook(name):
+        def record(module, args, kwargs):
+            store[name] = args[0] if args else kwargs["hidden_states"]
+        return record
+
+    for name, module in pipe.unet.named_modules():
+        if name.endswith("attn2") and (names is None or name in names):
+            module.register_forward_pre_hook(hook(name), with_kwargs=True)
+    return store
+
+
+def probe_features(pipe: LC4Pipeline, timestep: int) -> None:
+    store = record_cross_attention_inputs(pipe)
+    generator = torch.Generator().manual_seed(0)
+
+    def features(split: str, count: int):
+        xs, ys = collections.defaultdict(list), collections.defaultdict(list)
+        for seed in range(count):
+            clip = generate_clip(seed, split)
+            unet_call(pipe, [clip], torch.tensor([timestep]), generator)
+            for name, hidden in store.items():
+                labels = shape_labels(clip, int(hidden.shape[1] ** 0.5)).flatten(1)
+                on_object = labels > 0
+                xs[name].append(hidden.detach()[on_object])
+                ys[name].append(labels[on_object] - 1)
+        return {k: torch.cat(v) for k, v in xs.items()}, {k: torch.cat(v) for k, v in ys.items()}
+
+    (x_train, y_train), (x_test, y_test) = features("train", 200), features("heldout", 60)
+    for name in x_train:
+        accuracy = fit_linear(x_train[name], y_train[name], len(SHAPES))
+        majority = torch.bincount(y_test[name]).max().item() / len(y_test[name])
+        print(f"{name} ({x_train[name].shape[1]} channels, {len(y_train[name])} pixels): "
+              f"train {accuracy(x_train[name], y_train[name])}, held-out {accuracy(x_test[name], y_test[name])}, "
+              f"most frequent shape {majority:.3f}")
+
+
+def object_pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """Correct and total object pixels, the background class left out of the choice."""
+    logits, labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    on_object = labels > 0
+    return int((logits[on_object][:, 1:].argmax(1) + 1 == labels[on_object]).sum()), int(on_object.sum())
+
+
+def learn(predict, parameters, steps: int, lr: float, every: int) -> None:
+    """Trains ``predict(clips) -> (logits, labels)`` on 4 training clips a step; prints held-out
+    object-pixel accuracy every ``every`` steps."""
+    optimizer = torch.optim.AdamW(parameters, lr)
+    held_out = [[generate_clip(seed, "heldout") for seed in range(i, i + 4)] for i in range(0, 40, 4)]
+    for step in range(1, steps + 1):
+        clips = [generate_clip(seed) for seed in random.Random(step).sample(TRAIN_SEEDS, 4)]
+        logits, labels = predict(clips)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % every == 0:
+            with torch.no_grad():
+                correct, total = map(sum, zip(*(object_pixel_accuracy(*predict(c)) for c in held_out)))
+            print(f"step {step}: loss {loss.item():.3f}, held-out object pixels {correct / total:.3f}", flush=True)
+
+
+def probe_learn_unet(pipe: LC4Pipeline, steps: int, timestep: int) -> None:
+    store = record_cross_attention_inputs(pipe, {LAST_16_CROSS_ATTENTION})
+    head = nn.Linear(pipe.unet.config.block_out_channels[0], len(SHAPES) + 1)
+
+    def predict(clips):
+        unet_call(pipe, clips, torch.full((len(clips),), timestep))
+        labels = torch.cat([shape_labels(c, LATENT_SIDE) for c in clips])
+        return head(store[LAST_16_CROSS_ATTENTION]), labels.flatten(1)
+
+    learn(predict, list(pipe.unet.parameters()) + list(head.parameters()), steps, 3e-4, 100)
+
+
+def probe_learn_cnn(steps: int) -> None:
+    width = 64
+    net = nn.Sequential(
+        nn.Conv2d(1, 32, 3, 2, 1), nn.SiLU(), nn.Conv2d(32, width, 3, 2, 1), nn.SiLU(),
+        *[layer for dilation in (1, 2, 4, 8, 1)
+          for layer in (nn.Conv2d(width, width, 3, 1, dilation, dilation=dilation), nn.GroupNorm(8, width), nn.SiLU())],
+        nn.Conv2d(width, len(SHAPES) + 1, 1))
+
+    def predict(clips):
+        frames = torch.cat([torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 255 for c in clips])
+        labels = torch.cat([shape_labels(c, LATENT_SIDE) for c in clips])
+        return net(rgb_to_luma(frames) * 2 - 1).permute(0, 2, 3, 1), labels
+
+    learn(predict, net.parameters(), steps, 1e-3, 500)
+
+
+def shape_maps(clips: list) -> torch.Tensor:
+    """``(N*F, 1 + len(SHAPES), 16, 16)``: each latent pixel's coverage by background and shapes."""
+    maps = []
+    for clip in clips:
+        coverage = F.adaptive_avg_pool2d(torch.from_numpy(clip.masks).float(), LATENT_SIDE)
+        one_hot = torch.zeros(coverage.shape[0], len(SHAPES) + 1, LATENT_SIDE, LATENT_SIDE)
+        one_hot[:, 0] = 1
+        for k, obj in enumerate(clip.spec.objects):
+            one_hot[:, SHAPES.index(obj.shape) + 1] += coverage[:, k]
+            one_hot[:, 0] -= coverage[:, k]
+        maps.append(one_hot)
+    return torch.cat(maps)
+
+
+class OracleShapes(nn.Module):
+    """The luminance encoder with ``shape_map`` (set before each call) embedded into its latent
+    residual; calls for the decoder skips pass through."""
+
+    def __init__(self, encoder: nn.Module, enabled: bool):
+        super().__init__()
+        self.encoder, self.enabled, self.shape_map = encoder, enabled, None
+        self.embed = nn.Conv2d(len(SHAPES) + 1, encoder.config.latent_channels, 1)
+        nn.init.zeros_(self.embed.weight)
+        nn.init.zeros_(self.embed.bias)
+
+    def __getattr__(self, name):  # device, dtype, config: the wrapped encoder's
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.encoder, name)
+
+    def forward(self, luminance: torch.Tensor, return_skips: bool = True):
+        features = self.encoder(luminance, return_skips=return_skips)
+        if not self.enabled or return_skips:
+            return features
+        shape_map = self.shape_map.repeat(luminance.shape[0] // self.shape_map.shape[0], 1, 1, 1)
+        return dataclasses.replace(features, latent_residual=features.latent_residual + self.embed(shape_map))
+
+
+def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0) -> None:
+    components = load_components(model)
+    luminance = OracleShapes(components.luminance_encoder, enabled)
+    denoiser = LC4Denoiser(components.unet, luminance)
+    optimizer = torch.optim.AdamW(list(components.unet.parameters()) + list(luminance.embed.parameters()),
+                                  3e-4, weight_decay=1e-4)
+    components.unet.train()
+    for step in range(1, steps + 1):
+        clips = [generate_clip(seed) for seed in random.Random(step).sample(TRAIN_SEEDS, 4)]
+        rgb = torch.stack([torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 255 for c in clips])
+        batch = {"pixel_values": rgb * 2 - 1, "luminance": luminance_input(rgb_to_luma(rgb)),
+                 "captions": [c.caption if random.random() > 0.1 else "" for c in clips]}
+        luminance.shape_map = shape_maps(clips)
+        timesteps = torch.randint(min_timestep, components.noise_scheduler.config.num_train_timesteps, (len(clips),))
+        loss = diffusion_loss(denoiser, components, batch, timesteps=timesteps)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0:
+            print(f"step {step}: loss {loss.item():.4f}", flush=True)
+    pipe = LC4Pipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.load_state_dict(components.unet.state_dict())
+    pipe.luminance_encoder = luminance.eval()
+    settings = load_settings("configs/toy/toy.yaml").evaluation
+    clips = [generate_clip(5000 + i) for i in range(32)]
+    outputs = []
+    with torch.no_grad():
+        for clip in clips:
+            luminance.shape_map = shape_maps([clip])
+            outputs.append(colorize(pipe, clip, clip.caption, settings))
+    by_count = {k: round(v, 3) for k, v in color_accuracy_by_object_count(outputs, clips).items()}
+    print(f"shape map {'with' if enabled else 'without'}, {steps} steps from t >= {min_timestep}: colour accuracy "
+          f"{color_accuracy(outputs, clips):.3f}, by objects a clip {by_count}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="probe", required=True)
+    sub.add_parser("text").add_argument("model")
+    features = sub.add_parser("features")
+    features.add_argument("model")
+    features.add_argument("timestep", type=int, nargs="?", default=700)
+    unet = sub.add_parser("learn-unet")
+    unet.add_argument("model")
+    unet.add_argument("steps", type=int)
+    unet.add_argument("timestep", type=int, nargs="?", default=700)
+    sub.add_parser("learn-cnn").add_argument("steps", type=int)
+    oracle = sub.add_parser("oracle")
+    oracle.add_argument("model")
+    oracle.add_argument("steps", type=int)
+    oracle.add_argument("map", choices=("with", "without"))
+    oracle.add_argument("min_timestep", type=int, nargs="?", default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    if args.probe == "learn-cnn":
+        return probe_learn_cnn(args.steps)
+    if args.probe == "oracle":
+        return probe_oracle(args.model, args.steps, args.map == "with", args.min_timestep)
+    pipe = LC4Pipeline.from_pretrained(args.model)
+    if args.probe == "text":
+        probe_text(pipe)
+    elif args.probe == "features":
+        probe_features(pipe, args.timestep)
+    else:
+        probe_learn_unet(pipe, args.steps, args.timestep)
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,6 @@ from lc4.toy.palette import SHAPES
 from lc4.toy.run import colorize
 from lc4.toy.settings import load_settings
 from lc4.train.models import LC4Denoiser, diffusion_loss, load_components, tokenize_captions
-from lc4.unet import temporal_kwargs
 
 LATENT_SIDE = 16
 LAST_16_CROSS_ATTENTION = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
@@ -115,11 +114,10 @@ def unet_call(pipe: LC4Pipeline, clips: list, timestep: torch.Tensor, generator=
     timesteps = timestep.repeat_interleave(num_frames)
     with torch.no_grad():
         latents = pipe.vae.encode(frames).latent_dist.mean * pipe.vae.config.scaling_factor
-        luminance = pipe.luminance_encoder(luminance_input(rgb_to_luma((frames + 1) / 2)), return_skips=False)
-        text = pipe.text_encoder(token_ids(pipe, [c.caption for c in clips]))[0].repeat_interleave(num_frames, 0)
-        noise = torch.randn(latents.shape, generator=generator)
-        sample = pipe.scheduler.add_noise(latents, noise, timesteps) + luminance.latent_residual
-    pipe.unet(sample, timesteps, encoder_hidden_states=text, cross_attention_kwargs=temporal_kwargs(sample, num_frames))
+        text = pipe.text_encoder(token_ids(pipe, [c.caption for c in clips]))[0]
+        noisy = pipe.scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), timesteps)
+    luminance = luminance_input(rgb_to_luma((frames + 1) / 2))
+    LC4Denoiser(pipe.unet, pipe.luminance_encoder)(noisy, timesteps, text, luminance, num_frames)
 
 
 def record_cross_attention_inputs(pipe: LC4Pipeline, names=None) -> dict:

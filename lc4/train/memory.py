@@ -73,6 +73,7 @@ class MemoryPlan:
     sharding: str = "none"  # "none" (DDP when num_gpus > 1) or "fsdp"
     fsdp_strategy: str = ""
     optimizer: str = "adamw"
+    uses_cmpf: bool = False  # TrainConfig.uses_cmpf: CMPF conditions the UNet (and sits on the GPU)
     luminance_chunk_frames: Optional[int] = None
     weights: dict = field(default_factory=dict)  # component -> bytes on one GPU (its shard under FSDP)
     trainable_parameters: int = 0
@@ -90,11 +91,6 @@ class MemoryPlan:
     @property
     def peak_with_overhead_gib(self) -> float:
         return self.peak / GIB + CUDA_OVERHEAD_GIB
-
-    @property
-    def uses_cmpf(self) -> bool:
-        """As :attr:`TrainConfig.uses_cmpf`: stage 2, or a stage 1 that trains CMPF."""
-        return self.stage == 2 or "cmpf" in self.trainable
 
 
 class LiveMemoryTracker(TorchDispatchMode):
@@ -438,7 +434,7 @@ def plan_memory(config: TrainConfig, resolution: Optional[int] = None, frames: O
         raise ValueError(f"--num-gpus: expected >= 1, got {num_gpus}")
     sharding = config.distributed.sharding
     plan = MemoryPlan(
-        architecture="", stage=config.stage, trainable=config.trainable_parts,
+        architecture="", stage=config.stage, trainable=config.trainable_parts, uses_cmpf=config.uses_cmpf,
         resolution=resolution or config.data.resolution, frames=frames or config.data.num_frames,
         batch_size=batch_size or config.batch_size, dtype=dtype,
         gradient_checkpointing=config.gradient_checkpointing, ema=config.ema.enabled, num_gpus=num_gpus,

@@ -7,7 +7,7 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
     python docs/experiments/shape_binding_probes.py features MODEL [T]
     python docs/experiments/shape_binding_probes.py learn-unet MODEL STEPS [T]
     python docs/experiments/shape_binding_probes.py learn-cnn STEPS
-    python docs/experiments/shape_binding_probes.py oracle MODEL STEPS {with,without} [MIN_T]
+    python docs/experiments/shape_binding_probes.py oracle MODEL STEPS {with,without} [MIN_T] [--scratch]
 
 * ``text``: does the text encoder's output at a shape word carry the colour named before it?
   A linear classifier from that token to the colour, fitted on multi-object training captions,
@@ -26,7 +26,9 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
   of the one-hot map) or ``without`` it (the control: the same fine-tuning), then reports the
   colour accuracy on 32 unseen clips of the training distribution (seeds 5000-5031), the map
   given at inference too. ``MIN_T``: fine-tune on timesteps from ``MIN_T`` up only (where the
-  colours must come from the caption) instead of all.
+  colours must come from the caption) instead of all. ``--scratch``: ``MODEL`` is an ``init`` folder
+  (UNet and text encoder untrained) and the run is stage 1 itself: the text encoder trains too, lr 1e-3 with 100
+  warm-up steps and cosine decay over ``STEPS``.
 
 Learning probes print held-out accuracy over object pixels; ``features`` also prints the share
 of the most frequent shape, the accuracy of always guessing it.
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import math
 import random
 
 import torch
@@ -251,12 +254,19 @@ class OracleShapes(nn.Module):
         return dataclasses.replace(features, latent_residual=features.latent_residual + self.embed(shape_map))
 
 
-def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0) -> None:
+def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0, scratch: bool = False) -> None:
     components = load_components(model)
     luminance = OracleShapes(components.luminance_encoder, enabled)
-    denoiser = LC4Denoiser(components.unet, luminance)
-    optimizer = torch.optim.AdamW(list(components.unet.parameters()) + list(luminance.embed.parameters()),
-                                  3e-4, weight_decay=1e-4)
+    text_encoder = components.text_encoder if scratch else None
+    denoiser = LC4Denoiser(components.unet, luminance, text_encoder=text_encoder)
+    parameters = list(components.unet.parameters()) + list(luminance.embed.parameters())
+    if scratch:  # stage 1 of the patch: the text encoder trains too, lr 1e-3 with warm-up and cosine decay
+        parameters += list(text_encoder.parameters())
+        text_encoder.train()
+    optimizer = torch.optim.AdamW(parameters, 1e-3 if scratch else 3e-4, weight_decay=1e-4)
+    warmup = 100 if scratch else 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(s, steps) / steps)) if scratch else 1.0)
     components.unet.train()
     for step in range(1, steps + 1):
         clips = [generate_clip(seed) for seed in random.Random(step).sample(TRAIN_SEEDS, 4)]
@@ -265,15 +275,17 @@ def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0) -
                  "captions": [c.caption if random.random() > 0.1 else "" for c in clips]}
         luminance.shape_map = shape_maps(clips)
         timesteps = torch.randint(min_timestep, components.noise_scheduler.config.num_train_timesteps, (len(clips),))
-        loss = diffusion_loss(denoiser, components, batch, timesteps=timesteps)
+        loss = diffusion_loss(denoiser, components, batch, timesteps=timesteps, train_text_encoder=scratch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         if step % 100 == 0:
             print(f"step {step}: loss {loss.item():.4f}", flush=True)
     pipe = LC4Pipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     pipe.unet.load_state_dict(components.unet.state_dict())
+    pipe.text_encoder.load_state_dict(components.text_encoder.state_dict())
     pipe.luminance_encoder = luminance.eval()
     settings = load_settings("configs/toy/toy.yaml").evaluation
     clips = [generate_clip(5000 + i) for i in range(32)]
@@ -283,7 +295,8 @@ def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0) -
             luminance.shape_map = shape_maps([clip])
             outputs.append(colorize(pipe, clip, clip.caption, settings))
     by_count = {k: round(v, 3) for k, v in color_accuracy_by_object_count(outputs, clips).items()}
-    print(f"shape map {'with' if enabled else 'without'}, {steps} steps from t >= {min_timestep}: colour accuracy "
+    start = "from scratch" if scratch else "fine-tuned"
+    print(f"shape map {'with' if enabled else 'without'}, {start}, {steps} steps from t >= {min_timestep}: colour accuracy "
           f"{color_accuracy(outputs, clips):.3f}, by objects a clip {by_count}")
 
 
@@ -304,13 +317,14 @@ def main() -> None:
     oracle.add_argument("steps", type=int)
     oracle.add_argument("map", choices=("with", "without"))
     oracle.add_argument("min_timestep", type=int, nargs="?", default=0)
+    oracle.add_argument("--scratch", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     if args.probe == "learn-cnn":
         return probe_learn_cnn(args.steps)
     if args.probe == "oracle":
-        return probe_oracle(args.model, args.steps, args.map == "with", args.min_timestep)
+        return probe_oracle(args.model, args.steps, args.map == "with", args.min_timestep, args.scratch)
     pipe = LC4Pipeline.from_pretrained(args.model)
     if args.probe == "text":
         probe_text(pipe)

@@ -26,9 +26,10 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
   of the one-hot map) or ``without`` it (the control: the same fine-tuning), then reports the
   colour accuracy on 32 unseen clips of the training distribution (seeds 5000-5031), the map
   given at inference too. ``MIN_T``: fine-tune on timesteps from ``MIN_T`` up only (where the
-  colours must come from the caption) instead of all. ``--scratch``: ``MODEL`` is an ``init`` folder
-  (UNet and text encoder untrained) and the run is stage 1 itself: the text encoder trains too, lr 1e-3 with 100
-  warm-up steps and cosine decay over ``STEPS``.
+  colours must come from the caption) instead of all. ``--scratch``: ``MODEL`` is an ``init``
+  folder (UNet and text encoder untrained) and the run is stage 1 itself: the text encoder
+  trains too, lr 1e-3 with 100 warm-up steps and cosine decay over ``STEPS`` (the schedule of
+  `lc4 train`).
 
 Learning probes print held-out accuracy over object pixels; ``features`` also prints the share
 of the most frequent shape, the accuracy of always guessing it.
@@ -38,12 +39,12 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import math
 import random
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
 
 from lc4.color import rgb_to_luma
 from lc4.luminance import luminance_input
@@ -264,9 +265,8 @@ def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0, s
         parameters += list(text_encoder.parameters())
         text_encoder.train()
     optimizer = torch.optim.AdamW(parameters, 1e-3 if scratch else 3e-4, weight_decay=1e-4)
-    warmup = 100 if scratch else 0
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, steps) / steps)) if scratch else 1.0)
+    schedule = get_scheduler("cosine" if scratch else "constant", optimizer,
+                             num_warmup_steps=100 if scratch else 0, num_training_steps=steps)
     components.unet.train()
     for step in range(1, steps + 1):
         clips = [generate_clip(seed) for seed in random.Random(step).sample(TRAIN_SEEDS, 4)]

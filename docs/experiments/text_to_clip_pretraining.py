@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import random
 import shutil
 
 import numpy as np
 import torch
+from diffusers.optimization import get_scheduler
 from PIL import Image
 
 from lc4.color import rgb_to_luma
@@ -62,8 +62,7 @@ def pretrain(source: str, target: str, steps: int, lr: float = 1e-3, warmup: int
                            text_encoder=components.text_encoder)
     parameters = list(components.unet.parameters()) + list(components.text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    schedule = get_scheduler("cosine", optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     components.unet.train()
     components.text_encoder.train()
     seeds, total = random.Random(0), 0.0

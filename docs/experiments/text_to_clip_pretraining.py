@@ -8,7 +8,7 @@ repository root, with the ``init`` folder that `make toy-model` wrote on that do
         "a red circle and a blue square on a white background" ...
     python -m lc4 train configs/toy/stage1.yaml --set model.path=build/pt/init \
         --set data.source=build/toy/data/train.jsonl --set output_dir=build/pt/stage1 --set max_steps=1500
-    python docs/experiments/text_to_clip_pretraining.py evaluate build/pt/stage1/model 32
+    python docs/experiments/text_to_clip_pretraining.py evaluate build/pt/stage1/model
     python -m lc4.toy evaluate build/pt/stage1/model --data build/toy/data
 
 * ``pretrain``: SD1.5 is a text-to-image model before L-C4 fine-tunes it; the toy's UNet starts
@@ -18,8 +18,8 @@ repository root, with the ``init`` folder that `make toy-model` wrote on that do
   100 warm-up steps then cosine decay; writes a copy of the model folder with the new weights.
 * ``generate``: a sheet of text-to-clip samples (every other frame, one row per caption) from
   a pre-trained folder, to see whether it draws shapes in the colours their words name.
-* ``evaluate``: colour accuracy on ``N`` unseen clips of the training distribution (seeds
-  5000 up), overall and by objects a clip, as in ``shape_binding_probes.py oracle``.
+* ``evaluate``: colour accuracy on 32 unseen clips of the training distribution (seeds
+  5000-5031), overall and by objects a clip, as ``shape_binding_probes.py oracle`` reports it.
 """
 from __future__ import annotations
 
@@ -33,15 +33,11 @@ import torch
 from diffusers.optimization import get_scheduler
 from PIL import Image
 
-from lc4.color import rgb_to_luma
-from lc4.luminance import luminance_input
 from lc4.pipeline import LC4Pipeline
-from lc4.toy.evaluate import color_accuracy, color_accuracy_by_object_count
 from lc4.toy.generator import generate_clip
-from lc4.toy.run import colorize
-from lc4.toy.settings import load_settings
 from lc4.train.models import LC4Denoiser, diffusion_loss, load_components
 from lc4.unet import tda_removed
+from shape_binding_probes import training_batch, unseen_clip_accuracy  # the script beside this one
 
 PRETRAINING_SEEDS = range(50000)
 
@@ -68,10 +64,7 @@ def pretrain(source: str, target: str, steps: int, lr: float = 1e-3, warmup: int
     seeds, total = random.Random(0), 0.0
     for step in range(1, steps + 1):
         clips = [generate_clip(seed) for seed in seeds.sample(PRETRAINING_SEEDS, 4)]
-        rgb = torch.stack([torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 255 for c in clips])
-        batch = {"pixel_values": rgb * 2 - 1, "luminance": luminance_input(rgb_to_luma(rgb)),
-                 "captions": [c.caption if random.random() > 0.1 else "" for c in clips]}
-        loss = diffusion_loss(denoiser, components, batch, train_text_encoder=True)
+        loss = diffusion_loss(denoiser, components, training_batch(clips), train_text_encoder=True)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -103,15 +96,10 @@ def generate(model: str, output: str, captions: list[str]) -> None:
     sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST).save(output, optimize=True)
 
 
-def evaluate(model: str, count: int) -> None:
+def evaluate(model: str) -> None:
     pipe = LC4Pipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
-    settings = load_settings("configs/toy/toy.yaml").evaluation
-    clips = [generate_clip(5000 + i) for i in range(count)]
-    with torch.no_grad():
-        outputs = [colorize(pipe, clip, clip.caption, settings) for clip in clips]
-    by_count = {k: round(v, 3) for k, v in color_accuracy_by_object_count(outputs, clips).items()}
-    print(f"{model}: colour accuracy {color_accuracy(outputs, clips):.3f}, by objects a clip {by_count}")
+    print(f"{model}: {unseen_clip_accuracy(pipe)}")
 
 
 def main() -> None:
@@ -127,14 +115,13 @@ def main() -> None:
     g.add_argument("captions", nargs="+")
     e = sub.add_parser("evaluate")
     e.add_argument("model")
-    e.add_argument("count", type=int)
     args = parser.parse_args()
     if args.command == "pretrain":
         pretrain(args.source, args.target, args.steps)
     elif args.command == "generate":
         generate(args.model, args.output, args.captions)
     else:
-        evaluate(args.model, args.count)
+        evaluate(args.model)
 
 
 if __name__ == "__main__":

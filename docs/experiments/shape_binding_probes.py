@@ -57,12 +57,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
-from lc4.color import rgb_to_luma
+from lc4.color import rgb_to_luma, ycbcr_to_rgb
 from lc4.luminance import luminance_input
 from lc4.pipeline import LC4Pipeline
-from lc4.toy.evaluate import color_accuracy, color_accuracy_by_object_count, object_pixels
+from lc4.toy.evaluate import color_accuracy, color_accuracy_by_object_count
 from lc4.toy.generator import COLOR_NAMES, generate_clip
-from lc4.toy.palette import SHAPES, chroma_of, name_of_chroma
+from lc4.toy.palette import SHAPES, chroma_of
 from lc4.toy.run import colorize
 from lc4.toy.settings import load_settings
 from lc4.train.models import LC4Denoiser, diffusion_loss, load_components, tokenize_captions
@@ -375,17 +375,16 @@ def probe_routing(model: str, steps: int, frames_per_step: int = 32) -> None:
         return router(shape_maps(clips), text_encoder(ids)[0]), target
 
     def unseen_accuracy() -> str:
-        hits = collections.defaultdict(list)
+        """The predicted chroma drawn at each frame's true luma, scored as the model's outputs are."""
+        clips, outputs = [generate_clip(5000 + i) for i in range(64)], []
         with torch.no_grad():
-            for clip in (generate_clip(5000 + i) for i in range(64)):
-                chroma = F.interpolate(predict([clip])[0], scale_factor=64 // LATENT_SIDE).permute(0, 2, 3, 1).numpy()
-                for k, obj in enumerate(clip.spec.objects):
-                    pixels = object_pixels(clip.masks, k)
-                    if pixels.any():
-                        hits[len(clip.spec.objects)].append(name_of_chroma(chroma[pixels].mean(0)) == obj.color)
-        overall = np.mean([hit for by_count in hits.values() for hit in by_count])
-        by_count = {k: round(float(np.mean(v)), 3) for k, v in sorted(hits.items())}
-        return f"colour accuracy {overall:.3f}, by objects a clip {by_count}"
+            for clip in clips:
+                chroma = F.interpolate(predict([clip])[0], scale_factor=64 // LATENT_SIDE)
+                luma = rgb_to_luma(torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255)
+                rgb = ycbcr_to_rgb(torch.cat([luma, chroma], 1))
+                outputs.append((rgb * 255).round().byte().permute(0, 2, 3, 1).numpy())
+        by_count = {k: round(v, 3) for k, v in color_accuracy_by_object_count(outputs, clips).items()}
+        return f"colour accuracy {color_accuracy(outputs, clips):.3f}, by objects a clip {by_count}"
 
     for step in range(1, steps + 1):
         rng = random.Random(step)

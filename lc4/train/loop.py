@@ -27,7 +27,8 @@ from .checkpoint import resolve_resume, save_checkpoint, save_model_folder
 from .config import TrainConfig
 from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_videos, split_holdout,
                    validation_clip)
-from .models import Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components
+from .models import (Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components,
+                     use_channels_last)
 from .optim import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     components = load_components(config.model.path)
     set_tda_backend(components.unet, config.model.tda_backend)
     set_tda_backend(components.cmpf, config.model.tda_backend)
+    if config.channels_last:
+        use_channels_last(components)
     parts = config.trainable_parts
     params = freeze_all_but(components, parts)
     frozen_dtype = _frozen_dtype(mixed_precision)

@@ -96,6 +96,14 @@ def freeze_all_but(components: Components, parts: tuple[str, ...]) -> list[nn.Pa
     return params
 
 
+def use_channels_last(components: Components) -> None:
+    """Puts the weights of every 2D convolution in channels-last memory format (in place)."""
+    for module in (components.vae, components.unet, components.luminance_encoder, components.cmpf):
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv2d):
+                layer.to(memory_format=torch.channels_last)
+
+
 class LC4Denoiser(nn.Module):
     """``epsilon_theta(z_t, t, y_tex, y_lum)``: the UNet with TDA, conditioned on the luminance
     (residual added to ``z_t``) and on the caption embeddings, refined by CMPF when ``cmpf``

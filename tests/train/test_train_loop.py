@@ -115,6 +115,23 @@ def test_trainable_text_encoder_trains_inside_the_denoiser_and_is_saved(tiny_mod
     assert all(torch.equal(tensor, before[key]) for key, tensor in weights(frozen.components.text_encoder).items())
 
 
+def test_channels_last_trains_the_same_model(tiny_model_dir, video_folder, tmp_path):
+    runs = {}
+    for channels_last in (False, True):
+        values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / str(channels_last), max_steps=3,
+                                    channels_last=channels_last, deterministic=True)
+        runs[channels_last] = train(load_config(values=values))
+    conv_weight = runs[True].components.unet.conv_in.weight
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last) and not conv_weight.is_contiguous()
+    # Same weights, data and noise: the same losses up to the convolutions' summation order.
+    losses = {key: [json.loads(line)["loss"] for line in (tmp_path / str(key) / "logs/metrics.jsonl").open()]
+              for key in runs}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    # The saved folder loads back to the trained weights.
+    saved, trained = weights(load_components(runs[True].model_dir).unet), weights(runs[True].components.unet)
+    assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)
+
+
 def test_denoiser_with_a_text_encoder_wants_token_ids(tiny_model_dir):
     components = load_components(tiny_model_dir)
     denoiser = LC4Denoiser(components.unet, components.luminance_encoder, text_encoder=components.text_encoder)

@@ -1,5 +1,5 @@
-"""Training curves of the toy model as one PNG (VAE, luminance encoder, stage 1, stage 2 loss
-per step)."""
+"""Training curves of the toy model as one PNG (VAE, luminance encoder and each `lc4 train`
+run's loss per step)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,15 @@ def read_curve(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def stage_title(run: Path) -> str:
+    """"stage 1, 32 x 1 frame": the stage and the clips x frames a step of an `lc4 train` output folder."""
+    from lc4.train.config import load_config
+
+    config = load_config(run / "config.yaml")
+    frames = config.data.num_frames
+    return f"stage {config.stage}, {config.batch_size} x {frames} frame{'s' if frames > 1 else ''}"
+
+
 def plot_curves(vae_curve: Path, stage_logs: list[Path], output: Path, luminance_curve: Path | None = None) -> Path:
     import matplotlib
 
@@ -22,7 +31,7 @@ def plot_curves(vae_curve: Path, stage_logs: list[Path], output: Path, luminance
     curves = [("VAE reconstruction", read_curve(vae_curve))]
     if luminance_curve is not None and luminance_curve.is_file() and read_curve(luminance_curve):
         curves.append(("luminance encoder (decode + latent MSE)", read_curve(luminance_curve)))
-    curves += [(f"stage {i} (Eq. 9 MSE)", read_curve(log)) for i, log in enumerate(stage_logs, start=1)]
+    curves += [(f"{stage_title(log.parent.parent)} (Eq. 9 MSE)", read_curve(log)) for log in stage_logs]
     figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
     for axis, (title, curve) in zip(axes, curves):
         axis.plot([r["step"] for r in curve], [r["loss"] for r in curve])

@@ -9,6 +9,7 @@ import torch
 
 from lc4.cli import main as lc4_main
 from lc4.toy.__main__ import main as toy_main
+from lc4.toy.report import stage_title
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "data.num_train=4", "--set", "data.num_heldout=2", "--set", "data.size=32",
@@ -38,6 +39,8 @@ def test_toy_model_commands_end_to_end(tmp_path, capsys):
     assert toy_main(["finish", str(model), "--init", str(init), "--runs", str(tmp_path / "stage1"),
                      str(tmp_path / "stage2")]) == 0
     assert (model / "training_curves.png").stat().st_size > 0
+    assert [stage_title(tmp_path / run) for run in ("stage1", "stage2")] == ["stage 1, 4 x 8 frames",
+                                                                             "stage 2, 4 x 8 frames"]
     assert toy_main(["evaluate", str(model), "--data", str(data), "--output", str(tmp_path / "report.json"),
                      *SMALL]) == 0
     report = json.loads((tmp_path / "report.json").read_text())

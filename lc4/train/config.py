@@ -163,9 +163,9 @@ class TrainConfig:
     # recomputation in the backward holds the activations of one chunk, not of every frame.
     # None: all frames at once.
     luminance_chunk_frames: Optional[int] = 1
-    # The 2D convolutions' weights in channels-last memory format (activations follow). On the
-    # CPU oneDNN then skips a layout reorder around every convolution: the toy model's stage-1
-    # steps run 1.24x as fast (58.9 against 47.6 clips/s, 32 frames a step on 2 cores).
+    # The 2D convolutions' weights in channels-last memory format (activations follow). Measured
+    # on the CPU only: the toy model's single-frame stage ran 1.24x as fast (58.9 against 47.6
+    # clips/s, 32 frames a step on 2 cores); off until a GPU has measured it.
     channels_last: bool = False
     # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma): each clip's MSE
     # times min(SNR(t), gamma) / SNR(t), so the low-noise steps no longer dominate the gradient.

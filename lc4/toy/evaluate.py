@@ -4,7 +4,8 @@
    chroma of the pixels it shows (eroded by one pixel against edge bleeding), against the
    colour its caption names (:func:`color_accuracy`).
 2. Controllability: the same grey clip colorized with two objects' colours swapped in the
-   prompt must show them swapped (:func:`swap_succeeded`).
+   prompt must show them swapped (:func:`swap_succeeded`); how far the swapped words move each
+   object's hue is the graded form of the same claim (:func:`swap_hue_shifts`).
 3. Temporal consistency: CDC (:func:`lc4.metrics.cdc.cdc`) with TDA against TDA bypassed, and
    on a long clip with CCF against clip-by-clip inference (:func:`compare_cdc`).
 
@@ -21,7 +22,7 @@ from scipy.ndimage import binary_erosion
 
 from ..metrics.cdc import cdc
 from .generator import ClipSpec, ToyClip
-from .palette import chroma_of, name_of_chroma
+from .palette import MIN_CHROMA, PALETTE_HUES, chroma_of, hue_angle, hue_distance, name_of_chroma
 
 
 def object_pixels(masks: np.ndarray, k: int) -> np.ndarray:
@@ -34,14 +35,19 @@ def object_pixels(masks: np.ndarray, k: int) -> np.ndarray:
     return np.stack(kept)
 
 
-def object_color_names(frames: np.ndarray, masks: np.ndarray) -> list[Optional[str]]:
-    """The palette name of each object's mean output colour (``None``: grey or not visible)."""
+def object_mean_chromas(frames: np.ndarray, masks: np.ndarray) -> list[Optional[np.ndarray]]:
+    """The mean output ``(Cb, Cr)`` of each object's pixels (``None``: not visible)."""
     chroma = chroma_of(frames)  # (F, H, W, 2)
-    names = []
+    means = []
     for k in range(masks.shape[1]):
         pixels = object_pixels(masks, k)
-        names.append(name_of_chroma(chroma[pixels].mean(axis=0)) if pixels.any() else None)
-    return names
+        means.append(chroma[pixels].mean(axis=0) if pixels.any() else None)
+    return means
+
+
+def object_color_names(frames: np.ndarray, masks: np.ndarray) -> list[Optional[str]]:
+    """The palette name of each object's mean output colour (``None``: grey or not visible)."""
+    return [None if mean is None else name_of_chroma(mean) for mean in object_mean_chromas(frames, masks)]
 
 
 def object_hits(frames: np.ndarray, clip: ToyClip, spec: Optional[ClipSpec] = None) -> list[bool]:
@@ -82,6 +88,30 @@ def swap_succeeded(original: np.ndarray, swapped: np.ndarray, clip: ToyClip, fir
     names_swapped = object_color_names(swapped, clip.masks)
     a, b = clip.spec.objects[first].color, clip.spec.objects[second].color
     return (names_original[first], names_original[second], names_swapped[first], names_swapped[second]) == (a, b, b, a)
+
+
+def swap_hue_shifts(original: np.ndarray, swapped: np.ndarray, clip: ToyClip, first: int = 0,
+                    second: int = 1) -> list[float]:
+    """For each of the two swapped objects, the share of the hue distance between the two named
+    colours that its output hue moves towards its new colour when the prompt is swapped: 1 is
+    the full swap, 0 an object the words do not steer (a model that paints every object the
+    caption's mean colour, or by its shape, whatever the words say), negative a move away.
+    :func:`swap_succeeded` asks for the full swap of both; this says how much of it there is.
+    An object too grey to have a hue under either prompt scores 0."""
+    means_original = object_mean_chromas(original, clip.masks)
+    means_swapped = object_mean_chromas(swapped, clip.masks)
+    old = [clip.spec.objects[first].color, clip.spec.objects[second].color]
+    shifts = []
+    for k, before, after in ((first, old[0], old[1]), (second, old[1], old[0])):
+        chromas = (means_original[k], means_swapped[k])
+        if any(c is None or float(np.hypot(*c)) < MIN_CHROMA for c in chromas):
+            shifts.append(0.0)
+            continue
+        hue_original, hue_swapped = (float(hue_angle(c)) for c in chromas)
+        target = PALETTE_HUES[after]
+        shifts.append((hue_distance(hue_original, target) - hue_distance(hue_swapped, target))
+                      / hue_distance(PALETTE_HUES[before], target))
+    return shifts
 
 
 def mean_cdc(outputs: Sequence[np.ndarray]) -> float:

@@ -8,7 +8,8 @@ import torch
 
 from ..color import to_uint8
 from ..unet import tda_removed
-from .evaluate import color_accuracy, color_accuracy_by_object_count, mean_cdc, swap_succeeded, swapped_spec
+from .evaluate import (color_accuracy, color_accuracy_by_object_count, mean_cdc, swap_hue_shifts, swap_succeeded,
+                       swapped_spec)
 from .generator import ToyClip, generate_clip
 from .palette import OBJECT_COLORS
 from .settings import ToyEvaluation
@@ -44,9 +45,10 @@ def evaluate_pipeline(pipeline, clips: list[ToyClip], settings: ToyEvaluation, l
     pipeline.set_progress_bar_config(disable=True)
     outputs = [colorize(pipeline, clip, clip.caption, settings) for clip in clips]
     pairs = [clip for clip in clips if len(clip.spec.objects) >= 2]
-    swaps = [swap_succeeded(outputs[clips.index(clip)],
-                            colorize(pipeline, clip, swapped_spec(clip.spec).caption, settings), clip)
-             for clip in pairs]
+    swapped_outputs = [colorize(pipeline, clip, swapped_spec(clip.spec).caption, settings) for clip in pairs]
+    swaps = [swap_succeeded(outputs[clips.index(clip)], swapped, clip) for clip, swapped in zip(pairs, swapped_outputs)]
+    shifts = [shift for clip, swapped in zip(pairs, swapped_outputs)
+              for shift in swap_hue_shifts(outputs[clips.index(clip)], swapped, clip)]
     # Without TDA the blocks' attention processors are handed the (then unused) temporal
     # layout and warn once per call; the warning says nothing here.
     with tda_removed(pipeline.unet), _diffusers_quiet():
@@ -62,6 +64,7 @@ def evaluate_pipeline(pipeline, clips: list[ToyClip], settings: ToyEvaluation, l
         # pipeline decodes (with the luminance skips).
         "color_accuracy_vae_round_trip": color_accuracy([round_trip(pipeline, clip) for clip in clips], clips),
         "swap_clips": len(pairs), "swap_success": float(np.mean(swaps)) if swaps else None,
+        "swap_hue_shift": float(np.mean(shifts)) if shifts else None,
         "cdc_tda": mean_cdc(outputs), "cdc_tda_bypassed": mean_cdc(without_tda),
     }
     if long_clip is not None:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lc4.toy.evaluate import (color_accuracy, color_accuracy_by_object_count, compare_cdc, mean_cdc, object_hits,
-                              swap_succeeded, swapped_spec)
+                              swap_hue_shifts, swap_succeeded, swapped_spec)
 from lc4.toy.generator import generate_clip, render
 from lc4.toy.palette import OBJECT_COLORS
 
@@ -35,6 +35,26 @@ def test_swapped_colours_are_detected():
         assert swap_succeeded(clip.frames, output, clip)
         assert not swap_succeeded(clip.frames, clip.frames, clip)  # the prompt was ignored
         assert not swap_succeeded(output, output, clip)
+
+
+def test_swap_hue_shift_is_one_for_the_full_swap_and_zero_when_the_words_are_ignored():
+    for clip in _clips(min_objects=2):
+        swapped = render(swapped_spec(clip.spec), clip.frames.shape[1], len(clip.frames))[0]
+        assert swap_hue_shifts(clip.frames, swapped, clip) == pytest.approx([1.0, 1.0], abs=0.02)
+        assert swap_hue_shifts(swapped, clip.frames, clip) == pytest.approx([-1.0, -1.0], abs=0.02)
+        assert swap_hue_shifts(clip.frames, clip.frames, clip) == [0.0, 0.0]
+        assert swap_hue_shifts(clip.frames, _grey(clip.frames), clip) == [0.0, 0.0]  # no hue to move
+
+
+def test_swap_hue_shift_measures_a_partial_move():
+    clip = _clips(min_objects=2)[0]
+    a, b = (clip.spec.objects[k].color for k in (0, 1))
+    rgb_a, rgb_b = (np.asarray(OBJECT_COLORS[c], dtype=float) for c in (a, b))
+    # Under the swapped prompt the first object takes a colour between its old and its new one.
+    partly = clip.frames.copy()
+    partly[clip.masks[:, 0]] = ((rgb_a + rgb_b) / 2).round().astype(np.uint8)
+    first, second = swap_hue_shifts(clip.frames, partly, clip)
+    assert 0.2 < first < 0.8 and second == 0.0
 
 
 def test_one_wrong_object_lowers_accuracy_by_its_share():
@@ -89,6 +109,7 @@ def test_pipeline_evaluation_wiring_on_a_tiny_model(monkeypatch):
     assert 0 <= report["color_accuracy"] <= 1
     assert set(report["color_accuracy_by_objects_per_clip"]) == {str(len(c.spec.objects)) for c in clips}
     assert 0 <= report["color_accuracy_vae_round_trip"] <= 1
+    assert "swap_hue_shift" in report
     assert report["cdc_tda"] == pytest.approx(report["cdc_tda_bypassed"])
     with torch.no_grad():
         generator = torch.Generator().manual_seed(0)

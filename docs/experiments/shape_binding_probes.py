@@ -8,7 +8,7 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
     python docs/experiments/shape_binding_probes.py learn-unet MODEL STEPS [T]
     python docs/experiments/shape_binding_probes.py learn-cnn STEPS
     python docs/experiments/shape_binding_probes.py oracle MODEL STEPS {with,without} [MIN_T] [--scratch]
-                                                      [--clips N] [--frames F]
+                                                      [--clips N] [--frames F] [--pairs]
     python docs/experiments/shape_binding_probes.py routing MODEL STEPS
 
 * ``text``: does the text encoder's output at a shape word carry the colour named before it?
@@ -34,6 +34,11 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
   `lc4 train`). ``--clips N --frames F``: each step takes a random window of ``F`` frames
   from each of ``N`` training clips instead of all 8 frames of 4 clips (``--clips 32
   --frames 1``: the same frames a step, each from another clip, TDA seeing one frame).
+  ``--pairs``: half the clips of a step are recoloured twins of the other half (the same
+  grey frames, every object another colour: a permutation of the caption's colours where
+  one keeps to training pairs), each twin under its original's noise, timestep and caption
+  dropout, so that the two differ only where a colour word must reach its object. The
+  accuracy line also gives the mean ``swap_hue_shift`` of the 32 clips' multi-object ones.
 * ``routing``: the binding with everything else taken away: the true shape map of each latent
   pixel queries the caption's tokens through one cross-attention (2 heads) whose output is
   read as the pixel's chroma, trained with the text encoder (from ``MODEL``) on the chroma of
@@ -49,6 +54,7 @@ import argparse
 import collections
 import dataclasses
 import functools
+import itertools
 import random
 
 import numpy as np
@@ -60,8 +66,8 @@ from diffusers.optimization import get_scheduler
 from lc4.color import rgb_to_luma, ycbcr_to_rgb
 from lc4.luminance import luminance_input
 from lc4.pipeline import LC4Pipeline
-from lc4.toy.evaluate import color_accuracy, color_accuracy_by_object_count
-from lc4.toy.generator import COLOR_NAMES, generate_clip
+from lc4.toy.evaluate import color_accuracy, color_accuracy_by_object_count, swap_hue_shifts, swapped_spec
+from lc4.toy.generator import COLOR_NAMES, ToyClip, generate_clip, is_heldout_pair, render
 from lc4.toy.palette import SHAPES, chroma_of
 from lc4.toy.run import colorize
 from lc4.toy.settings import load_settings
@@ -276,16 +282,22 @@ def training_batch(clips: list, caption_dropout: float = 0.1) -> dict:
 
 def unseen_clip_accuracy(pipe: LC4Pipeline, before_each=lambda clip: None) -> str:
     """Colour accuracy on 32 unseen clips of the training distribution (seeds 5000-5031),
-    overall and by objects a clip; ``before_each(clip)`` runs before each clip is colorized."""
+    overall and by objects a clip, and the mean ``swap_hue_shift`` of their clips with two
+    objects or more (the first two objects' colours swapped in the prompt, as the report
+    swaps them); ``before_each(clip)`` runs before each clip is colorized."""
     settings = load_settings("configs/toy/toy.yaml").evaluation
     clips = [generate_clip(5000 + i) for i in range(32)]
-    outputs = []
+    outputs, shifts = [], []
     with torch.no_grad():
         for clip in clips:
             before_each(clip)
             outputs.append(colorize(pipe, clip, clip.caption, settings))
+            if len(clip.spec.objects) >= 2:
+                swapped = colorize(pipe, clip, swapped_spec(clip.spec).caption, settings)
+                shifts += swap_hue_shifts(outputs[-1], swapped, clip)
     by_count = {k: round(v, 3) for k, v in color_accuracy_by_object_count(outputs, clips).items()}
-    return f"colour accuracy {color_accuracy(outputs, clips):.3f}, by objects a clip {by_count}"
+    return (f"colour accuracy {color_accuracy(outputs, clips):.3f}, by objects a clip {by_count}, "
+            f"swap_hue_shift {np.mean(shifts):.3f} (median {np.median(shifts):.3f}, {len(shifts)} objects)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -305,8 +317,52 @@ def clip_windows(clips: list, frames: int, rng: random.Random) -> list:
     return windows
 
 
+def recoloured(clip: ToyClip, rng: random.Random):
+    """``clip`` with its objects recoloured, every one to another colour, the grey frames the same
+    (on the patch's domain an object's luma is its own, not its colour's): a permutation of
+    their colours (the same words in other places) where one makes no held-out (colour, shape)
+    pair, else other colours (not the background's, no held-out pair). ``None`` if none found."""
+    spec = clip.spec
+    colors, shapes = [o.color for o in spec.objects], [o.shape for o in spec.objects]
+    allowed = lambda option: (all(a != b for a, b in zip(option, colors))
+                              and not any(is_heldout_pair(c, s) for c, s in zip(option, shapes)))
+    options = [list(p) for p in itertools.permutations(colors) if allowed(p)]
+    if not options:  # one object, or every permutation makes a held-out pair: other colours
+        others = [c for c in COLOR_NAMES if c != spec.background]
+        options = [o for o in (rng.sample(others, len(colors)) for _ in range(100)) if allowed(o)]
+    if not options:
+        return None
+    new_spec = spec.with_colors(rng.choice(options))
+    frames, masks = render(new_spec, clip.frames.shape[1], clip.frames.shape[0])
+    luma = lambda f: rgb_to_luma(torch.from_numpy(f).permute(0, 3, 1, 2).float() / 255)
+    assert (luma(frames) - luma(clip.frames)).abs().max() < 2 / 255, "recolouring changed the grey frames"
+    return ToyClip(new_spec, frames, masks, clip.seed, clip.split)
+
+
+@functools.lru_cache(maxsize=None)
+def training_pair(seed: int):
+    return training_clip(seed), recoloured(training_clip(seed), random.Random(seed))
+
+
+def recoloured_pairs(count: int, frames: int, rng: random.Random) -> tuple[list, list]:
+    """``count`` training clips and their recoloured twins, each pair cut to the same window.
+    A clip's twin is fixed by its seed (so every pair is seen the same way each time)."""
+    originals, twins = [], []
+    for seed in rng.sample(TRAIN_SEEDS, len(TRAIN_SEEDS)):
+        clip, twin = training_pair(seed)
+        if twin is None:
+            continue
+        start = rng.randrange(clip.frames.shape[0] - frames + 1)
+        for target, source in ((originals, clip), (twins, twin)):
+            target.append(dataclasses.replace(source, frames=source.frames[start:start + frames],
+                                              masks=source.masks[start:start + frames]))
+        if len(originals) == count:
+            return originals, twins
+    raise RuntimeError("too few training clips have a recoloured twin")
+
+
 def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0, scratch: bool = False,
-                 clips_per_step: int = 4, frames: int = 8) -> None:
+                 clips_per_step: int = 4, frames: int = 8, pairs: bool = False) -> None:
     components = load_components(model)
     luminance = OracleShapes(components.luminance_encoder, enabled)
     text_encoder = components.text_encoder if scratch else None
@@ -321,11 +377,17 @@ def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0, s
     components.unet.train()
     for step in range(1, steps + 1):
         rng = random.Random(step)
-        clips = clip_windows([training_clip(seed) for seed in rng.sample(TRAIN_SEEDS, clips_per_step)], frames, rng)
-        batch = training_batch(clips)
-        luminance.shape_map = shape_maps(clips)
-        timesteps = torch.randint(min_timestep, components.noise_scheduler.config.num_train_timesteps, (len(clips),))
-        loss = diffusion_loss(denoiser, components, batch, timesteps=timesteps, train_text_encoder=scratch)
+        if pairs:
+            loss = paired_loss(denoiser, components, luminance, *recoloured_pairs(clips_per_step // 2, frames, rng),
+                               min_timestep, scratch, step)
+        else:
+            clips = clip_windows([training_clip(seed) for seed in rng.sample(TRAIN_SEEDS, clips_per_step)],
+                                 frames, rng)
+            batch = training_batch(clips)
+            luminance.shape_map = shape_maps(clips)
+            timesteps = torch.randint(min_timestep, components.noise_scheduler.config.num_train_timesteps,
+                                      (len(clips),))
+            loss = diffusion_loss(denoiser, components, batch, timesteps=timesteps, train_text_encoder=scratch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -339,8 +401,27 @@ def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0, s
     pipe.luminance_encoder = luminance.eval()
     accuracy = unseen_clip_accuracy(pipe, lambda clip: setattr(luminance, "shape_map", shape_maps([clip])))
     start = "from scratch" if scratch else "fine-tuned"
+    paired = ", half of them recoloured twins of the other half" if pairs else ""
     print(f"shape map {'with' if enabled else 'without'}, {start}, {steps} steps of {clips_per_step} x {frames} "
-          f"frames from t >= {min_timestep}: {accuracy}")
+          f"frames{paired} from t >= {min_timestep}: {accuracy}")
+
+
+def paired_loss(denoiser, components, luminance, originals: list, twins: list, min_timestep: int,
+                scratch: bool, step: int) -> torch.Tensor:
+    """The diffusion loss of each clip and its recoloured twin under the same noise, timestep and
+    caption dropout: the two differ only in the colours and the caption's words, so what the
+    pair's gradients do not share is the part that ties each word to its object."""
+    timesteps = torch.randint(min_timestep, components.noise_scheduler.config.num_train_timesteps, (len(originals),))
+    keep = [random.random() > 0.1 for _ in originals]
+    losses = []
+    for clips in (originals, twins):
+        batch = training_batch(clips, caption_dropout=0.0)
+        batch["captions"] = [c if k else "" for c, k in zip(batch["captions"], keep)]
+        luminance.shape_map = shape_maps(clips)
+        generator = torch.Generator().manual_seed(step)
+        losses.append(diffusion_loss(denoiser, components, batch, generator=generator, timesteps=timesteps,
+                                     train_text_encoder=scratch))
+    return (losses[0] + losses[1]) / 2
 
 
 class ShapeToCaptionColour(nn.Module):
@@ -419,6 +500,8 @@ def main() -> None:
     oracle.add_argument("--scratch", action="store_true")
     oracle.add_argument("--clips", type=int, default=4, help="clips a step")
     oracle.add_argument("--frames", type=int, default=8, help="frames of each clip (a random window)")
+    oracle.add_argument("--pairs", action="store_true",
+                        help="half the clips a step are recoloured twins of the other half, same noise")
     routing = sub.add_parser("routing")
     routing.add_argument("model")
     routing.add_argument("steps", type=int)
@@ -429,7 +512,7 @@ def main() -> None:
         return probe_learn_cnn(args.steps)
     if args.probe == "oracle":
         return probe_oracle(args.model, args.steps, args.map == "with", args.min_timestep, args.scratch,
-                            args.clips, args.frames)
+                            args.clips, args.frames, args.pairs)
     if args.probe == "routing":
         return probe_routing(args.model, args.steps)
     pipe = LC4Pipeline.from_pretrained(args.model)

@@ -305,16 +305,16 @@ def training_clip(seed: int):
     return generate_clip(seed)
 
 
+def window(clip, start: int, frames: int):
+    """``clip``'s frames ``start .. start + frames - 1`` (and their masks)."""
+    return dataclasses.replace(clip, frames=clip.frames[start:start + frames], masks=clip.masks[start:start + frames])
+
+
 def clip_windows(clips: list, frames: int, rng: random.Random) -> list:
     """``clips`` cut to a random window of ``frames`` frames each (as `lc4 train` cuts its clips)."""
     if frames == clips[0].frames.shape[0]:
         return clips
-    windows = []
-    for clip in clips:
-        start = rng.randrange(clip.frames.shape[0] - frames + 1)
-        windows.append(dataclasses.replace(clip, frames=clip.frames[start:start + frames],
-                                           masks=clip.masks[start:start + frames]))
-    return windows
+    return [window(clip, rng.randrange(clip.frames.shape[0] - frames + 1), frames) for clip in clips]
 
 
 def recoloured(clip: ToyClip, rng: random.Random):
@@ -353,9 +353,8 @@ def recoloured_pairs(count: int, frames: int, rng: random.Random) -> tuple[list,
         if twin is None:
             continue
         start = rng.randrange(clip.frames.shape[0] - frames + 1)
-        for target, source in ((originals, clip), (twins, twin)):
-            target.append(dataclasses.replace(source, frames=source.frames[start:start + frames],
-                                              masks=source.masks[start:start + frames]))
+        originals.append(window(clip, start, frames))
+        twins.append(window(twin, start, frames))
         if len(originals) == count:
             return originals, twins
     raise RuntimeError("too few training clips have a recoloured twin")

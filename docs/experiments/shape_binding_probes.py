@@ -6,9 +6,11 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
     python docs/experiments/shape_binding_probes.py text MODEL
     python docs/experiments/shape_binding_probes.py features MODEL [T]
     python docs/experiments/shape_binding_probes.py learn-unet MODEL STEPS [T]
-    python docs/experiments/shape_binding_probes.py learn-cnn STEPS
-    python docs/experiments/shape_binding_probes.py oracle MODEL STEPS {with,without} [MIN_T] [--scratch]
-                                                      [--clips N] [--frames F] [--pairs]
+    python docs/experiments/shape_binding_probes.py learn-cnn STEPS [--save CNN]
+    python docs/experiments/shape_binding_probes.py oracle MODEL STEPS {with,without,queries} [MIN_T] [--scratch]
+                                                      [--clips N] [--frames F] [--pairs] [--aux-chroma W]
+                                                      [--map-init {zeros,default}] [--map-from CNN]
+                                                      [--aux-shapes W]
     python docs/experiments/shape_binding_probes.py routing MODEL STEPS
 
 * ``text``: does the text encoder's output at a shape word carry the colour named before it?
@@ -21,14 +23,20 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
 * ``learn-unet``: how fast the UNet learns that shape when told directly: a linear head on the
   last 16x16 cross-attention input, trained with the UNet on per-pixel shape labels.
 * ``learn-cnn``: the same task for a plain CNN from the 64x64 grey frames (receptive field
-  about 60 pixels), as a yardstick of how hard the shapes are to tell apart.
+  about 60 pixels), as a yardstick of how hard the shapes are to tell apart; ``--save``
+  writes it for ``oracle --map-from``.
 * ``oracle``: would the model bind colours if it knew the shapes? Fine-tunes the UNet for
   ``STEPS`` (the diffusion loss, 4 training clips a step, lr 3e-4) ``with`` the true shape map
   of every latent pixel added to the luminance residual (a zero-initialised 1x1 convolution
-  of the one-hot map) or ``without`` it (the control: the same fine-tuning), then reports the
+  of the one-hot map; ``--map-init default``: PyTorch's default initialisation instead) or
+  ``without`` it (the control: the same fine-tuning), then reports the
   colour accuracy on 32 unseen clips of the training distribution (seeds 5000-5031), the map
-  given at inference too. ``MIN_T``: fine-tune on timesteps from ``MIN_T`` up only (where the
-  colours must come from the caption) instead of all. ``--scratch``: ``MODEL`` is an ``init``
+  given at inference too; ``queries``: the map instead added to the input of every
+  cross-attention (its queries; a linear embedding per layer, default-initialised), where the
+  pixel asks the caption, so that no layer below has to carry it. ``--map-from CNN``: the
+  shape probabilities a ``learn-cnn`` CNN predicts from the grey frames instead of the true map. ``MIN_T``: fine-tune on
+  timesteps from ``MIN_T`` up only (where the colours must come from the caption) instead of
+  all. ``--scratch``: ``MODEL`` is an ``init``
   folder (UNet and text encoder untrained) and the run is stage 1 itself: the text encoder
   trains too, lr 1e-3 with 100 warm-up steps and cosine decay over ``STEPS`` (the schedule of
   `lc4 train`). ``--clips N --frames F``: each step takes a random window of ``F`` frames
@@ -39,6 +47,15 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
   one keeps to training pairs), each twin under its original's noise, timestep and caption
   dropout, so that the two differ only where a colour word must reach its object. The
   accuracy line also gives the mean ``swap_hue_shift`` of the 32 clips' multi-object ones.
+  ``--aux-chroma W``: deep supervision of the routing: a linear head on the output of every
+  cross-attention reads it as the chroma under each pixel (the true chroma pooled to the
+  layer's size, scaled to unit spread), its MSE added to the diffusion loss with weight ``W``
+  on the clips that keep their caption. The heads are dropped after training: the model is
+  the same; only the training signal gains a direct, noise-free path from a pixel's colour to
+  the word its query picks. ``--aux-shapes W``: the same for the queries' side: a linear head
+  on the input of every cross-attention reads the shape under each pixel (`shape_labels` at
+  the layer's size; the generator's masks as a stand-in for the shape knowledge a pretrained
+  SD1.5 brings), its cross-entropy added with weight ``W``.
 * ``routing``: the binding with everything else taken away: the true shape map of each latent
   pixel queries the caption's tokens through one cross-attention (2 heads) whose output is
   read as the pixel's chroma, trained with the text encoder (from ``MODEL``) on the chroma of
@@ -218,20 +235,31 @@ def probe_learn_unet(pipe: LC4Pipeline, steps: int, timestep: int) -> None:
     learn(predict, list(pipe.unet.parameters()) + list(head.parameters()), steps, 3e-4, 100)
 
 
-def probe_learn_cnn(steps: int) -> None:
-    width = 64
-    net = nn.Sequential(
+def shape_cnn(width: int = 64) -> nn.Module:
+    """A plain CNN from 64x64 grey frames to 16x16 shape logits (background first)."""
+    return nn.Sequential(
         nn.Conv2d(1, 32, 3, 2, 1), nn.SiLU(), nn.Conv2d(32, width, 3, 2, 1), nn.SiLU(),
         *[layer for dilation in (1, 2, 4, 8, 1)
           for layer in (nn.Conv2d(width, width, 3, 1, dilation, dilation=dilation), nn.GroupNorm(8, width), nn.SiLU())],
         nn.Conv2d(width, len(SHAPES) + 1, 1))
 
+
+def grey_frames(clips: list) -> torch.Tensor:
+    """``(N*F, 1, 64, 64)`` luma of ``clips`` in [-1, 1], the CNN's input."""
+    frames = torch.cat([torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 255 for c in clips])
+    return rgb_to_luma(frames) * 2 - 1
+
+
+def probe_learn_cnn(steps: int, save: str | None = None) -> None:
+    net = shape_cnn()
+
     def predict(clips):
-        frames = torch.cat([torch.from_numpy(c.frames).permute(0, 3, 1, 2).float() / 255 for c in clips])
         labels = torch.cat([shape_labels(c, LATENT_SIDE) for c in clips])
-        return net(rgb_to_luma(frames) * 2 - 1).permute(0, 2, 3, 1), labels
+        return net(grey_frames(clips)).permute(0, 2, 3, 1), labels
 
     learn(predict, net.parameters(), steps, 1e-3, 500)
+    if save:
+        torch.save(net.state_dict(), save)
 
 
 def shape_maps(clips: list) -> torch.Tensor:
@@ -252,12 +280,13 @@ class OracleShapes(nn.Module):
     """The luminance encoder with ``shape_map`` (set before each call) embedded into its latent
     residual; calls for the decoder skips pass through."""
 
-    def __init__(self, encoder: nn.Module, enabled: bool):
+    def __init__(self, encoder: nn.Module, enabled: bool, zero_init: bool = True):
         super().__init__()
         self.encoder, self.enabled, self.shape_map = encoder, enabled, None
         self.embed = nn.Conv2d(len(SHAPES) + 1, encoder.config.latent_channels, 1)
-        nn.init.zeros_(self.embed.weight)
-        nn.init.zeros_(self.embed.bias)
+        if zero_init:
+            nn.init.zeros_(self.embed.weight)
+            nn.init.zeros_(self.embed.bias)
 
     def __getattr__(self, name):  # device, dtype, config: the wrapped encoder's
         try:
@@ -360,13 +389,129 @@ def recoloured_pairs(count: int, frames: int, rng: random.Random) -> tuple[list,
     raise RuntimeError("too few training clips have a recoloured twin")
 
 
-def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0, scratch: bool = False,
-                 clips_per_step: int = 4, frames: int = 8, pairs: bool = False) -> None:
+CHROMA_SCALE = 4.0  # Cb and Cr of the toy frames have an rms of about 0.19: brought near unit spread
+
+
+def cross_attentions(unet: nn.Module) -> dict:
+    """``unet``'s cross-attention modules by name, the dots made underscores (ModuleDict keys)."""
+    return {name.replace(".", "_"): m for name, m in unet.named_modules() if name.endswith("attn2")}
+
+
+class QueryShapes(nn.Module):
+    """``shape_map`` (set before each call) pooled to each cross-attention's size and added,
+    through a linear embedding of its own, to that layer's input (the queries' source), in
+    every UNet ``attach`` was called on."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.embed = nn.ModuleDict({key: nn.Linear(len(SHAPES) + 1, m.to_q.in_features)
+                                    for key, m in cross_attentions(unet).items()})
+        self.shape_map = None
+
+    def attach(self, unet: nn.Module) -> None:
+        for key, module in cross_attentions(unet).items():
+            module.register_forward_pre_hook(functools.partial(self.add_shapes, key), with_kwargs=True)
+
+    def add_shapes(self, key, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        side = int(round(hidden.shape[1] ** 0.5))
+        shapes = F.adaptive_avg_pool2d(self.shape_map, side).flatten(2).transpose(1, 2)
+        hidden = hidden + self.embed[key](shapes.repeat(hidden.shape[0] // shapes.shape[0], 1, 1).to(hidden))
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+
+class CrossAttentionChroma(nn.Module):
+    """A linear chroma head on the output of every cross-attention of ``unet`` (forward hooks):
+    after a UNet call, ``loss(clips, keep)`` is the mean over layers of the MSE between each
+    head's reading and the clips' true chroma pooled to the layer's size, over the clips whose
+    flag in ``keep`` is set (the ones that kept their caption)."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        layers = cross_attentions(unet)
+        self.heads = nn.ModuleDict({key: nn.Linear(m.to_out[0].out_features, 2) for key, m in layers.items()})
+        self.outputs = {}
+        for key, module in layers.items():
+            module.register_forward_hook(functools.partial(self.record, key))
+
+    def record(self, key, module, args, output):
+        if self.training:
+            self.outputs[key] = output
+
+    def loss(self, clips: list, keep: torch.Tensor) -> torch.Tensor:
+        frames = np.concatenate([c.frames for c in clips])
+        chroma = torch.from_numpy(chroma_of(frames)).permute(0, 3, 1, 2).float() * CHROMA_SCALE
+        keep = keep.repeat_interleave(clips[0].frames.shape[0])
+        losses = []
+        for key, output in self.outputs.items():
+            side = int(round(output.shape[1] ** 0.5))
+            target = F.adaptive_avg_pool2d(chroma, side).flatten(2).transpose(1, 2)
+            losses.append(F.mse_loss(self.heads[key](output)[keep], target[keep]))
+        self.outputs = {}
+        return torch.stack(losses).mean()
+
+
+class CrossAttentionShapes(nn.Module):
+    """A linear shape head on the input of every cross-attention of ``unet`` (forward pre-hooks):
+    after a UNet call, ``loss(clips)`` is the mean over layers of the cross-entropy between each
+    head's reading and the shape under each pixel (`shape_labels` at the layer's size)."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        layers = cross_attentions(unet)
+        self.heads = nn.ModuleDict({key: nn.Linear(m.to_q.in_features, len(SHAPES) + 1) for key, m in layers.items()})
+        self.inputs = {}
+        for key, module in layers.items():
+            module.register_forward_pre_hook(functools.partial(self.record, key), with_kwargs=True)
+
+    def record(self, key, module, args, kwargs):
+        if self.training:
+            self.inputs[key] = args[0] if args else kwargs["hidden_states"]
+
+    def loss(self, clips: list) -> torch.Tensor:
+        losses = []
+        for key, hidden in self.inputs.items():
+            side = int(round(hidden.shape[1] ** 0.5))
+            labels = torch.cat([shape_labels(c, side) for c in clips]).flatten(1)
+            losses.append(F.cross_entropy(self.heads[key](hidden).flatten(0, 1), labels.flatten()))
+        self.inputs = {}
+        return torch.stack(losses).mean()
+
+
+def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, scratch: bool = False,
+                 clips_per_step: int = 4, frames: int = 8, pairs: bool = False, aux_chroma: float = 0.0,
+                 zero_init: bool = True, map_from: str | None = None, aux_shapes: float = 0.0) -> None:
     components = load_components(model)
-    luminance = OracleShapes(components.luminance_encoder, enabled)
+    if map_from:  # the CNN's predicted shape probabilities stand in for the true map
+        cnn = shape_cnn()
+        cnn.load_state_dict(torch.load(map_from))
+        cnn.requires_grad_(False).eval()
+        maps_of = lambda clips: cnn(grey_frames(clips)).softmax(1)
+    else:
+        maps_of = shape_maps
+    luminance = OracleShapes(components.luminance_encoder, shape_map == "with", zero_init)
+    queries = QueryShapes(components.unet)
+    if shape_map == "queries":
+        queries.attach(components.unet)
+
+    def set_shape_map(clips: list) -> None:
+        luminance.shape_map = queries.shape_map = maps_of(clips)
+
     text_encoder = components.text_encoder if scratch else None
     denoiser = LC4Denoiser(components.unet, luminance, text_encoder=text_encoder)
-    parameters = list(components.unet.parameters()) + list(luminance.embed.parameters())
+    parameters = [*components.unet.parameters(), *luminance.embed.parameters(), *queries.parameters()]
+    if aux_chroma:
+        if pairs:
+            raise ValueError("--aux-chroma is not combined with --pairs")
+        chroma_heads = CrossAttentionChroma(components.unet)
+        parameters += list(chroma_heads.parameters())
+    if aux_shapes:
+        if pairs:
+            raise ValueError("--aux-shapes is not combined with --pairs")
+        shape_heads = CrossAttentionShapes(components.unet)
+        parameters += list(shape_heads.parameters())
     if scratch:  # stage 1 of the patch: the text encoder trains too, lr 1e-3 with warm-up and cosine decay
         parameters += list(text_encoder.parameters())
         text_encoder.train()
@@ -377,35 +522,57 @@ def probe_oracle(model: str, steps: int, enabled: bool, min_timestep: int = 0, s
     for step in range(1, steps + 1):
         rng = random.Random(step)
         if pairs:
-            loss = paired_loss(denoiser, components, luminance, *recoloured_pairs(clips_per_step // 2, frames, rng),
+            loss = paired_loss(denoiser, components, set_shape_map, *recoloured_pairs(clips_per_step // 2, frames, rng),
                                min_timestep, scratch, step)
         else:
             clips = clip_windows([training_clip(seed) for seed in rng.sample(TRAIN_SEEDS, clips_per_step)],
                                  frames, rng)
             batch = training_batch(clips)
-            luminance.shape_map = shape_maps(clips)
+            set_shape_map(clips)
             timesteps = torch.randint(min_timestep, components.noise_scheduler.config.num_train_timesteps,
                                       (len(clips),))
             loss = diffusion_loss(denoiser, components, batch, timesteps=timesteps, train_text_encoder=scratch)
+            if aux_chroma:
+                keep = torch.tensor([caption != "" for caption in batch["captions"]])
+                aux = chroma_heads.loss(clips, keep)
+                if step % 100 == 0:
+                    print(f"step {step}: diffusion loss {loss.item():.4f}, chroma heads {aux.item():.4f}", flush=True)
+                loss = loss + aux_chroma * aux
+            if aux_shapes:
+                aux = shape_heads.loss(clips)
+                if step % 100 == 0:
+                    print(f"step {step}: diffusion loss {loss.item():.4f}, shape heads {aux.item():.4f}", flush=True)
+                loss = loss + aux_shapes * aux
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % 100 == 0:
             print(f"step {step}: loss {loss.item():.4f}", flush=True)
+    if aux_chroma:
+        chroma_heads.eval()
+    if aux_shapes:
+        shape_heads.eval()
     pipe = LC4Pipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     pipe.unet.load_state_dict(components.unet.state_dict())
     pipe.text_encoder.load_state_dict(components.text_encoder.state_dict())
     pipe.luminance_encoder = luminance.eval()
-    accuracy = unseen_clip_accuracy(pipe, lambda clip: setattr(luminance, "shape_map", shape_maps([clip])))
+    if shape_map == "queries":
+        queries.attach(pipe.unet)
+    accuracy = unseen_clip_accuracy(pipe, lambda clip: set_shape_map([clip]))
     start = "from scratch" if scratch else "fine-tuned"
     paired = ", half of them recoloured twins of the other half" if pairs else ""
-    print(f"shape map {'with' if enabled else 'without'}, {start}, {steps} steps of {clips_per_step} x {frames} "
+    paired += f", chroma heads on the cross-attentions (weight {aux_chroma:g})" if aux_chroma else ""
+    paired += f", shape heads on the cross-attentions' inputs (weight {aux_shapes:g})" if aux_shapes else ""
+    source = f" predicted by {map_from}" if map_from else ""
+    where = {"with": "with" + ("" if zero_init else " (embedding default-initialised)"), "without": "without",
+             "queries": "at the cross-attentions' queries"}[shape_map]
+    print(f"shape map{source} {where}, {start}, {steps} steps of {clips_per_step} x {frames} "
           f"frames{paired} from t >= {min_timestep}: {accuracy}")
 
 
-def paired_loss(denoiser, components, luminance, originals: list, twins: list, min_timestep: int,
+def paired_loss(denoiser, components, set_shape_map, originals: list, twins: list, min_timestep: int,
                 scratch: bool, step: int) -> torch.Tensor:
     """The diffusion loss of each clip and its recoloured twin under the same noise, timestep and
     caption dropout: the two differ only in the colours and the caption's words, so what the
@@ -416,7 +583,7 @@ def paired_loss(denoiser, components, luminance, originals: list, twins: list, m
     for clips in (originals, twins):
         batch = training_batch(clips, caption_dropout=0.0)
         batch["captions"] = [c if k else "" for c, k in zip(batch["captions"], keep)]
-        luminance.shape_map = shape_maps(clips)
+        set_shape_map(clips)
         generator = torch.Generator().manual_seed(step)
         losses.append(diffusion_loss(denoiser, components, batch, generator=generator, timesteps=timesteps,
                                      train_text_encoder=scratch))
@@ -490,17 +657,26 @@ def main() -> None:
     unet.add_argument("model")
     unet.add_argument("steps", type=int)
     unet.add_argument("timestep", type=int, nargs="?", default=700)
-    sub.add_parser("learn-cnn").add_argument("steps", type=int)
+    cnn = sub.add_parser("learn-cnn")
+    cnn.add_argument("steps", type=int)
+    cnn.add_argument("--save", help="where to write the trained CNN's state dict")
     oracle = sub.add_parser("oracle")
     oracle.add_argument("model")
     oracle.add_argument("steps", type=int)
-    oracle.add_argument("map", choices=("with", "without"))
+    oracle.add_argument("map", choices=("with", "without", "queries"))
     oracle.add_argument("min_timestep", type=int, nargs="?", default=0)
     oracle.add_argument("--scratch", action="store_true")
     oracle.add_argument("--clips", type=int, default=4, help="clips a step")
     oracle.add_argument("--frames", type=int, default=8, help="frames of each clip (a random window)")
     oracle.add_argument("--pairs", action="store_true",
                         help="half the clips a step are recoloured twins of the other half, same noise")
+    oracle.add_argument("--aux-chroma", type=float, default=0.0,
+                        help="weight of the cross-attention chroma heads' loss (0: none)")
+    oracle.add_argument("--map-init", choices=("zeros", "default"), default="zeros",
+                        help="initialisation of the map's embedding into the luminance residual")
+    oracle.add_argument("--aux-shapes", type=float, default=0.0,
+                        help="weight of the cross-attention inputs' shape heads' loss (0: none)")
+    oracle.add_argument("--map-from", help="a CNN saved by learn-cnn --save: its predicted map, not the true one")
     routing = sub.add_parser("routing")
     routing.add_argument("model")
     routing.add_argument("steps", type=int)
@@ -508,10 +684,12 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     if args.probe == "learn-cnn":
-        return probe_learn_cnn(args.steps)
+        return probe_learn_cnn(args.steps, args.save)
     if args.probe == "oracle":
-        return probe_oracle(args.model, args.steps, args.map == "with", args.min_timestep, args.scratch,
-                            args.clips, args.frames, args.pairs)
+        return probe_oracle(args.model, args.steps, args.map, args.min_timestep, args.scratch,
+                            args.clips, args.frames, args.pairs, args.aux_chroma,
+                            args.map_init == "zeros", args.map_from,
+                            args.aux_shapes)
     if args.probe == "routing":
         return probe_routing(args.model, args.steps)
     pipe = LC4Pipeline.from_pretrained(args.model)

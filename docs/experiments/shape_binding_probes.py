@@ -34,10 +34,10 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
   given at inference too; ``queries``: the map instead added to the input of every
   cross-attention (its queries; a linear embedding per layer, default-initialised), where the
   pixel asks the caption, so that no layer below has to carry it. ``--map-from CNN``: the
-  shape probabilities a ``learn-cnn`` CNN predicts from the grey frames instead of the true map. ``MIN_T``: fine-tune on
-  timesteps from ``MIN_T`` up only (where the colours must come from the caption) instead of
-  all. ``--scratch``: ``MODEL`` is an ``init``
-  folder (UNet and text encoder untrained) and the run is stage 1 itself: the text encoder
+  shape probabilities a ``learn-cnn`` CNN predicts from the grey frames instead of the true
+  map. ``MIN_T``: fine-tune on timesteps from ``MIN_T`` up only (where the colours must come
+  from the caption) instead of all. ``--scratch``: ``MODEL`` is an ``init`` folder (UNet and
+  text encoder untrained) and the run is stage 1 itself: the text encoder
   trains too, lr 1e-3 with 100 warm-up steps and cosine decay over ``STEPS`` (the schedule of
   `lc4 train`). ``--clips N --frames F``: each step takes a random window of ``F`` frames
   from each of ``N`` training clips instead of all 8 frames of 4 clips (``--clips 32

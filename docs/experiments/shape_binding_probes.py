@@ -7,10 +7,11 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
     python docs/experiments/shape_binding_probes.py features MODEL [T]
     python docs/experiments/shape_binding_probes.py learn-unet MODEL STEPS [T]
     python docs/experiments/shape_binding_probes.py learn-cnn STEPS [--save CNN]
-    python docs/experiments/shape_binding_probes.py oracle MODEL STEPS {with,without,queries} [MIN_T] [--scratch]
-                                                      [--clips N] [--frames F] [--pairs] [--aux-chroma W]
-                                                      [--map-init {zeros,default}] [--map-from CNN]
-                                                      [--aux-shapes W]
+    python docs/experiments/shape_binding_probes.py oracle MODEL STEPS {with,without,queries,prompt} [MIN_T]
+                                                      [--scratch] [--clips N] [--frames F] [--pairs]
+                                                      [--aux-chroma W] [--map-init {zeros,default}]
+                                                      [--map-from CNN] [--aux-shapes W] [--cmpf]
+                                                      [--freeze-unet]
     python docs/experiments/shape_binding_probes.py routing MODEL STEPS
 
 * ``text``: does the text encoder's output at a shape word carry the colour named before it?
@@ -27,35 +28,41 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
   writes it for ``oracle --map-from``.
 * ``oracle``: would the model bind colours if it knew the shapes? Fine-tunes the UNet for
   ``STEPS`` (the diffusion loss, 4 training clips a step, lr 3e-4) ``with`` the true shape map
-  of every latent pixel added to the luminance residual (a zero-initialised 1x1 convolution
-  of the one-hot map; ``--map-init default``: PyTorch's default initialisation instead) or
-  ``without`` it (the control: the same fine-tuning), then reports the
-  colour accuracy on 32 unseen clips of the training distribution (seeds 5000-5031), the map
-  given at inference too; ``queries``: the map instead added to the input of every
-  cross-attention (its queries; a linear embedding per layer, default-initialised), where the
-  pixel asks the caption, so that no layer below has to carry it. ``--map-from CNN``: the
-  shape probabilities a ``learn-cnn`` CNN predicts from the grey frames instead of the true
+  of every latent pixel added to the luminance residual (a zero-initialised 1x1 convolution of
+  the one-hot map; ``--map-init default``: PyTorch's default initialisation instead) or
+  ``without`` it (the control: the same fine-tuning), then reports the colour accuracy on 32
+  unseen clips of the training distribution (seeds 5000-5031), the map given at inference too;
+  ``queries``: the map instead added to the input of every cross-attention (its queries; a
+  linear embedding per layer, default-initialised), where the pixel asks the caption, so that no
+  layer below has to carry it; ``prompt``: the map instead added to the luminance encoder's
+  features ``y_lum`` that CMPF reads as its visual prompt (a 1x1 convolution initialised as
+  ``--map-init`` says; CMPF then trains, Sec. 3.3), so that the nouns' embeddings can learn
+  where their objects are and what they look like. ``--cmpf``: CMPF in the denoiser and trained
+  with the rest (implied by ``prompt``), its colour-word mask from the tokenizer as in stage 2.
+  ``--freeze-unet``: train only CMPF (and the map's embedding) on a stage-1 ``MODEL``, lr 5e-4
+  with 50 warm-up steps and cosine decay: the paper's stage 2 (stage2.yaml). ``--map-from CNN``:
+  the shape probabilities a ``learn-cnn`` CNN predicts from the grey frames instead of the true
   map. ``MIN_T``: fine-tune on timesteps from ``MIN_T`` up only (where the colours must come
   from the caption) instead of all. ``--scratch``: ``MODEL`` is an ``init`` folder (UNet and
-  text encoder untrained) and the run is stage 1 itself: the text encoder
-  trains too, lr 1e-3 with 100 warm-up steps and cosine decay over ``STEPS`` (the schedule of
-  `lc4 train`). ``--clips N --frames F``: each step takes a random window of ``F`` frames
-  from each of ``N`` training clips instead of all 8 frames of 4 clips (``--clips 32
-  --frames 1``: the same frames a step, each from another clip, TDA seeing one frame).
-  ``--pairs``: half the clips of a step are recoloured twins of the other half (the same
-  grey frames, every object another colour: a permutation of the caption's colours where
-  one keeps to training pairs), each twin under its original's noise, timestep and caption
-  dropout, so that the two differ only where a colour word must reach its object. The
-  accuracy line also gives the mean ``swap_hue_shift`` of the 32 clips' multi-object ones.
-  ``--aux-chroma W``: deep supervision of the routing: a linear head on the output of every
-  cross-attention reads it as the chroma under each pixel (the true chroma pooled to the
-  layer's size, scaled to unit spread), its MSE added to the diffusion loss with weight ``W``
-  on the clips that keep their caption. The heads are dropped after training: the model is
-  the same; only the training signal gains a direct, noise-free path from a pixel's colour to
-  the word its query picks. ``--aux-shapes W``: the same for the queries' side: a linear head
-  on the input of every cross-attention reads the shape under each pixel (`shape_labels` at
-  the layer's size; the generator's masks as a stand-in for the shape knowledge a pretrained
-  SD1.5 brings), its cross-entropy added with weight ``W``.
+  text encoder untrained) and the run is stage 1 itself: the text encoder trains too, lr 1e-3
+  with 100 warm-up steps and cosine decay over ``STEPS`` (the schedule of `lc4 train`).
+  ``--clips N --frames F``: each step takes a random window of ``F`` frames from each of ``N``
+  training clips instead of all 8 frames of 4 clips (``--clips 32 --frames 1``: the same frames
+  a step, each from another clip, TDA seeing one frame). ``--pairs``: half the clips of a step
+  are recoloured twins of the other half (the same grey frames, every object another colour: a
+  permutation of the caption's colours where one keeps to training pairs), each twin under its
+  original's noise, timestep and caption dropout, so that the two differ only where a colour
+  word must reach its object. The accuracy line also gives the mean ``swap_hue_shift`` of the 32
+  clips' multi-object ones. ``--aux-chroma W``: deep supervision of the routing: a linear head
+  on the output of every cross-attention reads it as the chroma under each pixel (the true
+  chroma pooled to the layer's size, scaled to unit spread), its MSE added to the diffusion loss
+  with weight ``W`` on the clips that keep their caption. The heads are dropped after training:
+  the model is the same; only the training signal gains a direct, noise-free path from a pixel's
+  colour to the word its query picks. ``--aux-shapes W``: the same for the queries' side: a
+  linear head on the input of every cross-attention reads the shape under each pixel
+  (`shape_labels` at the layer's size; the generator's masks as a stand-in for the shape
+  knowledge a pretrained SD1.5 brings), its cross-entropy added with weight ``W``; every 100
+  steps the heads' accuracy over the step's object pixels (all layers pooled) is printed.
 * ``routing``: the binding with everything else taken away: the true shape map of each latent
   pixel queries the caption's tokens through one cross-attention (2 heads) whose output is
   read as the pixel's chroma, trained with the text encoder (from ``MODEL``) on the chroma of
@@ -277,13 +284,15 @@ def shape_maps(clips: list) -> torch.Tensor:
 
 
 class OracleShapes(nn.Module):
-    """The luminance encoder with ``shape_map`` (set before each call) embedded into its latent
-    residual; calls for the decoder skips pass through."""
+    """The luminance encoder with ``shape_map`` (set before each call) embedded ``into`` its
+    latent residual (the UNet's input; calls for the decoder skips pass through) or its
+    features ``y_lum`` (CMPF's visual prompt), or into neither (``into=None``)."""
 
-    def __init__(self, encoder: nn.Module, enabled: bool, zero_init: bool = True):
+    def __init__(self, encoder: nn.Module, into: str | None, zero_init: bool = True):
         super().__init__()
-        self.encoder, self.enabled, self.shape_map = encoder, enabled, None
-        self.embed = nn.Conv2d(len(SHAPES) + 1, encoder.config.latent_channels, 1)
+        self.encoder, self.into, self.shape_map = encoder, into, None
+        channels = encoder.config.latent_channels * (2 if into == "features" else 1)
+        self.embed = nn.Conv2d(len(SHAPES) + 1, channels, 1)
         if zero_init:
             nn.init.zeros_(self.embed.weight)
             nn.init.zeros_(self.embed.bias)
@@ -296,10 +305,11 @@ class OracleShapes(nn.Module):
 
     def forward(self, luminance: torch.Tensor, return_skips: bool = True):
         features = self.encoder(luminance, return_skips=return_skips)
-        if not self.enabled or return_skips:
+        if self.into is None or (return_skips and self.into == "latent_residual"):
             return features
         shape_map = self.shape_map.repeat(luminance.shape[0] // self.shape_map.shape[0], 1, 1, 1)
-        return dataclasses.replace(features, latent_residual=features.latent_residual + self.embed(shape_map))
+        embedded = getattr(features, self.into) + self.embed(shape_map).to(features.features)
+        return dataclasses.replace(features, **{self.into: embedded})
 
 
 def training_batch(clips: list, caption_dropout: float = 0.1) -> dict:
@@ -471,19 +481,27 @@ class CrossAttentionShapes(nn.Module):
             self.inputs[key] = args[0] if args else kwargs["hidden_states"]
 
     def loss(self, clips: list) -> torch.Tensor:
-        losses = []
+        """Also sets ``accuracy``: the heads' object-pixel accuracy on these clips, all layers pooled."""
+        losses, correct, total = [], 0, 0
         for key, hidden in self.inputs.items():
             side = int(round(hidden.shape[1] ** 0.5))
             labels = torch.cat([shape_labels(c, side) for c in clips]).flatten(1)
-            losses.append(F.cross_entropy(self.heads[key](hidden).flatten(0, 1), labels.flatten()))
-        self.inputs = {}
+            logits = self.heads[key](hidden)
+            losses.append(F.cross_entropy(logits.flatten(0, 1), labels.flatten()))
+            right, count = object_pixel_accuracy(logits.detach(), labels)
+            correct, total = correct + right, total + count
+        self.inputs, self.accuracy = {}, correct / max(total, 1)
         return torch.stack(losses).mean()
 
 
 def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, scratch: bool = False,
                  clips_per_step: int = 4, frames: int = 8, pairs: bool = False, aux_chroma: float = 0.0,
-                 zero_init: bool = True, map_from: str | None = None, aux_shapes: float = 0.0) -> None:
+                 zero_init: bool = True, map_from: str | None = None, aux_shapes: float = 0.0,
+                 cmpf: bool = False, freeze_unet: bool = False) -> None:
     components = load_components(model)
+    cmpf = cmpf or shape_map == "prompt"
+    if pairs and cmpf:
+        raise ValueError("--pairs is not combined with CMPF")
     if map_from:  # the CNN's predicted shape probabilities stand in for the true map
         cnn = shape_cnn()
         cnn.load_state_dict(torch.load(map_from))
@@ -491,7 +509,8 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
         maps_of = lambda clips: cnn(grey_frames(clips)).softmax(1)
     else:
         maps_of = shape_maps
-    luminance = OracleShapes(components.luminance_encoder, shape_map == "with", zero_init)
+    into = {"with": "latent_residual", "prompt": "features"}.get(shape_map)
+    luminance = OracleShapes(components.luminance_encoder, into, zero_init)
     queries = QueryShapes(components.unet)
     if shape_map == "queries":
         queries.attach(components.unet)
@@ -500,8 +519,17 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
         luminance.shape_map = queries.shape_map = maps_of(clips)
 
     text_encoder = components.text_encoder if scratch else None
-    denoiser = LC4Denoiser(components.unet, luminance, text_encoder=text_encoder)
-    parameters = [*components.unet.parameters(), *luminance.embed.parameters(), *queries.parameters()]
+    denoiser = LC4Denoiser(components.unet, luminance, components.cmpf if cmpf else None, text_encoder)
+    parameters = [*luminance.embed.parameters(), *queries.parameters()]
+    if cmpf:
+        parameters += list(components.cmpf.parameters())
+        components.cmpf.train()
+    if freeze_unet:  # stage 2 of the paper: the stage-1 UNet (and text encoder) frozen
+        if scratch or not cmpf:
+            raise ValueError("--freeze-unet trains CMPF on a stage-1 model: not with --scratch, only with CMPF")
+        components.unet.requires_grad_(False)
+    else:
+        parameters += list(components.unet.parameters())
     if aux_chroma:
         if pairs:
             raise ValueError("--aux-chroma is not combined with --pairs")
@@ -515,9 +543,10 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
     if scratch:  # stage 1 of the patch: the text encoder trains too, lr 1e-3 with warm-up and cosine decay
         parameters += list(text_encoder.parameters())
         text_encoder.train()
-    optimizer = torch.optim.AdamW(parameters, 1e-3 if scratch else 3e-4, weight_decay=1e-4)
-    schedule = get_scheduler("cosine" if scratch else "constant", optimizer,
-                             num_warmup_steps=100 if scratch else 0, num_training_steps=steps)
+    # --scratch: stage1.yaml's lr and schedule; --freeze-unet: stage2.yaml's
+    lr, kind, warmup = (1e-3, "cosine", 100) if scratch else (5e-4, "cosine", 50) if freeze_unet else (3e-4, "constant", 0)
+    optimizer = torch.optim.AdamW(parameters, lr, weight_decay=1e-4)
+    schedule = get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     components.unet.train()
     for step in range(1, steps + 1):
         rng = random.Random(step)
@@ -531,7 +560,8 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
             set_shape_map(clips)
             timesteps = torch.randint(min_timestep, components.noise_scheduler.config.num_train_timesteps,
                                       (len(clips),))
-            loss = diffusion_loss(denoiser, components, batch, timesteps=timesteps, train_text_encoder=scratch)
+            loss = diffusion_loss(denoiser, components, batch, timesteps=timesteps, with_cmpf=cmpf,
+                                  train_text_encoder=scratch)
             if aux_chroma:
                 keep = torch.tensor([caption != "" for caption in batch["captions"]])
                 aux = chroma_heads.loss(clips, keep)
@@ -541,7 +571,8 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
             if aux_shapes:
                 aux = shape_heads.loss(clips)
                 if step % 100 == 0:
-                    print(f"step {step}: diffusion loss {loss.item():.4f}, shape heads {aux.item():.4f}", flush=True)
+                    print(f"step {step}: diffusion loss {loss.item():.4f}, shape heads {aux.item():.4f} "
+                          f"({shape_heads.accuracy:.3f} of object pixels)", flush=True)
                 loss = loss + aux_shapes * aux
         optimizer.zero_grad()
         loss.backward()
@@ -557,6 +588,8 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
     pipe.set_progress_bar_config(disable=True)
     pipe.unet.load_state_dict(components.unet.state_dict())
     pipe.text_encoder.load_state_dict(components.text_encoder.state_dict())
+    pipe.cmpf.load_state_dict(components.cmpf.state_dict())
+    pipe.cmpf.eval()
     pipe.luminance_encoder = luminance.eval()
     if shape_map == "queries":
         queries.attach(pipe.unet)
@@ -565,9 +598,10 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
     paired = ", half of them recoloured twins of the other half" if pairs else ""
     paired += f", chroma heads on the cross-attentions (weight {aux_chroma:g})" if aux_chroma else ""
     paired += f", shape heads on the cross-attentions' inputs (weight {aux_shapes:g})" if aux_shapes else ""
+    paired += (", CMPF trained, the UNet frozen" if freeze_unet else ", CMPF trained with the UNet") if cmpf else ""
     source = f" predicted by {map_from}" if map_from else ""
     where = {"with": "with" + ("" if zero_init else " (embedding default-initialised)"), "without": "without",
-             "queries": "at the cross-attentions' queries"}[shape_map]
+             "queries": "at the cross-attentions' queries", "prompt": "in CMPF's visual prompt"}[shape_map]
     print(f"shape map{source} {where}, {start}, {steps} steps of {clips_per_step} x {frames} "
           f"frames{paired} from t >= {min_timestep}: {accuracy}")
 
@@ -663,7 +697,7 @@ def main() -> None:
     oracle = sub.add_parser("oracle")
     oracle.add_argument("model")
     oracle.add_argument("steps", type=int)
-    oracle.add_argument("map", choices=("with", "without", "queries"))
+    oracle.add_argument("map", choices=("with", "without", "queries", "prompt"))
     oracle.add_argument("min_timestep", type=int, nargs="?", default=0)
     oracle.add_argument("--scratch", action="store_true")
     oracle.add_argument("--clips", type=int, default=4, help="clips a step")
@@ -677,6 +711,9 @@ def main() -> None:
     oracle.add_argument("--aux-shapes", type=float, default=0.0,
                         help="weight of the cross-attention inputs' shape heads' loss (0: none)")
     oracle.add_argument("--map-from", help="a CNN saved by learn-cnn --save: its predicted map, not the true one")
+    oracle.add_argument("--cmpf", action="store_true", help="CMPF in the denoiser, trained (implied by map prompt)")
+    oracle.add_argument("--freeze-unet", action="store_true",
+                        help="train CMPF only, on a stage-1 MODEL (the paper's stage 2)")
     routing = sub.add_parser("routing")
     routing.add_argument("model")
     routing.add_argument("steps", type=int)
@@ -689,7 +726,7 @@ def main() -> None:
         return probe_oracle(args.model, args.steps, args.map, args.min_timestep, args.scratch,
                             args.clips, args.frames, args.pairs, args.aux_chroma,
                             args.map_init == "zeros", args.map_from,
-                            args.aux_shapes)
+                            args.aux_shapes, args.cmpf, args.freeze_unet)
     if args.probe == "routing":
         return probe_routing(args.model, args.steps)
     pipe = LC4Pipeline.from_pretrained(args.model)

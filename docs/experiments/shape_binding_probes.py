@@ -96,6 +96,7 @@ from lc4.toy.palette import SHAPES, chroma_of
 from lc4.toy.run import colorize
 from lc4.toy.settings import load_settings
 from lc4.train.models import LC4Denoiser, diffusion_loss, load_components, tokenize_captions
+from lc4.train.segmentation import cross_attentions
 
 LATENT_SIDE = 16
 LAST_16_CROSS_ATTENTION = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
@@ -400,11 +401,6 @@ def recoloured_pairs(count: int, frames: int, rng: random.Random) -> tuple[list,
 
 
 CHROMA_SCALE = 4.0  # Cb and Cr of the toy frames have an rms of about 0.19: brought near unit spread
-
-
-def cross_attentions(unet: nn.Module) -> dict:
-    """``unet``'s cross-attention modules by name, the dots made underscores (ModuleDict keys)."""
-    return {name.replace(".", "_"): m for name, m in unet.named_modules() if name.endswith("attn2")}
 
 
 class QueryShapes(nn.Module):

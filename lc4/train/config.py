@@ -140,6 +140,17 @@ class ValidationConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """Segmentation heads on the cross-attentions' queries (:mod:`lc4.train.segmentation`),
+    training only. ``weight`` > 0 needs a ``segmentation`` label folder for every clip of the
+    data source (``.jsonl``/``.csv`` key: PNG label maps, one per frame, class indices 0 to
+    ``num_classes - 1``, 0 the background)."""
+
+    weight: float = 0.0  # 0: off
+    num_classes: int = 0
+
+
+@dataclass
 class TrainConfig:
     stage: int = 1
     trainable: Optional[list[str]] = None  # None: the stage's default, STAGE_TRAINABLE
@@ -171,6 +182,7 @@ class TrainConfig:
     # times min(SNR(t), gamma) / SNR(t), so the low-noise steps no longer dominate the gradient.
     # None: Eq. 9's plain MSE (the paper's).
     snr_gamma: Optional[float] = None
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (needed for bitwise resume)
 
@@ -232,6 +244,14 @@ class TrainConfig:
                 raise ValueError("distributed.fsdp_wrap: expected a non-empty list of module class names")
         if self.luminance_chunk_frames is not None and self.luminance_chunk_frames < 1:
             raise ValueError(f"luminance_chunk_frames: expected >= 1 or null, got {self.luminance_chunk_frames}")
+        segmentation = self.segmentation
+        if not segmentation.weight >= 0:
+            raise ValueError(f"segmentation.weight: expected >= 0, got {segmentation.weight}")
+        if segmentation.weight > 0 and segmentation.num_classes < 2:
+            raise ValueError(f"segmentation.num_classes: expected >= 2 with segmentation.weight > 0, "
+                             f"got {segmentation.num_classes}")
+        if segmentation.weight > 0 and "unet" not in self.trainable_parts:
+            raise ValueError("segmentation.weight: the heads teach the UNet's queries; trainable must include unet")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma: expected a positive number or null, got {self.snr_gamma}")
         if self.max_steps is not None and self.max_steps < 1:

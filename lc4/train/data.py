@@ -8,6 +8,9 @@ A data source is one of
   ``file``) and a caption column (``caption``, ``text`` or ``prompt``);
 * a ``.jsonl`` file, one object per line with the same keys.
 
+A ``.csv`` or ``.jsonl`` row may also name a ``segmentation`` folder: PNG label maps (class
+indices), one per frame of the video, for the segmentation heads (``segmentation.weight``).
+
 Relative video paths are taken relative to the list file's folder, as InternVid-style lists ship.
 
 Randomness: every sample's choices (clip start, crop, caption dropout) come from a seed the
@@ -32,6 +35,7 @@ from typing import Iterator, Optional
 import av
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import video as video_io
 from ..color import rgb_to_luma
@@ -47,6 +51,7 @@ CAPTION_KEYS = ("caption", "text", "prompt")
 class VideoItem:
     path: Path
     caption: str
+    segmentation: Optional[Path] = None  # a folder of per-frame label maps
 
 
 def _pick(row: dict, keys: tuple[str, ...], what: str, where: str) -> str:
@@ -61,7 +66,10 @@ def _items_from_rows(rows, base: Path, where: str) -> list[VideoItem]:
     for number, row in enumerate(rows, start=1):
         path = Path(_pick(row, VIDEO_KEYS, "video", f"{where} row {number}"))
         caption = _pick(row, CAPTION_KEYS, "caption", f"{where} row {number}")
-        items.append(VideoItem(path if path.is_absolute() else base / path, caption.strip()))
+        labels = Path(row["segmentation"]) if row.get("segmentation") else None
+        if labels is not None and not labels.is_absolute():
+            labels = base / labels
+        items.append(VideoItem(path if path.is_absolute() else base / path, caption.strip(), labels))
     return items
 
 
@@ -127,22 +135,27 @@ class TextVideoDataset(torch.utils.data.Dataset):
     * ``pixel_values``: ``(F, 3, r, r)`` RGB in ``[-1, 1]``, the colour target (VAE input);
     * ``luminance``: ``(F, 1, r, r)`` Rec. 601 luma in ``[-1, 1]`` (:mod:`lc4.color`), the input;
     * ``caption``: the caption, or ``""`` when dropped for classifier-free guidance;
-    * ``index``: the item actually used (another one when the asked one was skipped).
+    * ``index``: the item actually used (another one when the asked one was skipped);
+    * ``segmentation``: ``(F, r, r)`` int64 class maps of the same frames and crop (resized by
+      nearest neighbour), with ``segmentation=True`` when the item names a label folder.
     """
 
     def __init__(self, items: list[VideoItem], resolution: int = 256, num_frames: int = 8, frame_stride: int = 1,
-                 random_crop: bool = True, caption_dropout: float = 0.0, max_skips: int = 32):
+                 random_crop: bool = True, caption_dropout: float = 0.0, max_skips: int = 32,
+                 segmentation: bool = False):
         if not items:
             raise ValueError("items: expected at least one (video, caption) pair")
         self.items = list(items)
         self.resolution, self.num_frames, self.frame_stride = resolution, num_frames, frame_stride
         self.random_crop, self.caption_dropout, self.max_skips = random_crop, caption_dropout, max_skips
+        self.segmentation = segmentation
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def load_clip(self, item: VideoItem, generator: torch.Generator) -> torch.Tensor:
-        """``(F, 3, r, r)`` uint8 frames of one random clip of ``item``; raises for bad videos."""
+    def load_clip(self, item: VideoItem, generator: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(F, 3, r, r)`` uint8 frames of one random clip of ``item`` and, when it has labels,
+        their ``(F, r, r)`` class maps; raises for bad videos."""
         count, height, width = probe(item.path)
         span = (self.num_frames - 1) * self.frame_stride + 1
         if count < span:
@@ -155,7 +168,11 @@ class TextVideoDataset(torch.utils.data.Dataset):
             raise ValueError(f"decoded {len(frames)} of the {self.num_frames} frames from frame {start}")
         clip = video_io.frames_to_tensor(frames)
         top, left = self._crop_origin(clip.shape[-2], clip.shape[-1], generator)
-        return clip[..., top:top + self.resolution, left:left + self.resolution]
+        window = (..., slice(top, top + self.resolution), slice(left, left + self.resolution))
+        labels = None
+        if self.segmentation and item.segmentation is not None:
+            labels = load_label_maps(item.segmentation, count, size, range(start, start + span, self.frame_stride))
+        return clip[window], None if labels is None else labels[window]
 
     def _crop_origin(self, height: int, width: int, generator: torch.Generator) -> tuple[int, int]:
         if not self.random_crop:
@@ -171,7 +188,7 @@ class TextVideoDataset(torch.utils.data.Dataset):
             current = (index + attempt) % len(self.items)
             item = self.items[current]
             try:
-                clip = self.load_clip(item, generator)
+                clip, labels = self.load_clip(item, generator)
                 break
             except (av.FFmpegError, OSError, ValueError, RuntimeError) as error:
                 logger.warning("skipping unreadable video %s: %s", item.path, error)
@@ -180,21 +197,48 @@ class TextVideoDataset(torch.utils.data.Dataset):
                                f"from {self.items[index].path}; check the data source")
         rgb = clip.float() / 255.0
         drop = float(torch.rand((), generator=generator)) < self.caption_dropout
-        return {
+        sample = {
             "pixel_values": rgb * 2 - 1,
             "luminance": luminance_input(rgb_to_luma(rgb).clamp(0, 1)),
             "caption": "" if drop else item.caption,
             "index": current,
         }
+        if labels is not None:
+            sample["segmentation"] = labels
+        return sample
+
+
+def load_label_maps(folder: Path, num_frames: int, size: tuple[int, int], indices) -> torch.Tensor:
+    """``(len(indices), h, w)`` int64 class maps: the label PNGs of ``folder`` (one per video
+    frame, natural order) at ``indices``, resized to ``size`` ``(h, w)`` by nearest neighbour."""
+    files = video_io.list_frame_files(folder)
+    if len(files) != num_frames:
+        raise ValueError(f"segmentation {str(folder)!r}: {len(files)} label maps for a video of {num_frames} frames")
+    maps = []
+    for index in indices:
+        with Image.open(files[index]) as image:
+            if image.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(f"segmentation {str(files[index])!r}: expected a single-channel label map, "
+                                 f"got mode {image.mode}")
+            image = image.resize((size[1], size[0]), Image.NEAREST) if image.size != (size[1], size[0]) else image
+            maps.append(torch.from_numpy(np.array(image, dtype=np.int64)))
+    return torch.stack(maps)
 
 
 def collate(samples: list[dict]) -> dict:
-    return {
+    batch = {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
         "luminance": torch.stack([s["luminance"] for s in samples]),
         "captions": [s["caption"] for s in samples],
         "indices": torch.tensor([s["index"] for s in samples]),
     }
+    labelled = ["segmentation" in s for s in samples]
+    if all(labelled):
+        batch["segmentation"] = torch.stack([s["segmentation"] for s in samples])
+    elif any(labelled):
+        raise ValueError("data.source: some clips have segmentation labels and some do not; "
+                         "give every row a segmentation folder or none")
+    return batch
 
 
 class ClipSampler(torch.utils.data.Sampler):

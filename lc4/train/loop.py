@@ -30,6 +30,7 @@ from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_video
 from .models import (Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components,
                      use_channels_last)
 from .optim import build_optimizer
+from .segmentation import CrossAttentionSegmentationHeads
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _deterministic(enabled: bool):
 def build_dataloader(config: TrainConfig, items: list[VideoItem]):
     data = config.data
     dataset = TextVideoDataset(items, data.resolution, data.num_frames, data.frame_stride, data.random_crop,
-                               data.caption_dropout, data.max_skips)
+                               data.caption_dropout, data.max_skips, segmentation=config.segmentation.weight > 0)
     sampler = ClipSampler(len(dataset), seed=config.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, num_workers=data.num_workers,
@@ -217,7 +218,13 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         components.luminance_encoder.enable_gradient_checkpointing()
         components.luminance_encoder.checkpoint_chunk_frames = config.luminance_chunk_frames
     denoiser = LC4Denoiser(components.unet, components.luminance_encoder, components.cmpf if config.uses_cmpf else None,
-                           components.text_encoder if train_text_encoder else None).to(device)
+                           components.text_encoder if train_text_encoder else None)
+    segmentation_heads = None
+    if config.segmentation.weight > 0:  # a submodule of the denoiser: prepared, checkpointed, synced with it
+        segmentation_heads = CrossAttentionSegmentationHeads(components.unet, config.segmentation.num_classes)
+        denoiser.segmentation_heads = segmentation_heads
+        params = params + list(segmentation_heads.parameters())
+    denoiser.to(device)
     denoiser.train()
 
     optim = config.optimizer
@@ -283,7 +290,7 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     last_stop = min(max_steps, stop_after) if stop_after else max_steps
     bar = tqdm(total=max_steps, initial=step, desc=f"stage {config.stage}", unit="step",
                disable=not (accelerator.is_local_main_process and config.logging.progress_bar))
-    window_loss, window_clips, window_start = 0.0, 0, time.perf_counter()
+    window_loss, window_segmentation, window_clips, window_start = 0.0, 0.0, 0, time.perf_counter()
     while step < last_stop:
         sampler.set_epoch_seed(epoch)
         loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
@@ -292,6 +299,13 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
             with accelerator.accumulate(denoiser):
                 loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.uses_cmpf,
                                       snr_gamma=config.snr_gamma, train_text_encoder=train_text_encoder)
+                if segmentation_heads is not None:
+                    if "segmentation" not in batch:
+                        raise ValueError("segmentation.weight > 0: data.source must give every clip a "
+                                         "segmentation folder of label maps")
+                    segmentation_loss = segmentation_heads.loss(batch["segmentation"].flatten(0, 1))
+                    window_segmentation += segmentation_loss.detach().float().item() / config.gradient_accumulation_steps
+                    loss = loss + config.segmentation.weight * segmentation_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and optim.max_grad_norm:
                     accelerator.clip_grad_norm_(clipped(), optim.max_grad_norm)
@@ -313,10 +327,13 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
                           "clips_per_s": window_clips / max(elapsed, 1e-9), "memory_gib": _peak_memory_gib(device)}
+                if segmentation_heads is not None:  # "loss" includes it, weighted
+                    record["segmentation_loss"] = accelerator.reduce(
+                        torch.tensor(window_segmentation / steps_in_window, device=device), "mean").item()
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 metrics.write(record)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
-                window_loss, window_clips, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_segmentation, window_clips, window_start = 0.0, 0.0, 0, time.perf_counter()
             if step % config.checkpointing.every_steps == 0 or step == last_stop:
                 save_checkpoint(accelerator, checkpoints_dir, step, config.checkpointing.keep_last)
             if config.validation.every_steps and step % config.validation.every_steps == 0:
@@ -325,6 +342,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 break
         epoch += 1
     bar.close()
+    if segmentation_heads is not None:
+        segmentation_heads.detach_hooks()  # the heads are dropped: the model folder is the plain model
 
     model_dir = None
     if step >= max_steps:
@@ -350,7 +369,7 @@ def _save_gathered(full_state: dict, config: TrainConfig, model_dir: Path, parts
     fresh = load_components(config.model.path)
     denoiser = LC4Denoiser(fresh.unet, fresh.luminance_encoder, fresh.cmpf if config.uses_cmpf else None,
                            fresh.text_encoder if "text_encoder" in parts else None)
-    denoiser.load_state_dict(full_state)
+    denoiser.load_state_dict({k: v for k, v in full_state.items() if not k.startswith("segmentation_heads.")})
     return save_model_folder(fresh, config.model.path, model_dir, parts)
 
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from lc4.toy.dataset import clip_of_row, read_rows, write_split
+from lc4.toy.dataset import NUM_LABEL_CLASSES, clip_of_row, read_rows, write_split
+from lc4.train.data import load_label_maps
 from lc4.toy.evaluate import object_color_names
 from lc4.toy.generator import HELDOUT_PAIRS, SHAPES, ClipSpec, generate_clip, is_heldout_pair
 from lc4.toy.palette import OBJECT_COLORS, PALETTE_HUES, hue_distance, name_of_chroma, chroma_of
@@ -76,3 +77,10 @@ def test_spec_round_trips_and_written_split_regenerates(tmp_path):
         assert row["caption"] == regenerated.caption
         frames = read_video(tmp_path / row["video"]).permute(0, 2, 3, 1).numpy()
         assert np.array_equal(frames, regenerated.frames)
+        # The label maps: background 0, else 1 + the shape index of the object that shows.
+        labels = load_label_maps(tmp_path / row["segmentation"], 4, (32, 32), range(4)).numpy()
+        expected = np.zeros_like(labels)
+        for k, obj in enumerate(regenerated.spec.objects):
+            expected[regenerated.masks[:, k]] = 1 + SHAPES.index(obj.shape)
+        assert np.array_equal(labels, expected) and labels.max() < NUM_LABEL_CLASSES
+        assert set(np.unique(labels)) - {0}, "no object pixels labelled"

@@ -28,6 +28,9 @@ def pool_labels(labels: torch.Tensor, side: int, num_classes: int) -> torch.Tens
     that covers more than :data:`MIN_CLASS_SHARE` of it, else 0 (background or mixed)."""
     if labels.dim() != 3:
         raise ValueError(f"labels: expected (N, H, W) class indices, got {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels: class indices must lie in [0, {num_classes}) (segmentation.num_classes), "
+                         f"got {labels.min().item()} to {labels.max().item()}")
     one_hot = F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).float()
     share = F.adaptive_avg_pool2d(one_hot, side)
     best, cls = share.max(dim=1)

@@ -55,6 +55,8 @@ def test_pool_labels_takes_the_class_covering_more_than_three_quarters():
     assert pool_labels(labels, 4, 3).tolist() == [labels.flatten().tolist()]
     with pytest.raises(ValueError, match="labels: expected"):
         pool_labels(labels[0], 2, 3)
+    with pytest.raises(ValueError, match=r"\[0, 2\) \(segmentation.num_classes\), got 0 to 2"):
+        pool_labels(labels, 2, 2)
 
 
 def test_heads_read_every_cross_attention_and_teach_the_unet(tiny_model_dir):

@@ -11,7 +11,6 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
                                                       [--scratch] [--clips N] [--frames F] [--pairs]
                                                       [--aux-chroma W] [--map-init {zeros,default}]
                                                       [--map-from CNN] [--aux-shapes W] [--cmpf]
-                                                      [--freeze-unet]
     python docs/experiments/shape_binding_probes.py routing MODEL STEPS
 
 * ``text``: does the text encoder's output at a shape word carry the colour named before it?
@@ -39,30 +38,29 @@ repository root, with a model folder that `make toy-model` wrote on that domain:
   ``--map-init`` says; CMPF then trains, Sec. 3.3), so that the nouns' embeddings can learn
   where their objects are and what they look like. ``--cmpf``: CMPF in the denoiser and trained
   with the rest (implied by ``prompt``), its colour-word mask from the tokenizer as in stage 2.
-  ``--freeze-unet``: train only CMPF (and the map's embedding) on a stage-1 ``MODEL``, lr 5e-4
-  with 50 warm-up steps and cosine decay: the paper's stage 2 (stage2.yaml). ``--map-from CNN``:
-  the shape probabilities a ``learn-cnn`` CNN predicts from the grey frames instead of the true
-  map. ``MIN_T``: fine-tune on timesteps from ``MIN_T`` up only (where the colours must come
-  from the caption) instead of all. ``--scratch``: ``MODEL`` is an ``init`` folder (UNet and
-  text encoder untrained) and the run is stage 1 itself: the text encoder trains too, lr 1e-3
-  with 100 warm-up steps and cosine decay over ``STEPS`` (the schedule of `lc4 train`).
-  ``--clips N --frames F``: each step takes a random window of ``F`` frames from each of ``N``
-  training clips instead of all 8 frames of 4 clips (``--clips 32 --frames 1``: the same frames
-  a step, each from another clip, TDA seeing one frame). ``--pairs``: half the clips of a step
-  are recoloured twins of the other half (the same grey frames, every object another colour: a
-  permutation of the caption's colours where one keeps to training pairs), each twin under its
-  original's noise, timestep and caption dropout, so that the two differ only where a colour
-  word must reach its object. The accuracy line also gives the mean ``swap_hue_shift`` of the 32
-  clips' multi-object ones. ``--aux-chroma W``: deep supervision of the routing: a linear head
-  on the output of every cross-attention reads it as the chroma under each pixel (the true
-  chroma pooled to the layer's size, scaled to unit spread), its MSE added to the diffusion loss
-  with weight ``W`` on the clips that keep their caption. The heads are dropped after training:
-  the model is the same; only the training signal gains a direct, noise-free path from a pixel's
-  colour to the word its query picks. ``--aux-shapes W``: the same for the queries' side: a
-  linear head on the input of every cross-attention reads the shape under each pixel
-  (`shape_labels` at the layer's size; the generator's masks as a stand-in for the shape
-  knowledge a pretrained SD1.5 brings), its cross-entropy added with weight ``W``; every 100
-  steps the heads' accuracy over the step's object pixels (all layers pooled) is printed.
+  ``--map-from CNN``: the shape probabilities a ``learn-cnn`` CNN predicts from the grey frames
+  instead of the true map. ``MIN_T``: fine-tune on timesteps from ``MIN_T`` up only (where the
+  colours must come from the caption) instead of all. ``--scratch``: ``MODEL`` is an ``init``
+  folder (UNet and text encoder untrained) and the run is stage 1 itself: the text encoder
+  trains too, lr 1e-3 with 100 warm-up steps and cosine decay over ``STEPS`` (the schedule of
+  `lc4 train`). ``--clips N --frames F``: each step takes a random window of ``F`` frames from
+  each of ``N`` training clips instead of all 8 frames of 4 clips (``--clips 32 --frames 1``:
+  the same frames a step, each from another clip, TDA seeing one frame). ``--pairs``: half the
+  clips of a step are recoloured twins of the other half (the same grey frames, every object
+  another colour: a permutation of the caption's colours where one keeps to training pairs),
+  each twin under its original's noise, timestep and caption dropout, so that the two differ
+  only where a colour word must reach its object. The accuracy line also gives the mean
+  ``swap_hue_shift`` of the 32 clips' multi-object ones. ``--aux-chroma W``: deep supervision of
+  the routing: a linear head on the output of every cross-attention reads it as the chroma under
+  each pixel (the true chroma pooled to the layer's size, scaled to unit spread), its MSE added
+  to the diffusion loss with weight ``W`` on the clips that keep their caption. The heads are
+  dropped after training: the model is the same; only the training signal gains a direct,
+  noise-free path from a pixel's colour to the word its query picks. ``--aux-shapes W``: the
+  same for the queries' side: a linear head on the input of every cross-attention reads the
+  shape under each pixel (`shape_labels` at the layer's size; the generator's masks as a
+  stand-in for the shape knowledge a pretrained SD1.5 brings), its cross-entropy added with
+  weight ``W``; every 100 steps the heads' accuracy over the step's object pixels (all layers
+  pooled) is printed.
 * ``routing``: the binding with everything else taken away: the true shape map of each latent
   pixel queries the caption's tokens through one cross-attention (2 heads) whose output is
   read as the pixel's chroma, trained with the text encoder (from ``MODEL``) on the chroma of
@@ -493,7 +491,7 @@ class CrossAttentionShapes(nn.Module):
 def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, scratch: bool = False,
                  clips_per_step: int = 4, frames: int = 8, pairs: bool = False, aux_chroma: float = 0.0,
                  zero_init: bool = True, map_from: str | None = None, aux_shapes: float = 0.0,
-                 cmpf: bool = False, freeze_unet: bool = False) -> None:
+                 cmpf: bool = False) -> None:
     components = load_components(model)
     cmpf = cmpf or shape_map == "prompt"
     if pairs and cmpf:
@@ -516,16 +514,10 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
 
     text_encoder = components.text_encoder if scratch else None
     denoiser = LC4Denoiser(components.unet, luminance, components.cmpf if cmpf else None, text_encoder)
-    parameters = [*luminance.embed.parameters(), *queries.parameters()]
+    parameters = [*components.unet.parameters(), *luminance.embed.parameters(), *queries.parameters()]
     if cmpf:
         parameters += list(components.cmpf.parameters())
         components.cmpf.train()
-    if freeze_unet:  # stage 2 of the paper: the stage-1 UNet (and text encoder) frozen
-        if scratch or not cmpf:
-            raise ValueError("--freeze-unet trains CMPF on a stage-1 model: not with --scratch, only with CMPF")
-        components.unet.requires_grad_(False)
-    else:
-        parameters += list(components.unet.parameters())
     if aux_chroma:
         if pairs:
             raise ValueError("--aux-chroma is not combined with --pairs")
@@ -539,10 +531,9 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
     if scratch:  # stage 1 of the patch: the text encoder trains too, lr 1e-3 with warm-up and cosine decay
         parameters += list(text_encoder.parameters())
         text_encoder.train()
-    # --scratch: stage1.yaml's lr and schedule; --freeze-unet: stage2.yaml's
-    lr, kind, warmup = (1e-3, "cosine", 100) if scratch else (5e-4, "cosine", 50) if freeze_unet else (3e-4, "constant", 0)
-    optimizer = torch.optim.AdamW(parameters, lr, weight_decay=1e-4)
-    schedule = get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    optimizer = torch.optim.AdamW(parameters, 1e-3 if scratch else 3e-4, weight_decay=1e-4)
+    schedule = get_scheduler("cosine" if scratch else "constant", optimizer,
+                             num_warmup_steps=100 if scratch else 0, num_training_steps=steps)
     components.unet.train()
     for step in range(1, steps + 1):
         rng = random.Random(step)
@@ -594,7 +585,7 @@ def probe_oracle(model: str, steps: int, shape_map: str, min_timestep: int = 0, 
     paired = ", half of them recoloured twins of the other half" if pairs else ""
     paired += f", chroma heads on the cross-attentions (weight {aux_chroma:g})" if aux_chroma else ""
     paired += f", shape heads on the cross-attentions' inputs (weight {aux_shapes:g})" if aux_shapes else ""
-    paired += (", CMPF trained, the UNet frozen" if freeze_unet else ", CMPF trained with the UNet") if cmpf else ""
+    paired += ", CMPF trained with the UNet" if cmpf else ""
     source = f" predicted by {map_from}" if map_from else ""
     where = {"with": "with" + ("" if zero_init else " (embedding default-initialised)"), "without": "without",
              "queries": "at the cross-attentions' queries", "prompt": "in CMPF's visual prompt"}[shape_map]
@@ -708,8 +699,6 @@ def main() -> None:
                         help="weight of the cross-attention inputs' shape heads' loss (0: none)")
     oracle.add_argument("--map-from", help="a CNN saved by learn-cnn --save: its predicted map, not the true one")
     oracle.add_argument("--cmpf", action="store_true", help="CMPF in the denoiser, trained (implied by map prompt)")
-    oracle.add_argument("--freeze-unet", action="store_true",
-                        help="train CMPF only, on a stage-1 MODEL (the paper's stage 2)")
     routing = sub.add_parser("routing")
     routing.add_argument("model")
     routing.add_argument("steps", type=int)
@@ -722,7 +711,7 @@ def main() -> None:
         return probe_oracle(args.model, args.steps, args.map, args.min_timestep, args.scratch,
                             args.clips, args.frames, args.pairs, args.aux_chroma,
                             args.map_init == "zeros", args.map_from,
-                            args.aux_shapes, args.cmpf, args.freeze_unet)
+                            args.aux_shapes, args.cmpf)
     if args.probe == "routing":
         return probe_routing(args.model, args.steps)
     pipe = LC4Pipeline.from_pretrained(args.model)

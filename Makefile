@@ -28,7 +28,8 @@ bench: setup
 	$(PY) -m benchmarks.report --check
 gpu-check: setup ; scripts/gpu_check.sh
 
-# Toy L-C4 (issue 9): generated data, the tiny VAE and luminance encoder, stage 1 and stage 2
+# Toy L-C4: generated data, the tiny VAE and luminance encoder, stage 1 (single frames, then
+# 8-frame clips) and stage 2
 # through `lc4 train`, then the model folder with its training curves and the report of the
 # three claims on held-out clips (report.json). A quick run of the same path:
 #   make toy-model TOY_MODEL=build/toy-smoke TOY_TRAIN_SET="--set max_steps=6" \
@@ -46,9 +47,10 @@ toy-model: setup
 	rm -rf $(TOY_BUILD)
 	$(PY) -m lc4.toy data $(TOY_BUILD)/data --config $(TOY_CONFIG) $(TOY_SET)
 	$(PY) -m lc4.toy init-model $(TOY_BUILD)/init --data $(TOY_BUILD)/data --config $(TOY_CONFIG) $(TOY_SET)
-	$(PY) -m lc4 train configs/toy/stage1.yaml $(call toy_stage,$(TOY_BUILD)/init,$(TOY_BUILD)/stage1)
+	$(PY) -m lc4 train configs/toy/stage1_images.yaml $(call toy_stage,$(TOY_BUILD)/init,$(TOY_BUILD)/stage1_images)
+	$(PY) -m lc4 train configs/toy/stage1.yaml $(call toy_stage,$(TOY_BUILD)/stage1_images/model,$(TOY_BUILD)/stage1)
 	$(PY) -m lc4 train configs/toy/stage2.yaml $(call toy_stage,$(TOY_BUILD)/stage1/model,$(TOY_BUILD)/stage2)
-	$(PY) -m lc4.toy finish $(TOY_MODEL) --init $(TOY_BUILD)/init --runs $(TOY_BUILD)/stage1 $(TOY_BUILD)/stage2
+	$(PY) -m lc4.toy finish $(TOY_MODEL) --init $(TOY_BUILD)/init --runs $(TOY_BUILD)/stage1_images $(TOY_BUILD)/stage1 $(TOY_BUILD)/stage2
 	$(PY) -m lc4.toy evaluate $(TOY_MODEL) --data $(TOY_BUILD)/data --config $(TOY_CONFIG) $(TOY_SET) \
 		--output $(TOY_MODEL)/report.json
 

@@ -1,6 +1,6 @@
 """Where the toy model's colour-to-object binding fails: linear probes and learning probes.
 
-Run on the toy domain of ``toy_domain_without_luma_shortcut.patch`` (applied), from the
+Run on the toy domain (main since run 6 in README.md here; earlier runs used it as a patch), from the
 repository root, with a model folder that `make toy-model` wrote on that domain:
 
     python docs/experiments/shape_binding_probes.py text MODEL

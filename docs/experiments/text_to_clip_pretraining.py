@@ -1,6 +1,6 @@
 """Text-to-clip pre-training of the toy UNet, standing in for Stable Diffusion's own.
 
-Run on the toy domain of ``toy_domain_without_luma_shortcut.patch`` (applied), from the
+Run on the toy domain (main since run 6 in README.md here; earlier runs used it as a patch), from the
 repository root, with the ``init`` folder that `make toy-model` wrote on that domain:
 
     python docs/experiments/text_to_clip_pretraining.py pretrain build/toy/init build/pt/init 2500

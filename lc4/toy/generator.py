@@ -2,6 +2,10 @@
 coloured (plain or textured) background, with a caption naming every colour and per-object
 masks of the pixels each object shows in each frame.
 
+Each object has a luma of its own (:func:`~lc4.toy.palette.object_rgb`), apart from the
+background's and from the other objects' so every shape shows in the grey input, and unrelated
+to its colour's name, so the grey input does not give the colour away.
+
 Everything is a function of a seed: :func:`sample_spec` draws a :class:`ClipSpec` from
 ``numpy.random.default_rng(seed)`` and :func:`render` draws it without further randomness, so
 a clip is regenerated exactly from its seed (the evaluation keeps only seeds).
@@ -19,16 +23,20 @@ import numpy as np
 from skimage.draw import polygon as fill_polygon
 from skimage.transform import resize
 
-from .palette import BACKGROUND_COLORS, OBJECT_COLORS, SHAPES, TEXTURES
+from .palette import BACKGROUND_COLORS, OBJECT_COLORS, OBJECT_LUMA_RANGE, SHAPES, TEXTURES, luma_of, object_rgb
 
 COLOR_NAMES = tuple(OBJECT_COLORS)
 SPLITS = ("train", "heldout")
-# About one pair in five; the rule spreads them so every colour and every shape has one.
+# One shape per colour (a quarter of the pairs), spread so every shape has two or three colours.
 HELDOUT_PAIRS = frozenset((color, shape) for ci, color in enumerate(COLOR_NAMES) for si, shape in enumerate(SHAPES)
-                          if (ci + 2 * si) % 5 == 0)
+                          if (ci + si) % len(SHAPES) == 0)
 # A clip is redrawn until every object shows at least this fraction of the frame area, summed
 # over its frames (objects may still leave the frame or hide behind others for a while).
 MIN_VISIBLE_FRACTION = 0.02
+# Least luma difference (0-1) between an object and any shade of the background, and between
+# two objects of a clip; textures darken the background colour down to this factor.
+MIN_LUMA_CONTRAST = 0.08
+DARKEST_TEXTURE_SHADE = 0.75
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class ObjectSpec:
     growth: float  # radius factor per frame
     angle: float  # degrees at frame 0
     spin: float  # degrees per frame
+    luma: float  # Rec. 601 luma (0-1) the object is drawn at, in its colour's hue
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,23 @@ def is_heldout_pair(color: str, shape: str) -> bool:
     return (color, shape) in HELDOUT_PAIRS
 
 
-def _draw_object(rng: np.random.Generator, shape: str, color: str) -> ObjectSpec:
+def _draw_lumas(rng: np.random.Generator, count: int, background: str) -> list[float] | None:
+    """``count`` object lumas apart from every shade of ``background`` and from each other, or
+    ``None`` when a few hundred draws find none."""
+    brightest = luma_of(BACKGROUND_COLORS[background])
+    low, high = DARKEST_TEXTURE_SHADE * brightest - MIN_LUMA_CONTRAST, brightest + MIN_LUMA_CONTRAST
+    lumas: list[float] = []
+    for _ in range(300):
+        luma = float(rng.uniform(*OBJECT_LUMA_RANGE))
+        if low < luma < high or any(abs(luma - other) < MIN_LUMA_CONTRAST for other in lumas):
+            continue
+        lumas.append(luma)
+        if len(lumas) == count:
+            return lumas
+    return None
+
+
+def _draw_object(rng: np.random.Generator, shape: str, color: str, luma: float) -> ObjectSpec:
     entering = rng.random() < 0.3  # starts partly outside and moves in (or passes through)
     center = rng.uniform(-0.1, 1.1, 2) if entering else rng.uniform(0.2, 0.8, 2)
     speed = rng.uniform(0.0, 0.07)
@@ -102,13 +127,14 @@ def _draw_object(rng: np.random.Generator, shape: str, color: str) -> ObjectSpec
     return ObjectSpec(
         shape=shape, color=color, center=(float(center[0]), float(center[1])),
         velocity=(float(speed * np.cos(heading)), float(speed * np.sin(heading))),
-        radius=float(rng.uniform(0.12, 0.22)), growth=float(rng.uniform(0.95, 1.05)),
-        angle=float(rng.uniform(0, 360)), spin=float(rng.uniform(-15, 15)))
+        radius=float(rng.uniform(0.16, 0.26)), growth=float(rng.uniform(0.95, 1.05)),
+        angle=float(rng.uniform(0, 360)), spin=float(rng.uniform(-15, 15)), luma=luma)
 
 
 def sample_spec(rng: np.random.Generator, split: str = "train", max_objects: int = 3) -> ClipSpec:
     """A random clip description of ``split`` (colours and shapes distinct within a clip, so
-    the caption tells the objects apart; the background colour differs from theirs)."""
+    the caption tells the objects apart; the background colour differs from theirs and leaves
+    room for their lumas)."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     count = int(rng.integers(1, max_objects + 1))
@@ -124,11 +150,17 @@ def sample_spec(rng: np.random.Generator, split: str = "train", max_objects: int
             continue
         pairs.append((color, shape))
     order = rng.permutation(len(pairs))
-    objects = tuple(_draw_object(rng, shape, color) for color, shape in (pairs[i] for i in order))
     used = {color for color, _ in pairs}
     backgrounds = [name for name in BACKGROUND_COLORS if name not in used]
-    return ClipSpec(objects, backgrounds[int(rng.integers(len(backgrounds)))],
-                    TEXTURES[int(rng.integers(len(TEXTURES)))], int(rng.integers(2**31)))
+    for index in rng.permutation(len(backgrounds)):
+        lumas = _draw_lumas(rng, len(pairs), backgrounds[index])
+        if lumas is not None:
+            break
+    else:  # pragma: no cover - black and white leave room for any three objects
+        raise RuntimeError("no background leaves room for the objects' lumas")
+    objects = tuple(_draw_object(rng, shape, color, luma)
+                    for (color, shape), luma in zip((pairs[i] for i in order), lumas))
+    return ClipSpec(objects, backgrounds[index], TEXTURES[int(rng.integers(len(TEXTURES)))], int(rng.integers(2**31)))
 
 
 def _outline(shape: str) -> np.ndarray:
@@ -143,8 +175,6 @@ def _outline(shape: str) -> np.ndarray:
         "square": lambda: ring(4, start=45.0) * 1.1,
         "triangle": lambda: ring(3) * 1.15,
         "star": lambda: ring(10, radii=(1.2, 0.5)),
-        "diamond": lambda: ring(4) * np.array([0.7, 1.15]),
-        "hexagon": lambda: ring(6),
     }
     if shape not in outlines:
         raise ValueError(f"shape: expected one of {SHAPES}, got {shape!r}")
@@ -196,7 +226,7 @@ def render(spec: ClipSpec, size: int = 64, num_frames: int = 8) -> tuple[np.ndar
         owner = np.full((size, size), -1)
         for k, obj in enumerate(spec.objects):
             covered = object_mask(obj, t, size)
-            image[covered] = OBJECT_COLORS[obj.color]
+            image[covered] = object_rgb(obj.color, obj.luma)
             owner[covered] = k
         frames[t] = np.clip(np.round(image), 0, 255).astype(np.uint8)
         for k in range(len(spec.objects)):

@@ -1,5 +1,5 @@
-"""`make toy-model`'s path at toy sizes: data, init-model (VAE and luminance encoder), both
-`lc4 train` stages with the committed configs, finish (model folder and curves), evaluate."""
+"""`make toy-model`'s path at toy sizes: data, init-model (VAE and luminance encoder), the three
+`lc4 train` runs with the committed configs, finish (model folder and curves), evaluate."""
 from __future__ import annotations
 
 import json
@@ -28,19 +28,22 @@ def test_toy_model_commands_end_to_end(tmp_path, capsys):
     assert len(json.loads((init / "luminance_curve.json").read_text())) == 1
     scheduler = json.loads((init / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"]
-    for stage, source in ((1, init), (2, tmp_path / "stage1" / "model")):
-        assert lc4_main(["train", str(ROOT / "configs" / "toy" / f"stage{stage}.yaml"),
+    runs = ("stage1_images", "stage1", "stage2")  # each starts from the previous one's model
+    for run, source in zip(runs, (init, *(tmp_path / previous / "model" for previous in runs[:-1]))):
+        assert lc4_main(["train", str(ROOT / "configs" / "toy" / f"{run}.yaml"),
                          "--set", f"model.path={source}", "--set", f"data.source={data / 'train.jsonl'}",
-                         "--set", f"output_dir={tmp_path / f'stage{stage}'}", "--set", "data.resolution=32",
-                         "--set", "max_steps=2", "--set", "logging.every_steps=1"]) == 0
+                         "--set", f"output_dir={tmp_path / run}", "--set", "data.resolution=32",
+                         "--set", "batch_size=2", "--set", "max_steps=2", "--set", "logging.every_steps=1"]) == 0
+    # The single-frame stage trains the segmentation heads on the generator's shape masks.
+    last = json.loads((tmp_path / "stage1_images" / "logs" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["segmentation_loss"] > 0
     # Stage 1 leaves the pre-trained luminance encoder as it was (its skips must keep matching).
     for name in ("luminance_encoder/diffusion_pytorch_model.safetensors",):
         assert (init / name).read_bytes() == (tmp_path / "stage1" / "model" / name).read_bytes()
-    assert toy_main(["finish", str(model), "--init", str(init), "--runs", str(tmp_path / "stage1"),
-                     str(tmp_path / "stage2")]) == 0
+    assert toy_main(["finish", str(model), "--init", str(init), "--runs", *(str(tmp_path / run) for run in runs)]) == 0
     assert (model / "training_curves.png").stat().st_size > 0
-    assert [stage_title(tmp_path / run) for run in ("stage1", "stage2")] == ["stage 1, 4 x 8 frames",
-                                                                             "stage 2, 4 x 8 frames"]
+    assert [stage_title(tmp_path / run) for run in runs] == ["stage 1, 2 x 1 frame", "stage 1, 2 x 8 frames",
+                                                             "stage 2, 2 x 8 frames"]
     assert toy_main(["evaluate", str(model), "--data", str(data), "--output", str(tmp_path / "report.json"),
                      *SMALL]) == 0
     report = json.loads((tmp_path / "report.json").read_text())

@@ -33,14 +33,14 @@ def plot_curves(vae_curve: Path, stage_logs: list[Path], output: Path, luminance
         curves.append(("luminance encoder (decode + latent MSE)", read_curve(luminance_curve)))
     for log in stage_logs:
         curve = read_curve(log)
-        with_heads = any("segmentation_loss" in r for r in curve)
-        curves.append((f"{stage_title(log.parent.parent)} (Eq. 9 MSE{' + shape CE' if with_heads else ''})", curve))
+        heads = " + shape CE" if any("segmentation_loss" in r for r in curve) else ""
+        curves.append((f"{stage_title(log.parent.parent)} (Eq. 9 MSE{heads})", curve))
     figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3))
     for axis, (title, curve) in zip(axes, curves):
         axis.plot([r["step"] for r in curve], [r["loss"] for r in curve], label="loss")
-        if any("segmentation_loss" in r for r in curve):  # the training-only shape heads' share
-            axis.plot([r["step"] for r in curve if "segmentation_loss" in r],
-                      [r["segmentation_loss"] for r in curve if "segmentation_loss" in r], label="shape heads' CE")
+        heads = [r for r in curve if "segmentation_loss" in r]  # the training-only shape heads' share
+        if heads:
+            axis.plot([r["step"] for r in heads], [r["segmentation_loss"] for r in heads], label="shape heads' CE")
             axis.legend(fontsize="small")
         axis.set(title=title, xlabel="step", ylabel="loss", yscale="log")
     figure.tight_layout()

@@ -8,6 +8,7 @@ Nothing here holds more than one batch of frames unless asked to (:func:`read_vi
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from fractions import Fraction
@@ -97,22 +98,28 @@ def _decode_image(path: Path) -> av.VideoFrame:
     raise ValueError(f"source: {str(path)!r} holds no image")
 
 
-def iter_frames(source: PathLike, size: Size = None) -> Iterator[np.ndarray]:
+def iter_frames(source: PathLike, size: Size = None, start: int = 0, stop: int | None = None,
+                step: int = 1) -> Iterator[np.ndarray]:
     """Yields the frames of a video file or frame folder as ``(H, W, 3)`` RGB ``uint8`` arrays.
 
     ``size`` resizes every frame (``None``: native size; ``256``: 256x256; ``(h, w)``).
+    ``start``, ``stop``, ``step`` pick frames as a slice does; a frame folder then decodes only
+    the files picked, a video file decodes from its start (no seeking) and yields those.
     Raises ``ValueError`` for a path that is neither; PyAV's errors for unreadable files.
     """
+    if start < 0 or (stop is not None and stop < 0) or step <= 0:
+        raise ValueError(f"start, stop, step: expected start >= 0, stop >= 0 or None, step > 0, "
+                         f"got {start}, {stop}, {step}")
     source = Path(source)
     size = normalize_size(size)
     if is_video_file(source):
-        for frame in _decode(source):
+        for frame in itertools.islice(_decode(source), start, stop, step):
             yield _to_rgb_array(frame, size)
     elif source.is_dir():
         files = list_frame_files(source)
         if not files:
             raise ValueError(f"source: {str(source)!r} holds no image files ({sorted(IMAGE_SUFFIXES)})")
-        for file in files:
+        for file in files[start:stop:step]:
             yield _to_rgb_array(_decode_image(file), size)
     else:
         raise ValueError(

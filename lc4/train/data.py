@@ -24,7 +24,6 @@ logged warning and the next one is taken in its place; a run stops only after
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import logging
 import math
@@ -107,8 +106,9 @@ def probe(path: Path) -> tuple[int, int, int]:
         files = video_io.list_frame_files(path)
         if not files:
             raise ValueError(f"{str(path)!r} holds no frames")
-        first = next(video_io.iter_frames(path))
-        return len(files), first.shape[0], first.shape[1]
+        with Image.open(files[0]) as first:  # reads the header only
+            width, height = first.size
+        return len(files), height, width
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{str(path)!r} has no video stream")
@@ -162,8 +162,7 @@ class TextVideoDataset(torch.utils.data.Dataset):
             raise ValueError(f"{count} frames, a clip needs {span}")
         start = int(torch.randint(0, count - span + 1, (1,), generator=generator))
         size = resized_size(height, width, self.resolution)
-        wanted = itertools.islice(video_io.iter_frames(item.path, size=size), start, start + span, self.frame_stride)
-        frames = list(wanted)
+        frames = list(video_io.iter_frames(item.path, size, start, start + span, self.frame_stride))
         if len(frames) != self.num_frames:  # the header promised more frames than there are
             raise ValueError(f"decoded {len(frames)} of the {self.num_frames} frames from frame {start}")
         clip = video_io.frames_to_tensor(frames)
@@ -283,6 +282,6 @@ def validation_clip(item: VideoItem, resolution: int, num_frames: int) -> torch.
     """The first ``num_frames`` frames of ``item``, centre-cropped: ``(F, 3, r, r)`` uint8."""
     count, height, width = probe(item.path)
     size = resized_size(height, width, resolution)
-    frames = np.stack(list(itertools.islice(video_io.iter_frames(item.path, size=size), min(count, num_frames))))
+    frames = np.stack(list(video_io.iter_frames(item.path, size, stop=min(count, num_frames))))
     top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
     return torch.from_numpy(frames[:, top:top + resolution, left:left + resolution]).permute(0, 3, 1, 2).contiguous()

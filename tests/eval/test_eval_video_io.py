@@ -25,6 +25,26 @@ def test_frame_folder_is_read_in_natural_order(tmp_path):
     assert values == [10, 20, 30]
 
 
+def test_frames_are_picked_as_a_slice_picks_them(tmp_path, bikes_frames):
+    video.write_frame_folder(tmp_path / "clip", bikes_frames[:9])
+    path = video.write_video(tmp_path / "clip.mp4", bikes_frames[:9], crf=18)
+    for source in (tmp_path / "clip", path):
+        every = list(video.iter_frames(source))
+        for start, stop, step in ((0, None, 1), (2, 7, 2), (5, 6, 1), (8, None, 3), (7, 3, 1)):
+            picked = list(video.iter_frames(source, None, start, stop, step))
+            assert len(picked) == len(every[start:stop:step])
+            assert all(np.array_equal(a, b) for a, b in zip(picked, every[start:stop:step]))
+
+
+def test_a_frame_folder_decodes_only_the_frames_picked(tmp_path, bikes_frames):
+    video.write_frame_folder(tmp_path / "clip", bikes_frames[:4])
+    (tmp_path / "clip" / "00000.png").write_bytes(b"not a png")  # would fail to decode
+    picked = list(video.iter_frames(tmp_path / "clip", None, 2, 4))
+    assert np.array_equal(picked[0], bikes_frames[2].permute(1, 2, 0).numpy())
+    with pytest.raises(Exception):
+        list(video.iter_frames(tmp_path / "clip", None, 0, 1))
+
+
 def test_video_round_trip_keeps_count_size_rate_and_content(tmp_path, bikes_frames):
     path = video.write_video(tmp_path / "clip.mp4", bikes_frames, fps=12, crf=18)
     decoded = video.read_video(path)
@@ -62,3 +82,5 @@ def test_bad_input_names_the_argument(tmp_path):
         video.write_video(tmp_path / "x.mp4", torch.zeros(2, 4, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="size"):
         video.read_video(tmp_path, size=(0, 4))
+    with pytest.raises(ValueError, match="start, stop, step"):
+        list(video.iter_frames(tmp_path, None, 0, None, 0))

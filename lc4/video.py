@@ -149,11 +149,7 @@ def iter_frame_batches(source: PathLike, batch_size: int, size: Size = None) -> 
 
 def read_video(source: PathLike, size: Size = None, max_frames: int | None = None) -> torch.Tensor:
     """All frames (or the first ``max_frames``) as one ``(T, 3, H, W)`` uint8 tensor."""
-    frames = []
-    for frame in iter_frames(source, size):
-        if max_frames is not None and len(frames) >= max_frames:
-            break
-        frames.append(frame)
+    frames = list(iter_frames(source, size, stop=max_frames))
     if not frames:
         raise ValueError(f"source: {str(source)!r} has no frames")
     return frames_to_tensor(frames)

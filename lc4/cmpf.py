@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence
 
 import torch
@@ -44,9 +45,26 @@ MULTI_WORD_COLORS = tuple(f"{shade} {base}" for shade in _SHADES for base in BAS
 COLOR_NAMES = BASIC_COLORS + EXTENDED_COLORS + MULTI_WORD_COLORS
 
 
-def _find(sequence: Sequence[int], pattern: Sequence[int]) -> list[int]:
-    n = len(pattern)
-    return [i for i in range(len(sequence) - n + 1) if n and list(sequence[i:i + n]) == list(pattern)]
+_PATTERNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _color_patterns(tokenizer, color_names: Sequence[str]) -> dict[int, torch.Tensor]:
+    """The names' token sequences grouped by length, ``{n: (P, n) int64}``. Tokenising some 250
+    names costs more than a training step's matching, so the result is kept per tokenizer (and
+    vocabulary size, which grows when tokens are added)."""
+    key = (tuple(color_names), len(tokenizer))
+    try:
+        cached = _PATTERNS.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable
+        cached = {}
+    if key not in cached:
+        by_length: dict[int, set] = {}
+        for name in color_names:
+            ids = tuple(tokenizer(name, add_special_tokens=False).input_ids)
+            if ids:
+                by_length.setdefault(len(ids), set()).add(ids)
+        cached[key] = {n: torch.tensor(sorted(found), dtype=torch.long) for n, found in by_length.items()}
+    return cached[key]
 
 
 def color_token_mask(tokenizer, input_ids: torch.Tensor, color_names: Sequence[str] = COLOR_NAMES) -> torch.Tensor:
@@ -57,12 +75,15 @@ def color_token_mask(tokenizer, input_ids: torch.Tensor, color_names: Sequence[s
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids: expected (B, L), got {tuple(input_ids.shape)}")
-    patterns = {tuple(tokenizer(name, add_special_tokens=False).input_ids) for name in color_names}
     mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    for row, ids in enumerate(input_ids.tolist()):
-        for pattern in patterns:
-            for start in _find(ids, pattern):
-                mask[row, start:start + len(pattern)] = True
+    length = input_ids.shape[1]
+    for n, patterns in _color_patterns(tokenizer, color_names).items():
+        if n > length:
+            continue
+        windows = input_ids.unfold(1, n, 1)  # (B, L - n + 1, n)
+        starts = (windows[:, :, None, :] == patterns.to(input_ids.device)).all(-1).any(-1)
+        for offset in range(n):
+            mask[:, offset:offset + length - n + 1] |= starts
     return mask
 
 

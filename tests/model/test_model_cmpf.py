@@ -78,3 +78,24 @@ def test_cmpf_checks_its_inputs(components):
         cmpf(torch.randn(1, 77, 32), torch.randn(4, 3, 16, 16), 4)
     with pytest.raises(ValueError, match="color_mask"):
         cmpf(torch.randn(1, 77, 32), torch.randn(4, 8, 16, 16), 4, torch.zeros(1, 5, dtype=torch.bool))
+
+
+def test_colour_mask_matches_a_word_by_word_search(components):
+    """The vectorised matcher against a plain search over every position and every name, on
+    captions that mix one-, two- and several-token colour names with other words."""
+    tokenizer = components["tokenizer"]
+    generator = torch.Generator().manual_seed(0)
+    words = ["a", "car", "dark", "sky", "light", "red", "tree", "on", "blue", "navy", "zorblat", "hot", "pink"]
+    names = list(COLOR_NAMES) + ["zorblat"]
+    prompts = [" ".join(words[i] for i in torch.randint(len(words), (12,), generator=generator)) for _ in range(16)]
+    ids = tokenize(tokenizer, prompts)
+    expected = torch.zeros_like(ids, dtype=torch.bool)
+    for name in names:
+        pattern = tokenizer(name, add_special_tokens=False).input_ids
+        for row, sequence in enumerate(ids.tolist()):
+            for start in range(len(sequence) - len(pattern) + 1):
+                if sequence[start:start + len(pattern)] == pattern:
+                    expected[row, start:start + len(pattern)] = True
+    assert expected.any(dim=1).all() and not expected.all()
+    assert torch.equal(color_token_mask(tokenizer, ids, color_names=names), expected)
+    assert torch.equal(color_token_mask(tokenizer, ids, color_names=names), expected)  # from the cache

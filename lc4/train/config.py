@@ -80,6 +80,11 @@ class DataConfig:
     caption_dropout: float = 0.1
     num_workers: int = 4
     max_skips: int = 32  # consecutive unreadable videos tolerated before giving up
+    # Small data sets seen over many epochs (the toy model): keep every decoded video in memory
+    # (per loader worker), and the frozen VAE's posterior and luminance features of every frame
+    # (lc4.train.encoding_cache). Neither changes what a step computes beyond ~1e-6.
+    cache_frames: bool = False
+    cache_encodings: bool = False
 
 
 @dataclass
@@ -242,6 +247,13 @@ class TrainConfig:
                                  "would be sharded and checkpointed per process); use sharding: none for EMA")
             if not dist.fsdp_wrap:
                 raise ValueError("distributed.fsdp_wrap: expected a non-empty list of module class names")
+        if data.cache_encodings and "luminance_encoder" in self.trainable_parts:
+            raise ValueError("data.cache_encodings: the luminance encoder trains in this run (trainable: "
+                             f"{list(self.trainable_parts)}), so its outputs change every step; "
+                             "cache only with it frozen")
+        if data.cache_encodings and dist.sharding == "fsdp":
+            raise ValueError("data.cache_encodings: not with distributed.sharding: fsdp (the luminance "
+                             "encoder's weights are sharded inside the wrapped model)")
         if self.luminance_chunk_frames is not None and self.luminance_chunk_frames < 1:
             raise ValueError(f"luminance_chunk_frames: expected >= 1 or null, got {self.luminance_chunk_frames}")
         segmentation = self.segmentation

@@ -137,41 +137,66 @@ class TextVideoDataset(torch.utils.data.Dataset):
     * ``caption``: the caption, or ``""`` when dropped for classifier-free guidance;
     * ``index``: the item actually used (another one when the asked one was skipped);
     * ``segmentation``: ``(F, r, r)`` int64 class maps of the same frames and crop (resized by
-      nearest neighbour), with ``segmentation=True`` when the item names a label folder.
+      nearest neighbour), with ``segmentation=True`` when the item names a label folder;
+    * ``frame_keys``: ``(F, 4)`` int64 ``(index, source frame, crop top, crop left)``, which fix
+      each frame's pixels within this dataset (:class:`lc4.train.encoding_cache.FrozenEncodingCache`).
+
+    With ``cache_frames`` every video is decoded (resized, all its frames) and its label maps
+    read once, on first use, and kept in memory: for small data sets seen over many epochs, where
+    decoding would otherwise take a large share of a step. Each data-loader worker keeps its own
+    copy. Samples are the same with and without it.
     """
 
     def __init__(self, items: list[VideoItem], resolution: int = 256, num_frames: int = 8, frame_stride: int = 1,
                  random_crop: bool = True, caption_dropout: float = 0.0, max_skips: int = 32,
-                 segmentation: bool = False):
+                 segmentation: bool = False, cache_frames: bool = False):
         if not items:
             raise ValueError("items: expected at least one (video, caption) pair")
         self.items = list(items)
         self.resolution, self.num_frames, self.frame_stride = resolution, num_frames, frame_stride
         self.random_crop, self.caption_dropout, self.max_skips = random_crop, caption_dropout, max_skips
         self.segmentation = segmentation
+        self.cache_frames = cache_frames
+        # index -> (F, 3, h, w) uint8 frames and (F, h, w) label maps or None, at the resized size
+        self._decoded: dict[int, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def load_clip(self, item: VideoItem, generator: torch.Generator) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``(F, 3, r, r)`` uint8 frames of one random clip of ``item`` and, when it has labels,
-        their ``(F, r, r)`` class maps; raises for bad videos."""
-        count, height, width = probe(item.path)
+    def load_clip(self, item: VideoItem, generator: torch.Generator,
+                  index: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """``(F, 3, r, r)`` uint8 frames of one random clip of ``item``, when it has labels their
+        ``(F, r, r)`` class maps, and the clip's ``(F, 4)`` frame keys (``index`` is the item's,
+        the cache's key under ``cache_frames``); raises for bad videos."""
+        cached = self._decoded.get(index) if self.cache_frames else None
+        count, height, width = probe(item.path) if cached is None else cached[0]
         span = (self.num_frames - 1) * self.frame_stride + 1
         if count < span:
             raise ValueError(f"{count} frames, a clip needs {span}")
         start = int(torch.randint(0, count - span + 1, (1,), generator=generator))
+        picked = range(start, start + span, self.frame_stride)
         size = resized_size(height, width, self.resolution)
-        frames = list(video_io.iter_frames(item.path, size, start, start + span, self.frame_stride))
-        if len(frames) != self.num_frames:  # the header promised more frames than there are
-            raise ValueError(f"decoded {len(frames)} of the {self.num_frames} frames from frame {start}")
-        clip = video_io.frames_to_tensor(frames)
+        if self.cache_frames and cached is None:
+            frames = video_io.frames_to_tensor(list(video_io.iter_frames(item.path, size)))
+            labels = None
+            if self.segmentation and item.segmentation is not None:
+                labels = load_label_maps(item.segmentation, count, size, range(count), dtype=None)
+            cached = self._decoded[index] = ((count, height, width), frames, labels)
+        if cached is not None:
+            clip = cached[1][start:start + span:self.frame_stride]
+            labels = None if cached[2] is None else cached[2][start:start + span:self.frame_stride].long()
+        else:
+            clip = video_io.frames_to_tensor(list(video_io.iter_frames(item.path, size, start, start + span,
+                                                                       self.frame_stride)))
+            labels = None
+            if self.segmentation and item.segmentation is not None:
+                labels = load_label_maps(item.segmentation, count, size, picked)
+        if len(clip) != self.num_frames:  # the header promised more frames than there are
+            raise ValueError(f"decoded {len(clip)} of the {self.num_frames} frames from frame {start}")
         top, left = self._crop_origin(clip.shape[-2], clip.shape[-1], generator)
         window = (..., slice(top, top + self.resolution), slice(left, left + self.resolution))
-        labels = None
-        if self.segmentation and item.segmentation is not None:
-            labels = load_label_maps(item.segmentation, count, size, range(start, start + span, self.frame_stride))
-        return clip[window], None if labels is None else labels[window]
+        keys = torch.tensor([[-1 if index is None else index, frame, top, left] for frame in picked])
+        return clip[window], None if labels is None else labels[window], keys
 
     def _crop_origin(self, height: int, width: int, generator: torch.Generator) -> tuple[int, int]:
         if not self.random_crop:
@@ -187,7 +212,7 @@ class TextVideoDataset(torch.utils.data.Dataset):
             current = (index + attempt) % len(self.items)
             item = self.items[current]
             try:
-                clip, labels = self.load_clip(item, generator)
+                clip, labels, keys = self.load_clip(item, generator, current)
                 break
             except (av.FFmpegError, OSError, ValueError, RuntimeError) as error:
                 logger.warning("skipping unreadable video %s: %s", item.path, error)
@@ -201,15 +226,18 @@ class TextVideoDataset(torch.utils.data.Dataset):
             "luminance": luminance_input(rgb_to_luma(rgb).clamp(0, 1)),
             "caption": "" if drop else item.caption,
             "index": current,
+            "frame_keys": keys,
         }
         if labels is not None:
             sample["segmentation"] = labels
         return sample
 
 
-def load_label_maps(folder: Path, num_frames: int, size: tuple[int, int], indices) -> torch.Tensor:
-    """``(len(indices), h, w)`` int64 class maps: the label PNGs of ``folder`` (one per video
-    frame, natural order) at ``indices``, resized to ``size`` ``(h, w)`` by nearest neighbour."""
+def load_label_maps(folder: Path, num_frames: int, size: tuple[int, int], indices,
+                    dtype: Optional[np.dtype] = np.int64) -> torch.Tensor:
+    """``(len(indices), h, w)`` class maps: the label PNGs of ``folder`` (one per video frame,
+    natural order) at ``indices``, resized to ``size`` ``(h, w)`` by nearest neighbour, as
+    ``dtype`` (``None``: the image's own, e.g. uint8 for 8-bit maps)."""
     files = video_io.list_frame_files(folder)
     if len(files) != num_frames:
         raise ValueError(f"segmentation {str(folder)!r}: {len(files)} label maps for a video of {num_frames} frames")
@@ -220,7 +248,7 @@ def load_label_maps(folder: Path, num_frames: int, size: tuple[int, int], indice
                 raise ValueError(f"segmentation {str(files[index])!r}: expected a single-channel label map, "
                                  f"got mode {image.mode}")
             image = image.resize((size[1], size[0]), Image.NEAREST) if image.size != (size[1], size[0]) else image
-            maps.append(torch.from_numpy(np.array(image, dtype=np.int64)))
+            maps.append(torch.from_numpy(np.array(image, dtype=dtype)))
     return torch.stack(maps)
 
 
@@ -230,6 +258,7 @@ def collate(samples: list[dict]) -> dict:
         "luminance": torch.stack([s["luminance"] for s in samples]),
         "captions": [s["caption"] for s in samples],
         "indices": torch.tensor([s["index"] for s in samples]),
+        "frame_keys": torch.stack([s["frame_keys"] for s in samples]),
     }
     labelled = ["segmentation" in s for s in samples]
     if all(labelled):

@@ -27,6 +27,7 @@ from .checkpoint import resolve_resume, save_checkpoint, save_model_folder
 from .config import TrainConfig
 from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_videos, split_holdout,
                    validation_clip)
+from .encoding_cache import FrozenEncodingCache
 from .models import (Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components,
                      use_channels_last)
 from .optim import build_optimizer
@@ -93,13 +94,15 @@ def _deterministic(enabled: bool):
 def build_dataloader(config: TrainConfig, items: list[VideoItem]):
     data = config.data
     dataset = TextVideoDataset(items, data.resolution, data.num_frames, data.frame_stride, data.random_crop,
-                               data.caption_dropout, data.max_skips, segmentation=config.segmentation.weight > 0)
+                               data.caption_dropout, data.max_skips, segmentation=config.segmentation.weight > 0,
+                               cache_frames=data.cache_frames)
     sampler = ClipSampler(len(dataset), seed=config.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, num_workers=data.num_workers,
         # Its own generator: creating an iterator must not draw from the global RNG (resume).
         generator=torch.Generator().manual_seed(config.seed), pin_memory=torch.cuda.is_available(),
-        persistent_workers=False)
+        # Workers that outlive an epoch keep their decoded videos (data.cache_frames).
+        persistent_workers=data.cache_frames and data.num_workers > 0)
     return loader, sampler
 
 
@@ -227,6 +230,10 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     denoiser.to(device)
     denoiser.train()
 
+    encodings = None
+    if config.data.cache_encodings:
+        encodings = FrozenEncodingCache(components.vae, components.luminance_encoder, with_features=config.uses_cmpf)
+
     optim = config.optimizer
     optimizer = build_optimizer(params, optim, device)
 
@@ -298,7 +305,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         for batch in loader:
             with accelerator.accumulate(denoiser):
                 loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.uses_cmpf,
-                                      snr_gamma=config.snr_gamma, train_text_encoder=train_text_encoder)
+                                      snr_gamma=config.snr_gamma, train_text_encoder=train_text_encoder,
+                                      encodings=encodings)
                 if segmentation_heads is not None:
                     if "segmentation" not in batch:
                         raise ValueError("segmentation.weight > 0: data.source must give every clip a "

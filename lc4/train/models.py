@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cmpf import CrossModalityPreFusion, color_token_mask
-from ..luminance import LuminanceEncoder
+from ..luminance import LuminanceEncoder, LuminanceFeatures
 from ..unet import TDAAdapter, load_unet_with_tda, temporal_kwargs
 
 
@@ -117,10 +117,12 @@ class LC4Denoiser(nn.Module):
         self.text_encoder = text_encoder
 
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                luminance: torch.Tensor, num_frames: int, color_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                luminance: torch.Tensor | LuminanceFeatures, num_frames: int,
+                color_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``noisy_latents`` ``(B*F, 4, h, w)``, ``timesteps`` ``(B*F,)``, ``text`` the caption
         embeddings ``(B, L, D)`` or, with a ``text_encoder``, their token ids ``(B, L)``;
-        ``luminance`` ``(B*F, 1, H, W)`` in ``[-1, 1]``."""
+        ``luminance`` ``(B*F, 1, H, W)`` in ``[-1, 1]``, or the frozen luminance encoder's output
+        for it (:class:`lc4.train.encoding_cache.FrozenEncodingCache`)."""
         if self.text_encoder is not None:
             if text.dim() != 2 or text.is_floating_point():
                 raise ValueError(f"text: this denoiser embeds captions itself and expects token ids (B, L), "
@@ -128,7 +130,10 @@ class LC4Denoiser(nn.Module):
             text_embeds = self.text_encoder(text)[0].float()
         else:
             text_embeds = text
-        lum = self.luminance_encoder(luminance, return_skips=False)
+        if isinstance(luminance, LuminanceFeatures):
+            lum = luminance
+        else:
+            lum = self.luminance_encoder(luminance, return_skips=False)
         if self.cmpf is not None:
             text_embeds = self.cmpf(text_embeds, lum.features, num_frames, color_mask)
         text_embeds = text_embeds.repeat_interleave(num_frames, dim=0)
@@ -162,16 +167,29 @@ def encode_frames(vae, pixel_values: torch.Tensor, generator: Optional[torch.Gen
 def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
                    generator: Optional[torch.Generator] = None, timesteps: Optional[torch.Tensor] = None,
                    with_cmpf: bool = False, snr_gamma: Optional[float] = None,
-                   train_text_encoder: bool = False) -> torch.Tensor:
+                   train_text_encoder: bool = False, encodings=None) -> torch.Tensor:
     """Eq. 9 on one batch of clips. Noise and timesteps come from the global RNG unless a
     ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given. With
     ``snr_gamma`` each clip's MSE is weighted by Min-SNR's ``min(SNR(t), gamma)`` over the
     target's own weight: ``SNR(t)`` (epsilon), ``SNR(t) + 1`` (v), ``1`` (sample). With
-    ``train_text_encoder`` the denoiser holds the text encoder and gets token ids."""
+    ``train_text_encoder`` the denoiser holds the text encoder and gets token ids. With
+    ``encodings`` (a :class:`lc4.train.encoding_cache.FrozenEncodingCache`) the frozen VAE's
+    posterior and luminance features come from it, by the batch's ``frame_keys``."""
     pixel_values, luminance = batch["pixel_values"], batch["luminance"]
     batch_size, num_frames = pixel_values.shape[:2]
     device = pixel_values.device
-    latents = encode_frames(components.vae, pixel_values.flatten(0, 1), generator)
+    if encodings is None:
+        latents = encode_frames(components.vae, pixel_values.flatten(0, 1), generator)
+        luminance = luminance.flatten(0, 1)
+    else:
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        if "frame_keys" not in batch:
+            raise ValueError("data.cache_encodings: the batch has no frame_keys (TextVideoDataset gives them)")
+        posterior, luminance = encodings.lookup(pixel_values.flatten(0, 1), luminance.flatten(0, 1),
+                                                batch["frame_keys"].flatten(0, 1))
+        latents = DiagonalGaussianDistribution(posterior).sample(generator=generator)
+        latents = latents.float() * components.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator else device)
     noise = noise.to(device)
     if timesteps is None:
@@ -185,7 +203,7 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
         text, color_mask = tokenize_captions(components.tokenizer, batch["captions"], device)
     else:
         text, color_mask = encode_captions(components.tokenizer, components.text_encoder, batch["captions"], device)
-    prediction = denoiser(noisy, timesteps, text, luminance.flatten(0, 1), num_frames,
+    prediction = denoiser(noisy, timesteps, text, luminance, num_frames,
                           color_mask if with_cmpf else None)
     prediction_type = components.noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":

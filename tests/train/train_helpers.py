@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 CAPTIONS = ("a red car on a road", "a blue bird in the sky", "a green tree in a field",
             "a yellow dog on the grass", "a man wearing a pink shirt", "a white horse by the river")
@@ -73,3 +75,32 @@ def tiny_config_values(model_dir: Path, data_source: Path, output_dir: Path, **o
             section = section.setdefault(key, {})
         section[leaf] = value
     return values
+
+
+PALETTE = np.array([[30, 30, 30], [200, 40, 40], [40, 40, 200]], dtype=np.uint8)  # class -> colour
+
+
+def labelled_source(folder: Path, count: int = 3, num_frames: int = 10, height: int = 32, width: int = 40) -> Path:
+    """Frame folders whose colour is their class (``PALETTE``, 8x8 blocks), with the class maps
+    as label PNGs, listed in a ``.jsonl``."""
+    rows = []
+    for index in range(count):
+        rng = np.random.default_rng(index)
+        frames_dir, labels_dir = folder / f"clip{index}", folder / f"clip{index}_labels"
+        frames_dir.mkdir(parents=True)
+        labels_dir.mkdir()
+        for t in range(num_frames):
+            blocks = rng.choice(3, size=(height // 8, width // 8), p=(0.5, 0.3, 0.2))
+            labels = np.kron(blocks, np.ones((8, 8), dtype=np.int64))
+            Image.fromarray(PALETTE[labels]).save(frames_dir / f"{t:03d}.png")
+            Image.fromarray(labels.astype(np.uint8)).save(labels_dir / f"{t:03d}.png")
+        rows.append({"video": frames_dir.name, "caption": f"clip {index}", "segmentation": labels_dir.name})
+    (folder / "list.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder / "list.jsonl"
+
+
+def classes_of(pixel_values: torch.Tensor) -> torch.Tensor:
+    """The class of each pixel of ``(F, 3, H, W)`` frames in [-1, 1], by nearest palette colour."""
+    rgb = ((pixel_values + 1) * 127.5).round().permute(0, 2, 3, 1)
+    distances = ((rgb[..., None, :] - torch.from_numpy(PALETTE).float()) ** 2).sum(-1)
+    return distances.argmin(-1)

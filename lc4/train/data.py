@@ -157,8 +157,9 @@ class TextVideoDataset(torch.utils.data.Dataset):
         self.random_crop, self.caption_dropout, self.max_skips = random_crop, caption_dropout, max_skips
         self.segmentation = segmentation
         self.cache_frames = cache_frames
-        # index -> (F, 3, h, w) uint8 frames and (F, h, w) label maps or None, at the resized size
-        self._decoded: dict[int, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        # index -> ((frame count, height, width) as probed, (count, 3, h, w) uint8 frames and
+        # (count, h, w) label maps or None, at the resized size (h, w))
+        self._decoded: dict[int, tuple[tuple[int, int, int], torch.Tensor, Optional[torch.Tensor]]] = {}
 
     def __len__(self) -> int:
         return len(self.items)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from torch import nn
 from ..cmpf import CrossModalityPreFusion, color_token_mask
 from ..luminance import LuminanceEncoder, LuminanceFeatures
 from ..unet import TDAAdapter, load_unet_with_tda, temporal_kwargs
+
+if TYPE_CHECKING:
+    from .encoding_cache import FrozenEncodingCache
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -160,14 +163,24 @@ def encode_captions(tokenizer, text_encoder, captions: list[str], device) -> tup
 def encode_frames(vae, pixel_values: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``(N, 3, H, W)`` in ``[-1, 1]`` -> scaled latents ``(N, 4, H/8, W/8)`` (float32), sampled
     from the VAE's posterior."""
-    latents = vae.encode(pixel_values.to(vae.dtype)).latent_dist.sample(generator=generator)
-    return latents.float() * vae.config.scaling_factor
+    return sample_latents(vae, vae.encode(pixel_values.to(vae.dtype)).latent_dist, generator)
+
+
+def sample_latents(vae, posterior, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A scaled float32 latent drawn from ``posterior`` (the VAE's ``latent_dist``, or its
+    ``parameters`` as :class:`lc4.train.encoding_cache.FrozenEncodingCache` keeps them)."""
+    if isinstance(posterior, torch.Tensor):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        posterior = DiagonalGaussianDistribution(posterior)
+    return posterior.sample(generator=generator).float() * vae.config.scaling_factor
 
 
 def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
                    generator: Optional[torch.Generator] = None, timesteps: Optional[torch.Tensor] = None,
                    with_cmpf: bool = False, snr_gamma: Optional[float] = None,
-                   train_text_encoder: bool = False, encodings=None) -> torch.Tensor:
+                   train_text_encoder: bool = False,
+                   encodings: Optional["FrozenEncodingCache"] = None) -> torch.Tensor:
     """Eq. 9 on one batch of clips. Noise and timesteps come from the global RNG unless a
     ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given. With
     ``snr_gamma`` each clip's MSE is weighted by Min-SNR's ``min(SNR(t), gamma)`` over the
@@ -182,14 +195,11 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
         latents = encode_frames(components.vae, pixel_values.flatten(0, 1), generator)
         luminance = luminance.flatten(0, 1)
     else:
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
         if "frame_keys" not in batch:
             raise ValueError("data.cache_encodings: the batch has no frame_keys (TextVideoDataset gives them)")
         posterior, luminance = encodings.lookup(pixel_values.flatten(0, 1), luminance.flatten(0, 1),
                                                 batch["frame_keys"].flatten(0, 1))
-        latents = DiagonalGaussianDistribution(posterior).sample(generator=generator)
-        latents = latents.float() * components.vae.config.scaling_factor
+        latents = sample_latents(components.vae, posterior, generator)
     noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator else device)
     noise = noise.to(device)
     if timesteps is None:

@@ -40,7 +40,8 @@ TOY_MODEL ?= models/toy
 TOY_DEMO ?= $(TOY_MODEL)/demo
 TOY_SET ?=
 TOY_TRAIN_SET ?=
-toy_stage = --set model.path=$(1) --set data.source=$(TOY_BUILD)/data/train.jsonl --set output_dir=$(2) $(TOY_TRAIN_SET)
+toy_stage = --set model.path=$(1) --set data.source=$(TOY_BUILD)/data/train.jsonl --set output_dir=$(2) \
+	--set data.encoding_cache_file=$(TOY_BUILD)/encoding_cache.safetensors $(TOY_TRAIN_SET)
 
 .PHONY: toy-model demo
 toy-model: setup

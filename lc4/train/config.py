@@ -85,6 +85,9 @@ class DataConfig:
     # (lc4.train.encoding_cache). Neither changes what a step computes beyond ~1e-6.
     cache_frames: bool = False
     cache_encodings: bool = False
+    # With cache_encodings: a file the encodings are read from at the start and written to at the
+    # end, so the stages of one model (same frozen encoders and data) share them; None: in memory only.
+    encoding_cache_file: Optional[str] = None
 
 
 @dataclass
@@ -251,6 +254,9 @@ class TrainConfig:
             raise ValueError("data.cache_encodings: the luminance encoder trains in this run (trainable: "
                              f"{list(self.trainable_parts)}), so its outputs change every step; "
                              "cache only with it frozen")
+        if data.encoding_cache_file and not data.cache_encodings:
+            raise ValueError("data.encoding_cache_file: needs data.cache_encodings: true (it is where that "
+                             "cache is kept between runs)")
         if data.cache_encodings and dist.sharding == "fsdp":
             raise ValueError("data.cache_encodings: not with distributed.sharding: fsdp (the luminance "
                              "encoder's weights are sharded inside the wrapped model)")
@@ -342,13 +348,13 @@ def read_config_file(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None,
                 values: Optional[dict] = None) -> TrainConfig:
     """Reads a config file (or takes ``values``), applies ``KEY=VALUE`` overrides, checks it.
-    Relative ``model.path``, ``data.source``, ``output_dir`` and ``validation.video`` in a file
-    are taken relative to the file's folder."""
+    Relative ``model.path``, ``data.source``, ``data.encoding_cache_file``, ``output_dir`` and
+    ``validation.video`` in a file are taken relative to the file's folder."""
     values = json.loads(json.dumps(values or {}))
     if path is not None:
         values = read_config_file(path)
         base = Path(path).parent
-        for dotted in ("model.path", "data.source", "output_dir", "validation.video"):
+        for dotted in ("model.path", "data.source", "data.encoding_cache_file", "output_dir", "validation.video"):
             *parents, leaf = dotted.split(".")
             section = values
             for key in parents:

@@ -27,7 +27,7 @@ from .checkpoint import resolve_resume, save_checkpoint, save_model_folder
 from .config import TrainConfig
 from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_videos, split_holdout,
                    validation_clip)
-from .encoding_cache import FrozenEncodingCache
+from .encoding_cache import FrozenEncodingCache, cache_fingerprint
 from .models import (Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components,
                      use_channels_last)
 from .optim import build_optimizer
@@ -241,6 +241,11 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     items = list_videos(config.data.source)
     items, validation_item = _validation_item(config, items)
     dataloader, sampler = build_dataloader(config, items)
+    cache_file, fingerprint = config.data.encoding_cache_file, None
+    if encodings is not None and cache_file:
+        fingerprint = cache_fingerprint(components.vae, components.luminance_encoder, [item.path for item in items],
+                                        config.data.resolution)
+        encodings.load(cache_file, fingerprint)
 
     denoiser, optimizer, dataloader = accelerator.prepare(denoiser, optimizer, dataloader)
     if fsdp:  # FSDP2 replaced the parameters by sharded ones (DTensors), the optimizer's too
@@ -365,6 +370,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 model_dir = save_model_folder(components, config.model.path, output_dir / "model", parts)
             if config.validation.every_steps and step % config.validation.every_steps:
                 validate(step)
+    if fingerprint is not None and encodings.misses and accelerator.is_main_process:
+        encodings.save(cache_file, fingerprint)  # the main process's frames; the others' are encoded again
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(step, output_dir, model_dir, components, accelerator.unwrap_model(denoiser), params,

@@ -3,6 +3,7 @@ encoders' outputs kept per frame (``data.cache_encodings``)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from lc4 import video as video_io
 from lc4.train import load_config, train
 from lc4.train.data import TextVideoDataset, collate, list_videos, probe, resized_size
-from lc4.train.encoding_cache import FrozenEncodingCache
+from lc4.train.encoding_cache import FrozenEncodingCache, cache_fingerprint
 from lc4.train.models import LC4Denoiser, diffusion_loss, load_components
 from train_helpers import labelled_source, make_dataset, tiny_config_values
 
@@ -159,3 +160,95 @@ def test_config_refuses_to_cache_the_output_of_an_encoder_that_trains(tiny_model
     assert config(data__cache_encodings=True, trainable=["unet", "tda"]).data.cache_encodings
     with pytest.raises(ValueError, match="data.cache_encodings: not with distributed.sharding: fsdp"):
         config(data__cache_encodings=True, trainable=["unet", "tda"], distributed__sharding="fsdp")
+
+
+def test_encoding_cache_file_round_trip_and_fingerprint(components, batch, tmp_path):
+    pixels, luminance = batch["pixel_values"].flatten(0, 1), batch["luminance"].flatten(0, 1)
+    keys = batch["frame_keys"].flatten(0, 1)
+    filled = FrozenEncodingCache(components.vae, components.luminance_encoder)  # keeps features regardless
+    filled.lookup(pixels, luminance, keys)
+    fingerprint = "the encoders and data of this cache"
+    file = tmp_path / "cache.safetensors"
+    empty = FrozenEncodingCache(components.vae, components.luminance_encoder)
+    empty.save(file, fingerprint)
+    assert not file.exists()  # nothing to write
+    filled.save(file, fingerprint)
+
+    read = FrozenEncodingCache(components.vae, components.luminance_encoder, with_features=True)
+    assert read.load(tmp_path / "missing.safetensors", fingerprint) == 0
+    assert read.load(file, "another fingerprint") == 0 and len(read) == 0
+    assert read.load(file, fingerprint) == len(keys)
+    expected = FrozenEncodingCache(components.vae, components.luminance_encoder, with_features=True)
+    posterior, lum = read.lookup(pixels, luminance, keys)
+    reference, lum_reference = expected.lookup(pixels, luminance, keys)
+    assert (read.hits, read.misses) == (len(keys), 0)
+    assert torch.equal(posterior, reference) and torch.equal(lum.latent_residual, lum_reference.latent_residual)
+    assert torch.equal(lum.features, lum_reference.features)
+
+
+def test_cache_fingerprint_follows_weights_data_and_resolution(components, tmp_path):
+    import copy
+
+    files = [tmp_path / name for name in ("a.mp4", "b.mp4")]
+    for file in files:
+        file.write_bytes(b"clip")
+    vae, lum = components.vae, components.luminance_encoder
+
+    def fingerprint(vae=vae, lum=lum, paths=files, resolution=32):
+        return cache_fingerprint(vae, lum, paths, resolution)
+
+    base = fingerprint()
+    assert fingerprint(vae=copy.deepcopy(vae), lum=copy.deepcopy(lum)) == base
+    changed_vae = copy.deepcopy(vae)
+    with torch.no_grad():
+        next(changed_vae.encoder.parameters()).view(-1)[0] += 1e-3
+    changed_lum = copy.deepcopy(lum)
+    with torch.no_grad():
+        next(changed_lum.parameters()).view(-1)[0] += 1e-3
+    os.utime(files[1], ns=(0, 12345))  # regenerated data: same path, other modification time
+    others = [fingerprint(vae=changed_vae), fingerprint(lum=changed_lum), fingerprint(paths=files[:1]),
+              fingerprint(paths=files[::-1]), fingerprint(resolution=24), fingerprint()]
+    assert len({base, *others}) == len(others) + 1
+
+
+def test_a_later_stage_reads_the_encodings_its_predecessor_wrote(tiny_model_dir, tmp_path, monkeypatch):
+    # 4 clips of 2 frames, whole clips: the first stage encodes every frame in its first epoch.
+    source = make_dataset(tmp_path / "data", count=4, num_frames=2)
+    file = tmp_path / "encodings.safetensors"
+    common = dict(max_steps=4, batch_size=2, trainable=["unet", "tda"], data__num_frames=2,
+                  data__random_crop=False, data__cache_encodings=True, deterministic=True)
+    first = train(load_config(values=tiny_config_values(tiny_model_dir, source, tmp_path / "first",
+                                                        data__encoding_cache_file=str(file), **common)))
+    assert file.exists()
+
+    encoded = []
+    original = FrozenEncodingCache._encode
+    monkeypatch.setattr(FrozenEncodingCache, "_encode", lambda self, *a: encoded.append(1) or original(self, *a))
+    later = dict(common, trainable=["unet", "tda", "text_encoder"])
+    train(load_config(values=tiny_config_values(first.model_dir, source, tmp_path / "alone", **later)))
+    assert len(encoded) == 8  # without the file: each of the 8 frames encoded once
+    written = file.stat().st_mtime_ns
+    train(load_config(values=tiny_config_values(first.model_dir, source, tmp_path / "read",
+                                                data__encoding_cache_file=str(file), **later)))
+    assert len(encoded) == 8  # with it: none
+    assert file.stat().st_mtime_ns == written  # nothing new to write
+    assert _losses(tmp_path / "read") == _losses(tmp_path / "alone")  # bit for bit
+
+    # Another resolution: the file's fingerprint does not match, so every frame is encoded again.
+    train(load_config(values=tiny_config_values(first.model_dir, source, tmp_path / "other", data__resolution=24,
+                                                data__encoding_cache_file=str(file), **later)))
+    assert len(encoded) == 16
+
+
+def test_encoding_cache_file_needs_the_cache_and_is_relative_to_the_config(tiny_model_dir, video_folder, tmp_path):
+    import yaml
+
+    values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", trainable=["unet", "tda"],
+                                data__encoding_cache_file="encodings.safetensors")
+    with pytest.raises(ValueError, match="data.encoding_cache_file: needs data.cache_encodings: true"):
+        load_config(values=values)
+    values["data"]["cache_encodings"] = True
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs/stage.yaml").write_text(yaml.safe_dump(values))
+    config = load_config(tmp_path / "configs/stage.yaml")
+    assert config.data.encoding_cache_file == str(tmp_path / "configs/encodings.safetensors")

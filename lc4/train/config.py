@@ -92,7 +92,7 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"  # "adamw" (torch, fused on CUDA and CPU) or "adamw8bit" (bitsandbytes, 8-bit states)
+    name: str = "adamw"  # "adamw" (torch, fused on a GPU) or "adamw8bit" (bitsandbytes, 8-bit states)
     lr: float = 1e-5
     betas: tuple[float, float] = (0.99, 0.999)
     weight_decay: float = 1e-4  # the paper's lambda, see the module docstring

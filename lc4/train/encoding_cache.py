@@ -49,8 +49,8 @@ def cache_fingerprint(vae: nn.Module, luminance_encoder: nn.Module, paths: Seque
 
 
 class FrozenEncodingCache:
-    """The VAE posterior's parameters and the luminance encoder's latent residual (and, when
-    ``with_features``, its features for CMPF) of each frame, by the frame's key: the
+    """The VAE posterior's parameters and the luminance encoder's latent residual and features
+    (returned by :meth:`lookup` when ``with_features``: CMPF's input) of each frame, by its key: the
     ``(index, source frame, crop top, crop left)`` rows of the batch's ``frame_keys``
     (:class:`lc4.train.data.TextVideoDataset`), which fix its pixels.
 

@@ -80,17 +80,21 @@ def write_tiny_tokenizer(folder: str | Path, words=None, model_max_length: int =
     words = sorted({w for name in (words or [*TINY_WORDS, *COLOR_NAMES]) for w in name.lower().split()})
     characters = list(_bytes_to_unicode().values())
     vocab = characters + [c + "</w>" for c in characters]
-    known, merges = set(vocab), []
+    known, ranks = set(vocab), {}
     for word in words:
-        pieces = [*word[:-1], word[-1] + "</w>"]
+        # BPE applies the lowest-ranked merge first, so a merge added for an earlier word (say
+        # "a n" for "and") can split a later one ("tri" "an" "g" ... for "triangle"). Merges are
+        # therefore added onto the pieces the earlier merges leave; being ranked after all of
+        # them, they change no earlier word.
+        pieces = _bpe([*word[:-1], word[-1] + "</w>"], ranks)
         current = pieces[0]
         for piece in pieces[1:]:
-            merge = f"{current} {piece}"
+            ranks.setdefault((current, piece), len(ranks))
             current += piece
             if current not in known:
-                merges.append(merge)
                 vocab.append(current)
                 known.add(current)
+    merges = [f"{a} {b}" for a, b in sorted(ranks, key=ranks.get)]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,30 @@ def write_tiny_tokenizer(folder: str | Path, words=None, model_max_length: int =
     tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
     if len(tokenizer) != len(vocab):
         raise RuntimeError(f"tokenizer: loaded {len(tokenizer)} tokens from {folder}, wrote {len(vocab)}")
+    split = [word for word in words if len(tokenizer.tokenize(word)) != 1]
+    if split:
+        raise RuntimeError(f"tokenizer: these words do not come out as one token: {split}")
     return tokenizer
+
+
+def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """``pieces`` merged as CLIP's BPE merges them: the lowest-ranked adjacent pair first."""
+    while len(pieces) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        first, second = pieces[i], pieces[i + 1]
+        merged, j = [], 0
+        while j < len(pieces):
+            if j + 1 < len(pieces) and pieces[j] == first and pieces[j + 1] == second:
+                merged.append(first + second)
+                j += 2
+            else:
+                merged.append(pieces[j])
+                j += 1
+        pieces = merged
+    return pieces
 
 
 def tiny_components(seed: int = 0) -> dict:

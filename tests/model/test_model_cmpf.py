@@ -25,7 +25,7 @@ def test_colour_words_are_found_with_the_real_tokenizer(components):
     assert len(tokenizer) == components["text_encoder"].config.vocab_size > 500
     assert masked_words(tokenizer, "a man in a red shirt riding a bike") == ["red"]
     assert masked_words(tokenizer, "a light blue car and a navy hat") == ["light", "blue", "navy"]
-    # "dark" is three BPE pieces in the tiny vocabulary: all of them are masked, nothing else.
+    # A colour name of two words: both are masked, nothing else.
     assert "".join(masked_words(tokenizer, "a Dark Green tree under a sky")) == "darkgreen"
     assert masked_words(tokenizer, "a dark road with a man") == []  # a shade word alone is no colour
     assert "".join(masked_words(tokenizer, "turquoise water, golden hair")) == "turquoisegolden"

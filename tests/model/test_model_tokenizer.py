@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import pytest
 
+from lc4.cmpf import COLOR_NAMES
 from lc4.init_model import TINY_WORDS, write_tiny_tokenizer
 
 
 def test_every_word_of_the_default_vocabulary_is_one_token(tmp_path):
     tokenizer = write_tiny_tokenizer(tmp_path)
-    from lc4.cmpf import COLOR_NAMES
-
     words = sorted({w for name in (*TINY_WORDS, *COLOR_NAMES) for w in name.lower().split()})
-    # Earlier merges must not split later words ("a n" from "and" once cut "triangle" and
-    # "orange" into five and four pieces).
+    # Earlier merges must not split later words (the merge "a n" for "and" once cut "orange"
+    # into four pieces, and "woman", "pants", ... likewise).
     assert [w for w in words if len(tokenizer.tokenize(w)) != 1] == []
     ids = tokenizer("a woman in an orange dress", add_special_tokens=False).input_ids
     assert tokenizer.convert_ids_to_tokens(ids) == ["a</w>", "woman</w>", "in</w>", "an</w>", "orange</w>", "dress</w>"]

@@ -84,7 +84,7 @@ def cmd_evaluate(args) -> int:
 
     from ..pipeline import LC4Pipeline
     from .dataset import clip_of_row, read_rows
-    from .run import evaluate_pipeline, heldout_long_clip
+    from .run import evaluate_pipeline, heldout_long_clips
 
     settings = _settings(args)
     torch.manual_seed(0)
@@ -92,7 +92,7 @@ def cmd_evaluate(args) -> int:
     rows = read_rows(Path(args.data) / "heldout.jsonl")[:settings.evaluation.clips]
     clips = [clip_of_row(row) for row in rows]
     report = evaluate_pipeline(pipeline, clips, settings.evaluation,
-                               heldout_long_clip(settings.evaluation, settings.data.size))
+                               heldout_long_clips(settings.evaluation, settings.data.size))
     text = json.dumps(report, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")

@@ -7,7 +7,7 @@
    prompt must show them swapped (:func:`swap_succeeded`); how far the swapped words move each
    object's hue is the graded form of the same claim (:func:`swap_hue_shifts`).
 3. Temporal consistency: CDC (:func:`lc4.metrics.cdc.cdc`) with TDA against TDA bypassed, and
-   on a long clip with CCF against clip-by-clip inference (:func:`compare_cdc`).
+   on long clips with CCF against clip-by-clip inference (:func:`compare_cdc`).
 
 Outputs are ``(F, H, W, 3)`` uint8 RGB frames at the clip's size.
 """
@@ -123,17 +123,30 @@ def mean_cdc(outputs: Sequence[np.ndarray]) -> float:
 
 @dataclass
 class CDCComparison:
-    """CDC of the same clips under a method and its ablation; the paper claims ``method`` is
-    lower (more consistent)."""
+    """CDC of the same clips under a method and its ablation, clip by clip; the paper claims
+    ``method`` is lower (more consistent)."""
 
-    method: float
-    ablation: float
+    method_scores: list[float]
+    ablation_scores: list[float]
+
+    @property
+    def method(self) -> float:
+        return float(np.mean(self.method_scores))
+
+    @property
+    def ablation(self) -> float:
+        return float(np.mean(self.ablation_scores))
 
     @property
     def method_is_better(self) -> bool:
         return self.method < self.ablation
 
+    @property
+    def clips_method_lower(self) -> int:
+        """How many clips score lower (steadier) under the method than under the ablation."""
+        return sum(m < a for m, a in zip(self.method_scores, self.ablation_scores))
+
 
 def compare_cdc(colorize_with: Callable[[ToyClip], np.ndarray], colorize_without: Callable[[ToyClip], np.ndarray],
                 clips: Sequence[ToyClip]) -> CDCComparison:
-    return CDCComparison(mean_cdc([colorize_with(c) for c in clips]), mean_cdc([colorize_without(c) for c in clips]))
+    return CDCComparison([mean_cdc([colorize_with(c)]) for c in clips], [mean_cdc([colorize_without(c)]) for c in clips])

@@ -90,11 +90,12 @@ class ToyClip:
         self.caption = self.spec.caption
 
 
-def caption_for(spec: ClipSpec) -> str:
-    """"a red circle, a blue star and a green square on a yellow background"."""
-    names = [f"a {o.color} {o.shape}" for o in spec.objects]
+def caption_for(spec: ClipSpec, with_colors: bool = True) -> str:
+    """"a red circle, a blue star and a green square on a yellow background", or without the
+    colour words "a circle, a star and a square on a background" (``with_colors=False``)."""
+    names = [f"a {o.color} {o.shape}" if with_colors else f"a {o.shape}" for o in spec.objects]
     listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    return f"{listed} on a {spec.background} background"
+    return f"{listed} on a {spec.background + ' ' if with_colors else ''}background"
 
 
 def is_heldout_pair(color: str, shape: str) -> bool:

@@ -21,6 +21,7 @@ class ToyEvaluation:
     clips: int = 50
     num_inference_steps: int = 20
     guidance_scale: float = 3.0
+    long_clips: int = 8
     long_clip_frames: int = 64
     seed: int = 0
 

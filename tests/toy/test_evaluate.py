@@ -87,6 +87,8 @@ def test_cdc_comparison_prefers_the_steadier_output():
     result = compare_cdc(lambda c: c.frames, flicker, clips)
     assert result.method == pytest.approx(mean_cdc([c.frames for c in clips]))
     assert result.method_is_better and result.ablation > result.method
+    assert result.clips_method_lower == len(clips)
+    assert compare_cdc(flicker, lambda c: c.frames, clips).clips_method_lower == 0
 
 
 def test_pipeline_evaluation_wiring_on_a_tiny_model(monkeypatch):
@@ -103,9 +105,12 @@ def test_pipeline_evaluation_wiring_on_a_tiny_model(monkeypatch):
     pipeline = LC4Pipeline(**toy_components(ToyModelSizes(), resolution=32))
     settings = ToyEvaluation(num_inference_steps=2, guidance_scale=2.0)
     clips = [generate_clip(seed, "heldout", size=32, num_frames=4) for seed in range(2)]
-    long_clip = generate_clip(0, "heldout", size=32, num_frames=12)
-    report = evaluate_pipeline(pipeline, clips, settings, long_clip)
-    assert report["clips"] == 2 and report["long_clip_frames"] == 12
+    long_clips = [generate_clip(seed, "heldout", size=32, num_frames=12) for seed in range(2)]
+    report = evaluate_pipeline(pipeline, clips, settings, long_clips)
+    assert report["clips"] == 2 and (report["long_clips"], report["long_clip_frames"]) == (2, 12)
+    for suffix in ("", "_colors_unnamed"):
+        assert report[f"cdc_ccf{suffix}"] >= 0 and report[f"cdc_clip_by_clip{suffix}"] >= 0
+        assert report[f"clips_ccf_steadier{suffix}"] in (0, 1, 2)
     assert 0 <= report["color_accuracy"] <= 1
     assert set(report["color_accuracy_by_objects_per_clip"]) == {str(len(c.spec.objects)) for c in clips}
     assert 0 <= report["color_accuracy_vae_round_trip"] <= 1

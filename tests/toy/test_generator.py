@@ -5,7 +5,7 @@ import pytest
 from lc4.toy.dataset import NUM_LABEL_CLASSES, clip_of_row, read_rows, write_split
 from lc4.train.data import load_label_maps
 from lc4.toy.evaluate import object_color_names
-from lc4.toy.generator import (HELDOUT_PAIRS, MIN_LUMA_CONTRAST, SHAPES, ClipSpec, generate_clip,
+from lc4.toy.generator import (HELDOUT_PAIRS, MIN_LUMA_CONTRAST, SHAPES, ClipSpec, caption_for, generate_clip,
                                is_heldout_pair)
 from lc4.toy.palette import (BACKGROUND_COLORS, OBJECT_COLORS, OBJECT_LUMA_RANGE, PALETTE_HUES, chroma_of,
                              hue_distance, luma_of, name_of_chroma, object_rgb)
@@ -37,6 +37,16 @@ def test_caption_names_every_object_and_its_pixels_have_that_colour(seed):
     assert not (clip.masks.sum(axis=1) > 1).any(), "visible masks must not overlap"
     # The ground truth reads back as the caption's colours.
     assert object_color_names(clip.frames, clip.masks) == [o.color for o in clip.spec.objects]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_caption_without_colors_keeps_the_shapes_and_names_no_colour(seed):
+    spec = generate_clip(seed).spec
+    words = caption_for(spec, with_colors=False).replace(",", "").split()
+    assert caption_for(spec, with_colors=False).endswith(" on a background")
+    assert [w for w in words if w in SHAPES] == [o.shape for o in spec.objects]
+    assert not set(words) & (set(OBJECT_COLORS) | set(BACKGROUND_COLORS))
+    assert caption_for(spec) == spec.caption
 
 
 def test_clips_move_and_vary():

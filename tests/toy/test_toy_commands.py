@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "data.num_train=4", "--set", "data.num_heldout=2", "--set", "data.size=32",
          "--set", "data.num_frames=8", "--set", "vae.steps=2", "--set", "vae.batch_size=4", "--set", "vae.pool_frames=8",
          "--set", "luminance.steps=2", "--set", "luminance.batch_size=4", "--set", "evaluation.clips=2",
-         "--set", "evaluation.num_inference_steps=2", "--set", "evaluation.long_clip_frames=12"]
+         "--set", "evaluation.num_inference_steps=2", "--set", "evaluation.long_clips=1",
+         "--set", "evaluation.long_clip_frames=12"]
 
 
 def test_toy_model_commands_end_to_end(tmp_path, capsys):
@@ -48,3 +49,4 @@ def test_toy_model_commands_end_to_end(tmp_path, capsys):
                      *SMALL]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["clips"] == 2 and 0 <= report["color_accuracy"] <= 1 and report["long_clip_frames"] == 12
+    assert report["long_clips"] == 1 and report["clips_ccf_steadier"] in (0, 1)

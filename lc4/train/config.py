@@ -159,6 +159,17 @@ class SegmentationConfig:
 
 
 @dataclass
+class GroundingConfig:
+    """The cross-attentions' routing loss (:mod:`lc4.train.grounding`), training only.
+    ``weight`` > 0 needs the same ``segmentation`` label folders as the heads above;
+    ``class_words[i]`` is the caption's word for label class ``i`` (one token each, e.g.
+    ``[background, circle, square]``)."""
+
+    weight: float = 0.0  # 0: off
+    class_words: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     stage: int = 1
     trainable: Optional[list[str]] = None  # None: the stage's default, STAGE_TRAINABLE
@@ -191,6 +202,7 @@ class TrainConfig:
     # None: Eq. 9's plain MSE (the paper's).
     snr_gamma: Optional[float] = None
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (needed for bitwise resume)
 
@@ -206,6 +218,11 @@ class TrainConfig:
         """Whether the UNet is conditioned on CMPF's embeddings: always in stage 2; in stage 1
         (plain CLIP embeddings in the paper) only when CMPF trains with the UNet."""
         return self.stage == 2 or "cmpf" in self.trainable_parts
+
+    @property
+    def uses_label_maps(self) -> bool:
+        """Whether training reads the data's ``segmentation`` label maps (heads or grounding)."""
+        return self.segmentation.weight > 0 or self.grounding.weight > 0
 
     @property
     def num_epochs(self) -> int:
@@ -270,6 +287,15 @@ class TrainConfig:
                              f"got {segmentation.num_classes}")
         if segmentation.weight > 0 and "unet" not in self.trainable_parts:
             raise ValueError("segmentation.weight: the heads teach the UNet's queries; trainable must include unet")
+        grounding = self.grounding
+        if not grounding.weight >= 0:
+            raise ValueError(f"grounding.weight: expected >= 0, got {grounding.weight}")
+        if grounding.weight > 0 and len(grounding.class_words) < 2:
+            raise ValueError(f"grounding.class_words: expected at least 2 words (one per label class) with "
+                             f"grounding.weight > 0, got {grounding.class_words}")
+        if grounding.weight > 0 and "unet" not in self.trainable_parts:
+            raise ValueError("grounding.weight: the loss teaches the UNet's cross-attentions; trainable must "
+                             "include unet")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma: expected a positive number or null, got {self.snr_gamma}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -29,8 +29,9 @@ from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_video
                    validation_clip)
 from .encoding_cache import FrozenEncodingCache, cache_fingerprint
 from .models import (Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components,
-                     use_channels_last)
+                     tokenize_captions, use_channels_last)
 from .optim import build_optimizer
+from .grounding import CrossAttentionGrounding, class_word_ids
 from .segmentation import CrossAttentionSegmentationHeads
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _deterministic(enabled: bool):
 def build_dataloader(config: TrainConfig, items: list[VideoItem]):
     data = config.data
     dataset = TextVideoDataset(items, data.resolution, data.num_frames, data.frame_stride, data.random_crop,
-                               data.caption_dropout, data.max_skips, segmentation=config.segmentation.weight > 0,
+                               data.caption_dropout, data.max_skips, segmentation=config.uses_label_maps,
                                cache_frames=data.cache_frames)
     sampler = ClipSampler(len(dataset), seed=config.seed)
     loader = torch.utils.data.DataLoader(
@@ -227,6 +228,10 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         segmentation_heads = CrossAttentionSegmentationHeads(components.unet, config.segmentation.num_classes)
         denoiser.segmentation_heads = segmentation_heads
         params = params + list(segmentation_heads.parameters())
+    grounding = None
+    if config.grounding.weight > 0:
+        grounding = CrossAttentionGrounding(components.unet,
+                                            class_word_ids(components.tokenizer, config.grounding.class_words))
     denoiser.to(device)
     denoiser.train()
 
@@ -302,7 +307,7 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     last_stop = min(max_steps, stop_after) if stop_after else max_steps
     bar = tqdm(total=max_steps, initial=step, desc=f"stage {config.stage}", unit="step",
                disable=not (accelerator.is_local_main_process and config.logging.progress_bar))
-    window_loss, window_segmentation, window_clips, window_start = 0.0, 0.0, 0, time.perf_counter()
+    window_loss, window_segmentation, window_grounding, window_clips, window_start = 0.0, 0.0, 0.0, 0, time.perf_counter()
     while step < last_stop:
         sampler.set_epoch_seed(epoch)
         loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
@@ -319,6 +324,16 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                     segmentation_loss = segmentation_heads.loss(batch["segmentation"].flatten(0, 1))
                     window_segmentation += segmentation_loss.detach().float().item() / config.gradient_accumulation_steps
                     loss = loss + config.segmentation.weight * segmentation_loss
+                if grounding is not None:
+                    if "segmentation" not in batch:
+                        raise ValueError("grounding.weight > 0: data.source must give every clip a "
+                                         "segmentation folder of label maps")
+                    labels = batch["segmentation"]
+                    token_ids = tokenize_captions(components.tokenizer, batch["captions"], device)[0]
+                    grounding_loss = grounding.loss(labels.flatten(0, 1),
+                                                    token_ids.repeat_interleave(labels.shape[1], dim=0))
+                    window_grounding += grounding_loss.detach().float().item() / config.gradient_accumulation_steps
+                    loss = loss + config.grounding.weight * grounding_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and optim.max_grad_norm:
                     accelerator.clip_grad_norm_(clipped(), optim.max_grad_norm)
@@ -343,10 +358,13 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 if segmentation_heads is not None:  # "loss" includes it, weighted
                     record["segmentation_loss"] = accelerator.reduce(
                         torch.tensor(window_segmentation / steps_in_window, device=device), "mean").item()
+                if grounding is not None:  # "loss" includes it, weighted
+                    record["grounding_loss"] = accelerator.reduce(
+                        torch.tensor(window_grounding / steps_in_window, device=device), "mean").item()
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 metrics.write(record)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
-                window_loss, window_segmentation, window_clips, window_start = 0.0, 0.0, 0, time.perf_counter()
+                window_loss, window_segmentation, window_grounding, window_clips, window_start = 0.0, 0.0, 0.0, 0, time.perf_counter()
             if step % config.checkpointing.every_steps == 0 or step == last_stop:
                 save_checkpoint(accelerator, checkpoints_dir, step, config.checkpointing.keep_last)
             if config.validation.every_steps and step % config.validation.every_steps == 0:
@@ -357,6 +375,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     bar.close()
     if segmentation_heads is not None:
         segmentation_heads.detach_hooks()  # the heads are dropped: the model folder is the plain model
+    if grounding is not None:
+        grounding.detach_hooks()
 
     model_dir = None
     if step >= max_steps:

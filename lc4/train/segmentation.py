@@ -23,18 +23,19 @@ from torch import nn
 MIN_CLASS_SHARE = 0.75
 
 
-def pool_labels(labels: torch.Tensor, side: int, num_classes: int) -> torch.Tensor:
+def pool_labels(labels: torch.Tensor, side: int, num_classes: int, mixed: int = 0) -> torch.Tensor:
     """``labels`` ``(N, H, W)`` integer classes -> ``(N, side * side)``: in each cell the class
-    that covers more than :data:`MIN_CLASS_SHARE` of it, else 0 (background or mixed)."""
+    that covers more than :data:`MIN_CLASS_SHARE` of it, else ``mixed`` (by default 0, the
+    background)."""
     if labels.dim() != 3:
         raise ValueError(f"labels: expected (N, H, W) class indices, got {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels: class indices must lie in [0, {num_classes}) (segmentation.num_classes), "
+        raise ValueError(f"labels: class indices must lie in [0, {num_classes}) (the configured classes), "
                          f"got {labels.min().item()} to {labels.max().item()}")
     one_hot = F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).float()
     share = F.adaptive_avg_pool2d(one_hot, side)
     best, cls = share.max(dim=1)
-    return torch.where(best > MIN_CLASS_SHARE, cls, torch.zeros_like(cls)).flatten(1)
+    return torch.where(best > MIN_CLASS_SHARE, cls, torch.full_like(cls, mixed)).flatten(1)
 
 
 def cross_attentions(unet: nn.Module) -> dict[str, nn.Module]:

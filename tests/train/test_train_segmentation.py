@@ -25,7 +25,7 @@ def test_pool_labels_takes_the_class_covering_more_than_three_quarters():
     assert pool_labels(labels, 4, 3).tolist() == [labels.flatten().tolist()]
     with pytest.raises(ValueError, match="labels: expected"):
         pool_labels(labels[0], 2, 3)
-    with pytest.raises(ValueError, match=r"\[0, 2\) \(segmentation.num_classes\), got 0 to 2"):
+    with pytest.raises(ValueError, match=r"\[0, 2\) \(the configured classes\), got 0 to 2"):
         pool_labels(labels, 2, 2)
 
 

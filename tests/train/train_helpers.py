@@ -80,9 +80,10 @@ def tiny_config_values(model_dir: Path, data_source: Path, output_dir: Path, **o
 PALETTE = np.array([[30, 30, 30], [200, 40, 40], [40, 40, 200]], dtype=np.uint8)  # class -> colour
 
 
-def labelled_source(folder: Path, count: int = 3, num_frames: int = 10, height: int = 32, width: int = 40) -> Path:
+def labelled_source(folder: Path, count: int = 3, num_frames: int = 10, height: int = 32, width: int = 40,
+                    captions=None) -> Path:
     """Frame folders whose colour is their class (``PALETTE``, 8x8 blocks), with the class maps
-    as label PNGs, listed in a ``.jsonl``."""
+    as label PNGs, listed in a ``.jsonl`` (captions "clip 0", ... unless ``captions`` are given)."""
     rows = []
     for index in range(count):
         rng = np.random.default_rng(index)
@@ -94,7 +95,8 @@ def labelled_source(folder: Path, count: int = 3, num_frames: int = 10, height: 
             labels = np.kron(blocks, np.ones((8, 8), dtype=np.int64))
             Image.fromarray(PALETTE[labels]).save(frames_dir / f"{t:03d}.png")
             Image.fromarray(labels.astype(np.uint8)).save(labels_dir / f"{t:03d}.png")
-        rows.append({"video": frames_dir.name, "caption": f"clip {index}", "segmentation": labels_dir.name})
+        caption = captions[index % len(captions)] if captions else f"clip {index}"
+        rows.append({"video": frames_dir.name, "caption": caption, "segmentation": labels_dir.name})
     (folder / "list.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder / "list.jsonl"
 

@@ -335,6 +335,11 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                     window_grounding += grounding_loss.detach().float().item() / config.gradient_accumulation_steps
                     loss = loss + config.grounding.weight * grounding_loss
                 accelerator.backward(loss)
+                # Gradient checkpointing reruns the hooks in the backward: drop what they recorded.
+                if segmentation_heads is not None:
+                    segmentation_heads.logits = {}
+                if grounding is not None:
+                    grounding.probs = {}
                 if accelerator.sync_gradients and optim.max_grad_norm:
                     accelerator.clip_grad_norm_(clipped(), optim.max_grad_norm)
                 optimizer.step()

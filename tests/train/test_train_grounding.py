@@ -167,16 +167,15 @@ def test_grounding_without_labels_in_the_data_is_refused(tiny_model_dir, video_f
 
 
 def grounding_loss_on(components, batch, word_ids) -> torch.Tensor:
-    """The routing loss of a model on fixed clips at a fixed noise draw, with its graph."""
+    """The routing loss of a model on fixed clips at a fixed noise draw, with its graph (the
+    hooks stay on the UNet: under gradient checkpointing the backward reruns them)."""
     grounding = CrossAttentionGrounding(components.unet, word_ids)
     denoiser = LC4Denoiser(components.unet, components.luminance_encoder, text_encoder=components.text_encoder).train()
     labels = batch["segmentation"].flatten(0, 1)
     token_ids = tokenize_captions(components.tokenizer, batch["captions"], "cpu")[0]
     diffusion_loss(denoiser, components, batch, generator=torch.Generator().manual_seed(0),
                    timesteps=torch.full((len(batch["captions"]),), 500), train_text_encoder=True)
-    loss = grounding.loss(labels, token_ids.repeat_interleave(batch["segmentation"].shape[1], 0))
-    grounding.detach_hooks()
-    return loss
+    return grounding.loss(labels, token_ids.repeat_interleave(batch["segmentation"].shape[1], 0))
 
 
 CAPTIONS = ["red and blue on dark", "blue and red on dark", "dark with red and blue"]
@@ -200,13 +199,28 @@ def test_a_small_step_down_the_gradient_lowers_the_loss(tiny_model_dir, tmp_path
     assert grounding_loss_on(components, batch, word_ids).item() < loss.item() - 1e-4
 
 
+def test_the_gradient_is_the_same_under_gradient_checkpointing(tiny_model_dir, tmp_path):
+    source = labelled_source(tmp_path / "data", count=3, num_frames=8, captions=CAPTIONS)
+    batch = collate([TextVideoDataset(list_videos(source), 32, 4, segmentation=True)[(i, 0)] for i in range(3)])
+    grads = []
+    for checkpointing in (False, True):
+        components = load_components(tiny_model_dir)
+        if checkpointing:
+            components.unet.enable_gradient_checkpointing()
+        grounding_loss_on(components, batch, class_word_ids(components.tokenizer, CLASS_WORDS)).backward()
+        grads.append(components.unet.conv_in.weight.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
 def test_training_with_grounding_records_it_and_saves_the_plain_model(tiny_model_dir, tmp_path):
     source = labelled_source(tmp_path / "data", count=3, num_frames=8, captions=CAPTIONS)
 
     def run(name, weight):
         values = tiny_config_values(tiny_model_dir, source, tmp_path / name, max_steps=6, data__num_frames=4,
                                     data__caption_dropout=0.0, batch_size=2, trainable=["unet", "tda", "text_encoder"],
-                                    grounding__weight=weight, grounding__class_words=CLASS_WORDS)
+                                    grounding__weight=weight, grounding__class_words=CLASS_WORDS,
+                                    gradient_checkpointing=True)  # the backward reruns the hooks
         return train(load_config(values=values))
 
     result = run("grounded", 1.0)

@@ -14,6 +14,8 @@ Why: a from-scratch model (the toy, :mod:`lc4.toy`) learns only slowly from the 
 to route each pixel to its object's words (``docs/experiments``), which is what binds a colour
 to its object; SD1.5 brings that routing from pre-training. Nothing is added to the model: the
 loss reads the attention the model computes anyway, and the saved model is the plain one.
+In the toy recipe it taught the routing but the colours did not follow (``docs/experiments``,
+run 13), so ``make toy-model`` does not use it.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def routing_targets(labels: torch.Tensor, positions: torch.Tensor, side: int) ->
 
 class CrossAttentionGrounding:
     """Forward pre-hooks on ``unet``'s cross-attentions record each one's attention
-    probabilities (mean over heads, ``(N, pixels, tokens)``) while ``active``; :meth:`loss`
+    probabilities (mean over heads, ``(N, pixels, tokens)``) while the UNet trains; :meth:`loss`
     scores those of the last UNet call against the label maps. Holds no parameters."""
 
     def __init__(self, unet: nn.Module, word_ids: list[int]):
@@ -76,13 +78,12 @@ class CrossAttentionGrounding:
         if not layers:
             raise ValueError("unet: has no cross-attention (attn2) modules to ground")
         self.word_ids = list(word_ids)
-        self.active = True
         self.probs: dict[str, torch.Tensor] = {}
         self._hooks = [module.register_forward_pre_hook(functools.partial(self._record, key), with_kwargs=True)
                        for key, module in layers.items()]
 
     def _record(self, key, module, args, kwargs):
-        if not (self.active and module.training):
+        if not module.training:
             return
         hidden = args[0] if args else kwargs["hidden_states"]
         context = kwargs.get("encoder_hidden_states")

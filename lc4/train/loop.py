@@ -28,10 +28,10 @@ from .config import TrainConfig
 from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_videos, split_holdout,
                    validation_clip)
 from .encoding_cache import FrozenEncodingCache, cache_fingerprint
+from .grounding import CrossAttentionGrounding, class_word_ids
 from .models import (Components, LC4Denoiser, diffusion_loss, freeze_all_but, load_components,
                      tokenize_captions, use_channels_last)
 from .optim import build_optimizer
-from .grounding import CrossAttentionGrounding, class_word_ids
 from .segmentation import CrossAttentionSegmentationHeads
 
 logger = logging.getLogger(__name__)
@@ -307,7 +307,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     last_stop = min(max_steps, stop_after) if stop_after else max_steps
     bar = tqdm(total=max_steps, initial=step, desc=f"stage {config.stage}", unit="step",
                disable=not (accelerator.is_local_main_process and config.logging.progress_bar))
-    window_loss, window_segmentation, window_grounding, window_clips, window_start = 0.0, 0.0, 0.0, 0, time.perf_counter()
+    window_loss, window_segmentation, window_grounding = 0.0, 0.0, 0.0
+    window_clips, window_start = 0, time.perf_counter()
     while step < last_stop:
         sampler.set_epoch_seed(epoch)
         loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
@@ -317,17 +318,14 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.uses_cmpf,
                                       snr_gamma=config.snr_gamma, train_text_encoder=train_text_encoder,
                                       encodings=encodings)
+                if config.uses_label_maps and "segmentation" not in batch:
+                    raise ValueError("segmentation.weight or grounding.weight > 0: data.source must give every "
+                                     "clip a segmentation folder of label maps")
                 if segmentation_heads is not None:
-                    if "segmentation" not in batch:
-                        raise ValueError("segmentation.weight > 0: data.source must give every clip a "
-                                         "segmentation folder of label maps")
                     segmentation_loss = segmentation_heads.loss(batch["segmentation"].flatten(0, 1))
                     window_segmentation += segmentation_loss.detach().float().item() / config.gradient_accumulation_steps
                     loss = loss + config.segmentation.weight * segmentation_loss
                 if grounding is not None:
-                    if "segmentation" not in batch:
-                        raise ValueError("grounding.weight > 0: data.source must give every clip a "
-                                         "segmentation folder of label maps")
                     labels = batch["segmentation"]
                     token_ids = tokenize_captions(components.tokenizer, batch["captions"], device)[0]
                     grounding_loss = grounding.loss(labels.flatten(0, 1),
@@ -369,7 +367,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 metrics.write(record)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
-                window_loss, window_segmentation, window_grounding, window_clips, window_start = 0.0, 0.0, 0.0, 0, time.perf_counter()
+                window_loss, window_segmentation, window_grounding = 0.0, 0.0, 0.0
+                window_clips, window_start = 0, time.perf_counter()
             if step % config.checkpointing.every_steps == 0 or step == last_stop:
                 save_checkpoint(accelerator, checkpoints_dir, step, config.checkpointing.keep_last)
             if config.validation.every_steps and step % config.validation.every_steps == 0:

@@ -32,6 +32,7 @@ repository root:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from lc4.toy.generator import ToyClip, generate_clip, render
 from lc4.toy.palette import PALETTE_HUES, hue_distance
 from lc4.toy.settings import load_settings
 
-TOY_CONFIG = "configs/toy/toy.yaml"  # the report's sampling settings
+TOY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "toy" / "toy.yaml"  # the report's sampling settings
 TOUCHING = 2.0  # pixels: objects closer than this (mean over the frames) touch
 LAYER_GROUPS = {  # cross-attention (attn2) module name prefixes of the toy UNet (2 levels)
     "16x16 (down_blocks.0, up_blocks.1)": ("down_blocks.0", "up_blocks.1"),
@@ -162,10 +163,11 @@ def leak(args) -> None:
             if base[b] is None or moved[b] is None:
                 continue
             others = [a for a in range(3) if a != b and base[a] is not None and moved[a] is not None]
+            gaps = {a: gap(clip, a, b) for a in others}
             for a in others:
-                shift, distance = follow(base, moved, b, a), gap(clip, a, b)
+                shift = follow(base, moved, b, a)
                 by_order["A named before B" if a < b else "A named after B"].append(shift)
-                by_gap[next(k for k, hi in zip(by_gap, (TOUCHING, 6, 15, np.inf)) if distance < hi)].append(shift)
+                by_gap[next(k for k, hi in zip(by_gap, (TOUCHING, 6, 15, np.inf)) if gaps[a] < hi)].append(shift)
             for group, prefixes in LAYER_GROUPS.items():
                 switch.select(prefixes)
                 partial = object_mean_chromas(colorize(pipe, clip, clip.caption, settings), clip.masks)
@@ -174,7 +176,7 @@ def leak(args) -> None:
                     rows["B itself"].append(along(partial[b] - base[b], moved[b] - base[b]))
                 for a in others:
                     if partial[a] is not None:
-                        rows["A touching B" if gap(clip, a, b) < TOUCHING else "A apart"].append(
+                        rows["A touching B" if gaps[a] < TOUCHING else "A apart"].append(
                             along(partial[a] - base[a], moved[b] - base[b]))
     print("A's move along B's, B's colour word changed everywhere:")
     print("  by caption order:", summarize(by_order))

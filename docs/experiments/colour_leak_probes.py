@@ -8,7 +8,7 @@ repository root:
     python docs/experiments/colour_leak_probes.py roundtrip-swap MODEL FIRST COUNT
     python docs/experiments/colour_leak_probes.py routing MODEL COUNT
 
-* ``touching``: colour accuracy (the report's: 20 DDIM steps, guidance 1.5) of the objects of
+* ``touching``: colour accuracy (the report's settings from configs/toy/toy.yaml) of the objects of
   clips ``FIRST`` .. ``FIRST + COUNT - 1`` of ``SPLIT`` (``train``: the very clips the model
   trained on; ``heldout``) that touch another object (less than 2 pixels apart, mean over the
   frames) and of those that touch none, beside the same figures for the VAE round trip.

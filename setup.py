@@ -64,10 +64,20 @@ def _set_cuda_arch_list(cuda_home):
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs
 
 
+def _requirements():
+    """requirements.txt is the one list of what the package needs to build and run."""
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        lines = (line.split("#", 1)[0].strip() for line in f)
+        return [line for line in lines if line]
+
+
 def _extensions():
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     except ImportError:  # no torch at build time: pure-Python install, reference backend only
+        print("warning: torch is not importable at build time, so lc4_kernels._C is not built and only "
+              "the reference backend will be available; install torch first and build with "
+              "`pip install --no-build-isolation`", file=sys.stderr)
         return [], {}
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/cuda_emu/*.cpp"))
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-unknown-pragmas", *_cpu_arch_flags()]
@@ -109,6 +119,7 @@ setup(
     description="L-C4 language-guided video colorization with fused TDA kernels",
     packages=find_packages(include=["lc4_kernels*", "lc4*"]),
     python_requires=">=3.10",
+    install_requires=_requirements(),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     entry_points={"console_scripts": ["lc4 = lc4.cli:main"]},

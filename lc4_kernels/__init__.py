@@ -1,9 +1,10 @@
 """lc4_kernels: fused kernels for L-C4's temporally deformable attention (TDA).
 
 Public ops: :func:`trilinear_sample` (seed Eq. 2) and :func:`tda_attention` (Eq. 1-3).
-Backends: ``reference`` (pure PyTorch, the oracle) and the compiled ``cpu`` backend when the
-extension is built; :func:`available_backends` lists them, :func:`backend_for` tells which one
-a call would use, ``backend=`` or ``LC4_BACKEND`` forces one.
+Backends: ``reference`` (pure PyTorch, the oracle); from the compiled extension ``cpu``, ``cuda``
+(when built with a CUDA toolkit) and the test-only ``cuda_emu``; ``triton`` on NVIDIA GPUs.
+:func:`available_backends` lists those that can run here, :func:`backend_for` tells which one a
+call would use, ``backend=`` or ``LC4_BACKEND`` forces one.
 """
 from . import compiled as _compiled  # registers the compiled backends it finds
 try:  # registers the triton backend; it reports itself unavailable without triton or a GPU

@@ -5,6 +5,9 @@
   are trained on the data;
 * ``finish OUT --runs RUN...``: copies the last stage's model to OUT and plots the loss curves;
 * ``evaluate MODEL --data ROOT``: the three claims on held-out clips, as JSON;
+* ``score MODEL --first N --count M``: claims 1 and 2 alone on generated held-out clips (any
+  seeds, e.g. beyond the written split), with every miss named, as JSON: the figure to compare
+  models on more clips than the report's;
 * ``demo MODEL --out DIR``: a held-out clip colorized under two prompts.
 
 Every command takes ``--config`` (default ``configs/toy/toy.yaml``) and ``--set KEY=VALUE``.
@@ -100,6 +103,29 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    import torch
+
+    from ..pipeline import LC4Pipeline
+    from .generator import generate_clip
+    from .run import color_and_swap_scores
+
+    if args.count < 1:
+        raise SystemExit(f"--count: expected at least one clip, got {args.count}")
+    settings = _settings(args)
+    torch.manual_seed(0)
+    pipeline = LC4Pipeline.from_pretrained(args.model)
+    data = settings.data
+    clips = [generate_clip(seed, "heldout", data.size, data.num_frames)
+             for seed in range(args.first, args.first + args.count)]
+    scores, _ = color_and_swap_scores(pipeline, clips, settings.evaluation)
+    text = json.dumps({"first_seed": args.first, **scores}, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ..pipeline import LC4Pipeline
     from .demo import write_demo
@@ -140,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--output", help="also write the JSON report here")
     p.set_defaults(handler=cmd_evaluate)
+    p = sub.add_parser("score", parents=[common],
+                       help="colour accuracy and swap success on generated held-out clips, misses named")
+    p.add_argument("model")
+    p.add_argument("--first", type=int, default=100, help="first held-out seed; default %(default)s (after the "
+                   "written split's 100)")
+    p.add_argument("--count", type=int, default=100, help="number of clips; default %(default)s")
+    p.add_argument("--output", help="also write the JSON here")
+    p.set_defaults(handler=cmd_score)
     p = sub.add_parser("demo", parents=[common], help="a held-out clip under two prompts")
     p.add_argument("model")
     p.add_argument("--seed", type=int, default=0, help="first held-out seed to try (a clip with two objects)")

@@ -9,8 +9,8 @@ import torch
 
 from ..color import to_uint8
 from ..unet import tda_removed
-from .evaluate import (color_accuracy, color_accuracy_by_object_count, compare_cdc, mean_cdc, swap_hue_shifts,
-                       swap_succeeded, swapped_spec)
+from .evaluate import (color_accuracy, color_accuracy_by_object_count, compare_cdc, mean_cdc, object_color_names,
+                       swap_hue_shifts, swap_succeeded, swapped_spec)
 from .generator import ToyClip, caption_for, generate_clip
 from .palette import OBJECT_COLORS
 from .settings import ToyEvaluation
@@ -40,35 +40,65 @@ def round_trip(pipeline, clip: ToyClip) -> np.ndarray:
     return to_uint8((decoded + 1) / 2).permute(0, 2, 3, 1).numpy()
 
 
-def evaluate_pipeline(pipeline, clips: list[ToyClip], settings: ToyEvaluation,
-                      long_clips: Sequence[ToyClip] = ()) -> dict:
-    """The report: colour accuracy and swap success over ``clips``, CDC with and without TDA
-    over ``clips``, and CDC of ``long_clips`` with CCF and clip by clip (see :func:`compare_ccf`)."""
+def color_and_swap_scores(pipeline, clips: list[ToyClip], settings: ToyEvaluation) -> tuple[dict, list[np.ndarray]]:
+    """Claims 1 and 2 over ``clips``: colour accuracy, swap success and hue shift, with every
+    miss named (clip seed, prompt, object, the colour wanted and the colour got). Also returns
+    the outputs under the captions."""
     pipeline.set_progress_bar_config(disable=True)
     outputs = [colorize(pipeline, clip, clip.caption, settings) for clip in clips]
-    pairs = [clip for clip in clips if len(clip.spec.objects) >= 2]
-    swapped_outputs = [colorize(pipeline, clip, swapped_spec(clip.spec).caption, settings) for clip in pairs]
-    swaps = [swap_succeeded(outputs[clips.index(clip)], swapped, clip) for clip, swapped in zip(pairs, swapped_outputs)]
-    shifts = [shift for clip, swapped in zip(pairs, swapped_outputs)
-              for shift in swap_hue_shifts(outputs[clips.index(clip)], swapped, clip)]
-    # Without TDA the blocks' attention processors are handed the (then unused) temporal
-    # layout and warn once per call; the warning says nothing here.
-    with tda_removed(pipeline.unet), _diffusers_quiet():
-        without_tda = [colorize(pipeline, clip, clip.caption, settings) for clip in clips]
-    report = {
+    misses = [_misses(clip, "caption", clip.spec, frames) for clip, frames in zip(clips, outputs)]
+    swaps, shifts, failed = [], [], []
+    for clip, frames in zip(clips, outputs):
+        if len(clip.spec.objects) < 2:
+            continue
+        spec = swapped_spec(clip.spec)
+        swapped = colorize(pipeline, clip, spec.caption, settings)
+        swaps.append(swap_succeeded(frames, swapped, clip))
+        if not swaps[-1]:
+            failed.append(clip.seed)
+        shifts += swap_hue_shifts(frames, swapped, clip)
+        misses.append(_misses(clip, "swapped", spec, swapped, only=(0, 1)))
+    scores = {
         "clips": len(clips), "objects": sum(len(c.spec.objects) for c in clips),
         "num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
         "chance": 1 / len(OBJECT_COLORS),
         "color_accuracy": color_accuracy(outputs, clips),
         "color_accuracy_by_objects_per_clip": {str(n): value for n, value in
                                                color_accuracy_by_object_count(outputs, clips).items()},
-        # The ceiling set by the autoencoder: the true frames encoded, then decoded as the
-        # pipeline decodes (with the luminance skips).
-        "color_accuracy_vae_round_trip": color_accuracy([round_trip(pipeline, clip) for clip in clips], clips),
-        "swap_clips": len(pairs), "swap_success": float(np.mean(swaps)) if swaps else None,
+        "swap_clips": len(swaps), "swap_success": float(np.mean(swaps)) if swaps else None,
         "swap_hue_shift": float(np.mean(shifts)) if shifts else None,
-        "cdc_tda": mean_cdc(outputs), "cdc_tda_bypassed": mean_cdc(without_tda),
+        "swaps_failed": failed,
+        "misses": [miss for clip_misses in misses for miss in clip_misses],
     }
+    return scores, outputs
+
+
+def _misses(clip: ToyClip, prompt: str, spec, frames: np.ndarray, only: Sequence[int] | None = None) -> list[dict]:
+    names = object_color_names(frames, clip.masks)
+    return [{"seed": clip.seed, "prompt": prompt, "object": k, "shape": obj.shape, "wanted": obj.color, "got": name}
+            for k, (obj, name) in enumerate(zip(spec.objects, names))
+            if name != obj.color and (only is None or k in only)]
+
+
+def evaluate_pipeline(pipeline, clips: list[ToyClip], settings: ToyEvaluation,
+                      long_clips: Sequence[ToyClip] = ()) -> dict:
+    """The report: colour accuracy and swap success over ``clips``, CDC with and without TDA
+    over ``clips``, and CDC of ``long_clips`` with CCF and clip by clip (see :func:`compare_ccf`)."""
+    scores, outputs = color_and_swap_scores(pipeline, clips, settings)
+    # Without TDA the blocks' attention processors are handed the (then unused) temporal
+    # layout and warn once per call; the warning says nothing here.
+    with tda_removed(pipeline.unet), _diffusers_quiet():
+        without_tda = [colorize(pipeline, clip, clip.caption, settings) for clip in clips]
+    report = {}
+    for key, value in scores.items():
+        if key not in ("swaps_failed", "misses"):
+            report[key] = value
+        if key == "color_accuracy_by_objects_per_clip":
+            # The ceiling set by the autoencoder: the true frames encoded, then decoded as the
+            # pipeline decodes (with the luminance skips).
+            report["color_accuracy_vae_round_trip"] = color_accuracy([round_trip(pipeline, clip) for clip in clips],
+                                                                     clips)
+    report.update({"cdc_tda": mean_cdc(outputs), "cdc_tda_bypassed": mean_cdc(without_tda)})
     if long_clips:
         report.update(compare_ccf(pipeline, long_clips, settings))
     return report

@@ -18,7 +18,7 @@ import torch
 from lc4.toy.evaluate import color_accuracy, swap_hue_shifts, swap_succeeded, swapped_spec
 from lc4.toy.generator import generate_clip
 from lc4.toy.palette import OBJECT_COLORS
-from lc4.toy.run import colorize
+from lc4.toy.run import color_and_swap_scores, colorize
 from lc4.toy.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,3 +94,21 @@ def test_swapped_words_swap_the_colors(shipped, outputs, two_threads):
     print(f"swap success {success:.3f}, hue shift {shift:.3f} over {len(pairs)} held-out clips")
     assert success >= SWAP_SUCCESS_MIN
     assert shift >= SWAP_HUE_SHIFT_MIN
+
+
+def test_scores_name_every_miss(shipped, two_threads):
+    """`python -m lc4.toy score` lists the objects behind its figures: the caption's misses
+    are the accuracy's, and a swap fails exactly where one of its two objects misses."""
+    pipeline, settings, _, _ = shipped
+    clips = [generate_clip(seed, "heldout", 64, 8) for seed in range(120, 126)]
+    scores, _ = color_and_swap_scores(pipeline, clips, settings)
+    caption_misses = [m for m in scores["misses"] if m["prompt"] == "caption"]
+    assert len(caption_misses) == round(scores["objects"] * (1 - scores["color_accuracy"]))
+    assert len(scores["swaps_failed"]) == round(scores["swap_clips"] * (1 - scores["swap_success"]))
+    two_or_more = {clip.seed for clip in clips if len(clip.spec.objects) >= 2}
+    blamed = {m["seed"] for m in scores["misses"] if m["object"] in (0, 1) and m["seed"] in two_or_more}
+    assert set(scores["swaps_failed"]) == blamed
+    for miss in scores["misses"]:
+        clip = clips[miss["seed"] - 120]
+        spec = clip.spec if miss["prompt"] == "caption" else swapped_spec(clip.spec)
+        assert miss["wanted"] == spec.objects[miss["object"]].color != miss["got"]

@@ -9,6 +9,7 @@ import torch
 
 from lc4.cli import main as lc4_main
 from lc4.toy.__main__ import main as toy_main
+from lc4.toy.generator import generate_clip
 from lc4.toy.report import stage_title
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,3 +51,12 @@ def test_toy_model_commands_end_to_end(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["clips"] == 2 and 0 <= report["color_accuracy"] <= 1 and report["long_clip_frames"] == 12
     assert report["long_clips"] == 1 and report["clips_ccf_steadier"] in (0, 1)
+    # score: claims 1 and 2 on seeds beyond the written split (misses: tests/toy/test_shipped_model.py)
+    assert toy_main(["score", str(model), "--first", "5", "--count", "3", "--output", str(tmp_path / "score.json"),
+                     *SMALL]) == 0
+    scores = json.loads((tmp_path / "score.json").read_text())
+    clips = [generate_clip(seed, "heldout", 32, 8) for seed in range(5, 8)]
+    assert (scores["first_seed"], scores["clips"]) == (5, 3)
+    assert scores["objects"] == sum(len(clip.spec.objects) for clip in clips)
+    assert scores["swap_clips"] == sum(len(clip.spec.objects) >= 2 for clip in clips)
+    assert {m["seed"] for m in scores["misses"]} <= {5, 6, 7}

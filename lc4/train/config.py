@@ -156,6 +156,10 @@ class SegmentationConfig:
 
     weight: float = 0.0  # 0: off
     num_classes: int = 0
+    # Extra diffusion-loss weight on latent cells whose pixels hold two or more label classes
+    # (the edges between objects, and between objects and background, where a neighbour's
+    # colour leaks in); 0: off. Uses the label maps, with or without the heads.
+    boundary_weight: float = 0.0
 
 
 @dataclass
@@ -221,8 +225,9 @@ class TrainConfig:
 
     @property
     def uses_label_maps(self) -> bool:
-        """Whether training reads the data's ``segmentation`` label maps (heads or grounding)."""
-        return self.segmentation.weight > 0 or self.grounding.weight > 0
+        """Whether training reads the data's ``segmentation`` label maps (heads, boundary
+        weighting or grounding)."""
+        return self.segmentation.weight > 0 or self.segmentation.boundary_weight > 0 or self.grounding.weight > 0
 
     @property
     def num_epochs(self) -> int:
@@ -282,6 +287,8 @@ class TrainConfig:
         segmentation = self.segmentation
         if not segmentation.weight >= 0:
             raise ValueError(f"segmentation.weight: expected >= 0, got {segmentation.weight}")
+        if not segmentation.boundary_weight >= 0:
+            raise ValueError(f"segmentation.boundary_weight: expected >= 0, got {segmentation.boundary_weight}")
         if segmentation.weight > 0 and segmentation.num_classes < 2:
             raise ValueError(f"segmentation.num_classes: expected >= 2 with segmentation.weight > 0, "
                              f"got {segmentation.num_classes}")

@@ -315,12 +315,12 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         batches_to_skip = 0
         for batch in loader:
             with accelerator.accumulate(denoiser):
+                if config.uses_label_maps and "segmentation" not in batch:
+                    raise ValueError("segmentation.weight, segmentation.boundary_weight or grounding.weight > 0: "
+                                     "data.source must give every clip a segmentation folder of label maps")
                 loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.uses_cmpf,
                                       snr_gamma=config.snr_gamma, train_text_encoder=train_text_encoder,
-                                      encodings=encodings)
-                if config.uses_label_maps and "segmentation" not in batch:
-                    raise ValueError("segmentation.weight or grounding.weight > 0: data.source must give every "
-                                     "clip a segmentation folder of label maps")
+                                      encodings=encodings, boundary_weight=config.segmentation.boundary_weight)
                 if segmentation_heads is not None:
                     segmentation_loss = segmentation_heads.loss(batch["segmentation"].flatten(0, 1))
                     window_segmentation += segmentation_loss.detach().float().item() / config.gradient_accumulation_steps

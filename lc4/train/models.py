@@ -176,18 +176,35 @@ def sample_latents(vae, posterior, generator: Optional[torch.Generator] = None) 
     return posterior.sample(generator=generator).float() * vae.config.scaling_factor
 
 
+def boundary_cell_weights(labels: torch.Tensor, latent_size: tuple[int, int], boundary_weight: float) -> torch.Tensor:
+    """``(N, 1, h, w)`` loss weights for ``(N, H, W)`` label maps: ``1 + boundary_weight`` on
+    the latent cells whose ``H/h x W/w`` pixels hold two or more labels, 1 elsewhere, scaled so
+    that each frame's weights average 1 (the loss keeps its size; only its spread changes)."""
+    height, width = latent_size
+    if labels.dim() != 3 or labels.shape[-2] % height or labels.shape[-1] % width:
+        raise ValueError(f"segmentation: expected (N, H, W) label maps with H, W multiples of the latent's "
+                         f"{height} x {width}, got {tuple(labels.shape)}")
+    cell = (labels.shape[-2] // height, labels.shape[-1] // width)
+    labels = labels.unsqueeze(1).float()
+    mixed = F.max_pool2d(labels, cell) != -F.max_pool2d(-labels, cell)
+    weights = 1 + boundary_weight * mixed.float()
+    return weights / weights.mean(dim=(-2, -1), keepdim=True)
+
+
 def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
                    generator: Optional[torch.Generator] = None, timesteps: Optional[torch.Tensor] = None,
                    with_cmpf: bool = False, snr_gamma: Optional[float] = None,
                    train_text_encoder: bool = False,
-                   encodings: Optional["FrozenEncodingCache"] = None) -> torch.Tensor:
+                   encodings: Optional["FrozenEncodingCache"] = None, boundary_weight: float = 0.0) -> torch.Tensor:
     """Eq. 9 on one batch of clips. Noise and timesteps come from the global RNG unless a
     ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given. With
     ``snr_gamma`` each clip's MSE is weighted by Min-SNR's ``min(SNR(t), gamma)`` over the
     target's own weight: ``SNR(t)`` (epsilon), ``SNR(t) + 1`` (v), ``1`` (sample). With
     ``train_text_encoder`` the denoiser holds the text encoder and gets token ids. With
     ``encodings`` (a :class:`lc4.train.encoding_cache.FrozenEncodingCache`) the frozen VAE's
-    posterior and luminance features come from it, by the batch's ``frame_keys``."""
+    posterior and luminance features come from it, by the batch's ``frame_keys``. With
+    ``boundary_weight`` > 0 each frame's squared errors are weighted by
+    :func:`boundary_cell_weights` of the batch's ``segmentation`` label maps."""
     pixel_values, luminance = batch["pixel_values"], batch["luminance"]
     batch_size, num_frames = pixel_values.shape[:2]
     device = pixel_values.device
@@ -222,9 +239,17 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
         target = components.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = latents
-    if snr_gamma is None:
+    if snr_gamma is None and boundary_weight == 0:
         return F.mse_loss(prediction.float(), target, reduction="mean")
-    per_clip = F.mse_loss(prediction.float(), target, reduction="none").unflatten(0, (batch_size, num_frames))
+    errors = F.mse_loss(prediction.float(), target, reduction="none")
+    if boundary_weight > 0:
+        if "segmentation" not in batch:
+            raise ValueError("boundary_weight > 0: the batch has no segmentation label maps")
+        weights = boundary_cell_weights(batch["segmentation"].flatten(0, 1), errors.shape[-2:], boundary_weight)
+        errors = errors * weights.to(errors.device)
+    if snr_gamma is None:
+        return errors.mean()
+    per_clip = errors.unflatten(0, (batch_size, num_frames))
     per_clip = per_clip.mean(dim=tuple(range(1, per_clip.dim())))
     alphas = components.noise_scheduler.alphas_cumprod.to(device)[timesteps[::num_frames]]
     snr = alphas / (1 - alphas)

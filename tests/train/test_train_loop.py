@@ -13,7 +13,7 @@ import torch
 from lc4.train import load_config, train
 from lc4.train.checkpoint import list_checkpoints
 from lc4.train.data import TextVideoDataset, collate, list_videos
-from lc4.train.models import LC4Denoiser, diffusion_loss, load_components
+from lc4.train.models import LC4Denoiser, boundary_cell_weights, diffusion_loss, load_components
 from train_helpers import make_dataset, tiny_config_values
 
 EVAL_TIMESTEPS = (50, 250, 500, 750, 950)
@@ -256,6 +256,52 @@ def test_min_snr_weighting(tiny_model_dir):
     torch.testing.assert_close(loss(clean_step, 5.0), loss(clean_step, None) * 5.0 / snr)
     with pytest.raises(ValueError, match="snr_gamma: expected a positive number"):
         load_config(values={"snr_gamma": 0})
+
+
+def test_boundary_cell_weights_mark_cells_holding_two_labels():
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :4, :4] = 2  # the whole top-left 4x4 cell: one label, not an edge
+    labels[0, 5, 3:6] = 1  # crosses the bottom-left cell into the bottom-right one: both hold two labels
+    weights = boundary_cell_weights(labels, (2, 2), 3.0)[0, 0]
+    raw = torch.tensor([[1.0, 1.0], [4.0, 4.0]])  # 1 + 3 where a cell holds two labels
+    torch.testing.assert_close(weights, raw / raw.mean())
+    assert torch.equal(boundary_cell_weights(torch.ones(2, 8, 8, dtype=torch.long), (4, 4), 3.0), torch.ones(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="multiples of the latent"):
+        boundary_cell_weights(labels, (3, 3), 1.0)
+
+
+def test_boundary_weight_reweights_the_loss_on_edge_cells(tiny_model_dir):
+    """With one edge cell a frame, the loss is (E + b x) / (1 + b / N): E the plain MSE, N the
+    cells a frame, x that cell's error share; x from one weight predicts the loss at another."""
+    import torch.nn as nn
+
+    class Zero(nn.Module):
+        def forward(self, noisy, *args, **kwargs):
+            return torch.zeros_like(noisy)
+
+    components = load_components(tiny_model_dir)
+    pixels = torch.rand(2, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = torch.zeros(2, 2, 32, 32, dtype=torch.long)
+    batch = {"pixel_values": pixels, "luminance": pixels.mean(2, keepdim=True), "captions": ["a red car", "a dog"],
+             "segmentation": labels}
+
+    def loss(boundary_weight, batch=batch):
+        return diffusion_loss(Zero(), components, batch, generator=torch.Generator().manual_seed(1),
+                              timesteps=torch.tensor([300, 700]), boundary_weight=boundary_weight).double()
+
+    plain = loss(0.0)
+    torch.testing.assert_close(loss(5.0), plain)  # one label everywhere: no edge, nothing changes
+    labels[:, :, 0, 0] = 1  # the top-left cell of every frame holds two labels
+    cells = (32 // 2 ** (len(components.vae.config.block_out_channels) - 1)) ** 2
+    share = (loss(1.0) * (1 + 1 / cells) - plain) / 1.0
+    torch.testing.assert_close(loss(4.0), (plain + 4.0 * share) / (1 + 4.0 / cells))
+    assert not torch.isclose(loss(4.0), plain)
+    del batch["segmentation"]
+    with pytest.raises(ValueError, match="no segmentation label maps"):
+        loss(1.0)
+    with pytest.raises(ValueError, match="segmentation.boundary_weight: expected >= 0"):
+        load_config(values={"segmentation": {"boundary_weight": -1.0}})
+    assert load_config(values={"segmentation": {"boundary_weight": 1.0}}).uses_label_maps
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

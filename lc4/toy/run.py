@@ -11,7 +11,7 @@ from ..color import to_uint8
 from ..unet import tda_removed
 from .evaluate import (color_accuracy, color_accuracy_by_object_count, compare_cdc, mean_cdc, object_color_names,
                        swap_hue_shifts, swap_succeeded, swapped_spec)
-from .generator import ToyClip, caption_for, generate_clip
+from .generator import ClipSpec, ToyClip, caption_for, generate_clip
 from .palette import OBJECT_COLORS
 from .settings import ToyEvaluation
 
@@ -73,7 +73,7 @@ def color_and_swap_scores(pipeline, clips: list[ToyClip], settings: ToyEvaluatio
     return scores, outputs
 
 
-def _misses(clip: ToyClip, prompt: str, spec, frames: np.ndarray, only: Sequence[int] | None = None) -> list[dict]:
+def _misses(clip: ToyClip, prompt: str, spec: ClipSpec, frames: np.ndarray, only: Sequence[int] | None = None) -> list[dict]:
     names = object_color_names(frames, clip.masks)
     return [{"seed": clip.seed, "prompt": prompt, "object": k, "shape": obj.shape, "wanted": obj.color, "got": name}
             for k, (obj, name) in enumerate(zip(spec.objects, names))

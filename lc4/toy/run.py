@@ -73,7 +73,8 @@ def color_and_swap_scores(pipeline, clips: list[ToyClip], settings: ToyEvaluatio
     return scores, outputs
 
 
-def _misses(clip: ToyClip, prompt: str, spec: ClipSpec, frames: np.ndarray, only: Sequence[int] | None = None) -> list[dict]:
+def _misses(clip: ToyClip, prompt: str, spec: ClipSpec, frames: np.ndarray,
+            only: Sequence[int] | None = None) -> list[dict]:
     names = object_color_names(frames, clip.masks)
     return [{"seed": clip.seed, "prompt": prompt, "object": k, "shape": obj.shape, "wanted": obj.color, "got": name}
             for k, (obj, name) in enumerate(zip(spec.objects, names))

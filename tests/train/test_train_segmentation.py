@@ -118,11 +118,13 @@ def label_entropy(labels: torch.Tensor, sides, num_classes: int) -> float:
 
 def test_training_with_segmentation_heads_learns_them_and_saves_the_plain_model(tiny_model_dir, tmp_path):
     source = labelled_source(tmp_path / "data", count=3, num_frames=8)
-    values = tiny_config_values(tiny_model_dir, source, tmp_path / "run", max_steps=100, segmentation__weight=1.0,
+    # 200 steps: after 100 the probe loss was 0.55 of the priors' entropy on 2 threads and 0.82
+    # (a fail) on 1, the tests' setting, on an AVX-512 CPU; after 200, 0.22 and 0.36.
+    values = tiny_config_values(tiny_model_dir, source, tmp_path / "run", max_steps=200, segmentation__weight=1.0,
                                 segmentation__num_classes=3, data__num_frames=4, optimizer__lr=1e-2, batch_size=2)
     result = train(load_config(values=values))
     records = [json.loads(line) for line in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 100 and all(np.isfinite(r["segmentation_loss"]) for r in records)
+    assert len(records) == 200 and all(np.isfinite(r["segmentation_loss"]) for r in records)
     assert all(r["loss"] > r["segmentation_loss"] for r in records)  # the total includes it
     heads = result.denoiser.segmentation_heads
     # Dropped: the UNet no longer feeds the heads, and the saved folder is the plain model.

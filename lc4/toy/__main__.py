@@ -6,8 +6,8 @@
 * ``finish OUT --runs RUN...``: copies the last stage's model to OUT and plots the loss curves;
 * ``evaluate MODEL --data ROOT``: the three claims on held-out clips, as JSON;
 * ``score MODEL --first N --count M``: claims 1 and 2 alone on generated held-out clips (any
-  seeds, e.g. beyond the written split), with every miss named, as JSON: the figure to compare
-  models on more clips than the report's;
+  seeds, e.g. beyond the written split), with every miss named and 95% intervals, as JSON: the
+  figure to compare models on more clips than the report's;
 * ``demo MODEL --out DIR``: a held-out clip colorized under two prompts.
 
 Every command takes ``--config`` (default ``configs/toy/toy.yaml``) and ``--set KEY=VALUE``.
@@ -103,6 +103,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _intervals(scores: dict) -> dict:
+    """95% Wilson intervals of the colour accuracy and the swap success, from the counts behind
+    them: whether two models' figures differ by more than the clips' own noise."""
+    from scipy.stats import binomtest
+
+    caption_misses = sum(miss["prompt"] == "caption" for miss in scores["misses"])
+    counts = {"color_accuracy_95ci": (scores["objects"] - caption_misses, scores["objects"]),
+              "swap_success_95ci": (scores["swap_clips"] - len(scores["swaps_failed"]), scores["swap_clips"])}
+    intervals = {}
+    for key, (successes, trials) in counts.items():
+        interval = binomtest(successes, trials).proportion_ci(0.95, method="wilson") if trials else None
+        intervals[key] = [interval.low, interval.high] if interval else None
+    return intervals
+
+
 def cmd_score(args) -> int:
     import torch
 
@@ -119,7 +134,7 @@ def cmd_score(args) -> int:
     clips = [generate_clip(seed, "heldout", data.size, data.num_frames)
              for seed in range(args.first, args.first + args.count)]
     scores, _ = color_and_swap_scores(pipeline, clips, settings.evaluation)
-    text = json.dumps({"first_seed": args.first, **scores}, indent=2)
+    text = json.dumps({"first_seed": args.first, **scores, **_intervals(scores)}, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
     print(text)

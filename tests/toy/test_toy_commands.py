@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from lc4.cli import main as lc4_main
-from lc4.toy.__main__ import main as toy_main
+from lc4.toy.__main__ import _intervals, main as toy_main
 from lc4.toy.generator import generate_clip
 from lc4.toy.report import stage_title
 
@@ -60,3 +62,23 @@ def test_toy_model_commands_end_to_end(tmp_path, capsys):
     assert scores["objects"] == sum(len(clip.spec.objects) for clip in clips)
     assert scores["swap_clips"] == sum(len(clip.spec.objects) >= 2 for clip in clips)
     assert {m["seed"] for m in scores["misses"]} <= {5, 6, 7}
+    low, high = scores["color_accuracy_95ci"]
+    assert 0 <= low <= scores["color_accuracy"] <= high <= 1 and high - low > 0.2  # 3 clips say little
+    if scores["swap_clips"]:
+        low, high = scores["swap_success_95ci"]
+        assert 0 <= low <= scores["swap_success"] <= high <= 1
+
+
+def test_score_intervals_are_wilson_intervals_of_the_counts():
+    def wilson(successes, trials, z=1.959964):
+        p = successes / trials
+        centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+        half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+        return [centre - half, centre + half]
+
+    # The shipped model over held-out seeds 0-199: 45 of 406 objects missed, 35 of 138 swaps failed.
+    misses = [{"prompt": "caption"}] * 45 + [{"prompt": "swapped"}] * 7
+    intervals = _intervals({"objects": 406, "misses": misses, "swap_clips": 138, "swaps_failed": list(range(35))})
+    assert intervals["color_accuracy_95ci"] == pytest.approx(wilson(361, 406), abs=1e-6)
+    assert intervals["swap_success_95ci"] == pytest.approx(wilson(103, 138), abs=1e-6)
+    assert _intervals({"objects": 2, "misses": [], "swap_clips": 0, "swaps_failed": []})["swap_success_95ci"] is None

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .segmentation import TARGETS as SEGMENTATION_TARGETS
+
 TRAINABLE_PARTS = ("unet", "tda", "luminance_encoder", "cmpf", "text_encoder")
 STAGE_TRAINABLE = {1: ("unet", "tda", "luminance_encoder"), 2: ("cmpf",)}
 STAGE_EPOCHS = {1: 20, 2: 10}
@@ -156,6 +158,10 @@ class SegmentationConfig:
 
     weight: float = 0.0  # 0: off
     num_classes: int = 0
+    # What each latent cell's head is asked for: "majority", the class covering more than 3/4 of
+    # the cell (else the background); "shares", every class's share of the cell's pixels (a soft
+    # target), so cells on the edge between two objects are asked for both.
+    targets: str = "majority"
     # Extra diffusion-loss weight on latent cells whose pixels hold two or more label classes
     # (the edges between objects, and between objects and background, where a neighbour's
     # colour leaks in); 0: off. Uses the label maps, with or without the heads.
@@ -292,6 +298,8 @@ class TrainConfig:
         if segmentation.weight > 0 and segmentation.num_classes < 2:
             raise ValueError(f"segmentation.num_classes: expected >= 2 with segmentation.weight > 0, "
                              f"got {segmentation.num_classes}")
+        if segmentation.targets not in SEGMENTATION_TARGETS:
+            raise ValueError(f"segmentation.targets: expected one of {SEGMENTATION_TARGETS}, got {segmentation.targets!r}")
         if segmentation.weight > 0 and "unet" not in self.trainable_parts:
             raise ValueError("segmentation.weight: the heads teach the UNet's queries; trainable must include unet")
         grounding = self.grounding

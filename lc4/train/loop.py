@@ -225,7 +225,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                            components.text_encoder if train_text_encoder else None)
     segmentation_heads = None
     if config.segmentation.weight > 0:  # a submodule of the denoiser: prepared, checkpointed, synced with it
-        segmentation_heads = CrossAttentionSegmentationHeads(components.unet, config.segmentation.num_classes)
+        segmentation_heads = CrossAttentionSegmentationHeads(components.unet, config.segmentation.num_classes,
+                                                            config.segmentation.targets)
         denoiser.segmentation_heads = segmentation_heads
         params = params + list(segmentation_heads.parameters())
     grounding = None

@@ -23,19 +23,27 @@ from torch import nn
 MIN_CLASS_SHARE = 0.75
 
 
-def pool_labels(labels: torch.Tensor, side: int, num_classes: int, mixed: int = 0) -> torch.Tensor:
-    """``labels`` ``(N, H, W)`` integer classes -> ``(N, side * side)``: in each cell the class
-    that covers more than :data:`MIN_CLASS_SHARE` of it, else ``mixed`` (by default 0, the
-    background)."""
+TARGETS = ("majority", "shares")
+
+
+def pool_label_shares(labels: torch.Tensor, side: int, num_classes: int) -> torch.Tensor:
+    """``labels`` ``(N, H, W)`` integer classes -> ``(N, side * side, num_classes)``: the share
+    of each cell's pixels that each class covers (rows sum to 1)."""
     if labels.dim() != 3:
         raise ValueError(f"labels: expected (N, H, W) class indices, got {tuple(labels.shape)}")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels: class indices must lie in [0, {num_classes}) (the configured classes), "
                          f"got {labels.min().item()} to {labels.max().item()}")
     one_hot = F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).float()
-    share = F.adaptive_avg_pool2d(one_hot, side)
-    best, cls = share.max(dim=1)
-    return torch.where(best > MIN_CLASS_SHARE, cls, torch.full_like(cls, mixed)).flatten(1)
+    return F.adaptive_avg_pool2d(one_hot, side).flatten(2).transpose(1, 2)
+
+
+def pool_labels(labels: torch.Tensor, side: int, num_classes: int, mixed: int = 0) -> torch.Tensor:
+    """``labels`` ``(N, H, W)`` integer classes -> ``(N, side * side)``: in each cell the class
+    that covers more than :data:`MIN_CLASS_SHARE` of it, else ``mixed`` (by default 0, the
+    background)."""
+    best, cls = pool_label_shares(labels, side, num_classes).max(dim=2)
+    return torch.where(best > MIN_CLASS_SHARE, cls, torch.full_like(cls, mixed))
 
 
 def cross_attentions(unet: nn.Module) -> dict[str, nn.Module]:
@@ -46,16 +54,23 @@ def cross_attentions(unet: nn.Module) -> dict[str, nn.Module]:
 class CrossAttentionSegmentationHeads(nn.Module):
     """A linear head per cross-attention of ``unet`` on its input; forward pre-hooks apply the
     heads during the UNet's own forward (so DDP sees their parameters used there) while this
-    module is in training mode, and :meth:`loss` scores the logits of the last UNet call."""
+    module is in training mode, and :meth:`loss` scores the logits of the last UNet call.
 
-    def __init__(self, unet: nn.Module, num_classes: int):
+    ``targets``: ``"majority"`` asks each cell for the class covering most of it (mixed cells:
+    background, :func:`pool_labels`); ``"shares"`` for the share of it each class covers, so a
+    cell on the edge between two objects is asked for both (:func:`pool_label_shares`)."""
+
+    def __init__(self, unet: nn.Module, num_classes: int, targets: str = "majority"):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes: expected >= 2, got {num_classes}")
+        if targets not in TARGETS:
+            raise ValueError(f"targets: expected one of {TARGETS}, got {targets!r}")
         layers = cross_attentions(unet)
         if not layers:
             raise ValueError("unet: has no cross-attention (attn2) modules to supervise")
         self.num_classes = num_classes
+        self.targets = targets
         self.heads = nn.ModuleDict({key: nn.Linear(m.to_q.in_features, num_classes) for key, m in layers.items()})
         self.logits: dict[str, torch.Tensor] = {}
         self._hooks = [module.register_forward_pre_hook(functools.partial(self._record, key), with_kwargs=True)
@@ -78,8 +93,11 @@ class CrossAttentionSegmentationHeads(nn.Module):
             side = round(logits.shape[1] ** 0.5)
             if side * side != logits.shape[1]:
                 raise ValueError(f"segmentation heads: square latents expected, layer {key} has {logits.shape[1]} pixels")
-            target = pool_labels(labels.to(logits.device), side, self.num_classes)
-            losses.append(F.cross_entropy(logits.flatten(0, 1).float(), target.flatten()))
+            if self.targets == "shares":
+                target = pool_label_shares(labels.to(logits.device), side, self.num_classes).flatten(0, 1)
+            else:
+                target = pool_labels(labels.to(logits.device), side, self.num_classes).flatten()
+            losses.append(F.cross_entropy(logits.flatten(0, 1).float(), target))
         self.logits = {}
         return torch.stack(losses).mean()
 

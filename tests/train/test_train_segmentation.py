@@ -12,7 +12,7 @@ from PIL import Image
 from lc4.train import load_config, train
 from lc4.train.data import TextVideoDataset, collate, list_videos, load_label_maps
 from lc4.train.models import LC4Denoiser, diffusion_loss, load_components
-from lc4.train.segmentation import CrossAttentionSegmentationHeads, pool_labels
+from lc4.train.segmentation import CrossAttentionSegmentationHeads, pool_label_shares, pool_labels
 from train_helpers import classes_of, labelled_source, tiny_config_values
 
 def test_pool_labels_takes_the_class_covering_more_than_three_quarters():
@@ -27,6 +27,47 @@ def test_pool_labels_takes_the_class_covering_more_than_three_quarters():
         pool_labels(labels[0], 2, 3)
     with pytest.raises(ValueError, match=r"\[0, 2\) \(the configured classes\), got 0 to 2"):
         pool_labels(labels, 2, 2)
+
+
+def test_pool_label_shares_counts_each_class_in_each_cell():
+    labels = torch.tensor([[[2, 2, 1, 1],
+                            [2, 2, 1, 0],
+                            [0, 1, 1, 1],
+                            [2, 0, 1, 1]]])
+    # Cell by cell (2x2 pixels each), the number of pixels of class 0, 1, 2, divided by 4.
+    counts = [[0, 0, 4], [1, 3, 0], [2, 1, 1], [0, 4, 0]]
+    assert torch.equal(pool_label_shares(labels, 2, 3), torch.tensor([counts]) / 4)
+    assert torch.equal(pool_label_shares(labels, 4, 3).argmax(-1), labels.flatten(1))
+    with pytest.raises(ValueError, match=r"\[0, 2\) \(the configured classes\), got 0 to 2"):
+        pool_label_shares(labels, 2, 2)
+
+
+@pytest.mark.parametrize("targets", ["majority", "shares"])
+def test_the_heads_loss_is_the_cross_entropy_against_their_targets(tiny_model_dir, targets):
+    components = load_components(tiny_model_dir)
+    unet = components.unet.train()
+    heads = CrossAttentionSegmentationHeads(unet, num_classes=3, targets=targets)
+    denoiser = LC4Denoiser(unet, components.luminance_encoder)
+    frames, side = 2, 32
+    luminance = torch.rand(frames, 1, side, side) * 2 - 1
+    with torch.no_grad():
+        latents = torch.randn(components.luminance_encoder(luminance, return_skips=False).latent_residual.shape)
+        denoiser(latents, torch.tensor([500, 500]), torch.randn(1, 77, unet.config.cross_attention_dim), luminance, frames)
+    labels = torch.randint(0, 3, (frames, side, side), generator=torch.Generator().manual_seed(0))
+    logits = dict(heads.logits)
+    loss = heads.loss(labels)
+    expected = []
+    for layer in logits.values():  # -sum over classes of target * log softmax, mean over cells
+        log_p = layer.float().log_softmax(-1)
+        cells = round(layer.shape[1] ** 0.5)
+        shares = pool_label_shares(labels, cells, 3)
+        if targets == "majority":
+            best, cls = shares.max(-1)
+            shares = torch.nn.functional.one_hot(torch.where(best > 0.75, cls, 0), 3).float()
+        expected.append(-(shares * log_p).sum(-1).mean())
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="targets: expected one of"):
+        CrossAttentionSegmentationHeads(unet, num_classes=3, targets="soft")
 
 
 def test_heads_read_every_cross_attention_and_teach_the_unet(tiny_model_dir):
@@ -103,6 +144,11 @@ def test_config_checks_the_segmentation_settings(tiny_model_dir, tmp_path):
         config(segmentation__weight=-1.0, segmentation__num_classes=3)
     with pytest.raises(ValueError, match="trainable must include unet"):
         config(stage=2, segmentation__weight=1.0, segmentation__num_classes=3)
+    assert config().segmentation.targets == "majority"
+    assert config(segmentation__weight=1.0, segmentation__num_classes=3,
+                  segmentation__targets="shares").segmentation.targets == "shares"
+    with pytest.raises(ValueError, match=r"segmentation.targets: expected one of \('majority', 'shares'\)"):
+        config(segmentation__weight=1.0, segmentation__num_classes=3, segmentation__targets="soft")
 
 
 def label_entropy(labels: torch.Tensor, sides, num_classes: int) -> float:

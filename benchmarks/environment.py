@@ -73,7 +73,8 @@ def environment(device: torch.device, arguments: list[str]) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "commit": _git("rev-parse", "HEAD"),
+        # LC4_COMMIT names the commit of a copied tree that has no .git (e.g. sent to a GPU machine).
+        "commit": _git("rev-parse", "HEAD") or os.environ.get("LC4_COMMIT"),
         "commit_dirty": None if status is None else bool(status),
         # Other work on the machine inflates times and their spread; readers should see it.
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

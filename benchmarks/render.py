@@ -54,7 +54,9 @@ def _environment_lines(doc: dict) -> list[str]:
             f"- Command: `{env['command']}`",
             f"- Backends measured: {', '.join(settings['backends_measured'])}; dtypes: "
             f"{', '.join(d.removeprefix('torch.') for d in settings['dtypes'])}",
-            f"- Outputs checked before timing: {checked}"]
+            f"- Outputs checked before timing: {checked}",
+            *(["- **Interrupted**: the run was stopped before the end; only the rows below were measured"]
+              if doc.get("interrupted") else [])]
 
 
 def _case_lookup(doc: dict) -> dict:

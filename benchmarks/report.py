@@ -138,14 +138,20 @@ def run(settings: runner.Settings, check: bool) -> dict:
         groups = runner.plan(settings)
     total = sum(len(g.backends) + 1 for g in groups)
     total += len(settings.scaling_cases) * (len(settings.backends) + 1)
-    rows, scaling = [], None
-    with _progress(total=total, desc="benchmarking", unit="run") as progress:
-        for group in groups:
-            rows.extend(runner.run_group(group, settings, progress))
-        if settings.scaling_cases:
-            scaling = runner.run_memory_scaling(settings, progress)
+    rows, scaling, interrupted = [], None, False
+    # Ctrl-C (or `timeout --signal=INT`) keeps what was measured: the report is written with
+    # the rows finished so far and says that it stopped early.
+    try:
+        with _progress(total=total, desc="benchmarking", unit="run") as progress:
+            for group in groups:
+                rows.extend(runner.run_group(group, settings, progress))
+            if settings.scaling_cases:
+                scaling = runner.run_memory_scaling(settings, progress)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted: writing the {len(rows)} rows measured so far", file=sys.stderr)
     return {"results": rows, "memory_scaling": scaling, "checks": [c.to_json() for c in checks] if check else None,
-            "rejected": rejected, "skipped": [s for g in groups for s in g.skipped]}
+            "rejected": rejected, "skipped": [s for g in groups for s in g.skipped], "interrupted": interrupted}
 
 
 def write_outputs(doc: dict, directory: Path, stem: str) -> dict[str, Path]:
@@ -209,7 +215,7 @@ def main(argv=None) -> int:
     if outcome["rejected"]:
         print(f"--check rejected: {', '.join(outcome['rejected'])} (outputs disagree with the reference)", file=sys.stderr)
         return 1
-    return 0
+    return 130 if outcome["interrupted"] else 0
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ SHAPE_SETS: dict[str, list[Case]] = {
     "quick": [Case("quick-8x8", height=8, width=8, head_dim=40, spatial_stride=2),
               Case("quick-4x4-d80", height=4, width=4, head_dim=80, frames=4, spatial_stride=2)],
 }
-SHAPE_SETS["sd15"] = SHAPE_SETS["sd15-256"] + SHAPE_SETS["sd15-512"]
+# 512 px first: the training resolution, and the shapes the speed targets are set at.
+SHAPE_SETS["sd15"] = SHAPE_SETS["sd15-512"] + SHAPE_SETS["sd15-256"]
 
 # Memory scaling: fixed k/v map and Nk = 1024, growing Nq.
 MEMORY_SCALING = {

@@ -1,33 +1,84 @@
 #!/usr/bin/env bash
-# `make gpu-check`: on a machine with a CUDA GPU, builds the CUDA extension, runs the kernel test
-# suite on CUDA (the cuda backend joins every equivalence test), again with the sm_70 (V100) paths
-# forced (LC4_CUDA_FORCE_SM70=1), runs compute-sanitizer memcheck over a small forward+backward,
-# and the benchmark report. Everything goes under benchmarks/results/<device>/.
+# `make gpu-check`: on a machine with a CUDA GPU, builds the CUDA extension for the visible GPU,
+# runs the kernel test suite on CUDA (the cuda and triton backends join every equivalence test),
+# the same again with the sm_70 (V100) paths forced (LC4_CUDA_FORCE_SM70=1), compute-sanitizer
+# memcheck over a small forward+backward, and then, alone on the GPU, the benchmark report.
+# Everything goes under benchmarks/results/<device>/.
+#
+# The three correctness steps only share the GPU with each other (pytest-xdist spreads each over
+# CPU cores when it is installed); the benchmark runs after them. The tests run Triton with one
+# fixed launch configuration (LC4_TRITON_AUTOTUNE=0): autotuning every test shape would take far
+# longer than the tests. The benchmark autotunes unless LC4_TRITON_AUTOTUNE=0 is set.
+# Optional limits in seconds, for a machine lent for a short time: TEST_TIME_LIMIT (each test
+# step), BENCH_TIME_LIMIT. BENCH_ARGS replaces the report's arguments (default: --check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+if [[ -z "${PY:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 
+limited() {  # limited SECONDS command...: run, stopped after SECONDS when SECONDS is set
+  local seconds=$1; shift
+  if [[ -n "$seconds" ]]; then timeout --signal=INT --kill-after=15 "$seconds" "$@"; else "$@"; fi
+}
+
+# torch's build compiles for the visible GPU only when TORCH_CUDA_ARCH_LIST is unset, but
+# setup.py sets its V100-to-Hopper default then; here the visible GPU is all that runs.
+if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
+  TORCH_CUDA_ARCH_LIST=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+  export TORCH_CUDA_ARCH_LIST
+fi
 # The extension must carry the CUDA kernels: rebuild, failing loudly rather than falling back.
 LC4_REQUIRE_EXTENSION=1 "$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .
-"$PY" - <<'PY'
-import torch, lc4_kernels
-from lc4_kernels import _C
-assert torch.cuda.is_available(), "no CUDA device visible"
-assert _C.with_cuda, "lc4_kernels._C was built without CUDA (no toolkit found at build time?)"
-print("backends:", lc4_kernels.available_backends())
-PY
 DEVICE=$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 OUT=benchmarks/results/$DEVICE
 mkdir -p "$OUT"
-status=0
-"$PY" -m pytest tests/kernels -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt" || status=1
-LC4_CUDA_FORCE_SM70=1 "$PY" -m pytest tests/kernels -q -p no:cacheprovider -k "cuda and not emu" 2>&1 \
-  | tee "$OUT/gpu_tests_sm70_paths.txt" || status=1
+{
+  "$PY" - <<'PY'
+import platform, torch, lc4_kernels
+from lc4_kernels import _C
+assert torch.cuda.is_available(), "no CUDA device visible"
+assert _C.with_cuda, "lc4_kernels._C was built without CUDA (no toolkit found at build time?)"
+props = torch.cuda.get_device_properties(0)
+try:
+    import triton
+    triton_version = triton.__version__
+except ImportError:
+    triton_version = None
+print(f"device: {props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
+      f"{props.total_memory / 2**30:.0f} GiB)")
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton_version}, python {platform.python_version()}")
+print("backends:", lc4_kernels.available_backends())
+PY
+  echo "commit: ${LC4_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+  echo "nvcc: $(nvcc --version 2>/dev/null | tail -1 || echo none)"
+  echo "TORCH_CUDA_ARCH_LIST: $TORCH_CUDA_ARCH_LIST"
+} | tee "$OUT/environment.txt"
+
+PARALLEL=()
+if "$PY" -c "import xdist" 2>/dev/null; then PARALLEL=(-n 6); fi
+# CPU-only, compile-only and emulator tests say nothing about the GPU and run in CI.
+NOT_GPU=(--ignore=tests/kernels/test_cuda_compile.py --ignore=tests/kernels/test_cuda_tsan.py
+         --ignore=tests/kernels/test_cuda_emu.py --ignore=tests/kernels/test_triton_compile.py)
+run_tests() (  # run_tests [VAR=value...]: the kernel tests, in a subshell with those variables
+  export LC4_TRITON_AUTOTUNE=${LC4_TRITON_AUTOTUNE_TESTS:-0} "$@"
+  limited "${TEST_TIME_LIMIT:-}" "$PY" -m pytest tests/kernels -q -p no:cacheprovider "${PARALLEL[@]}" "${NOT_GPU[@]}"
+)
+run_tests > "$OUT/gpu_tests.txt" 2>&1 &
+all_tests=$!
+run_tests LC4_CUDA_FORCE_SM70=1 LC4_TEST_BACKENDS=cuda > "$OUT/gpu_tests_sm70_paths.txt" 2>&1 &
+sm70_tests=$!
 if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" scripts/cuda_small_step.py 2>&1 \
-    | tee "$OUT/memcheck.txt" || status=1
+  limited "${TEST_TIME_LIMIT:-}" compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" scripts/cuda_small_step.py \
+    > "$OUT/memcheck.txt" 2>&1 || { echo "memcheck failed"; status=1; }
 else
-  echo "compute-sanitizer not found: memcheck skipped" | tee "$OUT/memcheck.txt"
+  echo "compute-sanitizer not found: memcheck skipped" > "$OUT/memcheck.txt"
 fi
-"$PY" -m benchmarks.report --check --device cuda || status=1
+status=${status:-0}
+wait $all_tests || status=1
+wait $sm70_tests || status=1
+tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
+
+read -r -a bench_args <<< "${BENCH_ARGS:---check}"
+limited "${BENCH_TIME_LIMIT:-}" "$PY" -m benchmarks.report "${bench_args[@]}" --device cuda || status=1
 exit $status

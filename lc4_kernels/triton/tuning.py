@@ -1,13 +1,21 @@
 """Launch configurations: autotuned candidates on a GPU (sm_80 / sm_90), one fixed
 configuration under the interpreter (which runs programs one after another in numpy, so
-fewer, larger programs are faster there, and it autotunes nothing)."""
+fewer, larger programs are faster there, and it autotunes nothing).
+
+``LC4_TRITON_AUTOTUNE=0`` keeps one fixed GPU configuration per kernel, valid for every head
+dim up to 256: each new key (Nq, Nk, head dim) otherwise compiles and times every candidate,
+which dominates a test suite of many small shapes."""
 from __future__ import annotations
 
 import itertools
+import os
 
 import triton
 
 from .environment import INTERPRET
+
+AUTOTUNE_ENV = "LC4_TRITON_AUTOTUNE"
+AUTOTUNE = os.environ.get(AUTOTUNE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 # tl.dot needs every inner size >= 16 on the GPU compiler (the interpreter would accept less).
 MIN_DOT_SIZE = 16
@@ -22,9 +30,11 @@ def channel_block(channels: int) -> int:
     return min(MAX_CHANNEL_BLOCK, max(MIN_DOT_SIZE, triton.next_power_of_2(channels)))
 
 
-def _configs(interpreter: dict, gpu_grid: dict, warps=(4, 8), stages=(1,)):
+def _configs(interpreter: dict, gpu_grid: dict, fixed: triton.Config, warps=(4, 8), stages=(1,)):
     if INTERPRET:
         return [triton.Config(interpreter, num_warps=1, num_stages=1)]
+    if not AUTOTUNE:
+        return [fixed]
     names = list(gpu_grid)
     return [triton.Config(dict(zip(names, values)), num_warps=w, num_stages=s)
             for values in itertools.product(*gpu_grid.values()) for w in warps for s in stages]
@@ -39,10 +49,15 @@ def _drop_oversized_attention_tiles(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
-SAMPLE_CONFIGS = _configs(dict(BLOCK_P=128), dict(BLOCK_P=[16, 32, 64]), warps=(2, 4, 8))
-SEGMENT_CONFIGS = _configs(dict(BLOCK_S=64), dict(BLOCK_S=[16, 32, 64]), warps=(2, 4, 8))
-ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64),
-                             dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64]), warps=(4, 8), stages=(2, 3, 4))
-ATTENTION_BACKWARD_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64),
-                                      dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128]), warps=(4, 8), stages=(2, 3))
+SAMPLE_CONFIGS = _configs(dict(BLOCK_P=128), dict(BLOCK_P=[16, 32, 64]),
+                          triton.Config(dict(BLOCK_P=32), num_warps=4, num_stages=1), warps=(2, 4, 8))
+SEGMENT_CONFIGS = _configs(dict(BLOCK_S=64), dict(BLOCK_S=[16, 32, 64]),
+                           triton.Config(dict(BLOCK_S=32), num_warps=4, num_stages=1), warps=(2, 4, 8))
+# The fixed attention tiles keep a 64 x 256 float32 accumulator at 64 registers per thread (8 warps).
+ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64]),
+                             triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2),
+                             warps=(4, 8), stages=(2, 3, 4))
+ATTENTION_BACKWARD_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128]),
+                                      triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2),
+                                      warps=(4, 8), stages=(2, 3))
 ATTENTION_PRUNING = None if INTERPRET else {"early_config_prune": _drop_oversized_attention_tiles}

@@ -167,3 +167,23 @@ def test_a_row_that_ran_out_of_memory_renders(checked_run, tmp_path):
     assert "out of memory" in line and "| – |" in line
     plot.write_plot(doc, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_an_interrupted_run_writes_what_it_measured(tmp_path, monkeypatch):
+    from benchmarks import runner
+    run_group, calls = runner.run_group, []
+
+    def stop_at_the_second_group(group, settings, progress):
+        calls.append(group)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run_group(group, settings, progress)
+
+    monkeypatch.setattr(runner, "run_group", stop_at_the_second_group)
+    status = report.main(["--quick", "--backends", "reference", "--device", "cpu", "--out", str(tmp_path)])
+    assert status == 130
+    doc = json.loads(next(tmp_path.glob("*/report-quick.json")).read_text())
+    assert doc["interrupted"] is True and doc["memory_scaling"] is None
+    measured = {(r["case"], r["dtype"]) for r in doc["results"]}
+    assert measured == {(calls[0].case.name, str(calls[0].dtype))}
+    assert "**Interrupted**" in next(tmp_path.glob("*/report-quick.md")).read_text()

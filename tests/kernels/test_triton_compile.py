@@ -17,3 +17,22 @@ def test_every_kernel_compiles_and_fits_in_shared_memory(capability, dtype, head
     assert len(compiled) == 7
     for name, config, shared in compiled:
         assert shared <= compile_check.SHARED_MEMORY_LIMIT[capability], f"{name} {config}"
+
+
+def test_fixed_configurations_without_autotuning_compile_for_the_largest_head_dim():
+    # LC4_TRITON_AUTOTUNE=0 is read when the kernels are defined, hence a new process.
+    import os
+    import subprocess
+    import sys
+
+    code = ("from lc4_kernels.triton import compile_check as c\n"
+            "rows = list(c.compile_kernels(90, 'fp16', 256, which='every'))\n"
+            "assert len(rows) == 7, rows\n"
+            "for name, config, shared in rows:\n"
+            "    assert shared <= c.SHARED_MEMORY_LIMIT[90], (name, config, shared)\n"
+            "print(sorted(str(config) for _, config, _ in rows))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["LC4_TRITON_AUTOTUNE"] = "0"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "BLOCK_M: 64, BLOCK_N: 32" in done.stdout and "num_warps: 8" in done.stdout

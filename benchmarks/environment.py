@@ -64,7 +64,8 @@ def _triton_version() -> Optional[str]:
 
 
 def environment(device: torch.device, arguments: list[str]) -> dict:
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    named_commit = os.environ.get("LC4_COMMIT")
+    status = None if named_commit else _git("status", "--porcelain", "--untracked-files=no")
     return {
         "device": device_info(device),
         "torch": torch.__version__,
@@ -73,8 +74,8 @@ def environment(device: torch.device, arguments: list[str]) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        # LC4_COMMIT names the commit of a copied tree that has no .git (e.g. sent to a GPU machine).
-        "commit": _git("rev-parse", "HEAD") or os.environ.get("LC4_COMMIT"),
+        # LC4_COMMIT names the commit of a tree copied to another machine, whose .git may be absent or stale.
+        "commit": named_commit or _git("rev-parse", "HEAD"),
         "commit_dirty": None if status is None else bool(status),
         # Other work on the machine inflates times and their spread; readers should see it.
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

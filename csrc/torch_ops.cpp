@@ -94,6 +94,13 @@ AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, const
   return p;
 }
 
+// Checked before anything is allocated. (On one GPU image, a build segfaulted on this error when
+// it was thrown after the allocations, inside the dispatch below; the cause was not found.)
+void check_cpu_dtype(at::ScalarType dtype, const char* name) {
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, name,
+                    ": the cpu backend supports float32 and float64, got ", dtype);
+}
+
 #define LC4_DISPATCH_CPU(dtype, NAME, ...)                                                      \
   [&] {                                                                                         \
     if ((dtype) == at::kFloat) {                                                                \
@@ -109,6 +116,7 @@ AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, const
 
 at::Tensor trilinear_sample_cpu(const at::Tensor& value_in, const at::Tensor& points_in) {
   check_sample(value_in, points_in);
+  check_cpu_dtype(value_in.scalar_type(), "trilinear_sample");
   const auto value = value_in.contiguous();
   const auto points = points_in.to(accumulation_type(value.scalar_type())).contiguous();
   auto out = at::empty({value.size(0), points.size(1), value.size(4), value.size(5)}, value.options());
@@ -121,6 +129,7 @@ at::Tensor trilinear_sample_cpu(const at::Tensor& value_in, const at::Tensor& po
 std::tuple<at::Tensor, at::Tensor> trilinear_sample_backward_cpu(const at::Tensor& grad_out, const at::Tensor& value_in,
                                                                  const at::Tensor& points_in) {
   check_sample(value_in, points_in);
+  check_cpu_dtype(value_in.scalar_type(), "trilinear_sample_backward");
   const auto value = value_in.contiguous();
   const auto points = points_in.to(accumulation_type(value.scalar_type())).contiguous();
   const auto go = grad_out.to(value.scalar_type()).contiguous();
@@ -142,6 +151,7 @@ std::tuple<at::Tensor, at::Tensor> tda_attention_cpu(const at::Tensor& q_in, con
                                                      const at::Tensor& v_in, const at::Tensor& points_in,
                                                      double scale) {
   check_attention(q_in, k_in, v_in, points_in);
+  check_cpu_dtype(q_in.scalar_type(), "tda_attention");
   const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const auto acc = accumulation_type(q.scalar_type());
   const auto points = points_in.to(acc).contiguous();
@@ -158,6 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
     const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& points_in, const at::Tensor& out_in, const at::Tensor& lse_in, double scale) {
   check_attention(q_in, k_in, v_in, points_in);
+  check_cpu_dtype(q_in.scalar_type(), "tda_attention_backward");
   const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const auto acc = accumulation_type(q.scalar_type());
   const auto points = points_in.to(acc).contiguous();

@@ -29,7 +29,9 @@ if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
   export TORCH_CUDA_ARCH_LIST
 fi
 # The extension must carry the CUDA kernels: rebuild, failing loudly rather than falling back.
-LC4_REQUIRE_EXTENSION=1 "$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e .
+# In place (no pip): an offline image cannot fetch the build requirements pip may ask for.
+LC4_REQUIRE_EXTENSION=1 "$PY" setup.py -q build_ext --inplace
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/*.py import the in-place build too
 DEVICE=$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 OUT=benchmarks/results/$DEVICE
 mkdir -p "$OUT"

@@ -187,3 +187,12 @@ def test_an_interrupted_run_writes_what_it_measured(tmp_path, monkeypatch):
     measured = {(r["case"], r["dtype"]) for r in doc["results"]}
     assert measured == {(calls[0].case.name, str(calls[0].dtype))}
     assert "**Interrupted**" in next(tmp_path.glob("*/report-quick.md")).read_text()
+
+
+def test_a_named_commit_wins_over_the_checkouts_own(monkeypatch):
+    named = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("LC4_COMMIT", named)
+    env = environment.environment(torch.device("cpu"), [])
+    assert env["commit"] == named and env["commit_dirty"] is None
+    monkeypatch.delenv("LC4_COMMIT")
+    assert environment.environment(torch.device("cpu"), [])["commit"] != named

@@ -320,6 +320,34 @@ void check_cuda_head_dim(const at::Tensor& q) {
                     Kernels::name, " backend, got ", q.sizes());
 }
 
+// The forward samples k~ and v~ once, (B, Nk, heads, d), with the trilinear_sample kernel, and the
+// attention kernel reads its key tiles from them; LC4_CUDA_PRESAMPLE=0 keeps the fused kernel
+// that samples the keys again for every query block (less memory, far more gathers at large Nq).
+bool presample_keys() {
+  const char* flag = std::getenv("LC4_CUDA_PRESAMPLE");
+  return !(flag && std::string(flag) == "0");
+}
+
+template <typename Kernels>
+at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
+  // map (B, T, H, W, heads, d) seen as (B, T, H, W, G, heads / G * d): one sample per group.
+  const int64_t groups = points.size(2);
+  auto sampled = at::empty({map.size(0), points.size(1), map.size(4), map.size(5)}, map.options());
+  SampleParams p;
+  p.value = map.data_ptr();
+  p.points = points.data_ptr();
+  p.out = sampled.data_ptr();
+  p.B = map.size(0);
+  p.T = map.size(1);
+  p.H = map.size(2);
+  p.W = map.size(3);
+  p.G = groups;
+  p.C = map.size(4) / groups * map.size(5);
+  p.P = points.size(1);
+  if (sampled.numel() > 0) Kernels::sample_forward(p, kind);
+  return sampled;
+}
+
 template <typename Kernels>
 std::tuple<at::Tensor, at::Tensor> tda_attention_gpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                      const at::Tensor& v_in, const at::Tensor& points_in,
@@ -335,6 +363,13 @@ std::tuple<at::Tensor, at::Tensor> tda_attention_gpu(const at::Tensor& q_in, con
   AttentionParams p = attention_params(q, k, v, points, scale);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
+  at::Tensor k_sampled, v_sampled;
+  if (presample_keys() && q.size(1) > 0) {
+    k_sampled = sample_keys<Kernels>(k, points, kind);
+    v_sampled = sample_keys<Kernels>(v, points, kind);
+    p.k_sampled = k_sampled.data_ptr();
+    p.v_sampled = v_sampled.data_ptr();
+  }
   Kernels::attention_forward(p, kind);
   return {out, lse};
 }

@@ -34,6 +34,10 @@ struct AttentionParams {
   int64_t B = 0, Nq = 0, Nk = 0, T = 0, H = 0, W = 0, heads = 0, G = 0, d = 0;
   double scale = 1.0;
   bool deterministic = true;
+  // Optional k~ and v~ sampled beforehand, (B, Nk, heads, d) in q's dtype: the CUDA forward then
+  // reads its key tiles from them instead of sampling k and v again for every query block.
+  const void* k_sampled = nullptr;
+  const void* v_sampled = nullptr;
 };
 
 }  // namespace lc4

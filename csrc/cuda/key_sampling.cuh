@@ -53,6 +53,37 @@ __device__ __forceinline__ void sample_key_tile(const T* src, int64_t d, const K
   }
 }
 
+// The same tile read from k~ or v~ sampled beforehand (AttentionParams::k_sampled): rows j0 ..
+// j0 + kKeys - 1 of (b, h); padding keys and columns are zero.
+template <typename T, int kKeys, int D, int kStride, int kThreads, typename TileT = float>
+__device__ __forceinline__ void load_sampled_tile(const T* sampled, const AttentionParams& p, int64_t b, int64_t h,
+                                                  int64_t j0, TileT* tile) {
+  for (int idx = threadIdx.x; idx < kKeys * D; idx += kThreads) {
+    const int j = idx / D, c = idx % D;
+    const int64_t key = j0 + j;
+    tile[j * kStride + c] = (key < p.Nk && c < p.d) ? from_float<TileT>(to_float(sampled[((b * p.Nk + key) * p.heads + h) * p.d + c]))
+                                                    : from_float<TileT>(0.f);
+  }
+}
+
+// k~ (or v~) tile of keys j0 .. j0 + kKeys - 1: read from the pre-sampled buffer when there is
+// one, else sampled from src through the corners that the k~ tile loaded (the branch is uniform
+// over the block, so its barrier is reached by every thread).
+template <typename T, int kKeys, int D, int kStride, int kThreads, typename TileT = float>
+__device__ __forceinline__ void stage_key_tile(const AttentionParams& p, const void* sampled, const void* src,
+                                               bool load_corners, int64_t b, int64_t h, int64_t j0,
+                                               KeyCorners* corners, TileT* tile) {
+  if (sampled != nullptr) {
+    load_sampled_tile<T, kKeys, D, kStride, kThreads, TileT>(static_cast<const T*>(sampled), p, b, h, j0, tile);
+    return;
+  }
+  if (load_corners) {
+    load_key_corners<kKeys>(p, b, h, j0, corners);
+    __syncthreads();
+  }
+  sample_key_tile<T, kKeys, D, kStride, kThreads, TileT>(static_cast<const T*>(src), p.d, corners, tile);
+}
+
 // Sum (or max) over the kLanes consecutive lanes that share one tile row.
 template <int kLanes>
 __device__ __forceinline__ float row_sum(float x) {

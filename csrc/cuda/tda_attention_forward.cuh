@@ -1,6 +1,7 @@
 // tda_attention forward, one block per (query block, head, batch): an online softmax over key
-// blocks whose k~ and v~ are sampled on the fly into shared memory (k~ for the scores, then v~
-// into the same tile). Keeps only the output and the per-query log-sum-exp.
+// blocks whose k~ and v~ are staged in shared memory (k~ for the scores, then v~ into the same
+// tile), read from buffers sampled beforehand or sampled on the fly. Keeps only the output and
+// the per-query log-sum-exp.
 //
 // Thread layout: kThreadsPerRow consecutive lanes share a query row; lane `sub` of a row owns
 // the score columns and the output columns sub, sub + kThreadsPerRow, ...
@@ -51,9 +52,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_kernel(co
   float running_max = -INFINITY, running_sum = 0.f;
 
   for (int64_t j0 = 0; j0 < p.Nk; j0 += BK) {
-    load_key_corners<BK>(p, b, h, j0, corners);
-    __syncthreads();
-    sample_key_tile<T, BK, D, S, kAttentionThreads>(static_cast<const T*>(p.k), d, corners, kv_tile);
+    stage_key_tile<T, BK, D, S, kAttentionThreads>(p, p.k_sampled, p.k, true, b, h, j0, corners, kv_tile);
     __syncthreads();
     float scores[Tiles::kKeys];
     float block_max = -INFINITY;
@@ -68,7 +67,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_kernel(co
     }
     block_max = row_max<TPR>(block_max);  // finite: key j0 exists
     __syncthreads();  // every thread is done with k~
-    sample_key_tile<T, BK, D, S, kAttentionThreads>(static_cast<const T*>(p.v), d, corners, kv_tile);
+    stage_key_tile<T, BK, D, S, kAttentionThreads>(p, p.v_sampled, p.v, false, b, h, j0, corners, kv_tile);
 
     const float new_max = fmaxf(running_max, block_max);
     const float correction = exp2f(running_max - new_max);

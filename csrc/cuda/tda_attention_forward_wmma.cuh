@@ -55,9 +55,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_wmma_kern
     float running_max = -INFINITY, running_sum = 0.f;
 
     for (int64_t j0 = 0; j0 < p.Nk; j0 += BK) {
-      load_key_corners<BK>(p, b, h, j0, corners);
-      __syncthreads();
-      sample_key_tile<T, BK, DW, S, kAttentionThreads, T>(static_cast<const T*>(p.k), d, corners, kv_tile);
+      stage_key_tile<T, BK, DW, S, kAttentionThreads, T>(p, p.k_sampled, p.k, true, b, h, j0, corners, kv_tile);
       __syncthreads();
       // S = q k~^T: one 16x16 score tile per warp.
       for (int t = warp; t < (BQ / 16) * (BK / 16); t += kWarps) {
@@ -74,7 +72,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_wmma_kern
         wmma::store_matrix_sync(s_tile + rt * 16 * SS + ct * 16, acc, SS, wmma::mem_row_major);
       }
       __syncthreads();  // scores are in s_tile; k~ is no longer needed
-      sample_key_tile<T, BK, DW, S, kAttentionThreads, T>(static_cast<const T*>(p.v), d, corners, kv_tile);
+      stage_key_tile<T, BK, DW, S, kAttentionThreads, T>(p, p.v_sampled, p.v, false, b, h, j0, corners, kv_tile);
 
       float scores[Tiles::kKeys];
       float block_max = -INFINITY;

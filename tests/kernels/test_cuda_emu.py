@@ -87,3 +87,24 @@ def test_deterministic_mode_gives_identical_bits_and_agrees_with_the_atomic_path
         for a, b, c in zip([run_a[0], *run_a[1]], [run_b[0], *run_b[1]], [run_atomic[0], *run_atomic[1]]):
             assert torch.equal(a, b)
             assert_close(a, c, dtype, "deterministic vs atomic")
+
+
+KERNEL_BUILDS = [("cuda_emu", "cpu")] + ([("cuda", "cuda")] if "cuda" in lc4_kernels.available_backends() else [])
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_and_presampled_forward_paths_both_match_reference(backend, device, dtype, monkeypatch):
+    # The forward reads k~/v~ sampled beforehand unless LC4_CUDA_PRESAMPLE=0 (read on every call).
+    inputs = attention_inputs(Nq=37, Nk=45, heads=4, d=40, G=2, T=2, H=5, W=6, dtype=dtype, device=device)
+    with torch.no_grad():
+        inputs[3][0, 0, 0] = float("nan")
+        inputs[3][0, 1, 1] = 1e30
+    ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
+    for flag in ("1", "0"):
+        monkeypatch.setenv("LC4_CUDA_PRESAMPLE", flag)
+        out, grads = run_with_grads(attention(backend), inputs)
+        assert torch.isfinite(out).all()
+        assert_close(out.cpu(), ref_out.to(dtype), dtype, f"out, LC4_CUDA_PRESAMPLE={flag}")
+        for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+            assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, LC4_CUDA_PRESAMPLE={flag}")

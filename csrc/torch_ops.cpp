@@ -330,21 +330,15 @@ bool presample_keys() {
 
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
-  // map (B, T, H, W, heads, d) seen as (B, T, H, W, G, heads / G * d): one sample per group.
-  const int64_t groups = points.size(2);
+  // map (B, T, H, W, heads, d), contiguous, seen as (B, T, H, W, G, heads / G * d).
   auto sampled = at::empty({map.size(0), points.size(1), map.size(4), map.size(5)}, map.options());
-  SampleParams p;
-  p.value = map.data_ptr();
-  p.points = points.data_ptr();
+  if (sampled.numel() == 0) return sampled;
+  const int64_t groups = points.size(2);
+  const auto grouped = map.view({map.size(0), map.size(1), map.size(2), map.size(3), groups,
+                                 map.size(4) / groups * map.size(5)});
+  SampleParams p = sample_params(grouped, points);
   p.out = sampled.data_ptr();
-  p.B = map.size(0);
-  p.T = map.size(1);
-  p.H = map.size(2);
-  p.W = map.size(3);
-  p.G = groups;
-  p.C = map.size(4) / groups * map.size(5);
-  p.P = points.size(1);
-  if (sampled.numel() > 0) Kernels::sample_forward(p, kind);
+  Kernels::sample_forward(p, kind);
   return sampled;
 }
 

@@ -63,7 +63,7 @@ def _triton_version() -> Optional[str]:
     return getattr(triton, "__version__", "unknown")
 
 
-def environment(device: torch.device, arguments: list[str]) -> dict:
+def environment(device: torch.device, arguments: list[str], program: str = "benchmarks.report") -> dict:
     named_commit = os.environ.get("LC4_COMMIT")
     status = None if named_commit else _git("status", "--porcelain", "--untracked-files=no")
     return {
@@ -80,7 +80,7 @@ def environment(device: torch.device, arguments: list[str]) -> dict:
         # Other work on the machine inflates times and their spread; readers should see it.
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks.report", *arguments]),
+        "command": " ".join([f"python -m {program}", *arguments]),
     }
 
 

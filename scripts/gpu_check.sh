@@ -2,7 +2,8 @@
 # `make gpu-check`: on a machine with a CUDA GPU, builds the CUDA extension for the visible GPU,
 # runs the kernel test suite on CUDA (the cuda and triton backends join every equivalence test),
 # the same again with the sm_70 (V100) paths forced (LC4_CUDA_FORCE_SM70=1), compute-sanitizer
-# memcheck over a small forward+backward, and then, alone on the GPU, the benchmark report.
+# memcheck over a small forward+backward, and then, alone on the GPU, a profile of the largest
+# layers (benchmarks/profile.py) and the benchmark report.
 # Everything goes under benchmarks/results/<device>/.
 #
 # The three correctness steps only share the GPU with each other (pytest-xdist spreads each over
@@ -80,6 +81,14 @@ status=${status:-0}
 wait $all_tests || status=1
 wait $sm70_tests || status=1
 tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
+
+# Where the time goes at the largest SD1.5 layer (seconds; before the report, which takes minutes):
+# every backend, then the cuda backend's fused forward (keys sampled again per query block).
+for case in sd15-512px-64x64 sd15-512px-32x32; do
+  limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1
+  LC4_CUDA_PRESAMPLE=0 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case --backends cuda \
+    --tag cuda-fused-forward > /dev/null || status=1
+done
 
 read -r -a bench_args <<< "${BENCH_ARGS:---check}"
 limited "${BENCH_TIME_LIMIT:-}" "$PY" -m benchmarks.report "${bench_args[@]}" --device cuda || status=1

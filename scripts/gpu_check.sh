@@ -36,6 +36,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts/*.py import the i
 DEVICE=$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 OUT=benchmarks/results/$DEVICE
 mkdir -p "$OUT"
+status=0
 {
   "$PY" - <<'PY'
 import platform, torch, lc4_kernels
@@ -77,12 +78,11 @@ if command -v compute-sanitizer >/dev/null; then
 else
   echo "compute-sanitizer not found: memcheck skipped" > "$OUT/memcheck.txt"
 fi
-status=${status:-0}
 wait $all_tests || status=1
 wait $sm70_tests || status=1
 tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
 
-# Where the time goes at the largest SD1.5 layer (seconds; before the report, which takes minutes):
+# Where the time goes at the two largest SD1.5 layers (seconds; before the report, which takes minutes):
 # every backend, then the cuda backend's fused forward (keys sampled again per query block).
 for case in sd15-512px-64x64 sd15-512px-32x32; do
   limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1

@@ -8,7 +8,7 @@ import triton
 
 from . import attention_kernels as kernels
 from .sampling import sample, sample_backward
-from .tuning import padded_head_dim
+from .tuning import padded_head_dim, split_queries
 
 
 def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -24,6 +24,13 @@ def _sampled_keys_values(k, v, points):
     G = points.shape[2]
     shape = (B, points.shape[1], heads, d)
     return sample(_grouped(k, G), points).view(shape), sample(_grouped(v, G), points).view(shape)
+
+
+def _processors(device: torch.device) -> int:
+    """Streaming multiprocessors of a GPU (1 for the interpreter on the CPU)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -53,24 +60,31 @@ def attention_forward(q, k, v, points, scale: float):
     return out, lse
 
 
-def attention_backward(grad_out, q, k, v, points, out, lse, scale: float):
-    """(dq, dk, dv, dpoints) of ``<grad_out, attention(q, k, v, points)>``."""
+def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_splits: int | None = None):
+    """(dq, dk, dv, dpoints) of ``<grad_out, attention(q, k, v, points)>``. ``query_splits`` fixes
+    how many programs share the queries of a key block in the dk~/dv~ kernel (default: enough
+    programs to fill the GPU; one under deterministic algorithms)."""
     B, Nq, heads, d = q.shape
     Nk, G = points.shape[1], points.shape[2]
     if Nq == 0 or d == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(points)
-    q, grad_out = q.contiguous(), grad_out.contiguous()
+    q, grad_out, out = q.contiguous(), grad_out.contiguous(), out.contiguous()
     k_sampled, v_sampled = _sampled_keys_values(k, v, points)
-    delta = (grad_out.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (B, heads, Nq)
-    dk_sampled = torch.empty((B, Nk, heads, d), dtype=torch.float32, device=q.device)
-    dv_sampled = torch.empty_like(dk_sampled)
+    delta = torch.empty((B, heads, Nq), dtype=torch.float32, device=q.device)  # written by the dq kernel
+    dk_sampled, dv_sampled = torch.zeros((2, B, Nk, heads, d), dtype=torch.float32, device=q.device)
     dq = torch.empty_like(q)
     arguments = _launch_arguments(q, Nk, scale)
-    kv_grid = lambda meta: (triton.cdiv(Nk, meta["BLOCK_N"]), B * heads)  # noqa: E731
+    q_grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
+    kernels.attention_backward_q_kernel[q_grid](q, k_sampled, v_sampled, out, grad_out, lse, delta, dq, **arguments)
+    processors = _processors(q.device)
+
+    def kv_grid(meta):
+        key_programs = triton.cdiv(Nk, meta["BLOCK_N"]) * B * heads
+        splits = query_splits or split_queries(key_programs, triton.cdiv(Nq, meta["BLOCK_M"]), processors)
+        return (triton.cdiv(Nk, meta["BLOCK_N"]), B * heads, splits)
+
     kernels.attention_backward_kv_kernel[kv_grid](q, k_sampled, v_sampled, grad_out, lse, delta,
                                                   dk_sampled, dv_sampled, **arguments)
-    q_grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
-    kernels.attention_backward_q_kernel[q_grid](q, k_sampled, v_sampled, grad_out, lse, delta, dq, **arguments)
     grouped_grads = [g.view(B, Nk, G, heads // G * d) for g in (dk_sampled, dv_sampled)]
     (dk, dv), dpoints = sample_backward(grouped_grads, [_grouped(k, G), _grouped(v, G)], points)
     return dq, dk.view(k.shape), dv.view(v.shape), dpoints

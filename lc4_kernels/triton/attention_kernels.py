@@ -5,8 +5,10 @@ q ``(B, Nq, heads, d)`` (any strides in the forward, contiguous in the backward)
 ``(B, Nq, heads, d)`` contiguous, lse and delta ``(B, heads, Nq)`` float32 (lse in natural log).
 The head dim is padded to D_PAD (a power of two >= 16) by masks only. One program owns a block of
 queries (forward, dq) or of keys (dk~, dv~) of one (batch, head) and loops over the other axis
-in order: nothing of size Nq x Nk is stored, no output is written by two programs, and the
-results are the same bits on every run.
+in order: nothing of size Nq x Nk is stored. Only dk~ and dv~ may be written by several programs:
+when the queries are split between programs (Nq >> Nk leaves too few key blocks to fill the
+GPU), each adds its share atomically; with one split each element is one addition to zero, the
+same bits on every run.
 
 Loads are written out in each loop rather than through a helper: under the interpreter every
 call of a jit helper costs about a millisecond.
@@ -62,13 +64,16 @@ def attention_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_stride_b, 
     tl.store(lse_ptr + (b * heads + h) * Nq + rows, row_max * LN2 + tl.log(row_sum), mask=rows_ok)
 
 
-@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING)
+# reset_to_zero: every benchmark run of the autotuner would add to dk~ and dv~ again.
+@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING,
+                 reset_to_zero=["dk_ptr", "dv_ptr"])
 @triton.jit
 def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                                  Nq, Nk, heads, head_dim, scale,
                                  D_PAD: tl.constexpr, PRECISION: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dk~ and dv~ (float32) of one block of keys; delta = rowsum(grad_out * out)."""
+    """dk~ and dv~ of one block of keys over split program_id(2) of the queries, added to the
+    zeroed float32 buffers; delta = rowsum(grad_out * out) from the dq kernel."""
     b = (tl.program_id(1) // heads).to(tl.int64)
     h = tl.program_id(1) % heads
     keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -84,7 +89,9 @@ def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, del
     stats_base = (b * heads + h) * Nq
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
-    for start in range(0, Nq, BLOCK_M):
+    split_rows = tl.cdiv(tl.cdiv(Nq, BLOCK_M), tl.num_programs(2)) * BLOCK_M
+    first_row = tl.program_id(2) * split_rows
+    for start in range(first_row, tl.minimum(Nq, first_row + split_rows), BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         rows_ok = rows < Nq
         q_offsets = q_ptrs + rows.to(tl.int64)[:, None] * row_stride
@@ -99,17 +106,18 @@ def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, del
         dprobs_t = tl.dot(v, tl.trans(grad_out), input_precision=PRECISION)
         dscores_t = probs_t * (dprobs_t - delta[None, :])
         dk += tl.dot(dscores_t.to(q.dtype), q, input_precision=PRECISION)
-    tl.store(dk_ptr + kv_offsets, dk * scale, mask=kv_mask)
-    tl.store(dv_ptr + kv_offsets, dv, mask=kv_mask)
+    tl.atomic_add(dk_ptr + kv_offsets, dk * scale, mask=kv_mask)
+    tl.atomic_add(dv_ptr + kv_offsets, dv, mask=kv_mask)
 
 
 @triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING)
 @triton.jit
-def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr,
+def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, out_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr,
                                 Nq, Nk, heads, head_dim, scale,
                                 D_PAD: tl.constexpr, PRECISION: tl.constexpr,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dq of one block of queries."""
+    """dq of one block of queries; also writes their delta = rowsum(grad_out * out) for the
+    dk~/dv~ kernel, which runs after it."""
     b = (tl.program_id(1) // heads).to(tl.int64)
     h = tl.program_id(1) % heads
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -123,7 +131,9 @@ def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delt
     grad_out = tl.load(grad_out_ptr + q_offsets, mask=q_mask, other=0.0)
     stats_base = (b * heads + h) * Nq
     lse = tl.load(lse_ptr + stats_base + rows, mask=rows_ok, other=0.0)
-    delta = tl.load(delta_ptr + stats_base + rows, mask=rows_ok, other=0.0)
+    out = tl.load(out_ptr + q_offsets, mask=q_mask, other=0.0)
+    delta = tl.sum(grad_out.to(tl.float32) * out.to(tl.float32), axis=1)
+    tl.store(delta_ptr + stats_base + rows, delta, mask=rows_ok)
     kv_ptrs = (b * Nk * heads + h) * head_dim + dims[None, :]
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     for start in range(0, Nk, BLOCK_N):

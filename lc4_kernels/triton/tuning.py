@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 
+import torch
 import triton
 
 from .environment import INTERPRET
@@ -61,3 +62,20 @@ ATTENTION_BACKWARD_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M
                                       triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2),
                                       warps=(4, 8), stages=(2, 3))
 ATTENTION_PRUNING = None if INTERPRET else {"early_config_prune": _drop_oversized_attention_tiles}
+
+
+# The dk~/dv~ kernel has one program per key block and (batch, head): at the 512 px SD1.5 layers
+# (Nk about 1024, Nq up to 32768) that is ~256 programs, two per SM, each looping over hundreds
+# of query blocks. Splitting the queries between programs fills the GPU; the splits add their
+# shares atomically, so there is one split under deterministic algorithms.
+PROGRAMS_PER_PROCESSOR = 8
+MIN_QUERY_BLOCKS_PER_SPLIT = 4
+
+
+def split_queries(key_programs: int, query_blocks: int, processors: int) -> int:
+    """How many programs share the query blocks of one key block (none of them left empty)."""
+    if torch.are_deterministic_algorithms_enabled() or query_blocks <= 0:
+        return 1
+    wanted = triton.cdiv(processors * PROGRAMS_PER_PROCESSOR, max(1, key_programs))
+    splits = max(1, min(wanted, query_blocks // MIN_QUERY_BLOCKS_PER_SPLIT))
+    return triton.cdiv(query_blocks, triton.cdiv(query_blocks, splits))

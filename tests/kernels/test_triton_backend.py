@@ -172,3 +172,36 @@ def test_opcheck_triton_ops(backend, device):
     value, sample_points = sample_inputs(B=1, P=5, G=1, C=3, device=device, special_fraction=0)
     torch.library.opcheck(torch.ops.lc4_triton.trilinear_sample.default,
                           (value.requires_grad_(True), sample_points.requires_grad_(True)))
+
+
+@pytest.mark.parametrize("splits", [2, 3, 5])
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_queries_split_between_dkv_programs_add_up(backend, device, splits):
+    # Nq = 300 is several query blocks for any BLOCK_M (64 in the interpreter); 3 splits of 5
+    # blocks leave one split empty, 5 splits of 300 rows give each a share of whole blocks.
+    from lc4_kernels.triton.attention import attention_backward, attention_forward
+    q, k, v, points = attention_inputs(Nq=300, Nk=40, heads=2, d=16, G=2, device=device)
+    scale = 0.25
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    out, lse = attention_forward(q, k, v, points, scale)
+    leaves = [t.double().requires_grad_(True) for t in (q, k, v, points)]
+    ref_out = lc4_kernels.tda_attention(*leaves, scale=scale, backend="reference")
+    ref_grads = torch.autograd.grad(ref_out, leaves, grad_out.double())
+    grads = attention_backward(grad_out, q, k, v, points, out, lse, scale, query_splits=splits)
+    for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+        assert_close(g, ref_g.float(), torch.float32, name)
+
+
+def test_split_queries_fills_the_gpu_without_empty_splits():
+    pytest.importorskip("triton")
+    from lc4_kernels.triton.tuning import PROGRAMS_PER_PROCESSOR, split_queries
+    # 512 px, 64x64 latents: 256 key programs, 512 query blocks of 64 rows, 132 SMs.
+    assert 256 * split_queries(256, 512, 132) >= PROGRAMS_PER_PROCESSOR * 132
+    assert split_queries(10_000, 512, 132) == 1  # enough key programs already
+    assert split_queries(8, 3, 132) == 1  # too few query blocks to share
+    for key_programs, query_blocks in [(1, 10), (3, 7), (2, 1000)]:
+        splits = split_queries(key_programs, query_blocks, 16)
+        per_split = -(-query_blocks // splits)
+        assert (splits - 1) * per_split < query_blocks  # the last split is not empty
+    with deterministic_algorithms():
+        assert split_queries(256, 512, 132) == 1

@@ -328,6 +328,19 @@ bool presample_keys() {
   return !(flag && std::string(flag) == "0");
 }
 
+// LC4_CUDA_QUERY_SPLITS=n fixes how many blocks share a key block's queries in the backward's
+// dk~/dv~ kernel (1: one block per key block, the path the first H200 run measured); unset or 0,
+// the launcher chooses. Deterministic mode always uses one.
+int64_t forced_query_splits() {
+  const char* value = std::getenv("LC4_CUDA_QUERY_SPLITS");
+  if (value == nullptr || *value == '\0') return 0;
+  char* end = nullptr;
+  const long long splits = std::strtoll(value, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && splits >= 0, "LC4_CUDA_QUERY_SPLITS must be a non-negative integer, got '",
+                    value, "'");
+  return splits;
+}
+
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
   // map (B, T, H, W, heads, d), contiguous, seen as (B, T, H, W, G, heads / G * d).
@@ -386,14 +399,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(2) && lse.size(2) == q.size(1),
                     "lse must be (B, heads, Nq), got ", lse.sizes());
   AttentionParams p = attention_params(q, k, v, points, scale);
+  p.query_splits = forced_query_splits();
   auto grad_q = float_buffer_for(q, /*zeroed=*/!p.deterministic);  // atomics add into it
   auto grad_k = float_buffer_for(k, /*zeroed=*/true);
   auto grad_v = float_buffer_for(v, /*zeroed=*/true);
   auto grad_points = float_buffer_for(points, /*zeroed=*/false);
   const auto float_options = q.options().dtype(at::kFloat);
   auto delta = at::empty({q.size(0), q.size(2), q.size(1)}, float_options);
-  auto grad_k_sampled = at::empty({q.size(0), q.size(2), points.size(1), q.size(3)}, float_options);
-  auto grad_v_sampled = at::empty_like(grad_k_sampled);
+  // dk~ and dv~ in one zeroed buffer: the dk~/dv~ kernel's blocks add their shares of the queries.
+  const auto grad_kv_sampled = at::zeros({2, q.size(0), q.size(2), points.size(1), q.size(3)}, float_options);
+  const auto grad_k_sampled = grad_kv_sampled[0], grad_v_sampled = grad_kv_sampled[1];
   AttentionScratch s;
   s.delta = delta.data_ptr<float>();
   s.grad_k_sampled = grad_k_sampled.data_ptr<float>();

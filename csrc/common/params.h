@@ -38,6 +38,9 @@ struct AttentionParams {
   // reads its key tiles from them instead of sampling k and v again for every query block.
   const void* k_sampled = nullptr;
   const void* v_sampled = nullptr;
+  // Blocks that share the queries of one key block in the backward's dk~/dv~ kernel; 0 lets the
+  // launcher choose (enough blocks to fill the GPU). Ignored, as 1, when deterministic.
+  int64_t query_splits = 0;
 };
 
 }  // namespace lc4

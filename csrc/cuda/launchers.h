@@ -17,8 +17,8 @@ enum class ScalarKind { f32, f16, bf16 };
 // Buffers the glue allocates for the attention backward, all float32 and contiguous.
 struct AttentionScratch {
   float* delta = nullptr;         // (B, heads, Nq): rowsum(grad_out * out)
-  float* grad_k_sampled = nullptr;  // (B, heads, Nk, d): dk~
-  float* grad_v_sampled = nullptr;  // (B, heads, Nk, d): dv~
+  float* grad_k_sampled = nullptr;  // (B, heads, Nk, d): dk~, zeroed (blocks add their shares)
+  float* grad_v_sampled = nullptr;  // (B, heads, Nk, d): dv~, zeroed
 };
 
 // Head dims up to this run on the CUDA kernels; each d runs on the smallest instantiated

@@ -22,6 +22,16 @@ template <typename... KernelArgs, typename... Args>
 inline void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
   kernel<<<grid, block, 0, stream>>>(static_cast<KernelArgs>(args)...);
 }
+
+// Streaming multiprocessors of the current device (to size grids that must fill it).
+inline int multiprocessor_count() {
+  int device = 0, count = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return 1;
+  }
+  return count > 0 ? count : 1;
+}
 }  // namespace lc4::cuda
 #else
 #include "cuda/emulation.h"
@@ -29,6 +39,7 @@ inline void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStr
 #define LC4_EMULATED 1
 namespace lc4::cuda_emu {
 using namespace lc4::emu;  // dim3, threadIdx, __half, __syncthreads, atomicAdd, launch, wmma, ...
+inline int multiprocessor_count() { return 1; }  // blocks run one after another
 }  // namespace lc4::cuda_emu
 #endif
 

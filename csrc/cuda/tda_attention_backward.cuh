@@ -1,9 +1,13 @@
 // tda_attention backward, FlashAttention-2 style, probabilities recomputed from the saved
 // log-sum-exp, nothing of size Nq x Nk in global memory:
 //   delta      rowsum(dO * O) per query;
-//   dkv        one block per (key block, head, batch): dk~, dv~ into float (B, heads, Nk, d)
-//              buffers, and dq through atomics unless deterministic (this file: float32 on
-//              CUDA cores; float16/bfloat16 on tensor cores in tda_attention_backward_wmma.cuh);
+//   dkv        one block per (key block, query split, head, batch): dk~, dv~ added into zeroed
+//              float (B, heads, Nk, d) buffers, and dq through atomics unless deterministic
+//              (this file: float32 on CUDA cores; float16/bfloat16 on tensor cores in
+//              tda_attention_backward_wmma.cuh). Nk is small next to Nq at the SD1.5 shapes
+//              (1024 keys, up to 32768 queries), so one block per key block would leave the GPU
+//              mostly idle while each block walks every query: the queries are split between
+//              blocks (one split, a single addition to zero, when deterministic);
 //   dq         (deterministic only) one block per (query block, head, batch), no atomics;
 //   scatter    dk~, dv~ into dk, dv through the trilinear weights: atomics, or one thread per
 //              (batch, head, column) walking the keys in order when deterministic;
@@ -73,6 +77,39 @@ __device__ __forceinline__ void probabilities_and_score_grads(const AttentionPar
   }
 }
 
+// The key block and the range of query rows of one dk~/dv~ block: blockIdx.x = split * key
+// blocks + key block, so the blocks that run together share their query rows.
+struct KeyBlockWork {
+  int64_t j0, i_begin, i_end;
+};
+
+template <int kBlock>
+__device__ __forceinline__ KeyBlockWork key_block_work(const AttentionParams& p) {
+  const int64_t key_blocks = (p.Nk + kBlock - 1) / kBlock, splits = gridDim.x / key_blocks;
+  const int64_t split = blockIdx.x / key_blocks, query_blocks = (p.Nq + kBlock - 1) / kBlock;
+  const int64_t split_rows = (query_blocks + splits - 1) / splits * kBlock;
+  const int64_t i_begin = split * split_rows;
+  return {static_cast<int64_t>(blockIdx.x % key_blocks) * kBlock, i_begin, i_begin + split_rows < p.Nq ? i_begin + split_rows : p.Nq};
+}
+
+// Blocks per SM the dk~/dv~ grid aims at, and the fewest query blocks a split gets.
+constexpr int64_t kKeyBlocksPerProcessor = 16;
+constexpr int64_t kMinQueryBlocksPerSplit = 4;
+
+// Query splits of the dk~/dv~ kernel for tiles of kBlock rows (none left empty).
+inline int64_t dkv_query_splits(const AttentionParams& p, int64_t block) {
+  const int64_t query_blocks = ceil_div(p.Nq, block);
+  if (p.deterministic || query_blocks <= 1) return 1;
+  int64_t splits = p.query_splits;
+  if (splits <= 0) {
+    const int64_t key_blocks = ceil_div(p.Nk, block) * p.heads * p.B;
+    splits = std::min(ceil_div(kKeyBlocksPerProcessor * multiprocessor_count(), key_blocks),
+                      query_blocks / kMinQueryBlocksPerSplit);
+  }
+  splits = std::max<int64_t>(1, std::min(splits, query_blocks));
+  return ceil_div(query_blocks, ceil_div(query_blocks, splits));
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kAttentionThreads) attention_delta_kernel(const AttentionParams p, const AttentionScratch s) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
@@ -103,7 +140,9 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_kernel(const 
   __shared__ float delta_row[B];
   __shared__ KeyCorners corners[B];
 
-  const int64_t b = blockIdx.z, h = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * B;
+  const int64_t b = blockIdx.z, h = blockIdx.y;
+  const KeyBlockWork work = key_block_work<B>(p);
+  const int64_t j0 = work.j0;
   const int key = threadIdx.x / TPR, sub = threadIdx.x % TPR;
   const float scale = static_cast<float>(p.scale);
   load_key_corners<B>(p, b, h, j0, corners);
@@ -115,7 +154,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_kernel(const 
 #pragma unroll
   for (int u = 0; u < Tiles::kColumns; ++u) dk[u] = dv[u] = 0.f;
 
-  for (int64_t i0 = 0; i0 < p.Nq; i0 += B) {
+  for (int64_t i0 = work.i_begin; i0 < work.i_end; i0 += B) {
     load_query_rows<T, D>(p, s, b, h, i0, q_tile, do_tile, lse_row, delta_row);
     __syncthreads();
     probabilities_and_score_grads<D>(p, j0, q_tile, do_tile, k_tile, v_tile, lse_row, delta_row, p_tile, ds_tile);
@@ -147,8 +186,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_kernel(const 
     for (int u = 0; u < Tiles::kColumns; ++u) {
       const int c = sub + TPR * u;
       if (c < p.d) {
-        s.grad_k_sampled[first + c] = scale * dk[u];
-        s.grad_v_sampled[first + c] = dv[u];
+        atomicAdd(s.grad_k_sampled + first + c, scale * dk[u]);
+        atomicAdd(s.grad_v_sampled + first + c, dv[u]);
       }
     }
   }

@@ -1,7 +1,8 @@
 // The dk~/dv~ kernel of the tda_attention backward on tensor cores (WMMA m16n16k16) for
 // float16, and bfloat16 where the hardware has it (sm_80+), accumulating in float32: the
 // backward V100 runs. The other kernels of the backward (delta, the ordered dq, the scatter,
-// dpoints) are the float path's. One block per (key block, head, batch) loops over query blocks:
+// dpoints) are the float path's. One block per (key block, query split, head, batch) loops over
+// its query blocks (splits as in tda_attention_backward.cuh):
 //   S = q k~^T and dP = dO v~^T     WMMA into float tiles;
 //   P = exp(scale S - lse), dS = P (dP - delta)   by elements, stored as T;
 //   dv~ += P^T dO, dk~ += dS^T q     WMMA into accumulator fragments that each warp keeps for
@@ -47,7 +48,7 @@ __device__ __forceinline__ void wmma_accumulate(wmma::fragment<wmma::accumulator
   }
 }
 
-// sampled[b, h, j0 + j, c] = factor * (this block's dk~ or dv~)[j, c], through the staging tile;
+// sampled[b, h, j0 + j, c] += factor * (this block's dk~ or dv~)[j, c], through the staging tile;
 // every warp passes its fragments `acc` (output tiles warp, warp + kWarps, ...).
 template <int D>
 __device__ __forceinline__ void store_key_gradients(
@@ -67,7 +68,7 @@ __device__ __forceinline__ void store_key_gradients(
   __syncthreads();
   for (int idx = threadIdx.x; idx < B * DW; idx += kAttentionThreads) {
     const int j = idx / DW, c = idx % DW;
-    if (j0 + j < p.Nk && c < p.d) sampled[((b * p.heads + h) * p.Nk + j0 + j) * p.d + c] = factor * staging[j * FS + c];
+    if (j0 + j < p.Nk && c < p.d) atomicAdd(sampled + ((b * p.heads + h) * p.Nk + j0 + j) * p.d + c, factor * staging[j * FS + c]);
   }
   __syncthreads();  // the staging tile is free again
 }
@@ -97,7 +98,9 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
     T* const do_tile = query_tiles + B * S;
     float* const staging = reinterpret_cast<float*>(query_tiles);
 
-    const int64_t b = blockIdx.z, h = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * B;
+    const int64_t b = blockIdx.z, h = blockIdx.y;
+    const KeyBlockWork work = key_block_work<B>(p);
+    const int64_t j0 = work.j0;
     const int warp = threadIdx.x / kWarpSize;
     const float scale = static_cast<float>(p.scale);
     const T* q = static_cast<const T*>(p.q);
@@ -115,7 +118,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
       wmma::fill_fragment(dv_acc[m], 0.0f);
     }
 
-    for (int64_t i0 = 0; i0 < p.Nq; i0 += B) {
+    for (int64_t i0 = work.i_begin; i0 < work.i_end; i0 += B) {
       // load_query_rows of the float kernels, but copying T as is: routed through it (T -> float
       // -> T) the kernel spilled at d = 40 on sm_70 (CUDA 11.8 ptxas).
       for (int idx = threadIdx.x; idx < B * DW; idx += kAttentionThreads) {

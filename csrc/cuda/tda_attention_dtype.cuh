@@ -31,11 +31,13 @@ void launch_attention_backward(const AttentionParams& p, const AttentionScratch&
   const auto heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.B);
   if (p.Nq > 0) launch(attention_delta_kernel<T>, grid_for(p.B * p.Nq * p.heads, kWarps), block, stream, p, s);
   if constexpr (std::is_same_v<T, float>) {
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nk, BackwardTiles<D>::kBlock)), heads, batch);
-    launch(attention_dkv_kernel<T, D>, grid, block, stream, p, s);
+    constexpr int kBlock = BackwardTiles<D>::kBlock;
+    const auto blocks = ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock);
+    launch(attention_dkv_kernel<T, D>, dim3(static_cast<unsigned>(blocks), heads, batch), block, stream, p, s);
   } else {
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nk, WmmaBackwardTiles<D>::kBlock)), heads, batch);
-    launch(attention_dkv_wmma_kernel<T, D>, grid, block, stream, p, s);
+    constexpr int kBlock = WmmaBackwardTiles<D>::kBlock;
+    const auto blocks = ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock);
+    launch(attention_dkv_wmma_kernel<T, D>, dim3(static_cast<unsigned>(blocks), heads, batch), block, stream, p, s);
   }
   if (p.deterministic && p.Nq > 0) {
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, BackwardTiles<D>::kBlock)), heads, batch);

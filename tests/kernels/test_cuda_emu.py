@@ -108,3 +108,21 @@ def test_fused_and_presampled_forward_paths_both_match_reference(backend, device
         assert_close(out.cpu(), ref_out.to(dtype), dtype, f"out, LC4_CUDA_PRESAMPLE={flag}")
         for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
             assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, LC4_CUDA_PRESAMPLE={flag}")
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dkv_blocks_sharing_the_queries_add_up(backend, device, dtype, monkeypatch):
+    # 300 queries are 10 blocks of 32 (float32 and the d = 40 WMMA tiles): the dk~/dv~ kernel
+    # splits them between blocks (LC4_CUDA_QUERY_SPLITS, else chosen to fill the device); 3 and
+    # 4 splits leave a shorter last split, 10 one block each.
+    inputs = attention_inputs(Nq=300, Nk=45, heads=2, d=40, G=1, T=2, H=3, W=4, dtype=dtype, device=device)
+    ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
+    for splits in ("1", "3", "4", "10", "0"):
+        monkeypatch.setenv("LC4_CUDA_QUERY_SPLITS", splits)
+        _, grads = run_with_grads(attention(backend), inputs)
+        for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+            assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, LC4_CUDA_QUERY_SPLITS={splits}")
+    monkeypatch.setenv("LC4_CUDA_QUERY_SPLITS", "many")
+    with pytest.raises(ValueError, match="LC4_CUDA_QUERY_SPLITS must be a non-negative integer, got 'many'"):
+        run_with_grads(attention(backend), inputs)

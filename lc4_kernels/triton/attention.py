@@ -7,7 +7,7 @@ import torch
 import triton
 
 from . import attention_kernels as kernels
-from .sampling import sample, sample_backward
+from .sampling import sample_backward, sample_values
 from .tuning import padded_head_dim, split_queries
 
 
@@ -23,7 +23,8 @@ def _sampled_keys_values(k, v, points):
     B, _, _, _, heads, d = k.shape
     G = points.shape[2]
     shape = (B, points.shape[1], heads, d)
-    return sample(_grouped(k, G), points).view(shape), sample(_grouped(v, G), points).view(shape)
+    k_sampled, v_sampled = sample_values([_grouped(k, G), _grouped(v, G)], points)
+    return k_sampled.view(shape), v_sampled.view(shape)
 
 
 def _processors(device: torch.device) -> int:

@@ -37,19 +37,20 @@ def _kernels(dtype: str, head_dim: int):
     attention_types = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "grad_out_ptr", "dq_ptr")}
     attention_types.update({name: "*fp32" for name in ("lse_ptr", "delta_ptr", "dk_ptr", "dv_ptr")}, scale="fp32")
     attention_constants = dict(D_PAD=padded_head_dim(head_dim), PRECISION="ieee" if dtype == "fp32" else "tf32")
-    sample_types = {"value_ptr": f"*{dtype}", "points_ptr": "*fp32", "out_ptr": f"*{dtype}", "grad_ptr": f"*{dtype}",
-                    "dpoints_ptr": "*fp32", "keys_ptr": "*i64", "weights_ptr": "*fp32", "order_ptr": "*i64",
-                    "sorted_keys_ptr": "*i64", "segment_ends_ptr": "*i64", "dvalue_ptr": f"*{dtype}"}
+    sample_types = {"points_ptr": "*fp32", "dpoints_ptr": "*fp32", "keys_ptr": "*i64", "weights_ptr": "*fp32",
+                    "order_ptr": "*i64", "sorted_keys_ptr": "*i64", "segment_ends_ptr": "*i64"}
+    sample_types.update({f"{name}{pair}_ptr": f"*{dtype}" for name in ("value", "out", "grad", "dvalue")
+                         for pair in ("", "2")})
     sample_constants = dict(BLOCK_C=channel_block(head_dim))
     return [
         (attention_kernels.attention_forward_kernel, attention_types, attention_constants),
         (attention_kernels.attention_backward_kv_kernel, attention_types, attention_constants),
         (attention_kernels.attention_backward_q_kernel, attention_types, attention_constants),
         (trilinear_kernels.sample_forward_kernel, sample_types, sample_constants),
-        (trilinear_kernels.sample_backward_points_kernel, sample_types,
-         dict(sample_constants, ACCUMULATE=True, WRITE_CORNERS=True)),
+        (trilinear_kernels.sample_backward_points_kernel, sample_types, dict(sample_constants, PAIR=True)),
         (trilinear_kernels.scatter_segments_kernel, sample_types, sample_constants),
-        (trilinear_kernels.scatter_atomic_kernel, dict(sample_types, dvalue_ptr="*fp32"), sample_constants),
+        (trilinear_kernels.scatter_atomic_kernel, dict(sample_types, dvalue_ptr="*fp32", dvalue2_ptr="*fp32"),
+         sample_constants),
     ]
 
 

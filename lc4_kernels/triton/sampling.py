@@ -23,19 +23,34 @@ def _geometry(value: torch.Tensor, points: torch.Tensor):
     return dict(rows=B * P * G, rows_per_batch=P * G, G=G, C=C, T=T, H=H, W=W)
 
 
-def sample(value: torch.Tensor, points: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Eq. 2: value ``(B, T, H, W, G, C)`` at points ``(B, P, G, 3)`` -> ``(B, P, G, C)``."""
-    value = value.contiguous()
+def _pair(tensors):
+    """A list of one or two same-shaped tensors as the kernels' pair (a single one twice)."""
+    if not 1 <= len(tensors) <= 2:
+        raise ValueError(f"the trilinear kernels take one value or a pair, got {len(tensors)}")
+    return tensors[0], tensors[-1]
+
+
+def sample_values(values, points: torch.Tensor):
+    """Eq. 2 for one value or a pair sampled at the same points (one launch): each value
+    ``(B, T, H, W, G, C)`` at points ``(B, P, G, 3)`` -> ``(B, P, G, C)``."""
+    values = [value.contiguous() for value in values]
     coords = _coordinates(points)
-    B, _, _, _, G, C = value.shape
-    out = torch.empty((B, points.shape[1], G, C), dtype=out_dtype or value.dtype, device=value.device)
-    geometry = _geometry(value, coords)
-    if out.numel() == 0:
-        return out
+    B, _, _, _, G, C = values[0].shape
+    outs = [torch.empty((B, points.shape[1], G, C), dtype=value.dtype, device=value.device) for value in values]
+    if outs[0].numel() == 0:
+        return outs
+    geometry = _geometry(values[0], coords)
     block_c = channel_block(C)
-    grid = lambda meta: (triton.cdiv(geometry["rows"], meta["BLOCK_P"]), triton.cdiv(C, block_c))  # noqa: E731
-    kernels.sample_forward_kernel[grid](value, coords, out, **geometry, BLOCK_C=block_c)
-    return out
+    grid = lambda meta: (triton.cdiv(geometry["rows"], meta["BLOCK_P"]), triton.cdiv(C, block_c), len(values))  # noqa: E731
+    value, value2 = _pair(values)
+    out, out2 = _pair(outs)
+    kernels.sample_forward_kernel[grid](value, value2, coords, out, out2, **geometry, BLOCK_C=block_c)
+    return outs
+
+
+def sample(value: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: value ``(B, T, H, W, G, C)`` at points ``(B, P, G, 3)`` -> ``(B, P, G, C)``."""
+    return sample_values([value], points)[0]
 
 
 SCATTER_MODES = ("atomic", "sorted")
@@ -69,37 +84,43 @@ class CornerTable:
             self.segment_ends = torch.searchsorted(self.sorted_keys, self.sorted_keys, right=True)
 
 
-def _points_gradient(value, grad, coords, dpoints, *, accumulate: bool, table_out=None):
-    geometry = _geometry(value, coords)
-    keys, weights = table_out if table_out is not None else (dpoints, dpoints)  # unused when not written
+def _points_gradient(values, grads, coords, dpoints, keys, weights):
+    geometry = _geometry(values[0], coords)
     block_c = channel_block(geometry["C"])
     grid = lambda meta: (triton.cdiv(geometry["rows"], meta["BLOCK_P"]),)  # noqa: E731
-    kernels.sample_backward_points_kernel[grid](value, grad, coords, dpoints, keys, weights, **geometry,
-                                                ACCUMULATE=accumulate, WRITE_CORNERS=table_out is not None,
-                                                BLOCK_C=block_c)
+    value, value2 = _pair(values)
+    grad, grad2 = _pair(grads)
+    kernels.sample_backward_points_kernel[grid](value, grad, value2, grad2, coords, dpoints, keys, weights,
+                                                **geometry, PAIR=len(values) == 2, BLOCK_C=block_c)
 
 
-def _scatter(grad: torch.Tensor, table: CornerTable, like: torch.Tensor) -> torch.Tensor:
+def _scatter(grads, table: CornerTable, like: torch.Tensor):
+    """dvalue of each grad (one or a pair) through the corner table, in like's dtype."""
     B, T, H, W, G, C = like.shape
     entries = table.keys.numel()
     if C == 0:
-        return torch.zeros_like(like)
+        return [torch.zeros_like(like) for _ in grads]
     block_c = channel_block(C)
-    grid = lambda meta: (triton.cdiv(entries, meta["BLOCK_S"]), triton.cdiv(C, block_c))  # noqa: E731
+    grid = lambda meta: (triton.cdiv(entries, meta["BLOCK_S"]), triton.cdiv(C, block_c), len(grads))  # noqa: E731
+    grad, grad2 = _pair(grads)
+    # One buffer per value: outputs of a custom op may not share storage.
     if table.mode == "sorted":
-        dvalue = torch.zeros_like(like)
-        kernels.scatter_segments_kernel[grid](grad, table.weights, table.order, table.sorted_keys, table.segment_ends,
-                                              dvalue, entries, G, C, T * H * W, BLOCK_C=block_c)
-        return dvalue
-    dvalue = torch.zeros(like.shape, dtype=torch.float32, device=like.device)  # atomics add in float32
-    kernels.scatter_atomic_kernel[grid](grad, table.keys, table.weights, dvalue, entries, G, C, T * H * W,
-                                        BLOCK_C=block_c)
-    return dvalue.to(like.dtype)
+        dvalues = [torch.zeros_like(like) for _ in grads]
+        dvalue, dvalue2 = _pair(dvalues)
+        kernels.scatter_segments_kernel[grid](grad, grad2, table.weights, table.order, table.sorted_keys,
+                                              table.segment_ends, dvalue, dvalue2, entries, G, C, T * H * W,
+                                              BLOCK_C=block_c)
+        return dvalues
+    dvalues = [torch.zeros(like.shape, dtype=torch.float32, device=like.device) for _ in grads]  # atomics add in float32
+    dvalue, dvalue2 = _pair(dvalues)
+    kernels.scatter_atomic_kernel[grid](grad, grad2, table.keys, table.weights, dvalue, dvalue2, entries, G, C,
+                                        T * H * W, BLOCK_C=block_c)
+    return [d.to(like.dtype) for d in dvalues]
 
 
 def sample_backward(grads, values, points: torch.Tensor):
-    """Gradients of ``sum_i <grads[i], sample(values[i], points)>``: one ``dvalue`` per value and
-    one ``dpoints``. All values share the points' shape ``(B, T, H, W, G, C)``."""
+    """Gradients of ``sum_i <grads[i], sample(values[i], points)>`` for one value or a pair of
+    the same shape ``(B, T, H, W, G, C)``: one ``dvalue`` per value and one ``dpoints``."""
     coords = _coordinates(points)
     values = [v.contiguous() for v in values]
     grads = [g.contiguous() for g in grads]
@@ -109,8 +130,6 @@ def sample_backward(grads, values, points: torch.Tensor):
     entries = coords.shape[0] * coords.shape[1] * coords.shape[2] * CORNERS
     keys = torch.empty(entries, dtype=torch.int64, device=coords.device)
     weights = torch.empty(entries, dtype=torch.float32, device=coords.device)
-    for i, (value, grad) in enumerate(zip(values, grads)):
-        _points_gradient(value, grad, coords, dpoints, accumulate=i > 0, table_out=(keys, weights) if i == 0 else None)
+    _points_gradient(values, grads, coords, dpoints, keys, weights)
     table = CornerTable(keys, weights, scatter_mode())
-    dvalues = [_scatter(grad, table, value) for value, grad in zip(values, grads)]
-    return dvalues, dpoints.to(points.dtype)
+    return _scatter(grads, table, values[0]), dpoints.to(points.dtype)

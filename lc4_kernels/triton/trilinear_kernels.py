@@ -10,6 +10,11 @@ The backward's first kernel computes dpoints and lists every (row, corner) with 
 and weight; a second kernel scatters into ``dvalue`` through that list: with float32 atomics by
 default, or, when deterministic algorithms are enabled, without atomics (the keys are sorted
 and each run of equal keys is summed in sorted order, the same bits on every run).
+
+Every kernel takes one value or a pair sampled at the same points (TDA's k and v), so that the
+pair costs one launch, not two: the forward and the scatters run the second value of a pair as
+grid axis 2 = 1; dpoints sums both values' terms in one pass (PAIR). A single value is passed as
+its own pair with a grid of one on axis 2.
 """
 import triton
 import triton.language as tl
@@ -80,8 +85,11 @@ def _corner_values(value_ptr, row_base, voxel, valid, row_ok, chan, chan_ok, G, 
 
 @triton.autotune(configs=SAMPLE_CONFIGS, key=["C", "BLOCK_C"])
 @triton.jit
-def sample_forward_kernel(value_ptr, points_ptr, out_ptr, rows, rows_per_batch, G, C, T, H, W,
+def sample_forward_kernel(value_ptr, value2_ptr, points_ptr, out_ptr, out2_ptr, rows, rows_per_batch, G, C, T, H, W,
                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    if tl.program_id(2) == 1:
+        value_ptr = value2_ptr
+        out_ptr = out2_ptr
     row = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     row_ok = row < rows
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -101,16 +109,14 @@ def sample_forward_kernel(value_ptr, points_ptr, out_ptr, rows, rows_per_batch, 
              mask=row_ok[:, None] & chan_ok[None, :])
 
 
-# restore_value: with ACCUMULATE, every benchmark run of the autotuner would add to dpoints again.
-@triton.autotune(configs=SAMPLE_CONFIGS, key=["C", "BLOCK_C", "WRITE_CORNERS"], restore_value=["dpoints_ptr"])
+@triton.autotune(configs=SAMPLE_CONFIGS, key=["C", "BLOCK_C", "PAIR"])
 @triton.jit
-def sample_backward_points_kernel(value_ptr, grad_ptr, points_ptr, dpoints_ptr, keys_ptr, weights_ptr,
-                                  rows, rows_per_batch, G, C, T, H, W,
-                                  ACCUMULATE: tl.constexpr, WRITE_CORNERS: tl.constexpr,
-                                  BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """dpoints of <grad, sample(value, points)>, reduced over channels in registers; with
-    WRITE_CORNERS also each (row, corner)'s voxel key ``(b * G + g) * V + voxel`` (or -1 when
-    the corner is invalid) and weight, for the dvalue scatter. ACCUMULATE adds to dpoints."""
+def sample_backward_points_kernel(value_ptr, grad_ptr, value2_ptr, grad2_ptr, points_ptr, dpoints_ptr, keys_ptr,
+                                  weights_ptr, rows, rows_per_batch, G, C, T, H, W,
+                                  PAIR: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dpoints of <grad, sample(value, points)> (plus <grad2, sample(value2, points)> with PAIR),
+    reduced over channels in registers, and each (row, corner)'s voxel key
+    ``(b * G + g) * V + voxel`` (or -1 when the corner is invalid) and weight, for the scatter."""
     row = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     row_ok = row < rows
     voxels = T * H * W
@@ -126,31 +132,29 @@ def sample_backward_points_kernel(value_ptr, grad_ptr, points_ptr, dpoints_ptr, 
         voxel, valid, weight, dwx, dwy, dwt = _corner(corner & 1, (corner >> 1) & 1, (corner >> 2) & 1,
                                                       xi, xw0, xw1, xin0, xin1, yi, yw0, yw1, yin0, yin1,
                                                       ti, tw0, tw1, tin0, tin1, H, W)
-        if WRITE_CORNERS:
-            key = (row // rows_per_batch * G + row % G) * voxels + voxel
-            tl.store(keys_ptr + row * CORNERS + corner, tl.where(valid, key, INVALID_KEY), mask=row_ok)
-            tl.store(weights_ptr + row * CORNERS + corner, weight, mask=row_ok)
+        key = (row // rows_per_batch * G + row % G) * voxels + voxel
+        tl.store(keys_ptr + row * CORNERS + corner, tl.where(valid, key, INVALID_KEY), mask=row_ok)
+        tl.store(weights_ptr + row * CORNERS + corner, weight, mask=row_ok)
         projection = tl.zeros([BLOCK_P], dtype=tl.float32)  # <grad row, value at this corner>
         for start in range(0, C, BLOCK_C):
             chan = start + tl.arange(0, BLOCK_C)
             chan_ok = chan < C
-            grad = tl.load(grad_ptr + row[:, None] * C + chan[None, :],
-                           mask=row_ok[:, None] & chan_ok[None, :], other=0.0).to(tl.float32)
+            grad_offsets = row[:, None] * C + chan[None, :]
+            grad_mask = row_ok[:, None] & chan_ok[None, :]
+            grad = tl.load(grad_ptr + grad_offsets, mask=grad_mask, other=0.0).to(tl.float32)
             values = _corner_values(value_ptr, base, voxel, valid, row_ok, chan, chan_ok, G, C)
             projection += tl.sum(grad * values, axis=1)
+            if PAIR:
+                grad = tl.load(grad2_ptr + grad_offsets, mask=grad_mask, other=0.0).to(tl.float32)
+                values = _corner_values(value2_ptr, base, voxel, valid, row_ok, chan, chan_ok, G, C)
+                projection += tl.sum(grad * values, axis=1)
         dx += dwx * projection
         dy += dwy * projection
         dt += dwt * projection
-    _store_point_gradient(dpoints_ptr + row * 3, dx, row_ok, ACCUMULATE)
-    _store_point_gradient(dpoints_ptr + row * 3 + 1, dy, row_ok, ACCUMULATE)
-    _store_point_gradient(dpoints_ptr + row * 3 + 2, dt, row_ok, ACCUMULATE)
-
-
-@triton.jit
-def _store_point_gradient(pointer, gradient, row_ok, ACCUMULATE: tl.constexpr):
-    if ACCUMULATE:
-        gradient += tl.load(pointer, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(pointer, gradient.to(pointer.dtype.element_ty), mask=row_ok)
+    point_type = dpoints_ptr.dtype.element_ty
+    tl.store(dpoints_ptr + row * 3, dx.to(point_type), mask=row_ok)
+    tl.store(dpoints_ptr + row * 3 + 1, dy.to(point_type), mask=row_ok)
+    tl.store(dpoints_ptr + row * 3 + 2, dt.to(point_type), mask=row_ok)
 
 
 @triton.jit
@@ -162,13 +166,17 @@ def _value_row(key, G, voxels):
 
 @triton.autotune(configs=SEGMENT_CONFIGS, key=["C", "BLOCK_C"])
 @triton.jit
-def scatter_segments_kernel(grad_ptr, weights_ptr, order_ptr, sorted_keys_ptr, segment_ends_ptr, dvalue_ptr,
-                            entries, G, C, voxels, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+def scatter_segments_kernel(grad_ptr, grad2_ptr, weights_ptr, order_ptr, sorted_keys_ptr, segment_ends_ptr,
+                            dvalue_ptr, dvalue2_ptr, entries, G, C, voxels,
+                            BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """Deterministic scatter: dvalue[voxel row] = sum over the (row, corner) entries of one key,
     in sorted order, of weight * grad[row]. A lane owns one sorted position and works only where
     a run of equal keys starts, so every output is written once; the run ends at
     ``segment_ends[position]``. The grid covers every position, so the number of runs never
     has to be read back by the host."""
+    if tl.program_id(2) == 1:
+        grad_ptr = grad2_ptr
+        dvalue_ptr = dvalue2_ptr
     position = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
     inside = position < entries
     key = tl.load(sorted_keys_ptr + position, mask=inside, other=INVALID_KEY)
@@ -191,12 +199,15 @@ def scatter_segments_kernel(grad_ptr, weights_ptr, order_ptr, sorted_keys_ptr, s
 
 
 # reset_to_zero: every benchmark run of the autotuner would add to dvalue again.
-@triton.autotune(configs=SEGMENT_CONFIGS, key=["C", "BLOCK_C"], reset_to_zero=["dvalue_ptr"])
+@triton.autotune(configs=SEGMENT_CONFIGS, key=["C", "BLOCK_C"], reset_to_zero=["dvalue_ptr", "dvalue2_ptr"])
 @triton.jit
-def scatter_atomic_kernel(grad_ptr, keys_ptr, weights_ptr, dvalue_ptr, entries, G, C, voxels,
+def scatter_atomic_kernel(grad_ptr, grad2_ptr, keys_ptr, weights_ptr, dvalue_ptr, dvalue2_ptr, entries, G, C, voxels,
                           BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """Fast scatter: each (row, corner) entry adds weight * grad[row] to its voxel's float32
     dvalue row with atomics (the order of the additions, and so the last bits, vary)."""
+    if tl.program_id(2) == 1:
+        grad_ptr = grad2_ptr
+        dvalue_ptr = dvalue2_ptr
     entry = tl.program_id(0).to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
     key = tl.load(keys_ptr + entry, mask=entry < entries, other=INVALID_KEY)
     live = key != INVALID_KEY

@@ -341,6 +341,13 @@ int64_t forced_query_splits() {
   return splits;
 }
 
+// LC4_CUDA_TWO_PASS=0 makes float16/bfloat16 with d <= 128 take the one-pass forward (the path
+// the first H200 run measured) instead of the two-pass one.
+bool two_pass_forward() {
+  const char* flag = std::getenv("LC4_CUDA_TWO_PASS");
+  return !(flag && std::string(flag) == "0");
+}
+
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
   // map (B, T, H, W, heads, d), contiguous, seen as (B, T, H, W, G, heads / G * d).
@@ -370,6 +377,7 @@ std::tuple<at::Tensor, at::Tensor> tda_attention_gpu(const at::Tensor& q_in, con
   AttentionParams p = attention_params(q, k, v, points, scale);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
+  p.two_pass_forward = two_pass_forward();
   at::Tensor k_sampled, v_sampled;
   if (presample_keys() && q.size(1) > 0) {
     k_sampled = sample_keys<Kernels>(k, points, kind);

@@ -83,11 +83,11 @@ wait $sm70_tests || status=1
 tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
 
 # Where the time goes at the two largest SD1.5 layers (seconds; before the report, which takes minutes):
-# every backend, then the cuda backend on the paths the first H200 run measured (the fused forward
-# that samples the keys again per query block; one dk~/dv~ block per key block), per kernel.
+# every backend, then the cuda backend on the paths the first H200 run measured (the one-pass
+# forward that samples the keys again per query block; one dk~/dv~ block per key block), per kernel.
 for case in sd15-512px-64x64 sd15-512px-32x32; do
   limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1
-  LC4_CUDA_PRESAMPLE=0 LC4_CUDA_QUERY_SPLITS=1 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
+  LC4_CUDA_PRESAMPLE=0 LC4_CUDA_TWO_PASS=0 LC4_CUDA_QUERY_SPLITS=1 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
     --case $case --backends cuda --tag cuda-first-run-paths > /dev/null || status=1
 done
 

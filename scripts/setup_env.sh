@@ -28,5 +28,6 @@ for requirements in requirements.txt requirements-dev.txt; do
     echo "warning: could not install everything in $requirements (offline?); tests that need it are left out" >&2
 done
 # --no-deps: the requirements above are already satisfied; --no-build-isolation: build against this torch.
-"${PIP[@]}" --no-build-isolation --no-deps -e .
+# A failed compile stops here (it would otherwise only warn and leave an older build in place).
+LC4_REQUIRE_EXTENSION=${LC4_REQUIRE_EXTENSION:-1} "${PIP[@]}" --no-build-isolation --no-deps -e .
 "$PY" -c "import lc4_kernels as k; print('lc4_kernels backends:', ', '.join(k.available_backends()))"

@@ -41,6 +41,9 @@ struct AttentionParams {
   // Blocks that share the queries of one key block in the backward's dk~/dv~ kernel; 0 lets the
   // launcher choose (enough blocks to fill the GPU). Ignored, as 1, when deterministic.
   int64_t query_splits = 0;
+  // float16/bfloat16 with d <= 128: the two-pass tensor-core forward; false takes the one-pass
+  // forward that larger head dims (and float32) use.
+  bool two_pass_forward = true;
 };
 
 }  // namespace lc4

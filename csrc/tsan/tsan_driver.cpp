@@ -1,12 +1,15 @@
 // Standalone driver (no torch) that runs the emulated CUDA kernels on small problems, for the
 // ThreadSanitizer build of tests/kernels/test_cuda_tsan.py: a missing barrier between threads of a
 // block shows as a data race. It also checks the forward against a direct float64 computation and
-// the atomic backward against the deterministic one, and exits non-zero on a mismatch.
+// the atomic backward against the deterministic one, in float32 and in float16 (the two-pass
+// tensor-core forward, the WMMA dk~/dv~ kernel with its queries split between two blocks), and
+// exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
 #include "common/trilinear_math.h"
+#include "cuda/emulated_half.h"
 #include "cuda/launchers.h"
 
 namespace {
@@ -18,6 +21,18 @@ struct Random {
     return static_cast<float>((state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
   }
 };
+
+std::vector<uint16_t> to_half(const std::vector<float>& x) {
+  std::vector<uint16_t> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) h[i] = lc4::emu::float_to_half_bits(x[i]);
+  return h;
+}
+
+std::vector<float> from_half(const std::vector<uint16_t>& h) {
+  std::vector<float> x(h.size());
+  for (size_t i = 0; i < h.size(); ++i) x[i] = lc4::emu::half_bits_to_float(h[i]);
+  return x;
+}
 
 bool close(const std::vector<float>& a, const std::vector<float>& b, float tolerance, const char* what) {
   for (size_t i = 0; i < a.size(); ++i) {
@@ -87,19 +102,32 @@ int main() {
   }
   bool ok = close(out, expected, 1e-5f, "forward");
 
-  auto backward = [&](bool deterministic) {
+  // All gradients of one backward from the forward's params (grad_out in the inputs' dtype); the
+  // atomic path splits the queries of each key block between two dk~/dv~ blocks.
+  auto backward = [&](const AttentionParams& forward, const void* grad_out_data, ScalarKind kind, bool deterministic) {
     std::vector<float> dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f), dpoints(points.size());
-    std::vector<float> delta(B * heads * Nq), dk_s(B * heads * Nk * d), dv_s(B * heads * Nk * d);
-    AttentionParams pb = p;
-    pb.grad_out = grad_out.data(), pb.grad_q = dq.data(), pb.grad_k = dk.data(), pb.grad_v = dv.data();
-    pb.grad_points = dpoints.data(), pb.deterministic = deterministic;
+    std::vector<float> delta(B * heads * Nq), dk_s(B * heads * Nk * d, 0.f), dv_s(B * heads * Nk * d, 0.f);
+    AttentionParams pb = forward;
+    pb.grad_out = grad_out_data, pb.grad_q = dq.data(), pb.grad_k = dk.data(), pb.grad_v = dv.data();
+    pb.grad_points = dpoints.data(), pb.deterministic = deterministic, pb.query_splits = 2;
     AttentionScratch s{delta.data(), dk_s.data(), dv_s.data()};
-    cuda_emu::tda_attention_backward(pb, s, ScalarKind::f32, nullptr);
+    cuda_emu::tda_attention_backward(pb, s, kind, nullptr);
     std::vector<float> all;
     for (const auto* g : {&dq, &dk, &dv, &dpoints}) all.insert(all.end(), g->begin(), g->end());
     return all;
   };
-  ok = close(backward(false), backward(true), 1e-4f, "atomic vs deterministic backward") && ok;
+  ok = close(backward(p, grad_out.data(), ScalarKind::f32, false), backward(p, grad_out.data(), ScalarKind::f32, true),
+             1e-4f, "atomic vs deterministic backward") && ok;
+
+  // float16: the two-pass forward (keys sampled in the kernel) and the WMMA backward.
+  std::vector<uint16_t> q16 = to_half(q), k16 = to_half(k), v16 = to_half(v), grad_out16 = to_half(grad_out);
+  std::vector<uint16_t> out16(out.size());
+  AttentionParams ph = p;
+  ph.q = q16.data(), ph.k = k16.data(), ph.v = v16.data(), ph.out = out16.data();
+  cuda_emu::tda_attention_forward(ph, ScalarKind::f16, nullptr);
+  ok = close(from_half(out16), expected, 1e-2f, "float16 forward") && ok;
+  ok = close(backward(ph, grad_out16.data(), ScalarKind::f16, false), backward(ph, grad_out16.data(), ScalarKind::f16, true),
+             1e-3f, "float16 atomic vs deterministic backward") && ok;
 
   SampleParams sp;
   std::vector<float> sampled(B * Nk * G * d), grad_value(k.size()), grad_points(points.size());

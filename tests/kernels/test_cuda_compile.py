@@ -36,8 +36,11 @@ def assert_report_covers_every_instantiation(report: Path, archs):
     for arch in archs:
         for dtype in ("float", "f16", "bf16"):
             for d in head_dim_buckets():
-                for kernel in (f"attention_forward{tensor_cores[dtype]}_kernel", f"attention_dkv{tensor_cores[dtype]}_kernel",
-                               "attention_dq_kernel"):
+                kernels = [f"attention_forward{tensor_cores[dtype]}_kernel", f"attention_dkv{tensor_cores[dtype]}_kernel",
+                           "attention_dq_kernel"]
+                if dtype != "float" and d <= 128:  # the two-pass tensor-core forward
+                    kernels.append("attention_forward_two_pass_kernel")
+                for kernel in kernels:
                     assert re.search(rf"`{kernel}<{dtype}, {d}>` \| sm_{arch} \| \d+ \|", text), (kernel, dtype, d, arch)
         assert re.search(rf"`sample_forward_kernel<float>` \| sm_{arch} \|", text)
 

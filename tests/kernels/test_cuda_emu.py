@@ -94,20 +94,25 @@ KERNEL_BUILDS = [("cuda_emu", "cpu")] + ([("cuda", "cuda")] if "cuda" in lc4_ker
 
 @pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_fused_and_presampled_forward_paths_both_match_reference(backend, device, dtype, monkeypatch):
-    # The forward reads k~/v~ sampled beforehand unless LC4_CUDA_PRESAMPLE=0 (read on every call).
+def test_every_forward_path_matches_reference(backend, device, dtype, monkeypatch):
+    # The forward reads k~/v~ sampled beforehand unless LC4_CUDA_PRESAMPLE=0, and in half
+    # precision runs the two-pass kernel (d <= 128) unless LC4_CUDA_TWO_PASS=0 (read on every call).
+    # Nq = 37: the 64-row two-pass block has a partial warp and a warp without rows.
     inputs = attention_inputs(Nq=37, Nk=45, heads=4, d=40, G=2, T=2, H=5, W=6, dtype=dtype, device=device)
     with torch.no_grad():
         inputs[3][0, 0, 0] = float("nan")
         inputs[3][0, 1, 1] = 1e30
     ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
-    for flag in ("1", "0"):
-        monkeypatch.setenv("LC4_CUDA_PRESAMPLE", flag)
-        out, grads = run_with_grads(attention(backend), inputs)
-        assert torch.isfinite(out).all()
-        assert_close(out.cpu(), ref_out.to(dtype), dtype, f"out, LC4_CUDA_PRESAMPLE={flag}")
-        for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
-            assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, LC4_CUDA_PRESAMPLE={flag}")
+    for presample in ("1", "0"):
+        for two_pass in ("1", "0"):
+            monkeypatch.setenv("LC4_CUDA_PRESAMPLE", presample)
+            monkeypatch.setenv("LC4_CUDA_TWO_PASS", two_pass)
+            flags = f"LC4_CUDA_PRESAMPLE={presample}, LC4_CUDA_TWO_PASS={two_pass}"
+            out, grads = run_with_grads(attention(backend), inputs)
+            assert torch.isfinite(out).all()
+            assert_close(out.cpu(), ref_out.to(dtype), dtype, f"out, {flags}")
+            for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+                assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, {flags}")
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])

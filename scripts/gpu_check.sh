@@ -2,8 +2,9 @@
 # `make gpu-check`: on a machine with a CUDA GPU, builds the CUDA extension for the visible GPU,
 # runs the kernel test suite on CUDA (the cuda and triton backends join every equivalence test),
 # the same again with the sm_70 (V100) paths forced (LC4_CUDA_FORCE_SM70=1), compute-sanitizer
-# memcheck over a small forward+backward, and then, alone on the GPU, a profile of the largest
-# layers (benchmarks/profile.py) and the benchmark report.
+# memcheck over a small forward+backward, and then, alone on the GPU, the parallel compile of the
+# Triton autotune candidates (benchmarks/triton_warmup.py), a profile of the largest layers
+# (benchmarks/profile.py) and the benchmark report.
 # Everything goes under benchmarks/results/<device>/.
 #
 # The three correctness steps only share the GPU with each other (pytest-xdist spreads each over
@@ -81,6 +82,14 @@ fi
 wait $all_tests || status=1
 wait $sm70_tests || status=1
 tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
+
+# Autotuning compiles each Triton candidate on first use, one after another: compile them for the
+# report's shapes in parallel first (into Triton's cache), so that the profile and the report only
+# time them.
+if [[ "${LC4_TRITON_AUTOTUNE:-1}" != "0" ]] && "$PY" -c "import triton" 2>/dev/null; then
+  limited "${BENCH_TIME_LIMIT:-}" "$PY" -m benchmarks.triton_warmup 2>&1 | tail -n 20 > "$OUT/triton_warmup.txt" ||
+    echo "triton warm-up failed: the report compiles what is missing itself"
+fi
 
 # Where the time goes at the two largest SD1.5 layers (seconds; before the report, which takes minutes):
 # every backend, then the cuda backend on the paths the first H200 run measured (the one-pass

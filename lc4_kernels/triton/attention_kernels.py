@@ -16,13 +16,14 @@ call of a jit helper costs about a millisecond.
 import triton
 import triton.language as tl
 
-from .tuning import ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, ATTENTION_PRUNING
+from .tuning import ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, ATTENTION_PRUNING, autotune_bench
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
-@triton.autotune(configs=ATTENTION_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING)
+@triton.autotune(configs=ATTENTION_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING,
+                 do_bench=autotune_bench)
 @triton.jit
 def attention_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_stride_b, q_stride_n, q_stride_h,
                              Nq, Nk, heads, head_dim, scale,
@@ -66,7 +67,8 @@ def attention_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_stride_b, 
 
 # reset_to_zero: every benchmark run of the autotuner would add to dk~ and dv~ again.
 @triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING,
-                 reset_to_zero=["dk_ptr", "dv_ptr"])
+                 reset_to_zero=["dk_ptr", "dv_ptr"],
+                 do_bench=autotune_bench)
 @triton.jit
 def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
                                  Nq, Nk, heads, head_dim, scale,
@@ -110,7 +112,8 @@ def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, del
     tl.atomic_add(dv_ptr + kv_offsets, dv, mask=kv_mask)
 
 
-@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING)
+@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING,
+                 do_bench=autotune_bench)
 @triton.jit
 def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, out_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr,
                                 Nq, Nk, heads, head_dim, scale,

@@ -4,7 +4,11 @@ fewer, larger programs are faster there, and it autotunes nothing).
 
 ``LC4_TRITON_AUTOTUNE=0`` keeps one fixed GPU configuration per kernel, valid for every head
 dim up to 256: each new key (Nq, Nk, head dim) otherwise compiles and times every candidate,
-which dominates a test suite of many small shapes."""
+which dominates a test suite of many small shapes. ``LC4_TRITON_CONFIG_SHARD=i/n`` keeps every
+n-th candidate from the i-th on: the parallel warm-up (``benchmarks/triton_warmup.py``) compiles
+the candidates in n processes into Triton's on-disk cache, where the real autotuning finds them.
+Candidates are timed with short runs (``autotune_bench``): the differences that decide between
+them are far above the noise of a 20 ms run."""
 from __future__ import annotations
 
 import itertools
@@ -12,6 +16,7 @@ import os
 
 import torch
 import triton
+import triton.testing
 
 from .environment import INTERPRET
 
@@ -31,14 +36,35 @@ def channel_block(channels: int) -> int:
     return min(MAX_CHANNEL_BLOCK, max(MIN_DOT_SIZE, triton.next_power_of_2(channels)))
 
 
+CONFIG_SHARD_ENV = "LC4_TRITON_CONFIG_SHARD"
+
+
+def config_shard(configs: list, spec: str) -> list:
+    """The candidates of shard ``i/n`` (every n-th from the i-th on; never none); all for ''."""
+    if not spec:
+        return configs
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise ValueError(f"{CONFIG_SHARD_ENV}: expected 'i/n' with 0 <= i < n, got {spec!r}")
+    return configs[index::count] or configs[:1]
+
+
+def autotune_bench(kernel_call, quantiles):
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
 def _configs(interpreter: dict, gpu_grid: dict, fixed: triton.Config, warps=(4, 8), stages=(1,)):
     if INTERPRET:
         return [triton.Config(interpreter, num_warps=1, num_stages=1)]
     if not AUTOTUNE:
         return [fixed]
     names = list(gpu_grid)
-    return [triton.Config(dict(zip(names, values)), num_warps=w, num_stages=s)
-            for values in itertools.product(*gpu_grid.values()) for w in warps for s in stages]
+    candidates = [triton.Config(dict(zip(names, values)), num_warps=w, num_stages=s)
+                  for values in itertools.product(*gpu_grid.values()) for w in warps for s in stages]
+    return config_shard(candidates, os.environ.get(CONFIG_SHARD_ENV, "").strip())
 
 
 def _drop_oversized_attention_tiles(configs, named_args, **kwargs):

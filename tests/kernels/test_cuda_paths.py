@@ -1,0 +1,60 @@
+"""The cuda backend's selectable paths (LC4_CUDA_PRESAMPLE, LC4_CUDA_TWO_PASS,
+LC4_CUDA_QUERY_SPLITS) against the reference: through the host emulation (cuda_emu) everywhere,
+and through the real kernels where a GPU is visible (make gpu-check runs this file)."""
+import pytest
+import torch
+
+import lc4_kernels
+
+from .cases import assert_close, attention_inputs, run_with_grads
+
+pytestmark = pytest.mark.skipif("cuda_emu" not in lc4_kernels.available_backends(),
+                                reason=f"compiled extension missing: {lc4_kernels.extension_error}")
+
+
+def attention(backend):
+    return lambda q, k, v, p: lc4_kernels.tda_attention(q, k, v, p, backend=backend)
+
+
+KERNEL_BUILDS = [("cuda_emu", "cpu")] + ([("cuda", "cuda")] if "cuda" in lc4_kernels.available_backends() else [])
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_every_forward_path_matches_reference(backend, device, dtype, monkeypatch):
+    # The forward reads k~/v~ sampled beforehand unless LC4_CUDA_PRESAMPLE=0, and in half
+    # precision runs the two-pass kernel (d <= 128) unless LC4_CUDA_TWO_PASS=0 (read on every call).
+    # Nq = 37: the 64-row two-pass block has a partial warp and a warp without rows.
+    inputs = attention_inputs(Nq=37, Nk=45, heads=4, d=40, G=2, T=2, H=5, W=6, dtype=dtype, device=device)
+    with torch.no_grad():
+        inputs[3][0, 0, 0] = float("nan")
+        inputs[3][0, 1, 1] = 1e30
+    ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
+    for presample in ("1", "0"):
+        for two_pass in ("1", "0"):
+            monkeypatch.setenv("LC4_CUDA_PRESAMPLE", presample)
+            monkeypatch.setenv("LC4_CUDA_TWO_PASS", two_pass)
+            flags = f"LC4_CUDA_PRESAMPLE={presample}, LC4_CUDA_TWO_PASS={two_pass}"
+            out, grads = run_with_grads(attention(backend), inputs)
+            assert torch.isfinite(out).all()
+            assert_close(out.cpu(), ref_out.to(dtype), dtype, f"out, {flags}")
+            for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+                assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, {flags}")
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dkv_blocks_sharing_the_queries_add_up(backend, device, dtype, monkeypatch):
+    # 300 queries are 10 blocks of 32 (float32 and the d = 40 WMMA tiles): the dk~/dv~ kernel
+    # splits them between blocks (LC4_CUDA_QUERY_SPLITS, else chosen to fill the device); 3 and
+    # 4 splits leave a shorter last split, 10 one block each.
+    inputs = attention_inputs(Nq=300, Nk=45, heads=2, d=40, G=1, T=2, H=3, W=4, dtype=dtype, device=device)
+    ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
+    for splits in ("1", "3", "4", "10", "0"):
+        monkeypatch.setenv("LC4_CUDA_QUERY_SPLITS", splits)
+        _, grads = run_with_grads(attention(backend), inputs)
+        for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+            assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, LC4_CUDA_QUERY_SPLITS={splits}")
+    monkeypatch.setenv("LC4_CUDA_QUERY_SPLITS", "many")
+    with pytest.raises(ValueError, match="LC4_CUDA_QUERY_SPLITS must be a non-negative integer, got 'many'"):
+        run_with_grads(attention(backend), inputs)

@@ -13,11 +13,17 @@
 # longer than the tests. The benchmark autotunes unless LC4_TRITON_AUTOTUNE=0 is set.
 # Optional limits in seconds, for a machine lent for a short time: TEST_TIME_LIMIT (each test
 # step), BENCH_TIME_LIMIT. BENCH_ARGS replaces the report's arguments (default: --check).
+# GPU_CHECK_SKIP=step,... leaves steps out (tests, warmup, profile, report), so that a lease with
+# a per-command limit can run them in two calls (the build and Triton's cache are kept between).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${PY:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
+
+wanted() {  # wanted STEP: STEP (tests, warmup, profile, report) is not in GPU_CHECK_SKIP
+  [[ ",${GPU_CHECK_SKIP:-}," != *",$1,"* ]]
+}
 
 limited() {  # limited SECONDS command...: run, stopped after SECONDS when SECONDS is set
   local seconds=$1; shift
@@ -69,24 +75,26 @@ run_tests() (  # run_tests [VAR=value...]: the kernel tests, in a subshell with 
   export LC4_TRITON_AUTOTUNE=${LC4_TRITON_AUTOTUNE_TESTS:-0} "$@"
   limited "${TEST_TIME_LIMIT:-}" "$PY" -m pytest tests/kernels -q -p no:cacheprovider "${PARALLEL[@]}" "${NOT_GPU[@]}"
 )
-run_tests > "$OUT/gpu_tests.txt" 2>&1 &
-all_tests=$!
-run_tests LC4_CUDA_FORCE_SM70=1 LC4_TEST_BACKENDS=cuda > "$OUT/gpu_tests_sm70_paths.txt" 2>&1 &
-sm70_tests=$!
-if command -v compute-sanitizer >/dev/null; then
-  limited "${TEST_TIME_LIMIT:-}" compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" scripts/cuda_small_step.py \
-    > "$OUT/memcheck.txt" 2>&1 || { echo "memcheck failed"; status=1; }
-else
-  echo "compute-sanitizer not found: memcheck skipped" > "$OUT/memcheck.txt"
+if wanted tests; then
+  run_tests > "$OUT/gpu_tests.txt" 2>&1 &
+  all_tests=$!
+  run_tests LC4_CUDA_FORCE_SM70=1 LC4_TEST_BACKENDS=cuda > "$OUT/gpu_tests_sm70_paths.txt" 2>&1 &
+  sm70_tests=$!
+  if command -v compute-sanitizer >/dev/null; then
+    limited "${TEST_TIME_LIMIT:-}" compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" scripts/cuda_small_step.py \
+      > "$OUT/memcheck.txt" 2>&1 || { echo "memcheck failed"; status=1; }
+  else
+    echo "compute-sanitizer not found: memcheck skipped" > "$OUT/memcheck.txt"
+  fi
+  wait $all_tests || status=1
+  wait $sm70_tests || status=1
+  tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
 fi
-wait $all_tests || status=1
-wait $sm70_tests || status=1
-tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
 
 # Autotuning compiles each Triton candidate on first use, one after another: compile them for the
 # report's shapes in parallel first (into Triton's cache), so that the profile and the report only
 # time them.
-if [[ "${LC4_TRITON_AUTOTUNE:-1}" != "0" ]] && "$PY" -c "import triton" 2>/dev/null; then
+if wanted warmup && [[ "${LC4_TRITON_AUTOTUNE:-1}" != "0" ]] && "$PY" -c "import triton" 2>/dev/null; then
   limited "${BENCH_TIME_LIMIT:-}" "$PY" -m benchmarks.triton_warmup 2>&1 | tail -n 20 > "$OUT/triton_warmup.txt" ||
     echo "triton warm-up failed: the report compiles what is missing itself"
 fi
@@ -94,12 +102,16 @@ fi
 # Where the time goes at the two largest SD1.5 layers (seconds; before the report, which takes minutes):
 # every backend, then the cuda backend on the paths the first H200 run measured (the one-pass
 # forward that samples the keys again per query block; one dk~/dv~ block per key block), per kernel.
-for case in sd15-512px-64x64 sd15-512px-32x32; do
-  limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1
-  LC4_CUDA_PRESAMPLE=0 LC4_CUDA_TWO_PASS=0 LC4_CUDA_QUERY_SPLITS=1 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
-    --case $case --backends cuda --tag cuda-first-run-paths > /dev/null || status=1
-done
+if wanted profile; then
+  for case in sd15-512px-64x64 sd15-512px-32x32; do
+    limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1
+    LC4_CUDA_PRESAMPLE=0 LC4_CUDA_TWO_PASS=0 LC4_CUDA_QUERY_SPLITS=1 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
+      --case $case --backends cuda --tag cuda-first-run-paths > /dev/null || status=1
+  done
+fi
 
-read -r -a bench_args <<< "${BENCH_ARGS:---check}"
-limited "${BENCH_TIME_LIMIT:-}" "$PY" -m benchmarks.report "${bench_args[@]}" --device cuda || status=1
+if wanted report; then
+  read -r -a bench_args <<< "${BENCH_ARGS:---check}"
+  limited "${BENCH_TIME_LIMIT:-}" "$PY" -m benchmarks.report "${bench_args[@]}" --device cuda || status=1
+fi
 exit $status

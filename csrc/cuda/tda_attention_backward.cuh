@@ -88,8 +88,8 @@ __device__ __forceinline__ KeyBlockWork key_block_work(const AttentionParams& p)
   const int64_t key_blocks = (p.Nk + kBlock - 1) / kBlock, splits = gridDim.x / key_blocks;
   const int64_t split = blockIdx.x / key_blocks, query_blocks = (p.Nq + kBlock - 1) / kBlock;
   const int64_t split_rows = (query_blocks + splits - 1) / splits * kBlock;
-  const int64_t i_begin = split * split_rows;
-  return {static_cast<int64_t>(blockIdx.x % key_blocks) * kBlock, i_begin, i_begin + split_rows < p.Nq ? i_begin + split_rows : p.Nq};
+  const int64_t i_begin = split * split_rows, i_end = i_begin + split_rows < p.Nq ? i_begin + split_rows : p.Nq;
+  return {static_cast<int64_t>(blockIdx.x % key_blocks) * kBlock, i_begin, i_end};
 }
 
 // Blocks per SM the dk~/dv~ grid aims at, and the fewest query blocks a split gets.

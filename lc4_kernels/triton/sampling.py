@@ -27,7 +27,11 @@ def _pair(tensors):
     """A list of one or two same-shaped tensors as the kernels' pair (a single one twice)."""
     if not 1 <= len(tensors) <= 2:
         raise ValueError(f"the trilinear kernels take one value or a pair, got {len(tensors)}")
-    return tensors[0], tensors[-1]
+    first, last = tensors[0], tensors[-1]
+    if first.shape != last.shape or first.dtype != last.dtype:
+        raise ValueError(f"a pair must share shape and dtype, got {tuple(first.shape)} {first.dtype} and "
+                         f"{tuple(last.shape)} {last.dtype}")
+    return first, last
 
 
 def sample_values(values, points: torch.Tensor):

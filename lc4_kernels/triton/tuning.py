@@ -7,8 +7,8 @@ dim up to 256: each new key (Nq, Nk, head dim) otherwise compiles and times ever
 which dominates a test suite of many small shapes. ``LC4_TRITON_CONFIG_SHARD=i/n`` keeps every
 n-th candidate from the i-th on: the parallel warm-up (``benchmarks/triton_warmup.py``) compiles
 the candidates in n processes into Triton's on-disk cache, where the real autotuning finds them.
-Candidates are timed with short runs (``autotune_bench``): the differences that decide between
-them are far above the noise of a 20 ms run."""
+Candidates are timed with short runs (``autotune_bench``: 5 ms of warm-up and 20 ms of repeats
+instead of Triton's 25 and 100), so that autotuning the report's shapes fits in a short lease."""
 from __future__ import annotations
 
 import itertools

@@ -320,13 +320,16 @@ void check_cuda_head_dim(const at::Tensor& q) {
                     Kernels::name, " backend, got ", q.sizes());
 }
 
+// A path switch read on every call: on unless the variable is "0".
+bool switched_on(const char* variable) {
+  const char* flag = std::getenv(variable);
+  return !(flag && std::string(flag) == "0");
+}
+
 // The forward samples k~ and v~ once, (B, Nk, heads, d), with the trilinear_sample kernel, and the
 // attention kernel reads its key tiles from them; LC4_CUDA_PRESAMPLE=0 keeps the fused kernel
 // that samples the keys again for every query block (less memory, far more gathers at large Nq).
-bool presample_keys() {
-  const char* flag = std::getenv("LC4_CUDA_PRESAMPLE");
-  return !(flag && std::string(flag) == "0");
-}
+bool presample_keys() { return switched_on("LC4_CUDA_PRESAMPLE"); }
 
 // LC4_CUDA_QUERY_SPLITS=n fixes how many blocks share a key block's queries in the backward's
 // dk~/dv~ kernel (1: one block per key block, the path the first H200 run measured); unset or 0,
@@ -343,10 +346,7 @@ int64_t forced_query_splits() {
 
 // LC4_CUDA_TWO_PASS=0 makes float16/bfloat16 with d <= 128 take the one-pass forward (the path
 // the first H200 run measured) instead of the two-pass one.
-bool two_pass_forward() {
-  const char* flag = std::getenv("LC4_CUDA_TWO_PASS");
-  return !(flag && std::string(flag) == "0");
-}
+bool two_pass_forward() { return switched_on("LC4_CUDA_TWO_PASS"); }
 
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {

@@ -81,7 +81,11 @@ def _extensions():
         return [], {}
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/cuda_emu/*.cpp"))
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", "-Wno-unknown-pragmas", *_cpu_arch_flags()]
-    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    # -lstdc++ before the driver's own: the C++ runtime is torch's shared one even where the
+    # compiler links libstdc++ statically (one GPU image's g++ did), since exceptions thrown here
+    # are caught in libtorch; with a private copy the error messages came out truncated or the
+    # process crashed.
+    common = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp", "-lstdc++"])
     cuda_home = _cuda_home()
     if cuda_home is None:
         ext = CppExtension("lc4_kernels._C", sources, extra_compile_args={"cxx": cxx}, **common)

@@ -94,8 +94,7 @@ AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, const
   return p;
 }
 
-// Checked before anything is allocated. (On one GPU image, a build segfaulted on this error when
-// it was thrown after the allocations, inside the dispatch below; the cause was not found.)
+// Checked before anything is allocated.
 void check_cpu_dtype(at::ScalarType dtype, const char* name) {
   TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, name,
                     ": the cpu backend supports float32 and float64, got ", dtype);

@@ -8,7 +8,7 @@ import triton
 
 from . import attention_kernels as kernels
 from .sampling import sample_backward, sample_values
-from .tuning import padded_head_dim, split_queries
+from .tuning import forced_query_splits, padded_head_dim, split_queries
 
 
 def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -39,9 +39,17 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _alignment(*strides: int) -> int:
+    """The largest power of two up to 16 that divides every stride (in elements)."""
+    align = 16
+    while any(stride % align for stride in strides):
+        align //= 2
+    return align
+
+
 def _launch_arguments(q, Nk, scale):
     B, Nq, heads, d = q.shape
-    return dict(Nq=Nq, Nk=Nk, heads=heads, head_dim=d, scale=scale, D_PAD=padded_head_dim(d),
+    return dict(Nq=Nq, Nk=Nk, heads=heads, HEAD_DIM=d, scale=scale, D_PAD=padded_head_dim(d),
                 PRECISION=_precision(q.dtype))
 
 
@@ -57,14 +65,16 @@ def attention_forward(q, k, v, points, scale: float):
     k_sampled, v_sampled = _sampled_keys_values(k, v, points)
     grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
     kernels.attention_forward_kernel[grid](q, k_sampled, v_sampled, out, lse, q.stride(0), q.stride(1), q.stride(2),
+                                           Q_ALIGN=_alignment(q.stride(0), q.stride(1), q.stride(2)),
                                            **_launch_arguments(q, points.shape[1], scale))
     return out, lse
 
 
 def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_splits: int | None = None):
     """(dq, dk, dv, dpoints) of ``<grad_out, attention(q, k, v, points)>``. ``query_splits`` fixes
-    how many programs share the queries of a key block in the dk~/dv~ kernel (default: enough
-    programs to fill the GPU; one under deterministic algorithms)."""
+    how many programs share the queries of a key block in the dk~/dv~ kernel (default:
+    ``LC4_TRITON_QUERY_SPLITS`` if set, else enough programs to fill the GPU, one under
+    deterministic algorithms)."""
     B, Nq, heads, d = q.shape
     Nk, G = points.shape[1], points.shape[2]
     if Nq == 0 or d == 0:
@@ -78,6 +88,7 @@ def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_
     q_grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
     kernels.attention_backward_q_kernel[q_grid](q, k_sampled, v_sampled, out, grad_out, lse, delta, dq, **arguments)
     processors = _processors(q.device)
+    query_splits = query_splits or forced_query_splits()
 
     def kv_grid(meta):
         key_programs = triton.cdiv(Nk, meta["BLOCK_N"]) * B * heads

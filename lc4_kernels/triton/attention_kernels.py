@@ -10,36 +10,42 @@ when the queries are split between programs (Nq >> Nk leaves too few key blocks 
 GPU), each adds its share atomically; with one split each element is one addition to zero, the
 same bits on every run.
 
+HEAD_DIM is a compile-time constant so that Triton knows every row offset is a multiple of its
+largest power-of-two factor (8 for d = 40) and loads 16 bytes at a time: as a runtime argument
+that is not a multiple of 16, every load compiled to a 2-byte one and nothing was pipelined
+(d = 40 is the 64x64 layer, the largest). Q_ALIGN tells the forward the same of q's strides.
+
 Loads are written out in each loop rather than through a helper: under the interpreter every
 call of a jit helper costs about a millisecond.
 """
 import triton
 import triton.language as tl
 
-from .tuning import ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, ATTENTION_PRUNING, autotune_bench
+from .tuning import (ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, DKV_PRUNING, DQ_PRUNING, FORWARD_PRUNING,
+                     autotune_bench)
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
-@triton.autotune(configs=ATTENTION_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING,
+@triton.autotune(configs=ATTENTION_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=FORWARD_PRUNING,
                  do_bench=autotune_bench)
 @triton.jit
 def attention_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_stride_b, q_stride_n, q_stride_h,
-                             Nq, Nk, heads, head_dim, scale,
-                             D_PAD: tl.constexpr, PRECISION: tl.constexpr,
+                             Nq, Nk, heads, HEAD_DIM: tl.constexpr, scale,
+                             D_PAD: tl.constexpr, PRECISION: tl.constexpr, Q_ALIGN: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     b = (tl.program_id(1) // heads).to(tl.int64)
     h = tl.program_id(1) % heads
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rows_ok = rows < Nq
     dims = tl.arange(0, D_PAD)
-    dims_ok = dims < head_dim
-    row_stride = heads * head_dim  # of k~, v~ and out
+    dims_ok = dims < HEAD_DIM
+    row_stride = heads * HEAD_DIM  # of k~, v~ and out
     q_mask = rows_ok[:, None] & dims_ok[None, :]
-    q = tl.load(q_ptr + b * q_stride_b + h * q_stride_h + rows.to(tl.int64)[:, None] * q_stride_n + dims[None, :],
-                mask=q_mask, other=0.0)
-    kv_ptrs = (b * Nk * heads + h) * head_dim + dims[None, :]
+    q_rows = tl.multiple_of(b * q_stride_b + h * q_stride_h + rows.to(tl.int64) * q_stride_n, Q_ALIGN)
+    q = tl.load(q_ptr + q_rows[:, None] + dims[None, :], mask=q_mask, other=0.0)
+    kv_ptrs = (b * Nk * heads + h) * HEAD_DIM + dims[None, :]
     scale_log2 = scale * LOG2E
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -60,18 +66,18 @@ def attention_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_stride_b, 
         acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision=PRECISION)
         row_max = new_max
     out = acc / row_sum[:, None]
-    out_offsets = (b * Nq * heads + h) * head_dim + rows.to(tl.int64)[:, None] * row_stride + dims[None, :]
+    out_offsets = (b * Nq * heads + h) * HEAD_DIM + rows.to(tl.int64)[:, None] * row_stride + dims[None, :]
     tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=q_mask)
     tl.store(lse_ptr + (b * heads + h) * Nq + rows, row_max * LN2 + tl.log(row_sum), mask=rows_ok)
 
 
 # reset_to_zero: every benchmark run of the autotuner would add to dk~ and dv~ again.
-@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING,
+@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=DKV_PRUNING,
                  reset_to_zero=["dk_ptr", "dv_ptr"],
                  do_bench=autotune_bench)
 @triton.jit
 def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-                                 Nq, Nk, heads, head_dim, scale,
+                                 Nq, Nk, heads, HEAD_DIM: tl.constexpr, scale,
                                  D_PAD: tl.constexpr, PRECISION: tl.constexpr,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dk~ and dv~ of one block of keys over split program_id(2) of the queries, added to the
@@ -81,13 +87,13 @@ def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, del
     keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     keys_ok = keys < Nk
     dims = tl.arange(0, D_PAD)
-    dims_ok = dims < head_dim
-    row_stride = heads * head_dim
-    kv_offsets = (b * Nk * heads + h) * head_dim + keys[:, None] * row_stride + dims[None, :]
+    dims_ok = dims < HEAD_DIM
+    row_stride = heads * HEAD_DIM
+    kv_offsets = (b * Nk * heads + h) * HEAD_DIM + keys[:, None] * row_stride + dims[None, :]
     kv_mask = keys_ok[:, None] & dims_ok[None, :]
     k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
     v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
-    q_ptrs = (b * Nq * heads + h) * head_dim + dims[None, :]
+    q_ptrs = (b * Nq * heads + h) * HEAD_DIM + dims[None, :]
     stats_base = (b * heads + h) * Nq
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
@@ -112,11 +118,11 @@ def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, del
     tl.atomic_add(dv_ptr + kv_offsets, dv, mask=kv_mask)
 
 
-@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=ATTENTION_PRUNING,
+@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=DQ_PRUNING,
                  do_bench=autotune_bench)
 @triton.jit
 def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, out_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr,
-                                Nq, Nk, heads, head_dim, scale,
+                                Nq, Nk, heads, HEAD_DIM: tl.constexpr, scale,
                                 D_PAD: tl.constexpr, PRECISION: tl.constexpr,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dq of one block of queries; also writes their delta = rowsum(grad_out * out) for the
@@ -126,9 +132,9 @@ def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, out_ptr, grad_out_ptr, lse_
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rows_ok = rows < Nq
     dims = tl.arange(0, D_PAD)
-    dims_ok = dims < head_dim
-    row_stride = heads * head_dim
-    q_offsets = (b * Nq * heads + h) * head_dim + rows.to(tl.int64)[:, None] * row_stride + dims[None, :]
+    dims_ok = dims < HEAD_DIM
+    row_stride = heads * HEAD_DIM
+    q_offsets = (b * Nq * heads + h) * HEAD_DIM + rows.to(tl.int64)[:, None] * row_stride + dims[None, :]
     q_mask = rows_ok[:, None] & dims_ok[None, :]
     q = tl.load(q_ptr + q_offsets, mask=q_mask, other=0.0)
     grad_out = tl.load(grad_out_ptr + q_offsets, mask=q_mask, other=0.0)
@@ -137,7 +143,7 @@ def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, out_ptr, grad_out_ptr, lse_
     out = tl.load(out_ptr + q_offsets, mask=q_mask, other=0.0)
     delta = tl.sum(grad_out.to(tl.float32) * out.to(tl.float32), axis=1)
     tl.store(delta_ptr + stats_base + rows, delta, mask=rows_ok)
-    kv_ptrs = (b * Nk * heads + h) * head_dim + dims[None, :]
+    kv_ptrs = (b * Nk * heads + h) * HEAD_DIM + dims[None, :]
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     for start in range(0, Nk, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)

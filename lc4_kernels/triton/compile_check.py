@@ -32,11 +32,16 @@ def supported() -> str | None:
     return None
 
 
+def _largest_power_of_two(n: int, cap: int = 16) -> int:
+    return next(p for p in (16, 8, 4, 2, 1) if p <= cap and n % p == 0)
+
+
 def _kernels(dtype: str, head_dim: int):
     """(autotuned kernel, pointer/float argument types, constexprs) of every kernel."""
     attention_types = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "grad_out_ptr", "dq_ptr")}
     attention_types.update({name: "*fp32" for name in ("lse_ptr", "delta_ptr", "dk_ptr", "dv_ptr")}, scale="fp32")
-    attention_constants = dict(D_PAD=padded_head_dim(head_dim), PRECISION="ieee" if dtype == "fp32" else "tf32")
+    attention_constants = dict(HEAD_DIM=head_dim, D_PAD=padded_head_dim(head_dim), Q_ALIGN=_largest_power_of_two(head_dim),
+                               PRECISION="ieee" if dtype == "fp32" else "tf32")
     sample_types = {"points_ptr": "*fp32", "dpoints_ptr": "*fp32", "keys_ptr": "*i64", "weights_ptr": "*fp32",
                     "order_ptr": "*i64", "sorted_keys_ptr": "*i64", "segment_ends_ptr": "*i64"}
     sample_types.update({f"{name}{pair}_ptr": f"*{dtype}" for name in ("value", "out", "grad", "dvalue")
@@ -64,19 +69,40 @@ def _configs(autotuned, constants, which: str):
     return {"smallest": configs[:1], "largest": configs[-1:], "every": configs}[which]
 
 
+def _launch_specialization(arg_names, signature, head_dim: int) -> dict:
+    """What a launch tells Triton at the SD1.5 shapes: torch's allocations are 16-byte aligned and
+    the sizes divisible by 16, which lets Triton pipeline the loads through shared memory (without
+    it a compiled kernel may use a fraction of the shared memory a launched one needs)."""
+    divisible = {"Nq", "Nk", "rows", "rows_per_batch"}
+    if head_dim % 16 == 0:
+        divisible |= {"q_stride_b", "q_stride_n", "q_stride_h", "C"}
+    return {(index,): [["tt.divisibility", 16]] for index, name in enumerate(arg_names)
+            if signature[name].startswith("*") or name in divisible}
+
+
+def _compile(jit_fn, types: dict, constants: dict, config: triton.Config, capability: int, head_dim: int):
+    values = {name: value for name, value in dict(constants, **config.kwargs).items() if name in jit_fn.arg_names}
+    signature = {name: "constexpr" if name in values else types.get(name, "i32") for name in jit_fn.arg_names}
+    source = ASTSource(fn=jit_fn, signature=signature,
+                       constexprs={(jit_fn.arg_names.index(name),): value for name, value in values.items()},
+                       attrs=_launch_specialization(jit_fn.arg_names, signature, head_dim))
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+
+
 def compile_kernels(capability: int, dtype: str = "fp16", head_dim: int = 80, which: str = "largest"):
     """Compiles each kernel (its smallest, largest or every autotune config) for
     ``sm_<capability>``; yields (kernel name, config, shared memory bytes)."""
     for autotuned, types, constants in _kernels(dtype, head_dim):
-        jit_fn = autotuned.fn
         for config in _configs(autotuned, constants, which):
-            values = dict(constants, **config.kwargs)
-            signature = {name: "constexpr" if name in values else types.get(name, "i32") for name in jit_fn.arg_names}
-            source = ASTSource(fn=jit_fn, signature=signature,
-                               constexprs={(jit_fn.arg_names.index(name),): value for name, value in values.items()})
-            compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                                      options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
-            yield jit_fn.__name__, config, compiled.metadata.shared
+            compiled = _compile(autotuned.fn, types, constants, config, capability, head_dim)
+            yield autotuned.fn.__name__, config, compiled.metadata.shared
+
+
+def compile_config(autotuned, config: triton.Config, capability: int, dtype: str, head_dim: int) -> int:
+    """Shared memory bytes of one kernel (an autotuned kernel of this backend) in one config."""
+    types, constants = next((t, c) for kernel, t, c in _kernels(dtype, head_dim) if kernel is autotuned)
+    return _compile(autotuned.fn, types, constants, config, capability, head_dim).metadata.shared
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ its own pair with a grid of one on axis 2.
 import triton
 import triton.language as tl
 
-from .tuning import SAMPLE_CONFIGS, SEGMENT_CONFIGS, autotune_bench
+from .tuning import SAMPLE_CONFIGS, SEGMENT_CONFIGS, TRILINEAR_PRUNING, autotune_bench
 
 CORNERS = tl.constexpr(8)
 INVALID_KEY = tl.constexpr(-1)  # key of an invalid corner; sorts before every real key
@@ -84,7 +84,7 @@ def _corner_values(value_ptr, row_base, voxel, valid, row_ok, chan, chan_ok, G, 
 
 
 @triton.autotune(configs=SAMPLE_CONFIGS, key=["C", "BLOCK_C"],
-                 do_bench=autotune_bench)
+                 prune_configs_by=TRILINEAR_PRUNING, do_bench=autotune_bench)
 @triton.jit
 def sample_forward_kernel(value_ptr, value2_ptr, points_ptr, out_ptr, out2_ptr, rows, rows_per_batch, G, C, T, H, W,
                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -111,7 +111,7 @@ def sample_forward_kernel(value_ptr, value2_ptr, points_ptr, out_ptr, out2_ptr, 
 
 
 @triton.autotune(configs=SAMPLE_CONFIGS, key=["C", "BLOCK_C", "PAIR"],
-                 do_bench=autotune_bench)
+                 prune_configs_by=TRILINEAR_PRUNING, do_bench=autotune_bench)
 @triton.jit
 def sample_backward_points_kernel(value_ptr, grad_ptr, value2_ptr, grad2_ptr, points_ptr, dpoints_ptr, keys_ptr,
                                   weights_ptr, rows, rows_per_batch, G, C, T, H, W,
@@ -167,7 +167,7 @@ def _value_row(key, G, voxels):
 
 
 @triton.autotune(configs=SEGMENT_CONFIGS, key=["C", "BLOCK_C"],
-                 do_bench=autotune_bench)
+                 prune_configs_by=TRILINEAR_PRUNING, do_bench=autotune_bench)
 @triton.jit
 def scatter_segments_kernel(grad_ptr, grad2_ptr, weights_ptr, order_ptr, sorted_keys_ptr, segment_ends_ptr,
                             dvalue_ptr, dvalue2_ptr, entries, G, C, voxels,
@@ -203,7 +203,7 @@ def scatter_segments_kernel(grad_ptr, grad2_ptr, weights_ptr, order_ptr, sorted_
 
 # reset_to_zero: every benchmark run of the autotuner would add to dvalue again.
 @triton.autotune(configs=SEGMENT_CONFIGS, key=["C", "BLOCK_C"], reset_to_zero=["dvalue_ptr", "dvalue2_ptr"],
-                 do_bench=autotune_bench)
+                 prune_configs_by=TRILINEAR_PRUNING, do_bench=autotune_bench)
 @triton.jit
 def scatter_atomic_kernel(grad_ptr, grad2_ptr, keys_ptr, weights_ptr, dvalue_ptr, dvalue2_ptr, entries, G, C, voxels,
                           BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):

@@ -62,18 +62,57 @@ def _configs(interpreter: dict, gpu_grid: dict, fixed: triton.Config, warps=(4, 
     if not AUTOTUNE:
         return [fixed]
     names = list(gpu_grid)
-    candidates = [triton.Config(dict(zip(names, values)), num_warps=w, num_stages=s)
-                  for values in itertools.product(*gpu_grid.values()) for w in warps for s in stages]
-    return config_shard(candidates, os.environ.get(CONFIG_SHARD_ENV, "").strip())
+    return [triton.Config(dict(zip(names, values)), num_warps=w, num_stages=s)
+            for values in itertools.product(*gpu_grid.values()) for w in warps for s in stages]
 
 
-def _drop_oversized_attention_tiles(configs, named_args, **kwargs):
-    # Keep every float32 tile of BLOCK x D_PAD within about 128 registers per thread: larger
-    # tiles (e.g. 128 x 256 on 4 warps) spill, compile for minutes and never win.
-    head = kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE))
-    kept = [c for c in configs
-            if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) * head <= 128 * 32 * c.num_warps]
-    return kept or configs[:1]
+def select_candidates(configs: list, keep, shard: str) -> list:
+    """Shard ``shard`` of the candidates ``keep`` accepts (of all of them if it accepts none)."""
+    kept = [c for c in configs if keep is None or keep(c)] or configs[:1]
+    return config_shard(kept, shard)
+
+
+def _pruning(fits=None):
+    """``prune_configs_by`` for an autotuner: the candidates ``fits(config, named_args, kwargs)``
+    keeps (all if none fit), then the warm-up's shard of them. Triton prunes only lists of more
+    than one candidate, so the shard is taken here, after the filter, not from the list."""
+    def prune(configs, named_args, **kwargs):
+        keep = None if fits is None else (lambda config: fits(config, named_args, kwargs))
+        return select_candidates(configs, keep, os.environ.get(CONFIG_SHARD_ENV, "").strip())
+    return None if INTERPRET or not AUTOTUNE else {"early_config_prune": prune}
+
+
+def attention_tile_fits(config: triton.Config, head: int, element_bytes: int, streamed: str, resident_tiles: int,
+                        shared_bytes: int) -> bool:
+    """Whether an attention launch configuration is worth compiling. Every float32 tile of
+    BLOCK x D_PAD stays within about 128 registers per thread: larger tiles (e.g. 128 x 256 on
+    4 warps) spill, compile for minutes and never win. And the shared memory fits: ``num_stages``
+    buffers of the two tiles loaded per iteration (the ``streamed`` block: keys and values in the
+    forward and dq kernels, queries and grad_out in the dk~/dv~ kernel) plus the resident tiles.
+    Against Triton 3.6's sm_90 compiles of every candidate at D_PAD 256 (launch specialization
+    included, as in ``compile_check``), this keeps none that exceeds 227 KiB."""
+    block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    if max(block_m, block_n) * head > 128 * 32 * config.num_warps:
+        return False
+    resident = block_n if streamed == "BLOCK_M" else block_m
+    stages = max(1, config.num_stages)
+    shared = element_bytes * head * (stages * 2 * config.kwargs[streamed] + resident_tiles * resident)
+    return shared <= shared_bytes
+
+
+def _shared_memory_limit() -> int:
+    from triton.runtime import driver
+    return driver.active.utils.get_device_properties(torch.cuda.current_device())["max_shared_mem"]
+
+
+def _attention_fits(streamed: str, resident_tiles: int):
+    def fits(config, named_args, kwargs):
+        head = kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE))
+        q = named_args.get("q_ptr")
+        if q is None:  # ahead-of-time compile check: no tensors, no device; registers only
+            return attention_tile_fits(config, head, 1, streamed, resident_tiles, shared_bytes=2**63)
+        return attention_tile_fits(config, head, q.element_size(), streamed, resident_tiles, _shared_memory_limit())
+    return fits
 
 
 SAMPLE_CONFIGS = _configs(dict(BLOCK_P=128), dict(BLOCK_P=[16, 32, 64]),
@@ -87,7 +126,11 @@ ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128
 ATTENTION_BACKWARD_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128]),
                                       triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2),
                                       warps=(4, 8), stages=(2, 3))
-ATTENTION_PRUNING = None if INTERPRET else {"early_config_prune": _drop_oversized_attention_tiles}
+TRILINEAR_PRUNING = _pruning()
+# Resident tiles: q (forward); q and grad_out (dq); k~ and v~ (dk~/dv~).
+FORWARD_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=1))
+DQ_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=2))
+DKV_PRUNING = _pruning(_attention_fits(streamed="BLOCK_M", resident_tiles=2))
 
 
 # The dk~/dv~ kernel has one program per key block and (batch, head): at the 512 px SD1.5 layers
@@ -96,6 +139,19 @@ ATTENTION_PRUNING = None if INTERPRET else {"early_config_prune": _drop_oversize
 # shares atomically, so there is one split under deterministic algorithms.
 PROGRAMS_PER_PROCESSOR = 8
 MIN_QUERY_BLOCKS_PER_SPLIT = 4
+
+
+QUERY_SPLITS_ENV = "LC4_TRITON_QUERY_SPLITS"
+
+
+def forced_query_splits() -> int | None:
+    """``LC4_TRITON_QUERY_SPLITS=n`` (n >= 1) fixes the split count, for comparing paths; else None."""
+    value = os.environ.get(QUERY_SPLITS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{QUERY_SPLITS_ENV} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def split_queries(key_programs: int, query_blocks: int, processors: int) -> int:

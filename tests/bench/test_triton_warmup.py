@@ -34,3 +34,41 @@ def test_workers_run_the_report_cases_in_every_dtype_and_the_scaling_sweep_once(
 def test_refuses_to_run_without_a_gpu(capsys):
     assert triton_warmup.main(["--jobs", "2"]) == 1
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_shards_are_taken_after_the_pruning():
+    pytest.importorskip("triton")
+    from lc4_kernels.triton.tuning import select_candidates
+    candidates = list(range(10))
+    odd = [select_candidates(candidates, lambda c: c % 2, f"{i}/2") for i in range(2)]
+    assert odd == [[1, 5, 9], [3, 7]]  # each worker's share of what survives, none lost
+    assert select_candidates(candidates, lambda c: False, "1/2") == [0]  # nothing fits: the first, never none
+    assert select_candidates(candidates, None, "") == candidates
+
+
+def test_attention_pruning_drops_tiles_over_the_shared_memory_limit():
+    triton = pytest.importorskip("triton")
+    from lc4_kernels.triton.tuning import ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, attention_tile_fits
+    h200_shared = 232448
+    forward, dq, dkv = ("BLOCK_N", 1), ("BLOCK_N", 2), ("BLOCK_M", 2)  # streamed block, resident tiles
+
+    def config(block_m, block_n, warps, stages):
+        return triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps=warps, num_stages=stages)
+
+    # Shared memory of Triton 3.6's sm_90 compiles at D_PAD 256, float16 (the first forward
+    # candidate is the one the H200 warm-up launched: it asked for 294912 bytes and failed).
+    assert not attention_tile_fits(config(64, 64, 8, 4), 256, 2, *forward, h200_shared)  # 294912
+    assert attention_tile_fits(config(64, 64, 8, 3), 256, 2, *forward, h200_shared)  # 229376
+    assert attention_tile_fits(config(64, 32, 8, 2), 256, 2, *forward, h200_shared)  # the fixed config
+    assert not attention_tile_fits(config(64, 64, 8, 3), 256, 2, *dq, h200_shared)  # 262144
+    assert attention_tile_fits(config(64, 32, 8, 3), 256, 2, *dq, h200_shared)  # 163840
+    assert not attention_tile_fits(config(64, 64, 4, 3), 256, 2, *dkv, h200_shared)  # 263168
+    assert attention_tile_fits(config(32, 128, 8, 3), 256, 2, *dkv, h200_shared)  # 229888
+    # Registers: a 128 x 256 float32 tile needs 8 warps.
+    assert not attention_tile_fits(config(128, 32, 4, 1), 256, 2, *forward, 10**9)
+    assert attention_tile_fits(config(128, 32, 8, 1), 256, 2, *forward, 10**9)
+    # Every kernel keeps candidates at every head dim on an sm_90 GPU.
+    for head in (16, 32, 64, 128, 256):
+        for candidates, kind in ((ATTENTION_CONFIGS, forward), (ATTENTION_BACKWARD_CONFIGS, dq),
+                                 (ATTENTION_BACKWARD_CONFIGS, dkv)):
+            assert any(attention_tile_fits(c, head, 2, *kind, h200_shared) for c in candidates)

@@ -139,6 +139,10 @@ def test_strided_inputs(backend, device):
     assert not q_strided.is_contiguous() and not k_strided.is_contiguous()
     assert_close(lc4_kernels.tda_attention(q_strided, k_strided, v, points, backend=backend), expected,
                  torch.float32, "out")
+    # Rows of q at odd offsets (a slice of a wider tensor): no alignment for a kernel to assume.
+    q_odd = torch.cat([q, torch.zeros_like(q[..., :1])], dim=-1)[..., :-1]
+    assert q_odd.stride(2) == 9
+    assert_close(lc4_kernels.tda_attention(q_odd, k, v, points, backend=backend), expected, torch.float32, "out")
 
 
 def test_tolerance_table_covers_every_dtype_a_backend_declares():

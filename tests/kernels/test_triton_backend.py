@@ -192,6 +192,26 @@ def test_queries_split_between_dkv_programs_add_up(backend, device, splits):
         assert_close(g, ref_g.float(), torch.float32, name)
 
 
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_query_splits_from_the_environment(backend, device, monkeypatch):
+    from lc4_kernels.triton import attention
+    q, k, v, points = attention_inputs(Nq=300, Nk=40, heads=2, d=16, G=2, device=device)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(3)).to(device)
+    out, lse = attention.attention_forward(q, k, v, points, 0.25)
+    expected = attention.attention_backward(grad_out, q, k, v, points, out, lse, 0.25, query_splits=3)
+
+    def not_asked(*args):
+        raise AssertionError("split_queries called although LC4_TRITON_QUERY_SPLITS is set")
+    monkeypatch.setattr(attention, "split_queries", not_asked)
+    monkeypatch.setenv("LC4_TRITON_QUERY_SPLITS", "3")
+    grads = attention.attention_backward(grad_out, q, k, v, points, out, lse, 0.25)
+    for name, g, e in zip(("dq", "dk", "dv", "dpoints"), grads, expected):
+        assert_close(g, e, torch.float32, name)
+    monkeypatch.setenv("LC4_TRITON_QUERY_SPLITS", "0")
+    with pytest.raises(ValueError, match="LC4_TRITON_QUERY_SPLITS must be a positive integer, got '0'"):
+        attention.attention_backward(grad_out, q, k, v, points, out, lse, 0.25)
+
+
 def test_split_queries_fills_the_gpu_without_empty_splits():
     pytest.importorskip("triton")
     from lc4_kernels.triton.tuning import PROGRAMS_PER_PROCESSOR, split_queries

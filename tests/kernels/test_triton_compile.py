@@ -36,3 +36,24 @@ def test_fixed_configurations_without_autotuning_compile_for_the_largest_head_di
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "BLOCK_M: 64, BLOCK_N: 32" in done.stdout and "num_warps: 8" in done.stdout
+
+
+def test_shared_memory_estimate_of_the_pruning_agrees_with_the_compiler():
+    # Candidates either side of sm_90's limit at d = 160 (D_PAD 256), float16: the autotuner's
+    # pruning keeps exactly those the compiler fits (the first one stopped a warm-up on an H200).
+    from lc4_kernels.triton import attention_kernels
+    from lc4_kernels.triton.tuning import attention_tile_fits
+    kernels = {"attention_forward_kernel": (attention_kernels.attention_forward_kernel, "BLOCK_N", 1),
+               "attention_backward_kv_kernel": (attention_kernels.attention_backward_kv_kernel, "BLOCK_M", 2)}
+    candidates = [("attention_forward_kernel", 64, 64, 4), ("attention_forward_kernel", 64, 64, 3),
+                  ("attention_backward_kv_kernel", 64, 64, 3), ("attention_backward_kv_kernel", 32, 128, 3)]
+    limit = compile_check.SHARED_MEMORY_LIMIT[90]
+    verdicts = []
+    for name, block_m, block_n, stages in candidates:
+        kernel, streamed, resident = kernels[name]
+        config = triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps=8, num_stages=stages)
+        shared = compile_check.compile_config(kernel, config, 90, "fp16", 160)
+        fits = shared <= limit
+        assert attention_tile_fits(config, 256, 2, streamed, resident, limit) == fits, (name, config, shared)
+        verdicts.append(fits)
+    assert verdicts == [False, True, False, True]

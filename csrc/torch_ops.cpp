@@ -343,9 +343,17 @@ int64_t forced_query_splits() {
   return splits;
 }
 
-// LC4_CUDA_TWO_PASS=0 makes float16/bfloat16 with d <= 128 take the one-pass forward (the path
-// the first H200 run measured) instead of the two-pass one.
-bool two_pass_forward() { return switched_on("LC4_CUDA_TWO_PASS"); }
+// LC4_CUDA_FORWARD=registers (the default), two_pass or shared picks the float16/bfloat16 forward
+// for d <= 128 (params.h: HalfForward); shared is the path the first H200 run measured, two_pass
+// the second's.
+HalfForward half_forward() {
+  const char* value = std::getenv("LC4_CUDA_FORWARD");
+  const std::string name = value ? value : "";
+  if (name.empty() || name == "registers") return HalfForward::kRegisters;
+  if (name == "two_pass") return HalfForward::kTwoPass;
+  if (name == "shared") return HalfForward::kShared;
+  TORCH_CHECK_VALUE(false, "LC4_CUDA_FORWARD must be registers, two_pass or shared, got '", name, "'");
+}
 
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
@@ -376,7 +384,7 @@ std::tuple<at::Tensor, at::Tensor> tda_attention_gpu(const at::Tensor& q_in, con
   AttentionParams p = attention_params(q, k, v, points, scale);
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
-  p.two_pass_forward = two_pass_forward();
+  p.half_forward = half_forward();
   at::Tensor k_sampled, v_sampled;
   if (presample_keys() && q.size(1) > 0) {
     k_sampled = sample_keys<Kernels>(k, points, kind);

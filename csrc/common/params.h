@@ -19,6 +19,10 @@ struct SampleParams {
 
 // q (B, Nq, heads, d); k, v (B, T, H, W, heads, d); points (B, Nk, G, 3);
 // out (B, Nq, heads, d); lse (B, heads, Nq) in the accumulation type.
+// The float16/bfloat16 attention forwards: O in accumulator fragments with one pass over the keys
+// (rescaled by rows) or two (max and sum first, no rescale), or O in shared memory.
+enum class HalfForward : int { kRegisters = 0, kTwoPass = 1, kShared = 2 };
+
 struct AttentionParams {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -41,9 +45,9 @@ struct AttentionParams {
   // Blocks that share the queries of one key block in the backward's dk~/dv~ kernel; 0 lets the
   // launcher choose (enough blocks to fill the GPU). Ignored, as 1, when deterministic.
   int64_t query_splits = 0;
-  // float16/bfloat16 with d <= 128: the two-pass tensor-core forward; false takes the one-pass
-  // forward that larger head dims (and float32) use.
-  bool two_pass_forward = true;
+  // Which tensor-core forward float16/bfloat16 take for d <= 128 (larger head dims always take
+  // kShared; float32 has its own kernel).
+  HalfForward half_forward = HalfForward::kRegisters;
 };
 
 }  // namespace lc4

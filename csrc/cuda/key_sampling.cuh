@@ -3,9 +3,12 @@
 // (keys x D) float tile sampled from k or v through them. Padding keys and columns are zero.
 #pragma once
 
+#include <type_traits>
+
 #include "common/params.h"
 #include "common/trilinear_math.h"
 #include "cuda/portability.cuh"
+#include "cuda/tile_copy.cuh"
 
 namespace lc4::LC4_CUDA_NS {
 
@@ -58,11 +61,17 @@ __device__ __forceinline__ void sample_key_tile(const T* src, int64_t d, const K
 template <typename T, int kKeys, int D, int kStride, int kThreads, typename TileT = float>
 __device__ __forceinline__ void load_sampled_tile(const T* sampled, const AttentionParams& p, int64_t b, int64_t h,
                                                   int64_t j0, TileT* tile) {
-  for (int idx = threadIdx.x; idx < kKeys * D; idx += kThreads) {
-    const int j = idx / D, c = idx % D;
-    const int64_t key = j0 + j;
-    tile[j * kStride + c] = (key < p.Nk && c < p.d) ? from_float<TileT>(to_float(sampled[((b * p.Nk + key) * p.heads + h) * p.d + c]))
-                                                    : from_float<TileT>(0.f);
+  if constexpr (std::is_same_v<T, TileT>) {
+    load_row_tile<T, kKeys, D, kStride, kThreads>(sampled + (b * p.Nk * p.heads + h) * p.d, p.Nk, j0, p.heads * p.d,
+                                                  p.d, tile);
+  } else {
+    for (int idx = threadIdx.x; idx < kKeys * D; idx += kThreads) {
+      const int j = idx / D, c = idx % D;
+      const int64_t key = j0 + j;
+      tile[j * kStride + c] = (key < p.Nk && c < p.d)
+                                  ? from_float<TileT>(to_float(sampled[((b * p.Nk + key) * p.heads + h) * p.d + c]))
+                                  : from_float<TileT>(0.f);
+    }
   }
 }
 

@@ -103,8 +103,6 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
     const int64_t j0 = work.j0;
     const int warp = threadIdx.x / kWarpSize;
     const float scale = static_cast<float>(p.scale);
-    const T* q = static_cast<const T*>(p.q);
-    const T* grad_out = static_cast<const T*>(p.grad_out);
     load_key_corners<B>(p, b, h, j0, corners);
     __syncthreads();
     sample_key_tile<T, B, DW, S, kAttentionThreads, T>(static_cast<const T*>(p.k), p.d, corners, k_tile);
@@ -119,16 +117,14 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
     }
 
     for (int64_t i0 = work.i_begin; i0 < work.i_end; i0 += B) {
-      // load_query_rows of the float kernels, but copying T as is: routed through it (T -> float
-      // -> T) the kernel spilled at d = 40 on sm_70 (CUDA 11.8 ptxas).
-      for (int idx = threadIdx.x; idx < B * DW; idx += kAttentionThreads) {
-        const int r = idx / DW, c = idx % DW;
-        const int64_t i = i0 + r;
-        const bool inside = i < p.Nq && c < p.d;
-        const int64_t offset = ((b * p.Nq + i) * p.heads + h) * p.d + c;
-        q_tile[r * S + c] = inside ? q[offset] : from_float<T>(0.f);
-        do_tile[r * S + c] = inside ? grad_out[offset] : from_float<T>(0.f);
-      }
+      // Copied as T: routed through the float kernels' load_query_rows (T -> float -> T) the
+      // kernel spilled at d = 40 on sm_70 (CUDA 11.8 ptxas).
+      // (The row pointers are formed here, not kept across the loop: they cost registers there.)
+      const int64_t first_row = (b * p.Nq * p.heads + h) * p.d;  // of q and grad_out for (b, h)
+      load_row_tile<T, B, DW, S, kAttentionThreads>(static_cast<const T*>(p.q) + first_row, p.Nq, i0, p.heads * p.d,
+                                                    p.d, q_tile);
+      load_row_tile<T, B, DW, S, kAttentionThreads>(static_cast<const T*>(p.grad_out) + first_row, p.Nq, i0,
+                                                    p.heads * p.d, p.d, do_tile);
       if (threadIdx.x < B) {  // rows past Nq: lse = inf gives P = 0
         const int64_t i = i0 + threadIdx.x, row = (b * p.heads + h) * p.Nq + i;
         lse_row[threadIdx.x] = i < p.Nq ? static_cast<const float*>(p.lse)[row] : INFINITY;

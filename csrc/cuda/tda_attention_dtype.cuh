@@ -6,23 +6,27 @@
 #include "cuda/tda_attention_backward.cuh"
 #include "cuda/tda_attention_backward_wmma.cuh"
 #include "cuda/tda_attention_forward.cuh"
-#include "cuda/tda_attention_forward_two_pass.cuh"
+#include "cuda/tda_attention_forward_registers.cuh"
 #include "cuda/tda_attention_forward_wmma.cuh"
 
 namespace lc4::LC4_CUDA_NS {
 
-// float16 (and bfloat16, which the glue admits on sm_80+ only) take a tensor-core forward: the
-// two-pass one up to d = 128, else (or when p.two_pass_forward is off) the one-pass one.
+// float16 (and bfloat16, which the glue admits on sm_80+ only) take a tensor-core forward: O in
+// registers up to d = 128 (one pass, or two), else (or with HalfForward::kShared) O in shared memory.
 template <typename T, int D>
 void launch_attention_forward(const AttentionParams& p, cudaStream_t stream) {
   const auto heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.B);
   if constexpr (std::is_same_v<T, float>) {
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, ForwardTiles<D>::kBlockQ)), heads, batch);
     launch(attention_forward_kernel<T, D>, grid, dim3(kAttentionThreads), stream, p);
-  } else if (D <= 128 && p.two_pass_forward) {
-    constexpr int kTwoPassD = D <= 128 ? D : 128;  // a valid template argument where the branch is dead
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, TwoPassTiles<kTwoPassD>::kBlockQ)), heads, batch);
-    launch(attention_forward_two_pass_kernel<T, kTwoPassD>, grid, dim3(kAttentionThreads), stream, p);
+  } else if (D <= 128 && p.half_forward != HalfForward::kShared) {
+    constexpr int kRegistersD = D <= 128 ? D : 128;  // a valid template argument where the branch is dead
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, RegisterForwardTiles<kRegistersD>::kBlockQ)), heads, batch);
+    if (p.half_forward == HalfForward::kTwoPass) {
+      launch(attention_forward_registers_kernel<T, kRegistersD, true>, grid, dim3(kAttentionThreads), stream, p);
+    } else {
+      launch(attention_forward_registers_kernel<T, kRegistersD, false>, grid, dim3(kAttentionThreads), stream, p);
+    }
   } else {
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, WmmaForwardTiles<D>::kBlockQ)), heads, batch);
     launch(attention_forward_wmma_kernel<T, D>, grid, dim3(kAttentionThreads), stream, p);

@@ -44,12 +44,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_wmma_kern
     const int64_t b = blockIdx.z, h = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * BQ;
     const int64_t d = p.d, heads = p.heads;
     const int warp = threadIdx.x / kWarpSize, row = threadIdx.x / TPR, sub = threadIdx.x % TPR;
-    const T* q = static_cast<const T*>(p.q);
-    for (int idx = threadIdx.x; idx < BQ * DW; idx += kAttentionThreads) {
-      const int r = idx / DW, c = idx % DW;
-      const int64_t i = i0 + r;
-      q_tile[r * S + c] = (i < p.Nq && c < d) ? q[((b * p.Nq + i) * heads + h) * d + c] : from_float<T>(0.f);
-    }
+    load_row_tile<T, BQ, DW, S, kAttentionThreads>(static_cast<const T*>(p.q) + (b * p.Nq * heads + h) * d, p.Nq, i0,
+                                                   heads * d, d, q_tile);
     for (int idx = threadIdx.x; idx < BQ * OS; idx += kAttentionThreads) o_tile[idx] = 0.f;
     const float score_scale = static_cast<float>(p.scale) * kLog2e;
     float running_max = -INFINITY, running_sum = 0.f;

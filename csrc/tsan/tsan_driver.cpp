@@ -1,8 +1,8 @@
 // Standalone driver (no torch) that runs the emulated CUDA kernels on small problems, for the
 // ThreadSanitizer build of tests/kernels/test_cuda_tsan.py: a missing barrier between threads of a
 // block shows as a data race. It also checks the forward against a direct float64 computation and
-// the atomic backward against the deterministic one, in float32 and in float16 (the two-pass
-// tensor-core forward, the WMMA dk~/dv~ kernel with its queries split between two blocks), and
+// the atomic backward against the deterministic one, in float32 and in float16 (both register
+// tensor-core forwards, the WMMA dk~/dv~ kernel with its queries split between two blocks), and
 // exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
@@ -119,13 +119,18 @@ int main() {
   ok = close(backward(p, grad_out.data(), ScalarKind::f32, false), backward(p, grad_out.data(), ScalarKind::f32, true),
              1e-4f, "atomic vs deterministic backward") && ok;
 
-  // float16: the two-pass forward (keys sampled in the kernel) and the WMMA backward.
+  // float16: the register forwards, one pass (O rescaled by rows across Nk = 45, two key tiles)
+  // and two (keys sampled in the kernel), and the WMMA backward.
   std::vector<uint16_t> q16 = to_half(q), k16 = to_half(k), v16 = to_half(v), grad_out16 = to_half(grad_out);
   std::vector<uint16_t> out16(out.size());
   AttentionParams ph = p;
   ph.q = q16.data(), ph.k = k16.data(), ph.v = v16.data(), ph.out = out16.data();
+  ph.half_forward = HalfForward::kTwoPass;
   cuda_emu::tda_attention_forward(ph, ScalarKind::f16, nullptr);
-  ok = close(from_half(out16), expected, 1e-2f, "float16 forward") && ok;
+  ok = close(from_half(out16), expected, 1e-2f, "float16 two-pass forward") && ok;
+  ph.half_forward = HalfForward::kRegisters;
+  cuda_emu::tda_attention_forward(ph, ScalarKind::f16, nullptr);
+  ok = close(from_half(out16), expected, 1e-2f, "float16 one-pass forward") && ok;
   ok = close(backward(ph, grad_out16.data(), ScalarKind::f16, false), backward(ph, grad_out16.data(), ScalarKind::f16, true),
              1e-3f, "float16 atomic vs deterministic backward") && ok;
 

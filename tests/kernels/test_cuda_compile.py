@@ -38,10 +38,11 @@ def assert_report_covers_every_instantiation(report: Path, archs):
             for d in head_dim_buckets():
                 kernels = [f"attention_forward{tensor_cores[dtype]}_kernel", f"attention_dkv{tensor_cores[dtype]}_kernel",
                            "attention_dq_kernel"]
-                if dtype != "float" and d <= 128:  # the two-pass tensor-core forward
-                    kernels.append("attention_forward_two_pass_kernel")
-                for kernel in kernels:
-                    assert re.search(rf"`{kernel}<{dtype}, {d}>` \| sm_{arch} \| \d+ \|", text), (kernel, dtype, d, arch)
+                variants = [f"{kernel}<{dtype}, {d}>" for kernel in kernels]
+                if dtype != "float" and d <= 128:  # the register tensor-core forwards, one pass and two
+                    variants += [f"attention_forward_registers_kernel<{dtype}, {d}, {two}>" for two in ("false", "true")]
+                for variant in variants:
+                    assert re.search(rf"`{re.escape(variant)}` \| sm_{arch} \| \d+ \|", text), (variant, arch)
         assert re.search(rf"`sample_forward_kernel<float>` \| sm_{arch} \|", text)
 
 

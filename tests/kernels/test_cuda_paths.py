@@ -1,4 +1,4 @@
-"""The cuda backend's selectable paths (LC4_CUDA_PRESAMPLE, LC4_CUDA_TWO_PASS,
+"""The cuda backend's selectable paths (LC4_CUDA_PRESAMPLE, LC4_CUDA_FORWARD,
 LC4_CUDA_QUERY_SPLITS) against the reference: through the host emulation (cuda_emu) everywhere,
 and through the real kernels where a GPU is visible (make gpu-check runs this file)."""
 import pytest
@@ -23,23 +23,28 @@ KERNEL_BUILDS = [("cuda_emu", "cpu")] + ([("cuda", "cuda")] if "cuda" in lc4_ker
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_every_forward_path_matches_reference(backend, device, dtype, monkeypatch):
     # The forward reads k~/v~ sampled beforehand unless LC4_CUDA_PRESAMPLE=0, and in half
-    # precision runs the two-pass kernel (d <= 128) unless LC4_CUDA_TWO_PASS=0 (read on every call).
-    # Nq = 37: the 64-row two-pass block has a partial warp and a warp without rows.
+    # precision (d <= 128) keeps O in registers over one pass of the keys, unless LC4_CUDA_FORWARD
+    # asks for two passes or for O in shared memory (read on every call). Nq = 37: the 64-row
+    # register block has a partial warp and a warp without rows; Nk = 45: two key tiles, so the
+    # one-pass kernel rescales O.
     inputs = attention_inputs(Nq=37, Nk=45, heads=4, d=40, G=2, T=2, H=5, W=6, dtype=dtype, device=device)
     with torch.no_grad():
         inputs[3][0, 0, 0] = float("nan")
         inputs[3][0, 1, 1] = 1e30
     ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
     for presample in ("1", "0"):
-        for two_pass in ("1", "0"):
+        for forward in ("", "registers", "two_pass", "shared"):
             monkeypatch.setenv("LC4_CUDA_PRESAMPLE", presample)
-            monkeypatch.setenv("LC4_CUDA_TWO_PASS", two_pass)
-            flags = f"LC4_CUDA_PRESAMPLE={presample}, LC4_CUDA_TWO_PASS={two_pass}"
+            monkeypatch.setenv("LC4_CUDA_FORWARD", forward)
+            flags = f"LC4_CUDA_PRESAMPLE={presample}, LC4_CUDA_FORWARD={forward}"
             out, grads = run_with_grads(attention(backend), inputs)
             assert torch.isfinite(out).all()
             assert_close(out.cpu(), ref_out.to(dtype), dtype, f"out, {flags}")
             for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
                 assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, {flags}")
+    monkeypatch.setenv("LC4_CUDA_FORWARD", "fast")
+    with pytest.raises(ValueError, match="LC4_CUDA_FORWARD must be registers, two_pass or shared, got 'fast'"):
+        run_with_grads(attention(backend), inputs)
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])

@@ -27,7 +27,10 @@ struct WmmaBackwardTiles {
   static constexpr int kWarps = kAttentionThreads / kWarpSize;
   static constexpr int kColumnTiles = kWidth / 16;
   static constexpr int kOutputTiles = (kBlock / 16) * kColumnTiles;  // of dk~ (and of dv~)
-  static constexpr int kTilesPerWarp = (kOutputTiles + kWarps - 1) / kWarps;
+  // The tiles of dk~ then those of dv~, dealt to the warps in turn: at d = 40, 12 tiles are 3 per
+  // warp (dealing dk~/dv~ pairs, two warps did twice the products of the other two).
+  static constexpr int kGradientTiles = 2 * kOutputTiles;
+  static constexpr int kTilesPerWarp = (kGradientTiles + kWarps - 1) / kWarps;
   // The float staging tile reuses the storage of the q and dO tiles (2 x kBlock x kStride T).
   static_assert(kBlock * kFloatStride * 4 <= 2 * kBlock * kStride * 2, "staging tile fits");
 };
@@ -49,19 +52,20 @@ __device__ __forceinline__ void wmma_accumulate(wmma::fragment<wmma::accumulator
 }
 
 // sampled[b, h, j0 + j, c] += factor * (this block's dk~ or dv~)[j, c], through the staging tile;
-// every warp passes its fragments `acc` (output tiles warp, warp + kWarps, ...).
+// every warp passes all its fragments `acc` (gradient tiles warp, warp + kWarps, ...), and those
+// of dv~ (or of dk~) are stored.
 template <int D>
 __device__ __forceinline__ void store_key_gradients(
     const AttentionParams& p, int64_t b, int64_t h, int64_t j0, int warp,
     const wmma::fragment<wmma::accumulator, 16, 16, 16, float> (&acc)[WmmaBackwardTiles<D>::kTilesPerWarp],
-    float* staging, float factor, float* sampled) {
+    bool dv, float* staging, float factor, float* sampled) {
   using Tiles = WmmaBackwardTiles<D>;
   constexpr int B = Tiles::kBlock, DW = Tiles::kWidth, FS = Tiles::kFloatStride;
 #pragma unroll
   for (int m = 0; m < Tiles::kTilesPerWarp; ++m) {
-    const int t = warp + m * Tiles::kWarps;
-    if (t < Tiles::kOutputTiles) {
-      const int rt = t / Tiles::kColumnTiles, ct = t % Tiles::kColumnTiles;
+    const int g = warp + m * Tiles::kWarps;
+    if (g < Tiles::kGradientTiles && (g >= Tiles::kOutputTiles) == dv) {
+      const int t = g % Tiles::kOutputTiles, rt = t / Tiles::kColumnTiles, ct = t % Tiles::kColumnTiles;
       wmma::store_matrix_sync(staging + rt * 16 * FS + ct * 16, acc[m], FS, wmma::mem_row_major);
     }
   }
@@ -102,19 +106,16 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
     const KeyBlockWork work = key_block_work<B>(p);
     const int64_t j0 = work.j0;
     const int warp = threadIdx.x / kWarpSize;
-    const float scale = static_cast<float>(p.scale);
+    const float scale = static_cast<float>(p.scale), scale_log2 = scale * kLog2e;
     load_key_corners<B>(p, b, h, j0, corners);
     __syncthreads();
     sample_key_tile<T, B, DW, S, kAttentionThreads, T>(static_cast<const T*>(p.k), p.d, corners, k_tile);
     sample_key_tile<T, B, DW, S, kAttentionThreads, T>(static_cast<const T*>(p.v), p.d, corners, v_tile);
 
-    // This warp's dk~ and dv~ tiles: output tile warp + m kWarps (rows: keys, columns: head dim).
-    Accumulator dk_acc[kMine], dv_acc[kMine];
+    // This warp's tiles of dk~ and dv~: gradient tile warp + m kWarps (rows: keys, columns: head dim).
+    Accumulator grad_acc[kMine];
 #pragma unroll
-    for (int m = 0; m < kMine; ++m) {
-      wmma::fill_fragment(dk_acc[m], 0.0f);
-      wmma::fill_fragment(dv_acc[m], 0.0f);
-    }
+    for (int m = 0; m < kMine; ++m) wmma::fill_fragment(grad_acc[m], 0.0f);
 
     for (int64_t i0 = work.i_begin; i0 < work.i_end; i0 += B) {
       // Copied as T: routed through the float kernels' load_query_rows (T -> float -> T) the
@@ -127,7 +128,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
                                                     p.heads * p.d, p.d, do_tile);
       if (threadIdx.x < B) {  // rows past Nq: lse = inf gives P = 0
         const int64_t i = i0 + threadIdx.x, row = (b * p.heads + h) * p.Nq + i;
-        lse_row[threadIdx.x] = i < p.Nq ? static_cast<const float*>(p.lse)[row] : INFINITY;
+        lse_row[threadIdx.x] = i < p.Nq ? static_cast<const float*>(p.lse)[row] * kLog2e : INFINITY;  // log2 units
         delta_row[threadIdx.x] = i < p.Nq ? s.delta[row] : 0.f;
       }
       __syncthreads();
@@ -144,21 +145,20 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
       __syncthreads();
       for (int idx = threadIdx.x; idx < B * B; idx += kAttentionThreads) {
         const int i = idx / B, j = idx % B;
-        const float prob = j0 + j < p.Nk ? expf(scale * s_tile[i * SS + j] - lse_row[i]) : 0.f;
+        const float prob = j0 + j < p.Nk ? exp2f(scale_log2 * s_tile[i * SS + j] - lse_row[i]) : 0.f;
         p_tile[i * PS + j] = from_float<T>(prob);
         ds_tile[i * PS + j] = from_float<T>(prob * (dp_tile[i * SS + j] - delta_row[i]));
       }
       __syncthreads();
-      // dv~ += P^T dO, dk~ += dS^T q. P^T (keys x queries) is the P tile read column-major.
+      // dk~ += dS^T q, dv~ += P^T dO. dS^T and P^T (keys x queries) are their tiles read column-major.
 #pragma unroll
       for (int m = 0; m < kMine; ++m) {
-        const int t = warp + m * kWarps;
-        if (t < kOutputTiles) {
-          const int rt = t / kColumnTiles, ct = t % kColumnTiles;
-          wmma_accumulate<T, wmma::col_major, wmma::row_major>(dv_acc[m], p_tile + rt * 16, PS, 16 * PS,
-                                                               do_tile + ct * 16, S, 16 * S, B);
-          wmma_accumulate<T, wmma::col_major, wmma::row_major>(dk_acc[m], ds_tile + rt * 16, PS, 16 * PS,
-                                                               q_tile + ct * 16, S, 16 * S, B);
+        const int g = warp + m * kWarps;
+        if (g < Tiles::kGradientTiles) {
+          const bool dv = g >= kOutputTiles;
+          const int t = g % kOutputTiles, rt = t / kColumnTiles, ct = t % kColumnTiles;
+          wmma_accumulate<T, wmma::col_major, wmma::row_major>(grad_acc[m], (dv ? p_tile : ds_tile) + rt * 16, PS,
+                                                               16 * PS, (dv ? do_tile : q_tile) + ct * 16, S, 16 * S, B);
         }
       }
       if (!p.deterministic) {
@@ -184,10 +184,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
     }
 
     // The fragments go to global memory through the staging tile: dk~ (times scale), then dv~.
-    // (Two calls rather than a loop over both arrays: a runtime choice between the arrays would
-    // move the fragments from registers to local memory.)
-    store_key_gradients<D>(p, b, h, j0, warp, dk_acc, staging, scale, s.grad_k_sampled);
-    store_key_gradients<D>(p, b, h, j0, warp, dv_acc, staging, 1.f, s.grad_v_sampled);
+    store_key_gradients<D>(p, b, h, j0, warp, grad_acc, false, staging, scale, s.grad_k_sampled);
+    store_key_gradients<D>(p, b, h, j0, warp, grad_acc, true, staging, 1.f, s.grad_v_sampled);
   }
 }
 

@@ -12,7 +12,8 @@
 # fixed launch configuration (LC4_TRITON_AUTOTUNE=0): autotuning every test shape would take far
 # longer than the tests. The benchmark autotunes unless LC4_TRITON_AUTOTUNE=0 is set.
 # Optional limits in seconds, for a machine lent for a short time: TEST_TIME_LIMIT (each test
-# step), BENCH_TIME_LIMIT. BENCH_ARGS replaces the report's arguments (default: --check).
+# step), BENCH_TIME_LIMIT. BENCH_ARGS replaces the report's arguments (default: --check), WARMUP_ARGS
+# the warm-up's (default: every SD1.5 shape and the memory sweep; give it the report's --shapes).
 # GPU_CHECK_SKIP=step,... leaves steps out (tests, warmup, profile, report), so that a lease with
 # a per-command limit can run them in two calls (the build and Triton's cache are kept between).
 set -euo pipefail
@@ -95,7 +96,8 @@ fi
 # report's shapes in parallel first (into Triton's cache), so that the profile and the report only
 # time them.
 if wanted warmup && [[ "${LC4_TRITON_AUTOTUNE:-1}" != "0" ]] && "$PY" -c "import triton" 2>/dev/null; then
-  limited "${BENCH_TIME_LIMIT:-}" "$PY" -m benchmarks.triton_warmup 2>&1 | tail -n 20 > "$OUT/triton_warmup.txt" ||
+  read -r -a warmup_args <<< "${WARMUP_ARGS:-}"
+  limited "${BENCH_TIME_LIMIT:-}" "$PY" -m benchmarks.triton_warmup "${warmup_args[@]}" 2>&1 | tail -n 20 > "$OUT/triton_warmup.txt" ||
     echo "triton warm-up failed: the report compiles what is missing itself"
 fi
 

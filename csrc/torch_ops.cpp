@@ -351,8 +351,8 @@ HalfForward half_forward() {
   const std::string name = value ? value : "";
   if (name.empty() || name == "registers") return HalfForward::kRegisters;
   if (name == "two_pass") return HalfForward::kTwoPass;
-  if (name == "shared") return HalfForward::kShared;
-  TORCH_CHECK_VALUE(false, "LC4_CUDA_FORWARD must be registers, two_pass or shared, got '", name, "'");
+  TORCH_CHECK_VALUE(name == "shared", "LC4_CUDA_FORWARD must be registers, two_pass or shared, got '", name, "'");
+  return HalfForward::kShared;
 }
 
 template <typename Kernels>

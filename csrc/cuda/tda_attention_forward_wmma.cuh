@@ -2,8 +2,8 @@
 // hardware has it (sm_80+), accumulating in float32: the path V100 runs. Same structure as the
 // float kernel: q and the sampled k~ (then v~) staged in shared memory as T; S = q k~^T by WMMA
 // into a float tile; the online softmax by rows; P (as T) v~ by WMMA into a float output tile in
-// shared memory, rescaled by rows there (a fragment's element layout is unknown, so the
-// per-row softmax correction cannot be applied to fragments).
+// shared memory, rescaled by rows there. Used above d = 128 (and with LC4_CUDA_FORWARD=shared);
+// tda_attention_forward_registers.cuh keeps O in fragments instead.
 #pragma once
 
 #include "cuda/tda_attention_forward.cuh"

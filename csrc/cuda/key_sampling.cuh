@@ -61,18 +61,9 @@ __device__ __forceinline__ void sample_key_tile(const T* src, int64_t d, const K
 template <typename T, int kKeys, int D, int kStride, int kThreads, typename TileT = float>
 __device__ __forceinline__ void load_sampled_tile(const T* sampled, const AttentionParams& p, int64_t b, int64_t h,
                                                   int64_t j0, TileT* tile) {
-  if constexpr (std::is_same_v<T, TileT>) {
-    load_row_tile<T, kKeys, D, kStride, kThreads>(sampled + (b * p.Nk * p.heads + h) * p.d, p.Nk, j0, p.heads * p.d,
-                                                  p.d, tile);
-  } else {
-    for (int idx = threadIdx.x; idx < kKeys * D; idx += kThreads) {
-      const int j = idx / D, c = idx % D;
-      const int64_t key = j0 + j;
-      tile[j * kStride + c] = (key < p.Nk && c < p.d)
-                                  ? from_float<TileT>(to_float(sampled[((b * p.Nk + key) * p.heads + h) * p.d + c]))
-                                  : from_float<TileT>(0.f);
-    }
-  }
+  static_assert(std::is_same_v<T, TileT>, "pre-sampled tiles are staged in the inputs' dtype");
+  load_row_tile<T, kKeys, D, kStride, kThreads>(sampled + (b * p.Nk * p.heads + h) * p.d, p.Nk, j0, p.heads * p.d,
+                                                p.d, tile);
 }
 
 // k~ (or v~) tile of keys j0 .. j0 + kKeys - 1: read from the pre-sampled buffer when there is

@@ -39,7 +39,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _alignment(*strides: int) -> int:
+def alignment(*strides: int) -> int:
     """The largest power of two up to 16 that divides every stride (in elements)."""
     align = 16
     while any(stride % align for stride in strides):
@@ -65,7 +65,7 @@ def attention_forward(q, k, v, points, scale: float):
     k_sampled, v_sampled = _sampled_keys_values(k, v, points)
     grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
     kernels.attention_forward_kernel[grid](q, k_sampled, v_sampled, out, lse, q.stride(0), q.stride(1), q.stride(2),
-                                           Q_ALIGN=_alignment(q.stride(0), q.stride(1), q.stride(2)),
+                                           Q_ALIGN=alignment(q.stride(0), q.stride(1), q.stride(2)),
                                            **_launch_arguments(q, points.shape[1], scale))
     return out, lse
 

@@ -16,6 +16,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import attention_kernels, trilinear_kernels
+from .attention import alignment
 from .tuning import channel_block, padded_head_dim
 
 # Shared memory per block (bytes) that each target can give a kernel.
@@ -32,15 +33,11 @@ def supported() -> str | None:
     return None
 
 
-def _largest_power_of_two(n: int, cap: int = 16) -> int:
-    return next(p for p in (16, 8, 4, 2, 1) if p <= cap and n % p == 0)
-
-
 def _kernels(dtype: str, head_dim: int):
     """(autotuned kernel, pointer/float argument types, constexprs) of every kernel."""
     attention_types = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "grad_out_ptr", "dq_ptr")}
     attention_types.update({name: "*fp32" for name in ("lse_ptr", "delta_ptr", "dk_ptr", "dv_ptr")}, scale="fp32")
-    attention_constants = dict(HEAD_DIM=head_dim, D_PAD=padded_head_dim(head_dim), Q_ALIGN=_largest_power_of_two(head_dim),
+    attention_constants = dict(HEAD_DIM=head_dim, D_PAD=padded_head_dim(head_dim), Q_ALIGN=alignment(head_dim),
                                PRECISION="ieee" if dtype == "fp32" else "tf32")
     sample_types = {"points_ptr": "*fp32", "dpoints_ptr": "*fp32", "keys_ptr": "*i64", "weights_ptr": "*fp32",
                     "order_ptr": "*i64", "sorted_keys_ptr": "*i64", "segment_ends_ptr": "*i64"}

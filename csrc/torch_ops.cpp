@@ -355,6 +355,16 @@ HalfForward half_forward() {
   return HalfForward::kShared;
 }
 
+// LC4_CUDA_DQ=separate (the default) or fused picks where the float16/bfloat16 backward takes dq
+// for d <= 128 (params.h: HalfDq); fused is the path the second H200 run measured.
+HalfDq half_dq() {
+  const char* value = std::getenv("LC4_CUDA_DQ");
+  const std::string name = value ? value : "";
+  if (name.empty() || name == "separate") return HalfDq::kSeparate;
+  TORCH_CHECK_VALUE(name == "fused", "LC4_CUDA_DQ must be separate or fused, got '", name, "'");
+  return HalfDq::kFused;
+}
+
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
   // map (B, T, H, W, heads, d), contiguous, seen as (B, T, H, W, G, heads / G * d).
@@ -415,7 +425,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
                     "lse must be (B, heads, Nq), got ", lse.sizes());
   AttentionParams p = attention_params(q, k, v, points, scale);
   p.query_splits = forced_query_splits();
-  auto grad_q = float_buffer_for(q, /*zeroed=*/!p.deterministic);  // atomics add into it
+  p.half_dq = half_dq();
+  // The separate dq kernel reads k~ and v~ sampled beforehand and writes each dq element once.
+  const bool separate_dq = kind != ScalarKind::f32 && separate_half_dq(p) && q.size(1) > 0;
+  at::Tensor k_sampled, v_sampled;
+  if (separate_dq) {
+    k_sampled = sample_keys<Kernels>(k, points, kind);
+    v_sampled = sample_keys<Kernels>(v, points, kind);
+    p.k_sampled = k_sampled.data_ptr();
+    p.v_sampled = v_sampled.data_ptr();
+  }
+  auto grad_q = float_buffer_for(q, /*zeroed=*/!p.deterministic && !separate_dq);  // atomics add into it
   auto grad_k = float_buffer_for(k, /*zeroed=*/true);
   auto grad_v = float_buffer_for(v, /*zeroed=*/true);
   auto grad_points = float_buffer_for(points, /*zeroed=*/false);

@@ -22,6 +22,11 @@ struct SampleParams {
 // The float16/bfloat16 attention forwards: O in accumulator fragments with one pass over the keys
 // (rescaled by rows) or two (max and sum first, no rescale), or O in shared memory.
 enum class HalfForward : int { kRegisters = 0, kTwoPass = 1, kShared = 2 };
+// Where the float16/bfloat16 backward takes dq for d <= 128: a tensor-core kernel of its own over
+// k~ and v~ sampled beforehand (no atomics, so deterministic too), or inside the dk~/dv~ kernel
+// through float atomics (the float32 path and larger head dims always do that; deterministic mode
+// then runs the float dq kernel).
+enum class HalfDq : int { kSeparate = 0, kFused = 1 };
 
 struct AttentionParams {
   const void* q = nullptr;
@@ -48,6 +53,8 @@ struct AttentionParams {
   // Which tensor-core forward float16/bfloat16 take for d <= 128 (larger head dims always take
   // kShared; float32 has its own kernel).
   HalfForward half_forward = HalfForward::kRegisters;
+  // Which dq the float16/bfloat16 backward takes; kSeparate needs k_sampled and v_sampled.
+  HalfDq half_dq = HalfDq::kSeparate;
 };
 
 }  // namespace lc4

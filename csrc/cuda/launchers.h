@@ -25,10 +25,20 @@ struct AttentionScratch {
 // bucket that holds it (see head_dims.h).
 constexpr int64_t kCudaMaxHeadDim = 256;
 
+// The float16/bfloat16 backward's own dq kernel (tda_attention_dq_wmma.cuh) covers head dims up to this.
+constexpr int64_t kSeparateDqMaxHeadDim = 128;
+
+// Whether a float16/bfloat16 backward with these params takes dq in its own kernel, which reads
+// k~ and v~ sampled beforehand: the glue provides them when this holds, and zeroes no dq buffer.
+inline bool separate_half_dq(const AttentionParams& p) {
+  return p.half_dq == HalfDq::kSeparate && p.d <= kSeparateDqMaxHeadDim;
+}
+
 }  // namespace lc4
 
 // Gradients (grad_value, grad_q, grad_k, grad_v, grad_points) are float32 buffers whatever the
-// input dtype; grad_value, grad_k, grad_v (and grad_q when !deterministic) must be zeroed.
+// input dtype; grad_value, grad_k, grad_v (and grad_q when dq is added up by atomics: not
+// deterministic, and float32 or not separate_half_dq) must be zeroed.
 #define LC4_DECLARE_CUDA_LAUNCHERS(NS)                                                              \
   namespace lc4::NS {                                                                              \
   void trilinear_sample_forward(const SampleParams& p, ScalarKind kind, cudaStream_t stream);      \

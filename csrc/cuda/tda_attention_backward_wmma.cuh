@@ -7,8 +7,9 @@
 //   P = exp(scale S - lse), dS = P (dP - delta)   by elements, stored as T;
 //   dv~ += P^T dO, dk~ += dS^T q     WMMA into accumulator fragments that each warp keeps for
 //                                    the whole loop (a warp always owns the same output tiles);
-//   dq += scale dS k~                WMMA into a float tile, then atomics (not deterministic:
-//                                    then the float dq kernel runs instead, without atomics).
+//   dq += scale dS k~                WMMA into a float tile, then atomics (kAtomicDq: only where
+//                                    dq has no kernel of its own, see tda_attention_dq_wmma.cuh,
+//                                    and not deterministic).
 #pragma once
 
 #include "cuda/tda_attention_backward.cuh"
@@ -77,7 +78,7 @@ __device__ __forceinline__ void store_key_gradients(
   __syncthreads();  // the staging tile is free again
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kAtomicDq>
 __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(const AttentionParams p,
                                                                                const AttentionScratch s) {
   if constexpr (kHasWmma<T>) {
@@ -161,7 +162,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
                                                                16 * PS, (dv ? do_tile : q_tile) + ct * 16, S, 16 * S, B);
         }
       }
-      if (!p.deterministic) {
+      if constexpr (kAtomicDq) {
         __syncthreads();  // q and dO are read: their storage becomes the dq staging tile
         for (int t = warp; t < kOutputTiles; t += kWarps) {  // dq = dS k~: (B x B)(B x DW)
           const int rt = t / kColumnTiles, ct = t % kColumnTiles;

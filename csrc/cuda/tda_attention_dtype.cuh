@@ -5,6 +5,7 @@
 #include "cuda/head_dims.h"
 #include "cuda/tda_attention_backward.cuh"
 #include "cuda/tda_attention_backward_wmma.cuh"
+#include "cuda/tda_attention_dq_wmma.cuh"
 #include "cuda/tda_attention_forward.cuh"
 #include "cuda/tda_attention_forward_registers.cuh"
 #include "cuda/tda_attention_forward_wmma.cuh"
@@ -33,23 +34,37 @@ void launch_attention_forward(const AttentionParams& p, cudaStream_t stream) {
   }
 }
 
-// float16 and bfloat16 take the tensor-core dk~/dv~ kernel; the rest of the backward is shared.
+// float16 and bfloat16 take the tensor-core dk~/dv~ kernel, and up to d = 128 (separate_half_dq)
+// the tensor-core dq kernel before it, which also writes delta; otherwise dq comes from atomics in
+// the dk~/dv~ kernel, or from the float dq kernel when deterministic. The rest is shared.
 template <typename T, int D>
 void launch_attention_backward(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
   const dim3 block(kAttentionThreads);
   const auto heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.B);
-  if (p.Nq > 0) launch(attention_delta_kernel<T>, grid_for(p.B * p.Nq * p.heads, kWarps), block, stream, p, s);
+  bool dq_done = false;
+  if constexpr (!std::is_same_v<T, float> && D <= kSeparateDqMaxHeadDim) {
+    if (separate_half_dq(p) && p.Nq > 0) {  // the glue sampled k~ and v~ (null only for Nk = 0)
+      const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, DqTiles<D>::kBlockQ)), heads, batch);
+      launch(attention_dq_wmma_kernel<T, D>, grid, block, stream, p, s);
+      dq_done = true;
+    }
+  }
+  if (!dq_done && p.Nq > 0) launch(attention_delta_kernel<T>, grid_for(p.B * p.Nq * p.heads, kWarps), block, stream, p, s);
   if constexpr (std::is_same_v<T, float>) {
     constexpr int kBlock = BackwardTiles<D>::kBlock;
     const auto blocks = ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock);
     launch(attention_dkv_kernel<T, D>, dim3(static_cast<unsigned>(blocks), heads, batch), block, stream, p, s);
   } else {
     constexpr int kBlock = WmmaBackwardTiles<D>::kBlock;
-    const auto blocks = ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock);
-    launch(attention_dkv_wmma_kernel<T, D>, dim3(static_cast<unsigned>(blocks), heads, batch), block, stream, p, s);
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock)), heads, batch);
+    if (dq_done || p.deterministic) {
+      launch(attention_dkv_wmma_kernel<T, D, false>, grid, block, stream, p, s);
+    } else {
+      launch(attention_dkv_wmma_kernel<T, D, true>, grid, block, stream, p, s);
+    }
   }
-  if (p.deterministic && p.Nq > 0) {
+  if (p.deterministic && !dq_done && p.Nq > 0) {
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, BackwardTiles<D>::kBlock)), heads, batch);
     launch(attention_dq_kernel<T, D>, grid, block, stream, p, s);
   }

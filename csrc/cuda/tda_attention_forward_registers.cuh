@@ -87,19 +87,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_registers
     // This warp's S = q k~^T for the key tile in k_tile, into its score tile; then the lane's
     // columns of its row, scaled to log2 units (-inf past Nk).
     auto warp_scores = [&](int64_t j0, float (&values)[kCols]) {
-      for (int ct = 0; ct < BK / 16; ++ct) {
-        Accumulator acc;
-        wmma::fill_fragment(acc, 0.0f);
-        for (int kk = 0; kk < DW; kk += 16) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bt;
-          wmma::load_matrix_sync(a, my_q + kk, S);
-          wmma::load_matrix_sync(bt, k_tile + ct * 16 * S + kk, S);
-          wmma::mma_sync(acc, a, bt, acc);
-        }
-        wmma::store_matrix_sync(scores + ct * 16, acc, SS, wmma::mem_row_major);
-      }
-      __syncwarp();
+      warp_row_scores<T, BK, DW, S, SS>(my_q, k_tile, scores);
 #pragma unroll
       for (int u = 0; u < kCols; ++u) {
         const int j = half * kCols + u;

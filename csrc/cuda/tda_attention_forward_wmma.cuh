@@ -13,6 +13,26 @@ namespace lc4::LC4_CUDA_NS {
 template <typename T>
 constexpr bool kHasWmma = std::is_same_v<T, __half> || (std::is_same_v<T, __nv_bfloat16> && LC4_HAS_BF16_WMMA);
 
+// scores[r * kScoreStride + j] = (rows[r] . keys[j]) for the 16 rows of a warp (16-bit, kStride
+// apart) and kKeys key rows of kWidth: WMMA over the warp, then a __syncwarp, after which any of
+// the warp's lanes may read any score.
+template <typename T, int kKeys, int kWidth, int kStride, int kScoreStride>
+__device__ __forceinline__ void warp_row_scores(const T* rows, const T* keys, float* scores) {
+  for (int ct = 0; ct < kKeys / 16; ++ct) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int kk = 0; kk < kWidth; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bt;
+      wmma::load_matrix_sync(a, rows + kk, kStride);
+      wmma::load_matrix_sync(bt, keys + ct * 16 * kStride + kk, kStride);
+      wmma::mma_sync(acc, a, bt, acc);
+    }
+    wmma::store_matrix_sync(scores + ct * 16, acc, kScoreStride, wmma::mem_row_major);
+  }
+  __syncwarp();
+}
+
 template <int D>
 struct WmmaForwardTiles {
   static constexpr int kBlockQ = D <= 128 ? 32 : 16;

@@ -2,8 +2,8 @@
 // ThreadSanitizer build of tests/kernels/test_cuda_tsan.py: a missing barrier between threads of a
 // block shows as a data race. It also checks the forward against a direct float64 computation and
 // the atomic backward against the deterministic one, in float32 and in float16 (both register
-// tensor-core forwards, the WMMA dk~/dv~ kernel with its queries split between two blocks), and
-// exits non-zero on a mismatch.
+// tensor-core forwards, the WMMA dk~/dv~ kernel with its queries split between two blocks, the
+// separate WMMA dq kernel), and exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -131,8 +131,27 @@ int main() {
   ph.half_forward = HalfForward::kRegisters;
   cuda_emu::tda_attention_forward(ph, ScalarKind::f16, nullptr);
   ok = close(from_half(out16), expected, 1e-2f, "float16 one-pass forward") && ok;
-  ok = close(backward(ph, grad_out16.data(), ScalarKind::f16, false), backward(ph, grad_out16.data(), ScalarKind::f16, true),
-             1e-3f, "float16 atomic vs deterministic backward") && ok;
+  ph.half_dq = HalfDq::kFused;
+  const std::vector<float> fused_deterministic = backward(ph, grad_out16.data(), ScalarKind::f16, true);
+  ok = close(backward(ph, grad_out16.data(), ScalarKind::f16, false), fused_deterministic, 1e-3f,
+             "float16 atomic vs deterministic backward") && ok;
+
+  // float16 with the separate tensor-core dq kernel (it writes delta too), over k~ and v~ sampled
+  // beforehand as the glue does.
+  auto sample_half = [&](const std::vector<uint16_t>& map) {
+    std::vector<uint16_t> sampled(B * Nk * heads * d);
+    SampleParams sp;
+    sp.value = map.data(), sp.points = points.data(), sp.out = sampled.data();
+    sp.B = B, sp.T = T, sp.H = H, sp.W = W, sp.G = G, sp.C = heads / G * d, sp.P = Nk;
+    cuda_emu::trilinear_sample_forward(sp, ScalarKind::f16, nullptr);
+    return sampled;
+  };
+  const std::vector<uint16_t> k_sampled16 = sample_half(k16), v_sampled16 = sample_half(v16);
+  AttentionParams separate = ph;
+  separate.half_dq = HalfDq::kSeparate;
+  separate.k_sampled = k_sampled16.data(), separate.v_sampled = v_sampled16.data();
+  ok = close(backward(separate, grad_out16.data(), ScalarKind::f16, false), fused_deterministic, 1e-3f,
+             "float16 separate dq vs deterministic fused backward") && ok;
 
   SampleParams sp;
   std::vector<float> sampled(B * Nk * G * d), grad_value(k.size()), grad_points(points.size());

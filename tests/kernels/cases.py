@@ -1,6 +1,7 @@
 """Shared input builders and tolerances for the kernel tests."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -99,3 +100,13 @@ def assert_close(actual, expected, dtype, what):
     scale = max(1.0, expected.detach().abs().float().max().item()) if expected.numel() else 1.0
     torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol * scale,
                                msg=lambda m: f"{what}: {m}")
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True):
+    """torch.use_deterministic_algorithms(enabled) inside the block, off again after it."""
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -31,16 +31,20 @@ def run_check(toolkit, report_dir, *extra):
 
 def assert_report_covers_every_instantiation(report: Path, archs):
     text = report.read_text()
-    # float32 on CUDA cores, float16/bfloat16 on tensor cores (WMMA) for the forward and dk~/dv~.
-    tensor_cores = {"float": "", "f16": "_wmma", "bf16": "_wmma"}
+    # float32 on CUDA cores, float16/bfloat16 on tensor cores (WMMA) for the forward, dk~/dv~ (with
+    # and without dq by atomics) and, up to d = 128, dq.
     for arch in archs:
         for dtype in ("float", "f16", "bf16"):
             for d in head_dim_buckets():
-                kernels = [f"attention_forward{tensor_cores[dtype]}_kernel", f"attention_dkv{tensor_cores[dtype]}_kernel",
-                           "attention_dq_kernel"]
-                variants = [f"{kernel}<{dtype}, {d}>" for kernel in kernels]
+                if dtype == "float":
+                    variants = [f"{kernel}<float, {d}>" for kernel in
+                                ("attention_forward_kernel", "attention_dkv_kernel", "attention_dq_kernel")]
+                else:
+                    variants = [f"attention_forward_wmma_kernel<{dtype}, {d}>", f"attention_dq_kernel<{dtype}, {d}>"]
+                    variants += [f"attention_dkv_wmma_kernel<{dtype}, {d}, {atomic}>" for atomic in ("false", "true")]
                 if dtype != "float" and d <= 128:  # the register tensor-core forwards, one pass and two
                     variants += [f"attention_forward_registers_kernel<{dtype}, {d}, {two}>" for two in ("false", "true")]
+                    variants.append(f"attention_dq_wmma_kernel<{dtype}, {d}>")
                 for variant in variants:
                     assert re.search(rf"`{re.escape(variant)}` \| sm_{arch} \| \d+ \|", text), (variant, arch)
         assert re.search(rf"`sample_forward_kernel<float>` \| sm_{arch} \|", text)

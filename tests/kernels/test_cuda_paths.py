@@ -1,12 +1,12 @@
 """The cuda backend's selectable paths (LC4_CUDA_PRESAMPLE, LC4_CUDA_FORWARD,
-LC4_CUDA_QUERY_SPLITS) against the reference: through the host emulation (cuda_emu) everywhere,
+LC4_CUDA_QUERY_SPLITS, LC4_CUDA_DQ) against the reference: through the host emulation (cuda_emu) everywhere,
 and through the real kernels where a GPU is visible (make gpu-check runs this file)."""
 import pytest
 import torch
 
 import lc4_kernels
 
-from .cases import assert_close, attention_inputs, run_with_grads
+from .cases import assert_close, attention_inputs, deterministic_algorithms, run_with_grads
 
 pytestmark = pytest.mark.skipif("cuda_emu" not in lc4_kernels.available_backends(),
                                 reason=f"compiled extension missing: {lc4_kernels.extension_error}")
@@ -62,4 +62,28 @@ def test_dkv_blocks_sharing_the_queries_add_up(backend, device, dtype, monkeypat
             assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, LC4_CUDA_QUERY_SPLITS={splits}")
     monkeypatch.setenv("LC4_CUDA_QUERY_SPLITS", "many")
     with pytest.raises(ValueError, match="LC4_CUDA_QUERY_SPLITS must be a non-negative integer, got 'many'"):
+        run_with_grads(attention(backend), inputs)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
+@pytest.mark.parametrize("d", [40, 128, 160])
+def test_every_dq_path_matches_reference(backend, device, d, monkeypatch):
+    # float16 up to d = 128 takes dq in a tensor-core kernel of its own (which also writes delta),
+    # unless LC4_CUDA_DQ=fused puts it back into the dk~/dv~ kernel as atomics (or the float dq
+    # kernel when deterministic); d = 160 always takes the fused path. Nq = 70: a full 64-row
+    # block and one with a partial warp and empty warps; Nk = 45: a partial last key tile (32 keys
+    # a tile at d = 40, 16 at d = 128).
+    inputs = attention_inputs(Nq=70, Nk=45, heads=2, d=d, G=1, T=2, H=3, W=4, dtype=torch.float16, device=device)
+    ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
+    for deterministic in (False, True):
+        for dq_path in ("", "separate", "fused"):
+            monkeypatch.setenv("LC4_CUDA_DQ", dq_path)
+            flags = f"LC4_CUDA_DQ={dq_path}, deterministic={deterministic}"
+            with deterministic_algorithms(deterministic):
+                out, grads = run_with_grads(attention(backend), inputs)
+            assert_close(out.cpu(), ref_out.half(), torch.float16, f"out, {flags}")
+            for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+                assert_close(g.cpu(), ref_g.to(g.dtype), torch.float16, f"{name}, {flags}")
+    monkeypatch.setenv("LC4_CUDA_DQ", "atomic")
+    with pytest.raises(ValueError, match="LC4_CUDA_DQ must be separate or fused, got 'atomic'"):
         run_with_grads(attention(backend), inputs)

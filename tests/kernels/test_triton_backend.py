@@ -4,14 +4,14 @@ Runs on a GPU as is, and on the CPU in the Triton interpreter (``TRITON_INTERPRE
 process of ``make test``); where neither is possible every case is skipped (empty parameter set).
 The float32 and float64 equivalence of every backend is in test_backends.py and test_sweep.py.
 """
-import contextlib
 
 import pytest
 import torch
 
 import lc4_kernels
 
-from .cases import assert_close, attention_inputs, compiled_backend_cases, run_with_grads, sample_inputs
+from .cases import (assert_close, attention_inputs, compiled_backend_cases, deterministic_algorithms, run_with_grads,
+                    sample_inputs)
 
 
 def triton_cases(dtype, head_dim=None):
@@ -78,15 +78,6 @@ def test_half_precision_sample_matches_reference(dtype, device):
     assert_close(out, ref_out.to(dtype), dtype, "out")
     assert_close(dvalue, ref_dvalue.to(dtype), dtype, "dvalue")
     assert_close(dpoints.to(dtype), ref_dpoints.to(dtype), dtype, "dpoints")
-
-
-@contextlib.contextmanager
-def deterministic_algorithms():
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(False)
 
 
 @pytest.mark.parametrize("mode", ["atomic", "sorted"])

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 
 #include "common/params.h"
@@ -343,27 +344,35 @@ int64_t forced_query_splits() {
   return splits;
 }
 
+// The index in `names` of a path switch's value, read on every call; unset or empty is the first.
+int path_choice(const char* variable, std::initializer_list<const char*> names) {
+  const char* value = std::getenv(variable);
+  const std::string name = value ? value : "";
+  if (name.empty()) return 0;
+  std::string expected;
+  int index = 0;
+  for (const char* candidate : names) {
+    if (name == candidate) return index;
+    expected += (index == 0 ? "" : index + 1 == static_cast<int>(names.size()) ? " or " : ", ") + std::string(candidate);
+    ++index;
+  }
+  TORCH_CHECK_VALUE(false, variable, " must be ", expected, ", got '", name, "'");
+}
+
 // LC4_CUDA_FORWARD=registers (the default), two_pass or shared picks the float16/bfloat16 forward
 // for d <= 128 (params.h: HalfForward); shared is the path the first H200 run measured, two_pass
 // the second's.
 HalfForward half_forward() {
-  const char* value = std::getenv("LC4_CUDA_FORWARD");
-  const std::string name = value ? value : "";
-  if (name.empty() || name == "registers") return HalfForward::kRegisters;
-  if (name == "two_pass") return HalfForward::kTwoPass;
-  TORCH_CHECK_VALUE(name == "shared", "LC4_CUDA_FORWARD must be registers, two_pass or shared, got '", name, "'");
-  return HalfForward::kShared;
+  return static_cast<HalfForward>(path_choice("LC4_CUDA_FORWARD", {"registers", "two_pass", "shared"}));
 }
 
 // LC4_CUDA_DQ=separate (the default) or fused picks where the float16/bfloat16 backward takes dq
 // for d <= 128 (params.h: HalfDq); fused is the path the second H200 run measured.
-HalfDq half_dq() {
-  const char* value = std::getenv("LC4_CUDA_DQ");
-  const std::string name = value ? value : "";
-  if (name.empty() || name == "separate") return HalfDq::kSeparate;
-  TORCH_CHECK_VALUE(name == "fused", "LC4_CUDA_DQ must be separate or fused, got '", name, "'");
-  return HalfDq::kFused;
-}
+HalfDq half_dq() { return static_cast<HalfDq>(path_choice("LC4_CUDA_DQ", {"separate", "fused"})); }
+
+// LC4_CUDA_DKV=registers (the default) or shared picks the float16/bfloat16 dk~/dv~ kernel where
+// dq has its own, up to d = 80 (params.h: HalfDkv); shared is the kernel the H200 runs measured.
+HalfDkv half_dkv() { return static_cast<HalfDkv>(path_choice("LC4_CUDA_DKV", {"registers", "shared"})); }
 
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
@@ -426,6 +435,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   AttentionParams p = attention_params(q, k, v, points, scale);
   p.query_splits = forced_query_splits();
   p.half_dq = half_dq();
+  p.half_dkv = half_dkv();
   // The separate dq kernel reads k~ and v~ sampled beforehand and writes each dq element once.
   const bool separate_dq = kind != ScalarKind::f32 && separate_half_dq(p) && q.size(1) > 0;
   at::Tensor k_sampled, v_sampled;

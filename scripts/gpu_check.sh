@@ -106,7 +106,7 @@ fi
 # the second H200 run found its backward slower than the first run's, which had no query splits).
 # Then cuda on the second H200 run's paths (LC4_CUDA_FORWARD=two_pass: the forward computes the
 # scores twice; LC4_CUDA_DQ=fused: dq by atomics in the dk~/dv~ kernel) against the current ones
-# (O in registers over one pass; dq in its own kernel), kernel by kernel;
+# (O in registers over one pass; dq in its own kernel; dk~/dv~ 16 keys a warp), kernel by kernel;
 # LC4_CUDA_PRESAMPLE=0 LC4_CUDA_FORWARD=shared LC4_CUDA_QUERY_SPLITS=1 LC4_CUDA_DQ=fused selects the
 # first run's cuda paths (profiled against the second's in benchmarks/results/nvidia-h200).
 if wanted profile; then

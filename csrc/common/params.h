@@ -27,6 +27,10 @@ enum class HalfForward : int { kRegisters = 0, kTwoPass = 1, kShared = 2 };
 // through float atomics (the float32 path and larger head dims always do that; deterministic mode
 // then runs the float dq kernel).
 enum class HalfDq : int { kSeparate = 0, kFused = 1 };
+// Which tensor-core dk~/dv~ kernel float16/bfloat16 take where dq has its own kernel, up to
+// d = 80: 16 keys per warp with dk~/dv~ in its fragments and two barriers per query tile, or the
+// kernel of 32 x 32 tiles in shared memory (larger head dims, and dq fused, always take that).
+enum class HalfDkv : int { kRegisters = 0, kShared = 1 };
 
 struct AttentionParams {
   const void* q = nullptr;
@@ -55,6 +59,7 @@ struct AttentionParams {
   HalfForward half_forward = HalfForward::kRegisters;
   // Which dq the float16/bfloat16 backward takes; kSeparate needs k_sampled and v_sampled.
   HalfDq half_dq = HalfDq::kSeparate;
+  HalfDkv half_dkv = HalfDkv::kRegisters;
 };
 
 }  // namespace lc4

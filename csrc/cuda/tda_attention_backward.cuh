@@ -83,11 +83,12 @@ struct KeyBlockWork {
   int64_t j0, i_begin, i_end;
 };
 
-template <int kBlock>
+// Key blocks of kBlock keys; the queries are split in whole blocks of kQueryBlock.
+template <int kBlock, int kQueryBlock = kBlock>
 __device__ __forceinline__ KeyBlockWork key_block_work(const AttentionParams& p) {
   const int64_t key_blocks = (p.Nk + kBlock - 1) / kBlock, splits = gridDim.x / key_blocks;
-  const int64_t split = blockIdx.x / key_blocks, query_blocks = (p.Nq + kBlock - 1) / kBlock;
-  const int64_t split_rows = (query_blocks + splits - 1) / splits * kBlock;
+  const int64_t split = blockIdx.x / key_blocks, query_blocks = (p.Nq + kQueryBlock - 1) / kQueryBlock;
+  const int64_t split_rows = (query_blocks + splits - 1) / splits * kQueryBlock;
   const int64_t i_begin = split * split_rows, i_end = i_begin + split_rows < p.Nq ? i_begin + split_rows : p.Nq;
   return {static_cast<int64_t>(blockIdx.x % key_blocks) * kBlock, i_begin, i_end};
 }
@@ -96,9 +97,10 @@ __device__ __forceinline__ KeyBlockWork key_block_work(const AttentionParams& p)
 constexpr int64_t kKeyBlocksPerProcessor = 16;
 constexpr int64_t kMinQueryBlocksPerSplit = 4;
 
-// Query splits of the dk~/dv~ kernel for tiles of kBlock rows (none left empty).
-inline int64_t dkv_query_splits(const AttentionParams& p, int64_t block) {
-  const int64_t query_blocks = ceil_div(p.Nq, block);
+// Query splits of the dk~/dv~ kernel for key blocks of `block` keys and query tiles of
+// `query_block` rows (none left empty).
+inline int64_t dkv_query_splits(const AttentionParams& p, int64_t block, int64_t query_block) {
+  const int64_t query_blocks = ceil_div(p.Nq, query_block);
   if (p.deterministic || query_blocks <= 1) return 1;
   int64_t splits = p.query_splits;
   if (splits <= 0) {

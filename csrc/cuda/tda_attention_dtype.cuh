@@ -5,6 +5,7 @@
 #include "cuda/head_dims.h"
 #include "cuda/tda_attention_backward.cuh"
 #include "cuda/tda_attention_backward_wmma.cuh"
+#include "cuda/tda_attention_dkv_registers.cuh"
 #include "cuda/tda_attention_dq_wmma.cuh"
 #include "cuda/tda_attention_forward.cuh"
 #include "cuda/tda_attention_forward_registers.cuh"
@@ -34,9 +35,27 @@ void launch_attention_forward(const AttentionParams& p, cudaStream_t stream) {
   }
 }
 
-// float16 and bfloat16 take the tensor-core dk~/dv~ kernel, and up to d = 128 (separate_half_dq)
+// The register dk~/dv~ kernel where it applies (float16/bfloat16 up to d = 80, dq in its own
+// kernel, not HalfDkv::kShared); whether it was launched.
+template <typename T, int D>
+bool launch_register_dkv(const AttentionParams& p, const AttentionScratch& s, bool dq_separate, cudaStream_t stream) {
+  if constexpr (D <= kDkvRegistersMaxHeadDim) {
+    if (dq_separate && p.half_dkv == HalfDkv::kRegisters) {
+      using Tiles = DkvRegisterTiles<D>;
+      const auto blocks = ceil_div(p.Nk, Tiles::kBlockK) * dkv_query_splits(p, Tiles::kBlockK, Tiles::kBlockQ);
+      const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.B));
+      launch(attention_dkv_registers_kernel<T, D>, grid, dim3(kAttentionThreads), stream, p, s);
+      return true;
+    }
+  }
+  return false;
+}
+
+// float16 and bfloat16 take a tensor-core dk~/dv~ kernel, and up to d = 128 (separate_half_dq)
 // the tensor-core dq kernel before it, which also writes delta; otherwise dq comes from atomics in
-// the dk~/dv~ kernel, or from the float dq kernel when deterministic. The rest is shared.
+// the dk~/dv~ kernel, or from the float dq kernel when deterministic. With dq separate, up to
+// d = 80 the dk~/dv~ kernel keeps 16 keys per warp in registers (unless HalfDkv::kShared). The
+// rest is shared.
 template <typename T, int D>
 void launch_attention_backward(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
@@ -53,11 +72,11 @@ void launch_attention_backward(const AttentionParams& p, const AttentionScratch&
   if (!dq_done && p.Nq > 0) launch(attention_delta_kernel<T>, grid_for(p.B * p.Nq * p.heads, kWarps), block, stream, p, s);
   if constexpr (std::is_same_v<T, float>) {
     constexpr int kBlock = BackwardTiles<D>::kBlock;
-    const auto blocks = ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock);
+    const auto blocks = ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock, kBlock);
     launch(attention_dkv_kernel<T, D>, dim3(static_cast<unsigned>(blocks), heads, batch), block, stream, p, s);
-  } else {
+  } else if (!launch_register_dkv<T, D>(p, s, dq_done, stream)) {
     constexpr int kBlock = WmmaBackwardTiles<D>::kBlock;
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock)), heads, batch);
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock, kBlock)), heads, batch);
     if (dq_done || p.deterministic) {
       launch(attention_dkv_wmma_kernel<T, D, false>, grid, block, stream, p, s);
     } else {

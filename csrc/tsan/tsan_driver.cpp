@@ -2,8 +2,8 @@
 // ThreadSanitizer build of tests/kernels/test_cuda_tsan.py: a missing barrier between threads of a
 // block shows as a data race. It also checks the forward against a direct float64 computation and
 // the atomic backward against the deterministic one, in float32 and in float16 (both register
-// tensor-core forwards, the WMMA dk~/dv~ kernel with its queries split between two blocks, the
-// separate WMMA dq kernel), and exits non-zero on a mismatch.
+// tensor-core forwards, both WMMA dk~/dv~ kernels with their queries split between two blocks,
+// the separate WMMA dq kernel), and exits non-zero on a mismatch.
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -151,7 +151,10 @@ int main() {
   separate.half_dq = HalfDq::kSeparate;
   separate.k_sampled = k_sampled16.data(), separate.v_sampled = v_sampled16.data();
   ok = close(backward(separate, grad_out16.data(), ScalarKind::f16, false), fused_deterministic, 1e-3f,
-             "float16 separate dq vs deterministic fused backward") && ok;
+             "float16 separate dq, register dk~/dv~ vs deterministic fused backward") && ok;
+  separate.half_dkv = HalfDkv::kShared;
+  ok = close(backward(separate, grad_out16.data(), ScalarKind::f16, false), fused_deterministic, 1e-3f,
+             "float16 separate dq, shared dk~/dv~ vs deterministic fused backward") && ok;
 
   SampleParams sp;
   std::vector<float> sampled(B * Nk * G * d), grad_value(k.size()), grad_points(points.size());

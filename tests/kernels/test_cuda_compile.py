@@ -32,7 +32,7 @@ def run_check(toolkit, report_dir, *extra):
 def assert_report_covers_every_instantiation(report: Path, archs):
     text = report.read_text()
     # float32 on CUDA cores, float16/bfloat16 on tensor cores (WMMA) for the forward, dk~/dv~ (with
-    # and without dq by atomics) and, up to d = 128, dq.
+    # and without dq by atomics; up to d = 80 also with 16 keys a warp) and, up to d = 128, dq.
     for arch in archs:
         for dtype in ("float", "f16", "bf16"):
             for d in head_dim_buckets():
@@ -45,6 +45,8 @@ def assert_report_covers_every_instantiation(report: Path, archs):
                 if dtype != "float" and d <= 128:  # the register tensor-core forwards, one pass and two
                     variants += [f"attention_forward_registers_kernel<{dtype}, {d}, {two}>" for two in ("false", "true")]
                     variants.append(f"attention_dq_wmma_kernel<{dtype}, {d}>")
+                if dtype != "float" and d <= 80:
+                    variants.append(f"attention_dkv_registers_kernel<{dtype}, {d}>")
                 for variant in variants:
                     assert re.search(rf"`{re.escape(variant)}` \| sm_{arch} \| \d+ \|", text), (variant, arch)
         assert re.search(rf"`sample_forward_kernel<float>` \| sm_{arch} \|", text)

@@ -1,5 +1,5 @@
 """The cuda backend's selectable paths (LC4_CUDA_PRESAMPLE, LC4_CUDA_FORWARD,
-LC4_CUDA_QUERY_SPLITS, LC4_CUDA_DQ) against the reference: through the host emulation (cuda_emu) everywhere,
+LC4_CUDA_QUERY_SPLITS, LC4_CUDA_DQ, LC4_CUDA_DKV) against the reference: through the host emulation (cuda_emu) everywhere,
 and through the real kernels where a GPU is visible (make gpu-check runs this file)."""
 import pytest
 import torch
@@ -66,24 +66,31 @@ def test_dkv_blocks_sharing_the_queries_add_up(backend, device, dtype, monkeypat
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
-@pytest.mark.parametrize("d", [40, 128, 160])
-def test_every_dq_path_matches_reference(backend, device, d, monkeypatch):
+@pytest.mark.parametrize("d", [40, 80, 128, 160])
+def test_every_backward_path_matches_reference(backend, device, d, monkeypatch):
     # float16 up to d = 128 takes dq in a tensor-core kernel of its own (which also writes delta),
     # unless LC4_CUDA_DQ=fused puts it back into the dk~/dv~ kernel as atomics (or the float dq
-    # kernel when deterministic); d = 160 always takes the fused path. Nq = 70: a full 64-row
-    # block and one with a partial warp and empty warps; Nk = 45: a partial last key tile (32 keys
-    # a tile at d = 40, 16 at d = 128).
+    # kernel when deterministic); d = 160 always takes the fused path. With dq separate, up to
+    # d = 80 dk~/dv~ come from the register kernel (16 keys a warp) unless LC4_CUDA_DKV=shared.
+    # Nq = 70: a partial last query tile (of 32 and of 64 rows) and warps without rows; Nk = 45:
+    # a partial last key tile, and in the register kernel a warp without keys.
     inputs = attention_inputs(Nq=70, Nk=45, heads=2, d=d, G=1, T=2, H=3, W=4, dtype=torch.float16, device=device)
     ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
+    paths = [("", ""), ("separate", "registers"), ("separate", "shared"), ("fused", "")]
     for deterministic in (False, True):
-        for dq_path in ("", "separate", "fused"):
+        for dq_path, dkv_path in paths:
             monkeypatch.setenv("LC4_CUDA_DQ", dq_path)
-            flags = f"LC4_CUDA_DQ={dq_path}, deterministic={deterministic}"
+            monkeypatch.setenv("LC4_CUDA_DKV", dkv_path)
+            flags = f"LC4_CUDA_DQ={dq_path}, LC4_CUDA_DKV={dkv_path}, deterministic={deterministic}"
             with deterministic_algorithms(deterministic):
                 out, grads = run_with_grads(attention(backend), inputs)
             assert_close(out.cpu(), ref_out.half(), torch.float16, f"out, {flags}")
             for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
                 assert_close(g.cpu(), ref_g.to(g.dtype), torch.float16, f"{name}, {flags}")
-    monkeypatch.setenv("LC4_CUDA_DQ", "atomic")
-    with pytest.raises(ValueError, match="LC4_CUDA_DQ must be separate or fused, got 'atomic'"):
-        run_with_grads(attention(backend), inputs)
+    for variable, value, expected in (("LC4_CUDA_DQ", "atomic", "separate or fused"),
+                                      ("LC4_CUDA_DKV", "fast", "registers or shared")):
+        monkeypatch.setenv("LC4_CUDA_DQ", "")
+        monkeypatch.setenv("LC4_CUDA_DKV", "")
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ValueError, match=f"{variable} must be {expected}, got '{value}'"):
+            run_with_grads(attention(backend), inputs)

@@ -445,7 +445,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
     p.k_sampled = k_sampled.data_ptr();
     p.v_sampled = v_sampled.data_ptr();
   }
-  auto grad_q = float_buffer_for(q, /*zeroed=*/!p.deterministic && !separate_dq);  // atomics add into it
+  // The separate dq kernel writes dq once, in q's dtype; elsewhere atomics or the float kernels add into float32.
+  auto grad_q = separate_dq ? at::empty_like(q) : float_buffer_for(q, /*zeroed=*/!p.deterministic);
   auto grad_k = float_buffer_for(k, /*zeroed=*/true);
   auto grad_v = float_buffer_for(v, /*zeroed=*/true);
   auto grad_points = float_buffer_for(points, /*zeroed=*/false);

@@ -29,7 +29,7 @@ constexpr int64_t kCudaMaxHeadDim = 256;
 constexpr int64_t kSeparateDqMaxHeadDim = 128;
 
 // Whether a float16/bfloat16 backward with these params takes dq in its own kernel, which reads
-// k~ and v~ sampled beforehand: the glue provides them when this holds, and zeroes no dq buffer.
+// k~ and v~ sampled beforehand: the glue provides them when this holds, and a dq buffer in q's dtype.
 inline bool separate_half_dq(const AttentionParams& p) {
   return p.half_dq == HalfDq::kSeparate && p.d <= kSeparateDqMaxHeadDim;
 }
@@ -37,8 +37,9 @@ inline bool separate_half_dq(const AttentionParams& p) {
 }  // namespace lc4
 
 // Gradients (grad_value, grad_q, grad_k, grad_v, grad_points) are float32 buffers whatever the
-// input dtype; grad_value, grad_k, grad_v (and grad_q when dq is added up by atomics: not
-// deterministic, and float32 or not separate_half_dq) must be zeroed.
+// input dtype, except grad_q where a float16/bfloat16 backward has its separate dq kernel
+// (separate_half_dq): then it is in q's dtype. grad_value, grad_k, grad_v (and grad_q when dq is
+// added up by atomics: not deterministic, and float32 or not separate_half_dq) must be zeroed.
 #define LC4_DECLARE_CUDA_LAUNCHERS(NS)                                                              \
   namespace lc4::NS {                                                                              \
   void trilinear_sample_forward(const SampleParams& p, ScalarKind kind, cudaStream_t stream);      \

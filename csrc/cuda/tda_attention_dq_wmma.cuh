@@ -5,7 +5,8 @@
 //   S = q k~^T, dP = dO v~^T    WMMA into the warp's score tile, read back by rows (lanes 2r and
 //                               2r + 1 hold row r, with its lse and delta in registers);
 //   dS = P (dP - delta)         by elements, stored as T over the score tile's bytes;
-//   dq += dS k~                 WMMA into the fragments; written once at the end, no atomics.
+//   dq += dS k~                 WMMA into the fragments; written once at the end in q's dtype, no
+//                               atomics and no float32 buffer.
 // Fused into the dk~/dv~ kernel instead, dq costs one float atomic per (query, column, key block):
 // 335M at the 64x64 SD1.5 layer. This kernel recomputes S and dP instead (two more products of
 // the size of the forward's), and writes delta = rowsum(dO * O) for the dk~/dv~ kernel, which
@@ -131,13 +132,13 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dq_wmma_kernel(co
       wmma::store_matrix_sync(staging + ct * 16, dq[ct], OS, wmma::mem_row_major);
     }
     __syncwarp();
-    float* const grad_q = static_cast<float*>(p.grad_q);
+    T* const grad_q = static_cast<T*>(p.grad_q);  // in q's dtype: written once
     const float scale = static_cast<float>(p.scale);
     const int64_t first_row = i0 + warp * kRows;
     for (int idx = lane; idx < kRows * DW; idx += kWarpSize) {
       const int r = idx / DW, c = idx % DW;
       if (first_row + r < p.Nq && c < d) {
-        grad_q[((b * p.Nq + first_row + r) * heads + h) * d + c] = scale * staging[r * OS + c];
+        grad_q[((b * p.Nq + first_row + r) * heads + h) * d + c] = from_float<T>(scale * staging[r * OS + c]);
       }
     }
   }

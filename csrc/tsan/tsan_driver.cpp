@@ -111,7 +111,11 @@ int main() {
     pb.grad_out = grad_out_data, pb.grad_q = dq.data(), pb.grad_k = dk.data(), pb.grad_v = dv.data();
     pb.grad_points = dpoints.data(), pb.deterministic = deterministic, pb.query_splits = 2;
     AttentionScratch s{delta.data(), dk_s.data(), dv_s.data()};
+    std::vector<uint16_t> dq16(q.size());  // the separate float16 dq kernel writes q's dtype
+    const bool dq_in_half = kind == ScalarKind::f16 && separate_half_dq(pb);
+    if (dq_in_half) pb.grad_q = dq16.data();
     cuda_emu::tda_attention_backward(pb, s, kind, nullptr);
+    if (dq_in_half) dq = from_half(dq16);
     std::vector<float> all;
     for (const auto* g : {&dq, &dk, &dv, &dpoints}) all.insert(all.end(), g->begin(), g->end());
     return all;

@@ -123,6 +123,17 @@ def _measurement_notes(doc: dict) -> list[str]:
             "(see `benchmarks/shapes.py`)."]
 
 
+def _triton_configs_section(rows: list[dict]) -> list[str]:
+    lines = ["Per kernel and autotuning key (key arguments, then the tensors' dtypes): the candidate the "
+             "autotuner chose, or the one fixed configuration.", "",
+             "| kernel | key | configuration | autotuned |", "|---|---|---|---|"]
+    for row in rows:
+        key = ", ".join(row["key"]) if row["key"] is not None else "(every launch)"
+        config = ", ".join(f"{name}={value}" for name, value in row["config"].items())
+        lines.append(f"| {row['kernel']} | {key} | {config} | {'yes' if row['autotuned'] else 'no'} |")
+    return lines
+
+
 def markdown(doc: dict, plot_name: Optional[str]) -> str:
     lines = [f"# lc4_kernels benchmark: {doc['environment']['device']['name']}", "", *_environment_lines(doc), ""]
     cases = _case_lookup(doc)
@@ -147,6 +158,8 @@ def markdown(doc: dict, plot_name: Optional[str]) -> str:
             reasons.setdefault((s["backend"], s["reason"]), []).append(f"{s['op']} {s['case']} {s['dtype']}")
         lines += [f"- {backend}: {reason} ({len(where)} case(s))" for (backend, reason), where in reasons.items()]
         lines.append("")
+    if doc.get("triton_configs"):
+        lines += ["## Triton launch configurations", "", *_triton_configs_section(doc["triton_configs"]), ""]
     lines += ["## How it was measured", "", *_measurement_notes(doc), ""]
     if plot_name:
         lines += [f"![time and memory per case and backend]({plot_name})", ""]

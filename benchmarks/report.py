@@ -154,6 +154,13 @@ def run(settings: runner.Settings, check: bool) -> dict:
             "rejected": rejected, "skipped": [s for g in groups for s in g.skipped], "interrupted": interrupted}
 
 
+def triton_configs() -> list[dict]:
+    """The launch configuration of each Triton kernel and autotuning key measured (none if no
+    Triton kernel ran): which candidates won, for choosing the fixed ones."""
+    tuning = sys.modules.get("lc4_kernels.triton.tuning")
+    return tuning.chosen_configs() if tuning is not None else []
+
+
 def write_outputs(doc: dict, directory: Path, stem: str) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = {ext: directory / f"{stem}.{ext}" for ext in ("json", "md", "png")}
@@ -205,6 +212,7 @@ def main(argv=None) -> int:
         "shapes": [case.describe() for case in settings.cases],
         **outcome,
     }
+    doc["triton_configs"] = triton_configs()
     doc["settings"]["wall_s"] = time.perf_counter() - started
     stem = _file_stem(args)
     directory = environment.results_dir(args.out, env["device"], stem)

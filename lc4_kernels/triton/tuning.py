@@ -163,3 +163,29 @@ def split_queries(key_programs: int, query_blocks: int, processors: int) -> int:
     wanted = triton.cdiv(processors * PROGRAMS_PER_PROCESSOR, max(1, key_programs))
     splits = max(1, min(wanted, query_blocks // MIN_QUERY_BLOCKS_PER_SPLIT))
     return triton.cdiv(query_blocks, triton.cdiv(query_blocks, splits))
+
+
+KERNEL_MODULES = ("lc4_kernels.triton.attention_kernels", "lc4_kernels.triton.trilinear_kernels")
+
+
+def chosen_configs() -> list[dict]:
+    """The launch configurations the Triton kernels imported so far run with: per autotuning key
+    (the key arguments' values, then the tensors' dtypes) the candidate the autotuner chose, or
+    the one fixed configuration (``LC4_TRITON_AUTOTUNE=0``, the interpreter)."""
+    import sys
+
+    from triton.runtime.autotuner import Autotuner
+
+    def describe(config: triton.Config) -> dict:
+        return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+    rows = []
+    for module in filter(None, (sys.modules.get(name) for name in KERNEL_MODULES)):
+        for name, kernel in sorted(vars(module).items()):
+            if not isinstance(kernel, Autotuner):
+                continue
+            if len(kernel.configs) == 1:
+                rows.append({"kernel": name, "key": None, "autotuned": False, "config": describe(kernel.configs[0])})
+            rows += [{"kernel": name, "key": [str(part) for part in key], "autotuned": True, "config": describe(config)}
+                     for key, config in kernel.cache.items()]
+    return rows

@@ -196,3 +196,19 @@ def test_a_named_commit_wins_over_the_checkouts_own(monkeypatch):
     assert env["commit"] == named and env["commit_dirty"] is None
     monkeypatch.delenv("LC4_COMMIT")
     assert environment.environment(torch.device("cpu"), [])["commit"] != named
+
+
+def test_triton_launch_configurations_are_listed_when_triton_ran(checked_run):
+    _, doc, folder = checked_run
+    # No Triton kernel runs on the CPU outside the interpreter: nothing to list.
+    assert doc["triton_configs"] == [] and "## Triton launch configurations" not in (folder / "report-quick.md").read_text()
+    doc = copy.deepcopy(doc)
+    doc["triton_configs"] = [
+        {"kernel": "attention_forward_kernel", "key": ["32768", "1024", "64", "torch.float16"], "autotuned": True,
+         "config": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}},
+        {"kernel": "sample_forward_kernel", "key": None, "autotuned": False,
+         "config": {"BLOCK_P": 32, "num_warps": 4, "num_stages": 1}}]
+    section = render.markdown(doc, None).split("## Triton launch configurations", 1)[1].split("\n## ", 1)[0]
+    assert ("| attention_forward_kernel | 32768, 1024, 64, torch.float16 | BLOCK_M=128, BLOCK_N=64, num_warps=4, "
+            "num_stages=3 | yes |") in section
+    assert "| sample_forward_kernel | (every launch) | BLOCK_P=32, num_warps=4, num_stages=1 | no |" in section

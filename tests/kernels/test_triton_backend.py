@@ -216,3 +216,22 @@ def test_split_queries_fills_the_gpu_without_empty_splits():
         assert (splits - 1) * per_split < query_blocks  # the last split is not empty
     with deterministic_algorithms():
         assert split_queries(256, 512, 132) == 1
+
+
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_chosen_configs_list_every_kernel_that_ran(backend, device):
+    from lc4_kernels.triton import attention_kernels, tuning
+    inputs = attention_inputs(Nq=40, Nk=20, heads=2, d=16, G=1, device=device)
+    run_with_grads(_attention, inputs)
+    rows = {row["kernel"]: row for row in tuning.chosen_configs()}
+    assert {"attention_forward_kernel", "attention_backward_q_kernel", "attention_backward_kv_kernel",
+            "sample_forward_kernel"} <= set(rows)
+    forward = attention_kernels.attention_forward_kernel
+    if len(forward.configs) == 1:  # the interpreter, or LC4_TRITON_AUTOTUNE=0
+        fixed = forward.configs[0]
+        assert rows["attention_forward_kernel"] == {
+            "kernel": "attention_forward_kernel", "key": None, "autotuned": False,
+            "config": {**fixed.kwargs, "num_warps": fixed.num_warps, "num_stages": fixed.num_stages}}
+    else:  # autotuned: one row per key measured (this test's among them), each a candidate
+        tuned = [row for row in tuning.chosen_configs() if row["kernel"] == "attention_forward_kernel"]
+        assert all(row["autotuned"] for row in tuned) and any(row["key"][:3] == ["40", "20", "16"] for row in tuned)

@@ -31,6 +31,17 @@ inline float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 inline int element_row(int i) { return (lane_id() * kPerLane + i) / kTile; }
 inline int element_col(int i) { return (lane_id() * kPerLane + i) % kTile; }
 
+// What the hardware requires of a load or store (CUDA C++ Programming Guide, WMMA): a 256-bit
+// aligned pointer and ldm a multiple of 16 bytes. The GPU faults or misreads otherwise; the
+// emulation stops with a message, so that CI catches a tile layout the GPU would reject.
+inline void check_matrix_address(const void* p, unsigned ldm, size_t element_bytes, const char* call) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || ldm * element_bytes % 16 != 0) {
+    std::fprintf(stderr, "emulated %s: pointer %p must be 32-byte aligned and ldm %u x %zu bytes a multiple of 16\n",
+                 call, p, ldm, element_bytes);
+    std::abort();
+  }
+}
+
 template <typename Use, typename T, typename Layout, typename V>
 void fill_fragment(fragment<Use, kTile, kTile, kTile, T, Layout>& f, const V& value) {
   for (int i = 0; i < kPerLane; ++i) f.x[i] = T(value);
@@ -38,6 +49,7 @@ void fill_fragment(fragment<Use, kTile, kTile, kTile, T, Layout>& f, const V& va
 
 template <typename Use, typename T, typename Layout>
 void load_matrix_sync(fragment<Use, kTile, kTile, kTile, T, Layout>& f, const T* p, unsigned ldm) {
+  check_matrix_address(p, ldm, sizeof(T), "load_matrix_sync");
   constexpr bool row = std::is_same_v<Layout, row_major>;
   for (int i = 0; i < kPerLane; ++i) {
     const int r = element_row(i), c = element_col(i);
@@ -47,6 +59,7 @@ void load_matrix_sync(fragment<Use, kTile, kTile, kTile, T, Layout>& f, const T*
 
 inline void load_matrix_sync(fragment<accumulator, kTile, kTile, kTile, float>& f, const float* p, unsigned ldm,
                              layout_t layout) {
+  check_matrix_address(p, ldm, sizeof(float), "load_matrix_sync");
   for (int i = 0; i < kPerLane; ++i) {
     const int r = element_row(i), c = element_col(i);
     f.x[i] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
@@ -55,6 +68,7 @@ inline void load_matrix_sync(fragment<accumulator, kTile, kTile, kTile, float>& 
 
 inline void store_matrix_sync(float* p, const fragment<accumulator, kTile, kTile, kTile, float>& f, unsigned ldm,
                               layout_t layout) {
+  check_matrix_address(p, ldm, sizeof(float), "store_matrix_sync");
   for (int i = 0; i < kPerLane; ++i) {
     const int r = element_row(i), c = element_col(i);
     (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[i];

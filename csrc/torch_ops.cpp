@@ -211,6 +211,9 @@ struct EmulatedKernels {
   static void attention_backward(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
     cuda_emu::tda_attention_backward(p, s, k, stream());
   }
+  static void attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights) {
+    cuda_emu::tda_attention_corner_table(p, keys, weights, stream());
+  }
 };
 
 #ifdef LC4_WITH_CUDA
@@ -241,6 +244,10 @@ struct CudaKernels {
   }
   static void attention_backward(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
     cuda::tda_attention_backward(p, s, k, stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  static void attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights) {
+    cuda::tda_attention_corner_table(p, keys, weights, stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
@@ -374,6 +381,15 @@ HalfDq half_dq() { return static_cast<HalfDq>(path_choice("LC4_CUDA_DQ", {"separ
 // dq has its own, up to d = 80 (params.h: HalfDkv); shared is the kernel the H200 runs measured.
 HalfDkv half_dkv() { return static_cast<HalfDkv>(path_choice("LC4_CUDA_DKV", {"registers", "shared"})); }
 
+// LC4_CUDA_SCATTER=segments (the default) or atomic picks how the backward scatters dk~, dv~ into
+// dk, dv (params.h: Scatter); atomic is the path the H200 runs measured, refused when deterministic.
+Scatter scatter_path(bool deterministic) {
+  const auto scatter = static_cast<Scatter>(path_choice("LC4_CUDA_SCATTER", {"segments", "atomic"}));
+  TORCH_CHECK(!(deterministic && scatter == Scatter::kAtomic), "LC4_CUDA_SCATTER=atomic: the atomic scatter is not ",
+              "deterministic, but torch.use_deterministic_algorithms(True) is set; unset one of them");
+  return scatter;
+}
+
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
   // map (B, T, H, W, heads, d), contiguous, seen as (B, T, H, W, G, heads / G * d).
@@ -436,6 +452,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   p.query_splits = forced_query_splits();
   p.half_dq = half_dq();
   p.half_dkv = half_dkv();
+  p.scatter = scatter_path(p.deterministic);
   // The separate dq kernel reads k~ and v~ sampled beforehand and writes each dq element once.
   const bool separate_dq = kind != ScalarKind::f32 && separate_half_dq(p) && q.size(1) > 0;
   at::Tensor k_sampled, v_sampled;
@@ -447,8 +464,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   }
   // The separate dq kernel writes dq once, in q's dtype; elsewhere atomics or the float kernels add into float32.
   auto grad_q = separate_dq ? at::empty_like(q) : float_buffer_for(q, /*zeroed=*/!p.deterministic);
-  auto grad_k = float_buffer_for(k, /*zeroed=*/true);
-  auto grad_v = float_buffer_for(v, /*zeroed=*/true);
+  // The segment scatter writes each voxel once, in the inputs' dtype; atomics add into float32.
+  const bool segments = scatters_by_segments(p);
+  auto grad_k = segments ? at::zeros_like(k) : float_buffer_for(k, /*zeroed=*/true);
+  auto grad_v = segments ? at::zeros_like(v) : float_buffer_for(v, /*zeroed=*/true);
   auto grad_points = float_buffer_for(points, /*zeroed=*/false);
   const auto float_options = q.options().dtype(at::kFloat);
   auto delta = at::empty({q.size(0), q.size(2), q.size(1)}, float_options);
@@ -456,6 +475,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   const auto grad_kv_sampled = at::zeros({2, q.size(0), q.size(2), points.size(1), q.size(3)}, float_options);
   const auto grad_k_sampled = grad_kv_sampled[0], grad_v_sampled = grad_kv_sampled[1];
   AttentionScratch s;
+  at::Tensor corner_weights, sorted_corner_keys, sorted_corner_entries;
+  if (segments) {
+    const int64_t entries = points.size(0) * points.size(1) * points.size(2) * 8;
+    auto corner_keys = at::empty({entries}, q.options().dtype(at::kLong));
+    corner_weights = at::empty({entries}, float_options);
+    Kernels::attention_corner_table(p, corner_keys.data_ptr<int64_t>(), corner_weights.data_ptr<float>());
+    std::tie(sorted_corner_keys, sorted_corner_entries) =
+        at::sort(corner_keys, /*stable=*/std::optional<bool>(true), /*dim=*/0);
+    s.corner_weights = corner_weights.data_ptr<float>();
+    s.sorted_corner_keys = sorted_corner_keys.data_ptr<int64_t>();
+    s.sorted_corner_entries = sorted_corner_entries.data_ptr<int64_t>();
+  }
   s.delta = delta.data_ptr<float>();
   s.grad_k_sampled = grad_k_sampled.data_ptr<float>();
   s.grad_v_sampled = grad_v_sampled.data_ptr<float>();

@@ -105,16 +105,17 @@ fi
 # every backend, then triton with one dk~/dv~ program per key block (LC4_TRITON_QUERY_SPLITS=1:
 # the second H200 run found its backward slower than the first run's, which had no query splits).
 # Then cuda on the second H200 run's paths (LC4_CUDA_FORWARD=two_pass: the forward computes the
-# scores twice; LC4_CUDA_DQ=fused: dq by atomics in the dk~/dv~ kernel) against the current ones
-# (O in registers over one pass; dq in its own kernel; dk~/dv~ 16 keys a warp), kernel by kernel;
-# LC4_CUDA_PRESAMPLE=0 LC4_CUDA_FORWARD=shared LC4_CUDA_QUERY_SPLITS=1 LC4_CUDA_DQ=fused selects the
-# first run's cuda paths (profiled against the second's in benchmarks/results/nvidia-h200).
+# scores twice; LC4_CUDA_DQ=fused: dq by atomics in the dk~/dv~ kernel; LC4_CUDA_SCATTER=atomic:
+# dk, dv by float32 atomics) against the current ones (O in registers over one pass; dq in its own
+# kernel; dk~/dv~ 16 keys a warp; the segment scatter), kernel by kernel; adding
+# LC4_CUDA_PRESAMPLE=0 LC4_CUDA_FORWARD=shared LC4_CUDA_QUERY_SPLITS=1 selects the first run's
+# cuda paths (profiled against the second's in benchmarks/results/nvidia-h200).
 if wanted profile; then
   for case in sd15-512px-64x64 sd15-512px-32x32; do
     limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1
     LC4_TRITON_QUERY_SPLITS=1 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
       --case $case --backends triton --tag triton-one-split > /dev/null || status=1
-    LC4_CUDA_FORWARD=two_pass LC4_CUDA_DQ=fused limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
+    LC4_CUDA_FORWARD=two_pass LC4_CUDA_DQ=fused LC4_CUDA_SCATTER=atomic limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
       --case $case --backends cuda --tag cuda-second-run-paths > /dev/null || status=1
   done
 fi

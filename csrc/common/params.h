@@ -31,6 +31,10 @@ enum class HalfDq : int { kSeparate = 0, kFused = 1 };
 // d = 80: 16 keys per warp with dk~/dv~ in its fragments and two barriers per query tile, or the
 // kernel of 32 x 32 tiles in shared memory (larger head dims, and dq fused, always take that).
 enum class HalfDkv : int { kRegisters = 0, kShared = 1 };
+// How the backward scatters dk~, dv~ into dk, dv: by segments of a sorted corner table (each
+// voxel summed once, in a fixed order, written in the inputs' dtype; always when deterministic),
+// or by float32 atomics into float32 maps.
+enum class Scatter : int { kSegments = 0, kAtomic = 1 };
 
 struct AttentionParams {
   const void* q = nullptr;
@@ -60,6 +64,7 @@ struct AttentionParams {
   // Which dq the float16/bfloat16 backward takes; kSeparate needs k_sampled and v_sampled.
   HalfDq half_dq = HalfDq::kSeparate;
   HalfDkv half_dkv = HalfDkv::kRegisters;
+  Scatter scatter = Scatter::kSegments;
 };
 
 }  // namespace lc4

@@ -14,11 +14,18 @@ namespace lc4 {
 
 enum class ScalarKind { f32, f16, bf16 };
 
-// Buffers the glue allocates for the attention backward, all float32 and contiguous.
+// Buffers the glue allocates for the attention backward, contiguous.
 struct AttentionScratch {
   float* delta = nullptr;         // (B, heads, Nq): rowsum(grad_out * out)
   float* grad_k_sampled = nullptr;  // (B, heads, Nk, d): dk~, zeroed (blocks add their shares)
   float* grad_v_sampled = nullptr;  // (B, heads, Nk, d): dv~, zeroed
+  // The corner table of the segment scatter (scatters_by_segments): every (batch, key, group,
+  // corner) entry e = ((b * Nk + n) * G + g) * 8 + corner has a weight (by e) and a key
+  // (b * G + g) * T * H * W + voxel, or B * G * T * H * W where the corner weighs nothing; the
+  // glue sorts the keys (stably) and passes them with the entry each sorted position holds.
+  const float* corner_weights = nullptr;
+  const int64_t* sorted_corner_keys = nullptr;
+  const int64_t* sorted_corner_entries = nullptr;
 };
 
 // Head dims up to this run on the CUDA kernels; each d runs on the smallest instantiated
@@ -34,12 +41,20 @@ inline bool separate_half_dq(const AttentionParams& p) {
   return p.half_dq == HalfDq::kSeparate && p.d <= kSeparateDqMaxHeadDim;
 }
 
+// Whether the backward scatters dk~, dv~ by segments of the sorted corner table (then dk, dv are
+// in the inputs' dtype, zeroed; else float32 buffers, zeroed, that atomics add into).
+inline bool scatters_by_segments(const AttentionParams& p) {
+  return p.deterministic || p.scatter == Scatter::kSegments;
+}
+
 }  // namespace lc4
 
 // Gradients (grad_value, grad_q, grad_k, grad_v, grad_points) are float32 buffers whatever the
 // input dtype, except grad_q where a float16/bfloat16 backward has its separate dq kernel
-// (separate_half_dq): then it is in q's dtype. grad_value, grad_k, grad_v (and grad_q when dq is
-// added up by atomics: not deterministic, and float32 or not separate_half_dq) must be zeroed.
+// (separate_half_dq) and grad_k, grad_v where it scatters by segments (scatters_by_segments):
+// those are in the inputs' dtype. grad_value, grad_k, grad_v (and grad_q when dq is added up by
+// atomics: not deterministic, and float32 or not separate_half_dq) must be zeroed.
+// tda_attention_corner_table fills the corner table's keys (unsorted) and weights.
 #define LC4_DECLARE_CUDA_LAUNCHERS(NS)                                                              \
   namespace lc4::NS {                                                                              \
   void trilinear_sample_forward(const SampleParams& p, ScalarKind kind, cudaStream_t stream);      \
@@ -48,6 +63,8 @@ inline bool separate_half_dq(const AttentionParams& p) {
   void tda_attention_forward(const AttentionParams& p, ScalarKind kind, cudaStream_t stream);      \
   void tda_attention_backward(const AttentionParams& p, const AttentionScratch& scratch,           \
                               ScalarKind kind, cudaStream_t stream);                               \
+  void tda_attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights,         \
+                                  cudaStream_t stream);                                            \
   }
 
 LC4_DECLARE_CUDA_LAUNCHERS(cuda_emu)

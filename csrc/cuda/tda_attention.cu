@@ -1,6 +1,7 @@
 // Launchers of tda_attention: dtype dispatch onto the per-dtype instantiations.
 #include "cuda/launchers.h"
 #include "cuda/portability.cuh"
+#include "cuda/tda_attention_backward.cuh"
 
 namespace lc4::LC4_CUDA_NS {
 
@@ -25,6 +26,12 @@ void tda_attention_backward(const AttentionParams& p, const AttentionScratch& s,
     case ScalarKind::f16: return attention_backward_for<__half>(p, s, stream);
     case ScalarKind::bf16: return attention_backward_for<__nv_bfloat16>(p, s, stream);
   }
+}
+
+void tda_attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights, cudaStream_t stream) {
+  if (p.B * p.Nk * p.G == 0) return;
+  launch(attention_corner_table_kernel, grid_for(p.B * p.Nk * p.G, kAttentionThreads), dim3(kAttentionThreads), stream,
+         p, keys, weights);
 }
 
 }  // namespace lc4::LC4_CUDA_NS

@@ -9,8 +9,9 @@
 //              mostly idle while each block walks every query: the queries are split between
 //              blocks (one split, a single addition to zero, when deterministic);
 //   dq         (deterministic only) one block per (query block, head, batch), no atomics;
-//   scatter    dk~, dv~ into dk, dv through the trilinear weights: atomics, or one thread per
-//              (batch, head, column) walking the keys in order when deterministic;
+//   scatter    dk~, dv~ into dk, dv through the trilinear weights: by runs of a sorted corner
+//              table, each voxel summed once in a fixed order (always when deterministic), or by
+//              float atomics;
 //   dpoints    one warp per (batch, key, group).
 #pragma once
 
@@ -270,30 +271,61 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_scatter_atomic_ke
   }
 }
 
-// Deterministic scatter: one thread owns (batch, head, column) and adds the keys in order.
-__global__ void __launch_bounds__(kAttentionThreads) attention_scatter_ordered_kernel(const AttentionParams p, const AttentionScratch s) {
-  const int64_t voxels = p.T * p.H * p.W, per_group = p.heads / p.G;
-  float* grad_k = static_cast<float*>(p.grad_k);
-  float* grad_v = static_cast<float*>(p.grad_v);
+// The corner table of the segment scatter (launchers.h, AttentionScratch): one thread per
+// (batch, key, group) writes its 8 entries.
+__global__ void __launch_bounds__(kAttentionThreads) attention_corner_table_kernel(const AttentionParams p, int64_t* keys,
+                                                                                   float* weights) {
+  const int64_t voxels = p.T * p.H * p.W, nothing = p.B * p.G * voxels;
   TrilinearPoint<float> tp;
-  for (int64_t bhc = static_cast<int64_t>(blockIdx.x) * kAttentionThreads + threadIdx.x; bhc < p.B * p.heads * p.d;
-       bhc += static_cast<int64_t>(gridDim.x) * kAttentionThreads) {
-    const int64_t c = bhc % p.d, h = (bhc / p.d) % p.heads, b = bhc / (p.d * p.heads);
-    for (int64_t n = 0; n < p.Nk; ++n) {
-      const float* xyt = static_cast<const float*>(p.points) + ((b * p.Nk + n) * p.G + h / per_group) * 3;
-      trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
-      const int64_t sampled = ((b * p.heads + h) * p.Nk + n) * p.d + c;
-      for (int corner = 0; corner < 8; ++corner) {
-        if (!tp.valid[corner]) continue;
-        const int64_t offset = ((b * voxels + tp.voxel[corner]) * p.heads + h) * p.d + c;
-        grad_k[offset] += tp.weight[corner] * s.grad_k_sampled[sampled];
-        grad_v[offset] += tp.weight[corner] * s.grad_v_sampled[sampled];
-      }
+  for (int64_t bng = static_cast<int64_t>(blockIdx.x) * kAttentionThreads + threadIdx.x; bng < p.B * p.Nk * p.G;
+       bng += static_cast<int64_t>(gridDim.x) * kAttentionThreads) {
+    const int64_t g = bng % p.G, b = bng / (p.G * p.Nk);
+    const float* xyt = static_cast<const float*>(p.points) + bng * 3;
+    trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
+    for (int corner = 0; corner < 8; ++corner) {
+      keys[bng * 8 + corner] = tp.valid[corner] ? (b * p.G + g) * voxels + tp.voxel[corner] : nothing;
+      weights[bng * 8 + corner] = tp.weight[corner];
     }
   }
 }
 
 }  // namespace
+
+// Segment scatter: one warp per run of equal keys of the sorted corner table (a voxel of one
+// batch and group), lanes over (head of the group, column): the run's entries are added in their
+// sorted order and the sum is written once, in T, to the zeroed dk and dv. No atomics.
+template <typename T>
+__global__ void __launch_bounds__(kAttentionThreads) attention_scatter_segments_kernel(const AttentionParams p,
+                                                                                       const AttentionScratch s) {
+  constexpr int kWarps = kAttentionThreads / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t voxels = p.T * p.H * p.W, nothing = p.B * p.G * voxels, entries = p.B * p.Nk * p.G * 8;
+  const int64_t per_group = p.heads / p.G, width = per_group * p.d;  // the group's heads, side by side
+  T* grad_k = static_cast<T*>(p.grad_k);
+  T* grad_v = static_cast<T*>(p.grad_v);
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize; first < entries;
+       first += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const int64_t key = s.sorted_corner_keys[first];
+    if (key == nothing || (first > 0 && s.sorted_corner_keys[first - 1] == key)) continue;  // not a run's start
+    int64_t end = first + 1;
+    while (end < entries && s.sorted_corner_keys[end] == key) ++end;
+    const int64_t voxel = key % voxels, g = (key / voxels) % p.G, b = key / (voxels * p.G);
+    for (int64_t column = lane; column < width; column += kWarpSize) {
+      const int64_t h = g * per_group + column / p.d, c = column % p.d;
+      float dk = 0.f, dv = 0.f;
+      for (int64_t position = first; position < end; ++position) {
+        const int64_t entry = s.sorted_corner_entries[position], n = entry / (8 * p.G) % p.Nk;
+        const float weight = s.corner_weights[entry];
+        const int64_t sampled = ((b * p.heads + h) * p.Nk + n) * p.d + c;
+        dk += weight * s.grad_k_sampled[sampled];
+        dv += weight * s.grad_v_sampled[sampled];
+      }
+      const int64_t offset = ((b * voxels + voxel) * p.heads + h) * p.d + c;
+      grad_k[offset] = from_float<T>(dk);
+      grad_v[offset] = from_float<T>(dv);
+    }
+  }
+}
 
 // dpoints[b, n, g] = sum over the group's heads and the corners of dweight * (<dk~, k> + <dv~, v>).
 template <typename T>

@@ -87,8 +87,8 @@ void launch_attention_backward(const AttentionParams& p, const AttentionScratch&
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, BackwardTiles<D>::kBlock)), heads, batch);
     launch(attention_dq_kernel<T, D>, grid, block, stream, p, s);
   }
-  if (p.deterministic) {
-    launch(attention_scatter_ordered_kernel, grid_for(p.B * p.heads * p.d, kAttentionThreads), block, stream, p, s);
+  if (scatters_by_segments(p)) {
+    launch(attention_scatter_segments_kernel<T>, grid_for(p.B * p.Nk * p.G * 8, kWarps), block, stream, p, s);
   } else {
     launch(attention_scatter_atomic_kernel, grid_for(p.B * p.Nk * p.heads, kWarps), block, stream, p, s);
   }

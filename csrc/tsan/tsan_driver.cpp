@@ -3,9 +3,12 @@
 // block shows as a data race. It also checks the forward against a direct float64 computation and
 // the atomic backward against the deterministic one, in float32 and in float16 (both register
 // tensor-core forwards, both WMMA dk~/dv~ kernels with their queries split between two blocks,
-// the separate WMMA dq kernel), and exits non-zero on a mismatch.
+// the separate WMMA dq kernel, the atomic and the segment scatter), and exits non-zero on a
+// mismatch.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <vector>
 
 #include "common/trilinear_math.h"
@@ -103,7 +106,8 @@ int main() {
   bool ok = close(out, expected, 1e-5f, "forward");
 
   // All gradients of one backward from the forward's params (grad_out in the inputs' dtype); the
-  // atomic path splits the queries of each key block between two dk~/dv~ blocks.
+  // atomic path splits the queries of each key block between two dk~/dv~ blocks. The corner table
+  // of the segment scatter is sorted here, as the glue sorts it with torch.
   auto backward = [&](const AttentionParams& forward, const void* grad_out_data, ScalarKind kind, bool deterministic) {
     std::vector<float> dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f), dpoints(points.size());
     std::vector<float> delta(B * heads * Nq), dk_s(B * heads * Nk * d, 0.f), dv_s(B * heads * Nk * d, 0.f);
@@ -111,17 +115,36 @@ int main() {
     pb.grad_out = grad_out_data, pb.grad_q = dq.data(), pb.grad_k = dk.data(), pb.grad_v = dv.data();
     pb.grad_points = dpoints.data(), pb.deterministic = deterministic, pb.query_splits = 2;
     AttentionScratch s{delta.data(), dk_s.data(), dv_s.data()};
-    std::vector<uint16_t> dq16(q.size());  // the separate float16 dq kernel writes q's dtype
+    // float16 gradients the kernels write in the inputs' dtype: dq (separate dq kernel), dk and dv (segments).
+    std::vector<uint16_t> dq16(q.size()), dk16(k.size()), dv16(v.size());
     const bool dq_in_half = kind == ScalarKind::f16 && separate_half_dq(pb);
+    const bool maps_in_half = kind == ScalarKind::f16 && scatters_by_segments(pb);
     if (dq_in_half) pb.grad_q = dq16.data();
+    if (maps_in_half) pb.grad_k = dk16.data(), pb.grad_v = dv16.data();
+    const int64_t entries = B * Nk * G * 8;
+    std::vector<int64_t> keys(entries), sorted_keys(entries), order(entries);
+    std::vector<float> weights(entries);
+    if (scatters_by_segments(pb)) {
+      cuda_emu::tda_attention_corner_table(pb, keys.data(), weights.data(), nullptr);
+      std::iota(order.begin(), order.end(), int64_t{0});
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
+      for (int64_t e = 0; e < entries; ++e) sorted_keys[e] = keys[order[e]];
+      s.corner_weights = weights.data(), s.sorted_corner_keys = sorted_keys.data(), s.sorted_corner_entries = order.data();
+    }
     cuda_emu::tda_attention_backward(pb, s, kind, nullptr);
     if (dq_in_half) dq = from_half(dq16);
+    if (maps_in_half) dk = from_half(dk16), dv = from_half(dv16);
     std::vector<float> all;
     for (const auto* g : {&dq, &dk, &dv, &dpoints}) all.insert(all.end(), g->begin(), g->end());
     return all;
   };
-  ok = close(backward(p, grad_out.data(), ScalarKind::f32, false), backward(p, grad_out.data(), ScalarKind::f32, true),
-             1e-4f, "atomic vs deterministic backward") && ok;
+  AttentionParams atomic = p;
+  atomic.scatter = Scatter::kAtomic;
+  const std::vector<float> deterministic32 = backward(p, grad_out.data(), ScalarKind::f32, true);
+  ok = close(backward(atomic, grad_out.data(), ScalarKind::f32, false), deterministic32, 1e-4f,
+             "atomic vs deterministic backward") && ok;
+  ok = close(backward(p, grad_out.data(), ScalarKind::f32, false), deterministic32, 1e-4f,
+             "segment scatter (split queries) vs deterministic backward") && ok;
 
   // float16: the register forwards, one pass (O rescaled by rows across Nk = 45, two key tiles)
   // and two (keys sampled in the kernel), and the WMMA backward.
@@ -137,7 +160,9 @@ int main() {
   ok = close(from_half(out16), expected, 1e-2f, "float16 one-pass forward") && ok;
   ph.half_dq = HalfDq::kFused;
   const std::vector<float> fused_deterministic = backward(ph, grad_out16.data(), ScalarKind::f16, true);
-  ok = close(backward(ph, grad_out16.data(), ScalarKind::f16, false), fused_deterministic, 1e-3f,
+  AttentionParams ph_atomic = ph;
+  ph_atomic.scatter = Scatter::kAtomic;
+  ok = close(backward(ph_atomic, grad_out16.data(), ScalarKind::f16, false), fused_deterministic, 1e-3f,
              "float16 atomic vs deterministic backward") && ok;
 
   // float16 with the separate tensor-core dq kernel (it writes delta too), over k~ and v~ sampled

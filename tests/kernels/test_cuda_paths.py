@@ -1,5 +1,6 @@
 """The cuda backend's selectable paths (LC4_CUDA_PRESAMPLE, LC4_CUDA_FORWARD,
-LC4_CUDA_QUERY_SPLITS, LC4_CUDA_DQ, LC4_CUDA_DKV) against the reference: through the host emulation (cuda_emu) everywhere,
+LC4_CUDA_QUERY_SPLITS, LC4_CUDA_DQ, LC4_CUDA_DKV,
+LC4_CUDA_SCATTER) against the reference: through the host emulation (cuda_emu) everywhere,
 and through the real kernels where a GPU is visible (make gpu-check runs this file)."""
 import pytest
 import torch
@@ -94,3 +95,31 @@ def test_every_backward_path_matches_reference(backend, device, d, monkeypatch):
         monkeypatch.setenv(variable, value)
         with pytest.raises(ValueError, match=f"{variable} must be {expected}, got '{value}'"):
             run_with_grads(attention(backend), inputs)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_both_scatters_match_reference(backend, device, dtype, monkeypatch):
+    # dk~, dv~ go back to the maps by segments of the sorted corner table (the default, and always
+    # when deterministic: dk, dv written once in the inputs' dtype) or by float32 atomics
+    # (LC4_CUDA_SCATTER=atomic). G = 2 groups of 2 heads; a NaN and a far point weigh nothing (the
+    # table's sentinel key); half the points share one spot, so their 8 voxels get runs of ~30 entries.
+    inputs = attention_inputs(Nq=37, Nk=60, heads=4, d=40, G=2, T=2, H=3, W=4, dtype=dtype, device=device)
+    with torch.no_grad():
+        inputs[3][0, :30, 0] = torch.tensor([1.25, 0.5, 0.75])
+        inputs[3][0, 30, 1] = float("nan")
+        inputs[3][0, 31, 0] = 1e30
+    ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
+    for deterministic, scatter in ((False, ""), (False, "segments"), (False, "atomic"), (True, "")):
+        monkeypatch.setenv("LC4_CUDA_SCATTER", scatter)
+        flags = f"LC4_CUDA_SCATTER={scatter}, deterministic={deterministic}"
+        with deterministic_algorithms(deterministic):
+            _, grads = run_with_grads(attention(backend), inputs)
+        for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+            assert_close(g.cpu(), ref_g.to(g.dtype), dtype, f"{name}, {flags}")
+    monkeypatch.setenv("LC4_CUDA_SCATTER", "atomic")
+    with deterministic_algorithms(), pytest.raises(RuntimeError, match="LC4_CUDA_SCATTER=atomic: .* not deterministic"):
+        run_with_grads(attention(backend), inputs)
+    monkeypatch.setenv("LC4_CUDA_SCATTER", "sorted")
+    with pytest.raises(ValueError, match="LC4_CUDA_SCATTER must be segments or atomic, got 'sorted'"):
+        run_with_grads(attention(backend), inputs)

@@ -1,6 +1,6 @@
 """Launchers of TDA attention: sample k~ and v~ at the points (small: Nk rows), then the
 FlashAttention-2 style kernels; the backward scatters dk~ and dv~ back through the trilinear
-weights and takes dpoints from both."""
+weights (sorted, see sampling.scatter_mode) and takes dpoints from both."""
 from __future__ import annotations
 
 import torch
@@ -98,5 +98,7 @@ def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_
     kernels.attention_backward_kv_kernel[kv_grid](q, k_sampled, v_sampled, grad_out, lse, delta,
                                                   dk_sampled, dv_sampled, **arguments)
     grouped_grads = [g.view(B, Nk, G, heads // G * d) for g in (dk_sampled, dv_sampled)]
-    (dk, dv), dpoints = sample_backward(grouped_grads, [_grouped(k, G), _grouped(v, G)], points)
+    # Sorted by default: few points on full-resolution maps, whose float32 copies for the atomics
+    # (and the conversion after) would cost three times dk and dv in half precision.
+    (dk, dv), dpoints = sample_backward(grouped_grads, [_grouped(k, G), _grouped(v, G)], points, scatter="sorted")
     return dq, dk.view(k.shape), dv.view(v.shape), dpoints

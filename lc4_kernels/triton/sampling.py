@@ -61,10 +61,11 @@ SCATTER_MODES = ("atomic", "sorted")
 SCATTER_ENV = "LC4_TRITON_SCATTER"
 
 
-def scatter_mode() -> str:
-    """How ``dvalue`` is scattered: ``sorted`` (no atomics, the same bits on every run) when
-    deterministic algorithms are enabled, else ``atomic``; ``LC4_TRITON_SCATTER`` forces one
-    (for benchmarks), though never atomics under deterministic algorithms."""
+def scatter_mode(default: str = "atomic") -> str:
+    """How ``dvalue`` is scattered: ``sorted`` (no atomics, each element written once in the
+    value's dtype, the same bits on every run) when deterministic algorithms are enabled, else
+    ``default``; ``LC4_TRITON_SCATTER`` forces one (for benchmarks), though never atomics under
+    deterministic algorithms."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     forced = os.environ.get(SCATTER_ENV, "").strip().lower()
     if forced and forced not in SCATTER_MODES:
@@ -72,7 +73,7 @@ def scatter_mode() -> str:
     if forced == "atomic" and deterministic:
         raise RuntimeError(f"{SCATTER_ENV}=atomic: the atomic dvalue scatter is not deterministic, but "
                            "torch.use_deterministic_algorithms(True) is set; unset one of them")
-    return forced or ("sorted" if deterministic else "atomic")
+    return forced or ("sorted" if deterministic else default)
 
 
 class CornerTable:
@@ -122,9 +123,10 @@ def _scatter(grads, table: CornerTable, like: torch.Tensor):
     return [d.to(like.dtype) for d in dvalues]
 
 
-def sample_backward(grads, values, points: torch.Tensor):
+def sample_backward(grads, values, points: torch.Tensor, scatter: str = "atomic"):
     """Gradients of ``sum_i <grads[i], sample(values[i], points)>`` for one value or a pair of
-    the same shape ``(B, T, H, W, G, C)``: one ``dvalue`` per value and one ``dpoints``."""
+    the same shape ``(B, T, H, W, G, C)``: one ``dvalue`` per value and one ``dpoints``.
+    ``scatter`` is the dvalue scatter outside deterministic mode (see ``scatter_mode``)."""
     coords = _coordinates(points)
     values = [v.contiguous() for v in values]
     grads = [g.contiguous() for g in grads]
@@ -135,5 +137,5 @@ def sample_backward(grads, values, points: torch.Tensor):
     keys = torch.empty(entries, dtype=torch.int64, device=coords.device)
     weights = torch.empty(entries, dtype=torch.float32, device=coords.device)
     _points_gradient(values, grads, coords, dpoints, keys, weights)
-    table = CornerTable(keys, weights, scatter_mode())
+    table = CornerTable(keys, weights, scatter_mode(scatter))
     return _scatter(grads, table, values[0]), dpoints.to(points.dtype)

@@ -131,6 +131,25 @@ def test_scatter_mode_choice_and_override(backend, device, monkeypatch):
 
 
 @pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_attention_scatters_sorted_and_sampling_atomic_by_default(backend, device, monkeypatch):
+    from lc4_kernels.triton import sampling
+    modes = []
+
+    class RecordingTable(sampling.CornerTable):
+        def __init__(self, keys, weights, mode):
+            modes.append(mode)
+            super().__init__(keys, weights, mode)
+
+    monkeypatch.setattr(sampling, "CornerTable", RecordingTable)
+    monkeypatch.delenv("LC4_TRITON_SCATTER", raising=False)
+    run_with_grads(_attention, attention_inputs(Nq=20, Nk=10, heads=2, d=16, G=1, device=device))
+    run_with_grads(_sample, sample_inputs(device=device))
+    monkeypatch.setenv("LC4_TRITON_SCATTER", "atomic")
+    run_with_grads(_attention, attention_inputs(Nq=20, Nk=10, heads=2, d=16, G=1, device=device))
+    assert modes == ["sorted", "atomic", "atomic"]
+
+
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
 def test_head_dim_limit(backend, device):
     q, k, v, points = attention_inputs(Nq=3, Nk=4, heads=1, d=256, G=1, T=1, H=2, W=2, device=device)
     out = _attention(q, k, v, points)

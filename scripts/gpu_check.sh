@@ -72,9 +72,10 @@ if "$PY" -c "import xdist" 2>/dev/null; then PARALLEL=(-n 6); fi
 # CPU-only, compile-only and emulator tests say nothing about the GPU and run in CI.
 NOT_GPU=(--ignore=tests/kernels/test_cuda_compile.py --ignore=tests/kernels/test_cuda_tsan.py
          --ignore=tests/kernels/test_cuda_emu.py --ignore=tests/kernels/test_triton_compile.py)
+# -v: each test's outcome is logged as it ends, so a run cut at its time limit still says which ran.
 run_tests() (  # run_tests [VAR=value...]: the kernel tests, in a subshell with those variables
   export LC4_TRITON_AUTOTUNE=${LC4_TRITON_AUTOTUNE_TESTS:-0} "$@"
-  limited "${TEST_TIME_LIMIT:-}" "$PY" -m pytest tests/kernels tests/packaging/test_extension_linking.py -q -p no:cacheprovider "${PARALLEL[@]}" "${NOT_GPU[@]}"
+  limited "${TEST_TIME_LIMIT:-}" "$PY" -m pytest tests/kernels tests/packaging/test_extension_linking.py -v -p no:cacheprovider "${PARALLEL[@]}" "${NOT_GPU[@]}"
 )
 if wanted tests; then
   run_tests > "$OUT/gpu_tests.txt" 2>&1 &

@@ -4,11 +4,14 @@
 //   dkv        one block per (key block, query split, head, batch): dk~, dv~ added into zeroed
 //              float (B, heads, Nk, d) buffers, and dq through atomics unless deterministic
 //              (this file: float32 on CUDA cores; float16/bfloat16 on tensor cores in
-//              tda_attention_backward_wmma.cuh). Nk is small next to Nq at the SD1.5 shapes
-//              (1024 keys, up to 32768 queries), so one block per key block would leave the GPU
+//              tda_attention_backward_wmma.cuh, or, where dq has a tensor-core kernel of its own
+//              that writes delta too, tda_attention_dq_wmma.cuh, in
+//              tda_attention_dkv_registers.cuh up to d = 80). Nk is small next to Nq at the SD1.5
+//              shapes (1024 keys, up to 32768 queries), so one block per key block would leave the GPU
 //              mostly idle while each block walks every query: the queries are split between
 //              blocks (one split, a single addition to zero, when deterministic);
-//   dq         (deterministic only) one block per (query block, head, batch), no atomics;
+//   dq         (deterministic, where dq has no tensor-core kernel) one block per (query block,
+//              head, batch), no atomics;
 //   scatter    dk~, dv~ into dk, dv through the trilinear weights: by runs of a sorted corner
 //              table, each voxel summed once in a fixed order (always when deterministic), or by
 //              float atomics;

@@ -63,7 +63,7 @@ void launch_attention_backward(const AttentionParams& p, const AttentionScratch&
   const auto heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.B);
   bool dq_done = false;
   if constexpr (!std::is_same_v<T, float> && D <= kSeparateDqMaxHeadDim) {
-    if (separate_half_dq(p) && p.Nq > 0) {  // the glue sampled k~ and v~ (null only for Nk = 0)
+    if (separate_half_dq(p) && p.Nq > 0) {  // the glue sampled k~ and v~
       const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, DqTiles<D>::kBlockQ)), heads, batch);
       launch(attention_dq_wmma_kernel<T, D>, grid, block, stream, p, s);
       dq_done = true;

@@ -1,7 +1,8 @@
-// Launchers of tda_attention: dtype dispatch onto the per-dtype instantiations.
+// Launchers of tda_attention: dtype dispatch onto the per-dtype instantiations, and the corner
+// table of the segment scatter (dtype-independent, so built once here).
 #include "cuda/launchers.h"
 #include "cuda/portability.cuh"
-#include "cuda/tda_attention_backward.cuh"
+#include "cuda/tda_attention_forward.cuh"
 
 namespace lc4::LC4_CUDA_NS {
 
@@ -25,6 +26,24 @@ void tda_attention_backward(const AttentionParams& p, const AttentionScratch& s,
     case ScalarKind::f32: return attention_backward_for<float>(p, s, stream);
     case ScalarKind::f16: return attention_backward_for<__half>(p, s, stream);
     case ScalarKind::bf16: return attention_backward_for<__nv_bfloat16>(p, s, stream);
+  }
+}
+
+// The corner table of the segment scatter (launchers.h, AttentionScratch): one thread per
+// (batch, key, group) writes its 8 entries.
+__global__ void __launch_bounds__(kAttentionThreads) attention_corner_table_kernel(const AttentionParams p, int64_t* keys,
+                                                                                   float* weights) {
+  const int64_t voxels = p.T * p.H * p.W, nothing = p.B * p.G * voxels;
+  TrilinearPoint<float> tp;
+  for (int64_t bng = static_cast<int64_t>(blockIdx.x) * kAttentionThreads + threadIdx.x; bng < p.B * p.Nk * p.G;
+       bng += static_cast<int64_t>(gridDim.x) * kAttentionThreads) {
+    const int64_t g = bng % p.G, b = bng / (p.G * p.Nk);
+    const float* xyt = static_cast<const float*>(p.points) + bng * 3;
+    trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
+    for (int corner = 0; corner < 8; ++corner) {
+      keys[bng * 8 + corner] = tp.valid[corner] ? (b * p.G + g) * voxels + tp.voxel[corner] : nothing;
+      weights[bng * 8 + corner] = tp.weight[corner];
+    }
   }
 }
 

@@ -274,24 +274,6 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_scatter_atomic_ke
   }
 }
 
-// The corner table of the segment scatter (launchers.h, AttentionScratch): one thread per
-// (batch, key, group) writes its 8 entries.
-__global__ void __launch_bounds__(kAttentionThreads) attention_corner_table_kernel(const AttentionParams p, int64_t* keys,
-                                                                                   float* weights) {
-  const int64_t voxels = p.T * p.H * p.W, nothing = p.B * p.G * voxels;
-  TrilinearPoint<float> tp;
-  for (int64_t bng = static_cast<int64_t>(blockIdx.x) * kAttentionThreads + threadIdx.x; bng < p.B * p.Nk * p.G;
-       bng += static_cast<int64_t>(gridDim.x) * kAttentionThreads) {
-    const int64_t g = bng % p.G, b = bng / (p.G * p.Nk);
-    const float* xyt = static_cast<const float*>(p.points) + bng * 3;
-    trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
-    for (int corner = 0; corner < 8; ++corner) {
-      keys[bng * 8 + corner] = tp.valid[corner] ? (b * p.G + g) * voxels + tp.voxel[corner] : nothing;
-      weights[bng * 8 + corner] = tp.weight[corner];
-    }
-  }
-}
-
 }  // namespace
 
 // Segment scatter: one warp per run of equal keys of the sorted corner table (a voxel of one
@@ -362,10 +344,6 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dpoints_kernel(co
       if (lane == 0) static_cast<float*>(p.grad_points)[bng * 3 + axis] = total;
     }
   }
-}
-
-inline dim3 grid_for(int64_t items, int64_t per_block) {
-  return dim3(static_cast<unsigned>(std::min<int64_t>(65535, ceil_div(items, per_block))));
 }
 
 }  // namespace lc4::LC4_CUDA_NS

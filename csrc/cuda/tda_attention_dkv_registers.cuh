@@ -135,23 +135,13 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_registers_ker
     __syncthreads();  // with no query tile, other warps may still load k~ and v~, which the staging overlaps
 
     // Each warp adds its 16 rows of dk~ (times scale), then of dv~, through its staging rows.
-    const int64_t first_key = j0 + warp * kRows;
-    for (int which = 0; which < 2; ++which) {
-#pragma unroll
-      for (int ct = 0; ct < Tiles::kColumnTiles; ++ct) {
-        wmma::store_matrix_sync(staging + ct * 16, which == 0 ? dk[ct] : dv[ct], OS, wmma::mem_row_major);
-      }
-      __syncwarp();
-      float* const sampled = which == 0 ? s.grad_k_sampled : s.grad_v_sampled;
-      const float factor = which == 0 ? scale : 1.f;
-      for (int idx = lane; idx < kRows * DW; idx += kWarpSize) {
-        const int r = idx / DW, c = idx % DW;
-        if (first_key + r < p.Nk && c < d) {
-          atomicAdd(sampled + ((b * heads + h) * p.Nk + first_key + r) * d + c, factor * staging[r * OS + c]);
-        }
-      }
-      __syncwarp();  // the staging rows are read before dv~ overwrites them
-    }
+    const int64_t first_key = j0 + warp * kRows, first = (b * heads + h) * p.Nk + first_key;  // row of (b, h, key)
+    warp_rows_out<Tiles::kColumnTiles, OS>(dk, staging, p.Nk - first_key, d, [&](int r, int c, float value) {
+      atomicAdd(s.grad_k_sampled + (first + r) * d + c, scale * value);
+    });
+    warp_rows_out<Tiles::kColumnTiles, OS>(dv, staging, p.Nk - first_key, d, [&](int r, int c, float value) {
+      atomicAdd(s.grad_v_sampled + (first + r) * d + c, value);
+    });
   }
 }
 

@@ -127,20 +127,12 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dq_wmma_kernel(co
     }
     __syncthreads();  // with no key tile, other warps may still read q and dO, which the staging overlaps
 
-#pragma unroll
-    for (int ct = 0; ct < Tiles::kColumnTiles; ++ct) {
-      wmma::store_matrix_sync(staging + ct * 16, dq[ct], OS, wmma::mem_row_major);
-    }
-    __syncwarp();
     T* const grad_q = static_cast<T*>(p.grad_q);  // in q's dtype: written once
     const float scale = static_cast<float>(p.scale);
     const int64_t first_row = i0 + warp * kRows;
-    for (int idx = lane; idx < kRows * DW; idx += kWarpSize) {
-      const int r = idx / DW, c = idx % DW;
-      if (first_row + r < p.Nq && c < d) {
-        grad_q[((b * p.Nq + first_row + r) * heads + h) * d + c] = from_float<T>(scale * staging[r * OS + c]);
-      }
-    }
+    warp_rows_out<Tiles::kColumnTiles, OS>(dq, staging, p.Nq - first_row, d, [&](int r, int c, float value) {
+      grad_q[((b * p.Nq + first_row + r) * heads + h) * d + c] = from_float<T>(scale * value);
+    });
   }
 }
 

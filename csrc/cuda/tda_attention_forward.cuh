@@ -15,6 +15,11 @@ constexpr int kAttentionThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// A grid of blocks that each take per_block items, capped for kernels that stride over the rest.
+inline dim3 grid_for(int64_t items, int64_t per_block) {
+  return dim3(static_cast<unsigned>(std::min<int64_t>(65535, ceil_div(items, per_block))));
+}
+
 template <int D>
 struct ForwardTiles {
   static constexpr int kBlockQ = D <= 128 ? 32 : 16;

@@ -170,21 +170,12 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_registers
     }
 
     // The staging rows of a warp overlap tiles other warps read until the barrier above.
-#pragma unroll
-    for (int ct = 0; ct < Tiles::kColumnTiles; ++ct) {
-      wmma::store_matrix_sync(staging + ct * 16, out[ct], OS, wmma::mem_row_major);
-    }
     if (half == 0) my_factor[row] = kTwoPass ? 1.f : 1.f / running_sum;
-    __syncwarp();
     T* const out_rows = static_cast<T*>(p.out);
     const int64_t first_row = i0 + warp * kRows;
-    for (int idx = lane; idx < kRows * DW; idx += kWarpSize) {
-      const int r = idx / DW, c = idx % DW;
-      const int64_t i = first_row + r;
-      if (i < p.Nq && c < d) {
-        out_rows[((b * p.Nq + i) * heads + h) * d + c] = from_float<T>(staging[r * OS + c] * my_factor[r]);
-      }
-    }
+    warp_rows_out<Tiles::kColumnTiles, OS>(out, staging, p.Nq - first_row, d, [&](int r, int c, float value) {
+      out_rows[((b * p.Nq + first_row + r) * heads + h) * d + c] = from_float<T>(value * my_factor[r]);
+    });
     const int64_t i = first_row + row;
     if (half == 0 && i < p.Nq) {
       static_cast<float*>(p.lse)[(b * heads + h) * p.Nq + i] = (running_max + log2f(running_sum)) * kLn2;

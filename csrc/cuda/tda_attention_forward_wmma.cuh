@@ -33,6 +33,25 @@ __device__ __forceinline__ void warp_row_scores(const T* rows, const T* keys, fl
   __syncwarp();
 }
 
+// emit(r, c, value) for every element (row r < rows, column c < d) of a warp's 16 rows held in
+// accumulator fragments of 16 columns each, through the warp's float staging rows (kOutStride
+// apart). Anything the lanes wrote to shared memory before the call is visible to emit.
+template <int kColumnTiles, int kOutStride, typename Emit>
+__device__ __forceinline__ void warp_rows_out(const wmma::fragment<wmma::accumulator, 16, 16, 16, float> (&fragments)[kColumnTiles],
+                                              float* staging, int64_t rows, int64_t d, Emit&& emit) {
+  constexpr int kWidth = kColumnTiles * 16;
+#pragma unroll
+  for (int ct = 0; ct < kColumnTiles; ++ct) {
+    wmma::store_matrix_sync(staging + ct * 16, fragments[ct], kOutStride, wmma::mem_row_major);
+  }
+  __syncwarp();
+  for (int idx = threadIdx.x % kWarpSize; idx < 16 * kWidth; idx += kWarpSize) {
+    const int r = idx / kWidth, c = idx % kWidth;
+    if (r < rows && c < d) emit(r, c, staging[r * kOutStride + c]);
+  }
+  __syncwarp();  // every lane has read the staging rows: they may be overwritten
+}
+
 template <int D>
 struct WmmaForwardTiles {
   static constexpr int kBlockQ = D <= 128 ? 32 : 16;

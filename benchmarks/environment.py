@@ -84,6 +84,17 @@ def environment(device: torch.device, arguments: list[str], program: str = "benc
     }
 
 
+def markdown_header(title: str, doc: dict, note: str) -> list[str]:
+    """The opening lines of a results page of one case (``doc``: environment, case, dtype):
+    title, case and dtype, then ``note``, versions, commit, date, command."""
+    env, case = doc["environment"], doc["case"]
+    return [f"# {title}: {env['device']['name']}", "",
+            f"- Case {case['name']}: Nq {case['nq']}, Nk {case['nk']}, heads {case['heads']}, d {case['head_dim']}; "
+            f"{doc['dtype'].removeprefix('torch.')}; {note}",
+            f"- torch {env['torch']}, Triton {env['triton'] or 'not installed'}; commit {env['commit'] or 'unknown'}; "
+            f"{env['date']}", f"- Command: `{env['command']}`", ""]
+
+
 def _same_device(a: dict, b: dict) -> bool:
     keys = ("type", "name", "threads", "compute_capability")
     return all(a.get(k) == b.get(k) for k in keys)

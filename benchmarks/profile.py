@@ -77,12 +77,9 @@ def profile_workload(workload: workloads.Workload, device: torch.device, iterati
 
 
 def markdown(doc: dict) -> str:
-    env, case = doc["environment"], doc["case"]
-    lines = [f"# Profile of tda_attention forward+backward: {env['device']['name']}", "",
-             f"- Case {case['name']}: Nq {case['nq']}, Nk {case['nk']}, heads {case['heads']}, d {case['head_dim']}; "
-             f"{doc['dtype'].removeprefix('torch.')}; {doc['iterations']} calls profiled after 3 warm-up calls",
-             f"- torch {env['torch']}, Triton {env['triton'] or 'not installed'}; commit {env['commit'] or 'unknown'}; "
-             f"{env['date']}", f"- Command: `{env['command']}`", ""]
+    env = doc["environment"]
+    lines = environment.markdown_header("Profile of tda_attention forward+backward", doc,
+                                        f"{doc['iterations']} calls profiled after 3 warm-up calls")
     cuda = env["device"]["type"] == "cuda"
     if cuda:
         lines += ["| backend | wall ms per call | device busy ms | busy share of wall | kernels per call |",

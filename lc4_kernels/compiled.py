@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from . import backends
+from . import autograd, backends
 
 EXTENSION_ERROR = None
 try:
@@ -52,41 +52,25 @@ def _register_op_support(namespace: str) -> None:
     def _(grad_out, q, k, v, points, out, lse, scale):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(points)
 
-    def sample_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def sample_backward(ctx, grad_out):
-        value, points = ctx.saved_tensors
-        grad_value, grad_points = ops.trilinear_sample_backward(grad_out.contiguous(), value, points)
-        return grad_value, grad_points
-
-    torch.library.register_autograd(f"{namespace}::trilinear_sample", sample_backward, setup_context=sample_setup)
-
-    def attention_setup(ctx, inputs, output):
-        q, k, v, points, scale = inputs
-        out, lse = output
-        ctx.scale = scale
-        ctx.save_for_backward(q, k, v, points, out, lse)
-
-    def attention_backward(ctx, grad_out, grad_lse):
-        q, k, v, points, out, lse = ctx.saved_tensors
-        grads = ops.tda_attention_backward(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
-        return (*grads, None)
-
-    torch.library.register_autograd(f"{namespace}::tda_attention", attention_backward, setup_context=attention_setup)
+    autograd.register(f"{namespace}::trilinear_sample", ops.trilinear_sample_backward,
+                      f"{namespace}::tda_attention", ops.tda_attention_backward)
 
 
-def _op_calls(namespace: str):
+def _below_autograd(op):
+    """``op`` past its autograd kernel (the eager Function does autograd): half the host time of
+    a small call."""
+    def call(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    return call
+
+
+def _kernels(namespace: str) -> autograd.Kernels:
     ops = getattr(torch.ops, namespace)
-
-    def trilinear_sample(value, points):
-        return ops.trilinear_sample(value.contiguous(), points.contiguous())
-
-    def tda_attention(q, k, v, points, scale):
-        out, _ = ops.tda_attention(q.contiguous(), k.contiguous(), v.contiguous(), points.contiguous(), scale)
-        return out
-
-    return trilinear_sample, tda_attention
+    sample, attention = ops.trilinear_sample.default, ops.tda_attention.default
+    launchers = autograd.Launchers(*(_below_autograd(op) for op in (sample, ops.trilinear_sample_backward.default,
+                                                                    attention, ops.tda_attention_backward.default)))
+    return autograd.Kernels(launchers, sample, attention)
 
 
 CUDA_MAX_HEAD_DIM = 256  # kCudaMaxHeadDim in csrc/cuda/launchers.h
@@ -113,14 +97,14 @@ def _cuda_device_check(device: torch.device, dtype: torch.dtype):
 
 
 def _register_backends() -> None:
-    sample, attention = _op_calls("lc4")
+    kernels = _kernels("lc4")
     backends.register_backend(backends.Backend(
         name="cpu",
         priority=10,
         device_types=frozenset({"cpu"}),
         dtypes=frozenset({torch.float32, torch.float64}),
-        trilinear_sample=sample,
-        tda_attention=attention,
+        trilinear_sample=kernels.trilinear_sample,
+        tda_attention=kernels.tda_attention,
     ))
     backends.register_backend(backends.Backend(
         name="cuda",
@@ -130,19 +114,19 @@ def _register_backends() -> None:
         device_types=frozenset({"cuda"}),
         dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
         device_check=_cuda_device_check,
-        trilinear_sample=sample,
-        tda_attention=attention,
+        trilinear_sample=kernels.trilinear_sample,
+        tda_attention=kernels.tda_attention,
         max_head_dim=CUDA_MAX_HEAD_DIM,
         is_available=_cuda_unavailable_reason,
     ))
-    emu_sample, emu_attention = _op_calls("lc4_emu")
+    emu_kernels = _kernels("lc4_emu")
     backends.register_backend(backends.Backend(
         name="cuda_emu",
         priority=1,
         device_types=frozenset({"cpu"}),
         dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
-        trilinear_sample=emu_sample,
-        tda_attention=emu_attention,
+        trilinear_sample=emu_kernels.trilinear_sample,
+        tda_attention=emu_kernels.tda_attention,
         max_head_dim=CUDA_MAX_HEAD_DIM,
         auto_selectable=False,
     ))

@@ -3,8 +3,9 @@
 # runs the kernel test suite on CUDA (the cuda and triton backends join every equivalence test),
 # the same again with the sm_70 (V100) paths forced (LC4_CUDA_FORCE_SM70=1), compute-sanitizer
 # memcheck over a small forward+backward, and then, alone on the GPU, the parallel compile of the
-# Triton autotune candidates (benchmarks/triton_warmup.py), a profile of the largest layers
-# (benchmarks/profile.py) and the benchmark report.
+# Triton autotune candidates (benchmarks/triton_warmup.py), the host time per call
+# (benchmarks/host_overhead.py), a profile of the largest layers (benchmarks/profile.py) and the
+# benchmark report.
 # Everything goes under benchmarks/results/<device>/.
 #
 # The three correctness steps only share the GPU with each other (pytest-xdist spreads each over
@@ -112,6 +113,8 @@ fi
 # LC4_CUDA_PRESAMPLE=0 LC4_CUDA_FORWARD=shared LC4_CUDA_QUERY_SPLITS=1 selects the first run's
 # cuda paths (profiled against the second's in benchmarks/results/nvidia-h200).
 if wanted profile; then
+  # Host time per call on a tiny case (kernels negligible): launches, autograd, allocations.
+  LC4_TRITON_AUTOTUNE=0 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.host_overhead > /dev/null || status=1
   for case in sd15-512px-64x64 sd15-512px-32x32; do
     limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1
     LC4_TRITON_QUERY_SPLITS=1 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \

@@ -29,22 +29,13 @@ class TritonBackend(backends.Backend):
         return reason
 
 
-def _trilinear_sample(value, points):
-    return ops.trilinear_sample(value.contiguous(), points.contiguous())
-
-
-def _tda_attention(q, k, v, points, scale):
-    out, _ = ops.tda_attention(q, k.contiguous(), v.contiguous(), points.contiguous(), scale)
-    return out
-
-
 backends.register_backend(TritonBackend(
     name="triton",
     priority=20,
     device_types=frozenset({"cuda", "cpu"} if INTERPRET else {"cuda"}),
     dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
-    trilinear_sample=_trilinear_sample,
-    tda_attention=_tda_attention,
+    trilinear_sample=ops.KERNELS.trilinear_sample,
+    tda_attention=ops.KERNELS.tda_attention,
     max_head_dim=MAX_HEAD_DIM,
     deterministic=True,  # under deterministic algorithms the dvalue scatter runs without atomics
     auto_selectable=not INTERPRET,

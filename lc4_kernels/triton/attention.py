@@ -4,11 +4,10 @@ weights (sorted, see sampling.scatter_mode) and takes dpoints from both."""
 from __future__ import annotations
 
 import torch
-import triton
 
 from . import attention_kernels as kernels
 from .sampling import sample_backward, sample_values
-from .tuning import forced_query_splits, padded_head_dim, split_queries
+from .tuning import cdiv, forced_query_splits, padded_head_dim, split_queries
 
 
 def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -63,7 +62,7 @@ def attention_forward(q, k, v, points, scale: float):
     if q.stride(-1) != 1:
         q = q.contiguous()
     k_sampled, v_sampled = _sampled_keys_values(k, v, points)
-    grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
+    grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
     kernels.attention_forward_kernel[grid](q, k_sampled, v_sampled, out, lse, q.stride(0), q.stride(1), q.stride(2),
                                            Q_ALIGN=alignment(q.stride(0), q.stride(1), q.stride(2)),
                                            **_launch_arguments(q, points.shape[1], scale))
@@ -85,15 +84,15 @@ def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_
     dk_sampled, dv_sampled = torch.zeros((2, B, Nk, heads, d), dtype=torch.float32, device=q.device)
     dq = torch.empty_like(q)
     arguments = _launch_arguments(q, Nk, scale)
-    q_grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
+    q_grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
     kernels.attention_backward_q_kernel[q_grid](q, k_sampled, v_sampled, out, grad_out, lse, delta, dq, **arguments)
     processors = _processors(q.device)
     query_splits = query_splits or forced_query_splits()
 
     def kv_grid(meta):
-        key_programs = triton.cdiv(Nk, meta["BLOCK_N"]) * B * heads
-        splits = query_splits or split_queries(key_programs, triton.cdiv(Nq, meta["BLOCK_M"]), processors)
-        return (triton.cdiv(Nk, meta["BLOCK_N"]), B * heads, splits)
+        key_programs = cdiv(Nk, meta["BLOCK_N"]) * B * heads
+        splits = query_splits or split_queries(key_programs, cdiv(Nq, meta["BLOCK_M"]), processors)
+        return (cdiv(Nk, meta["BLOCK_N"]), B * heads, splits)
 
     kernels.attention_backward_kv_kernel[kv_grid](q, k_sampled, v_sampled, grad_out, lse, delta,
                                                   dk_sampled, dv_sampled, **arguments)

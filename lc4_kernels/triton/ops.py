@@ -1,10 +1,13 @@
 """The Triton kernels as ``torch.ops.lc4_triton.*`` custom ops, with fake kernels (so that
 ``torch.compile(fullgraph=True)`` traces them) and autograd through the hand-written backward
-ops. Kernel modules are imported on the first call, after ``TRITON_INTERPRET`` has been read."""
+ops; ``KERNELS`` is what the backend runs (see ``lc4_kernels.autograd``). Kernel modules are
+imported on the first call, after ``TRITON_INTERPRET`` has been read."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .. import autograd
 
 
 def _kernels():
@@ -12,9 +15,26 @@ def _kernels():
     return attention, sampling
 
 
+def _sample(value: Tensor, points: Tensor) -> Tensor:
+    return _kernels()[1].sample(value, points)
+
+
+def _sample_backward(grad_out: Tensor, value: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+    (grad_value,), grad_points = _kernels()[1].sample_backward([grad_out], [value], points)
+    return grad_value, grad_points
+
+
+def _attention(q, k, v, points, scale):
+    return _kernels()[0].attention_forward(q, k, v, points, scale)
+
+
+def _attention_backward(grad_out, q, k, v, points, out, lse, scale):
+    return _kernels()[0].attention_backward(grad_out, q, k, v, points, out, lse, scale)
+
+
 @torch.library.custom_op("lc4_triton::trilinear_sample", mutates_args=())
 def trilinear_sample(value: Tensor, points: Tensor) -> Tensor:
-    return _kernels()[1].sample(value, points)
+    return _sample(value, points)
 
 
 @trilinear_sample.register_fake
@@ -25,8 +45,7 @@ def _(value, points):
 
 @torch.library.custom_op("lc4_triton::trilinear_sample_backward", mutates_args=())
 def trilinear_sample_backward(grad_out: Tensor, value: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
-    (grad_value,), grad_points = _kernels()[1].sample_backward([grad_out], [value], points)
-    return grad_value, grad_points
+    return _sample_backward(grad_out, value, points)
 
 
 @trilinear_sample_backward.register_fake
@@ -35,22 +54,10 @@ def _(grad_out, value, points):
             torch.empty_like(points, memory_format=torch.contiguous_format))
 
 
-def _sample_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _sample_backward(ctx, grad_out):
-    value, points = ctx.saved_tensors
-    return trilinear_sample_backward(grad_out.contiguous(), value, points)
-
-
-trilinear_sample.register_autograd(_sample_backward, setup_context=_sample_setup)
-
-
 @torch.library.custom_op("lc4_triton::tda_attention", mutates_args=())
 def tda_attention(q: Tensor, k: Tensor, v: Tensor, points: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """(out, lse): lse is the float32 per-query log-sum-exp ``(B, heads, Nq)`` the backward needs."""
-    return _kernels()[0].attention_forward(q, k, v, points, scale)
+    return _attention(q, k, v, points, scale)
 
 
 @tda_attention.register_fake
@@ -62,7 +69,7 @@ def _(q, k, v, points, scale):
 @torch.library.custom_op("lc4_triton::tda_attention_backward", mutates_args=())
 def tda_attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, points: Tensor, out: Tensor,
                            lse: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _kernels()[0].attention_backward(grad_out, q, k, v, points, out, lse, scale)
+    return _attention_backward(grad_out, q, k, v, points, out, lse, scale)
 
 
 @tda_attention_backward.register_fake
@@ -70,16 +77,8 @@ def _(grad_out, q, k, v, points, out, lse, scale):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, points))
 
 
-def _attention_setup(ctx, inputs, output):
-    q, k, v, points, scale = inputs
-    out, lse = output
-    ctx.scale = scale
-    ctx.save_for_backward(q, k, v, points, out, lse)
+autograd.register(trilinear_sample, trilinear_sample_backward, tda_attention, tda_attention_backward)
 
-
-def _attention_backward(ctx, grad_out, grad_lse):
-    q, k, v, points, out, lse = ctx.saved_tensors
-    return (*tda_attention_backward(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale), None)
-
-
-tda_attention.register_autograd(_attention_backward, setup_context=_attention_setup)
+# The forward reads q of any strides.
+KERNELS = autograd.Kernels(autograd.Launchers(_sample, _sample_backward, _attention, _attention_backward),
+                           trilinear_sample, tda_attention, strided_q=True)

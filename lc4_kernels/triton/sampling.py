@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 
 from . import trilinear_kernels as kernels
-from .tuning import channel_block
+from .tuning import cdiv, channel_block
 
 CORNERS = kernels.CORNERS.value
 
@@ -45,7 +44,7 @@ def sample_values(values, points: torch.Tensor):
         return outs
     geometry = _geometry(values[0], coords)
     block_c = channel_block(C)
-    grid = lambda meta: (triton.cdiv(geometry["rows"], meta["BLOCK_P"]), triton.cdiv(C, block_c), len(values))  # noqa: E731
+    grid = lambda meta: (cdiv(geometry["rows"], meta["BLOCK_P"]), cdiv(C, block_c), len(values))  # noqa: E731
     value, value2 = _pair(values)
     out, out2 = _pair(outs)
     kernels.sample_forward_kernel[grid](value, value2, coords, out, out2, **geometry, BLOCK_C=block_c)
@@ -92,7 +91,7 @@ class CornerTable:
 def _points_gradient(values, grads, coords, dpoints, keys, weights):
     geometry = _geometry(values[0], coords)
     block_c = channel_block(geometry["C"])
-    grid = lambda meta: (triton.cdiv(geometry["rows"], meta["BLOCK_P"]),)  # noqa: E731
+    grid = lambda meta: (cdiv(geometry["rows"], meta["BLOCK_P"]),)  # noqa: E731
     value, value2 = _pair(values)
     grad, grad2 = _pair(grads)
     kernels.sample_backward_points_kernel[grid](value, grad, value2, grad2, coords, dpoints, keys, weights,
@@ -106,7 +105,7 @@ def _scatter(grads, table: CornerTable, like: torch.Tensor):
     if C == 0:
         return [torch.zeros_like(like) for _ in grads]
     block_c = channel_block(C)
-    grid = lambda meta: (triton.cdiv(entries, meta["BLOCK_S"]), triton.cdiv(C, block_c), len(grads))  # noqa: E731
+    grid = lambda meta: (cdiv(entries, meta["BLOCK_S"]), cdiv(C, block_c), len(grads))  # noqa: E731
     grad, grad2 = _pair(grads)
     # One buffer per value: outputs of a custom op may not share storage.
     if table.mode == "sorted":

@@ -28,12 +28,22 @@ MIN_DOT_SIZE = 16
 MAX_CHANNEL_BLOCK = 128
 
 
+# Host-side integer helpers: triton.cdiv and triton.next_power_of_2 are constexpr functions
+# since Triton 3.4, and a host call of one costs microseconds (a dozen per forward+backward).
+def cdiv(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
 def padded_head_dim(head_dim: int) -> int:
-    return max(MIN_DOT_SIZE, triton.next_power_of_2(head_dim))
+    return max(MIN_DOT_SIZE, next_power_of_2(head_dim))
 
 
 def channel_block(channels: int) -> int:
-    return min(MAX_CHANNEL_BLOCK, max(MIN_DOT_SIZE, triton.next_power_of_2(channels)))
+    return min(MAX_CHANNEL_BLOCK, max(MIN_DOT_SIZE, next_power_of_2(channels)))
 
 
 CONFIG_SHARD_ENV = "LC4_TRITON_CONFIG_SHARD"
@@ -160,9 +170,9 @@ def split_queries(key_programs: int, query_blocks: int, processors: int) -> int:
     """How many programs share the query blocks of one key block (none of them left empty)."""
     if torch.are_deterministic_algorithms_enabled() or query_blocks <= 0:
         return 1
-    wanted = triton.cdiv(processors * PROGRAMS_PER_PROCESSOR, max(1, key_programs))
+    wanted = cdiv(processors * PROGRAMS_PER_PROCESSOR, max(1, key_programs))
     splits = max(1, min(wanted, query_blocks // MIN_QUERY_BLOCKS_PER_SPLIT))
-    return triton.cdiv(query_blocks, triton.cdiv(query_blocks, splits))
+    return cdiv(query_blocks, cdiv(query_blocks, splits))
 
 
 KERNEL_MODULES = ("lc4_kernels.triton.attention_kernels", "lc4_kernels.triton.trilinear_kernels")

@@ -1,0 +1,116 @@
+"""Autograd of the two ops, shared by the compiled and the Triton backends: the hand-written
+backward ops behind two entry points.
+
+- ``register``: the registered ops' autograd (``torch.library.register_autograd``), which
+  ``torch.compile`` and ``torch.export`` trace through their fake kernels.
+- ``Kernels.trilinear_sample`` / ``Kernels.tda_attention``: what a backend runs. In eager mode an
+  ``autograd.Function`` calls the launchers directly; the custom-op dispatch around a Python op
+  (argument binding, dynamo guards, redispatch, once forward and once backward) costs more host
+  time than the kernels of a 32x32 layer take on a GPU. Inside ``torch.compile`` or
+  ``torch.export``, and for tensor subclasses (fake, functional), the registered op runs instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _traced(*tensors: torch.Tensor) -> bool:
+    """Whether the call must go through the registered op: a compiler is tracing it, or an
+    input is a tensor subclass that dispatches by itself (fake, functional)."""
+    return torch.compiler.is_compiling() or any(type(t) not in _PLAIN_TENSORS for t in tensors)
+
+
+def _save_sample_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _save_attention_inputs(ctx, inputs, output):
+    q, k, v, points, scale = inputs
+    out, lse = output
+    ctx.scale = scale
+    ctx.save_for_backward(q, k, v, points, out, lse)
+
+
+def register(sample_op, sample_backward_op, attention_op, attention_backward_op) -> None:
+    """Autograd of the registered ops ``sample_op`` and ``attention_op`` through their backward ops."""
+    def sample_backward(ctx, grad_out):
+        value, points = ctx.saved_tensors
+        return tuple(sample_backward_op(grad_out.contiguous(), value, points))
+
+    def attention_backward(ctx, grad_out, grad_lse):
+        q, k, v, points, out, lse = ctx.saved_tensors
+        return (*attention_backward_op(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale), None)
+
+    torch.library.register_autograd(sample_op, sample_backward, setup_context=_save_sample_inputs)
+    torch.library.register_autograd(attention_op, attention_backward, setup_context=_save_attention_inputs)
+
+
+@dataclass(frozen=True)
+class Launchers:
+    """A backend's kernels as plain callables on contiguous tensors (no autograd)."""
+    sample: Callable  # (value6, points4) -> out
+    sample_backward: Callable  # (grad_out, value6, points4) -> (grad_value, grad_points)
+    attention: Callable  # (q, k, v, points, scale) -> (out, lse)
+    attention_backward: Callable  # (grad_out, q, k, v, points, out, lse, scale) -> (dq, dk, dv, dpoints)
+
+
+class Kernels:
+    """The callables a ``Backend`` runs: eager autograd over ``launchers``, the registered ops
+    ``sample_op`` / ``attention_op`` when traced. Inputs are made contiguous, q too unless
+    ``strided_q`` (the op reads q of any strides, e.g. a view of a fused qkv projection)."""
+
+    def __init__(self, launchers: Launchers, sample_op, attention_op, strided_q: bool = False):
+        self.sample_op, self.attention_op, self.strided_q = sample_op, attention_op, strided_q
+
+        # forward(ctx, ...) rather than a setup_context: Function.apply binds the signature of
+        # a setup_context style Function on every call (30 us on a 2-core x86 VM). functorch
+        # transforms would need that style; the registered ops' autograd does not support them
+        # either.
+        class Sample(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, value, points):
+                ctx.save_for_backward(value, points)
+                return launchers.sample(value, points)
+
+            @staticmethod
+            @once_differentiable
+            def backward(ctx, grad_out):
+                value, points = ctx.saved_tensors
+                return tuple(launchers.sample_backward(grad_out.contiguous(), value, points))
+
+        class Attention(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, q, k, v, points, scale):
+                out, lse = launchers.attention(q, k, v, points, scale)
+                ctx.scale = scale
+                ctx.save_for_backward(q, k, v, points, out, lse)
+                return out
+
+            @staticmethod
+            @once_differentiable
+            def backward(ctx, grad_out):
+                q, k, v, points, out, lse = ctx.saved_tensors
+                grads = launchers.attention_backward(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
+                return (*grads, None)
+
+        self._sample, self._attention = Sample, Attention
+
+    def trilinear_sample(self, value: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        value, points = value.contiguous(), points.contiguous()
+        if _traced(value, points):
+            return self.sample_op(value, points)
+        return self._sample.apply(value, points)
+
+    def tda_attention(self, q, k, v, points, scale: float) -> torch.Tensor:
+        if not self.strided_q:
+            q = q.contiguous()
+        k, v, points = k.contiguous(), v.contiguous(), points.contiguous()
+        if _traced(q, k, v, points):
+            return self.attention_op(q, k, v, points, scale)[0]
+        return self._attention.apply(q, k, v, points, scale)

@@ -21,8 +21,8 @@ call of a jit helper costs about a millisecond.
 import triton
 import triton.language as tl
 
-from .tuning import (ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, DKV_PRUNING, DQ_PRUNING, FORWARD_PRUNING,
-                     autotune_bench)
+from .tuning import (ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, DKV_CONFIGS, DKV_PRUNING, DQ_PRUNING,
+                     FORWARD_PRUNING, autotune_bench)
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -72,7 +72,7 @@ def attention_forward_kernel(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_stride_b, 
 
 
 # reset_to_zero: every benchmark run of the autotuner would add to dk~ and dv~ again.
-@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=DKV_PRUNING,
+@triton.autotune(configs=DKV_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=DKV_PRUNING,
                  reset_to_zero=["dk_ptr", "dv_ptr"],
                  do_bench=autotune_bench)
 @triton.jit

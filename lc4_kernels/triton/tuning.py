@@ -2,9 +2,10 @@
 configuration under the interpreter (which runs programs one after another in numpy, so
 fewer, larger programs are faster there, and it autotunes nothing).
 
-``LC4_TRITON_AUTOTUNE=0`` keeps one fixed GPU configuration per kernel, valid for every head
-dim up to 256: each new key (Nq, Nk, head dim) otherwise compiles and times every candidate,
-which dominates a test suite of many small shapes. ``LC4_TRITON_CONFIG_SHARD=i/n`` keeps every
+``LC4_TRITON_AUTOTUNE=0`` keeps fixed GPU configurations, valid for every head dim up to 256
+(one per kernel, or one per head-dim class, picked by the pruning, never timed): each new key
+(Nq, Nk, head dim) otherwise compiles and times every candidate, which dominates a test suite of
+many small shapes. ``LC4_TRITON_CONFIG_SHARD=i/n`` keeps every
 n-th candidate from the i-th on: the parallel warm-up (``benchmarks/triton_warmup.py``) compiles
 the candidates in n processes into Triton's on-disk cache, where the real autotuning finds them.
 Candidates are timed with short runs (``autotune_bench``: 5 ms of warm-up and 20 ms of repeats
@@ -63,14 +64,19 @@ def config_shard(configs: list, spec: str) -> list:
 
 
 def autotune_bench(kernel_call, quantiles):
+    if not AUTOTUNE:
+        # The fixed configuration the pruning left: Triton 3.6 would still time it.
+        return [0.0] * len(quantiles)
     return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
 
 
-def _configs(interpreter: dict, gpu_grid: dict, fixed: triton.Config, warps=(4, 8), stages=(1,)):
+def _configs(interpreter: dict, gpu_grid: dict, fixed, warps=(4, 8), stages=(1,)):
+    """The candidates; without autotuning ``fixed``: one configuration, or a table
+    {largest D_PAD: configuration} (see ``_pruning``)."""
     if INTERPRET:
         return [triton.Config(interpreter, num_warps=1, num_stages=1)]
     if not AUTOTUNE:
-        return [fixed]
+        return list(fixed.values()) if isinstance(fixed, dict) else [fixed]
     names = list(gpu_grid)
     return [triton.Config(dict(zip(names, values)), num_warps=w, num_stages=s)
             for values in itertools.product(*gpu_grid.values()) for w in warps for s in stages]
@@ -82,14 +88,28 @@ def select_candidates(configs: list, keep, shard: str) -> list:
     return config_shard(kept, shard)
 
 
-def _pruning(fits=None):
+def fixed_for_head_dim(table: dict, head: int) -> triton.Config:
+    """The configuration of a {largest D_PAD: configuration} table for this D_PAD."""
+    return table[min((bound for bound in table if head <= bound), default=max(table))]
+
+
+def _pruning(fits=None, fixed=None):
     """``prune_configs_by`` for an autotuner: the candidates ``fits(config, named_args, kwargs)``
     keeps (all if none fit), then the warm-up's shard of them. Triton prunes only lists of more
-    than one candidate, so the shard is taken here, after the filter, not from the list."""
+    than one candidate, so the shard is taken here, after the filter, not from the list.
+    Without autotuning, a table of fixed configurations (``fixed``) gives the launch's D_PAD its own."""
     def prune(configs, named_args, **kwargs):
         keep = None if fits is None else (lambda config: fits(config, named_args, kwargs))
         return select_candidates(configs, keep, os.environ.get(CONFIG_SHARD_ENV, "").strip())
-    return None if INTERPRET or not AUTOTUNE else {"early_config_prune": prune}
+
+    def fixed_for_launch(configs, named_args, **kwargs):
+        return [fixed_for_head_dim(fixed, kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE)))]
+
+    if INTERPRET:
+        return None
+    if not AUTOTUNE:
+        return {"early_config_prune": fixed_for_launch} if isinstance(fixed, dict) else None
+    return {"early_config_prune": prune}
 
 
 def attention_tile_fits(config: triton.Config, head: int, element_bytes: int, streamed: str, resident_tiles: int,
@@ -135,14 +155,21 @@ SEGMENT_CONFIGS = _configs(dict(BLOCK_S=64), dict(BLOCK_S=[16, 32, 64]),
 ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64]),
                              triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2),
                              warps=(4, 8), stages=(2, 3, 4))
-ATTENTION_BACKWARD_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128]),
-                                      triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2),
+_BACKWARD_GRID = dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128])
+_BACKWARD_FIXED = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)
+ATTENTION_BACKWARD_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, _BACKWARD_FIXED,
                                       warps=(4, 8), stages=(2, 3))
+# The dk~/dv~ kernel's key block is the M side of its dk~ and dv~ products: with 32 keys Triton
+# (3.6 and 3.9) compiles them to sm_80's mma.sync on sm_90, with 64 to wgmma. 64 x 64 tiles
+# compile without spills up to D_PAD 128 in float16/bfloat16 for sm_80 and sm_90; at D_PAD 256
+# they spill, and the 64 x 32 tiles stay.
+DKV_FIXED = {128: triton.Config(dict(BLOCK_M=64, BLOCK_N=64), num_warps=8, num_stages=2), 256: _BACKWARD_FIXED}
+DKV_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, DKV_FIXED, warps=(4, 8), stages=(2, 3))
 TRILINEAR_PRUNING = _pruning()
 # Resident tiles: q (forward); q and grad_out (dq); k~ and v~ (dk~/dv~).
 FORWARD_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=1))
 DQ_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=2))
-DKV_PRUNING = _pruning(_attention_fits(streamed="BLOCK_M", resident_tiles=2))
+DKV_PRUNING = _pruning(_attention_fits(streamed="BLOCK_M", resident_tiles=2), fixed=DKV_FIXED)
 
 
 # The dk~/dv~ kernel has one program per key block and (batch, head): at the 512 px SD1.5 layers
@@ -180,8 +207,9 @@ KERNEL_MODULES = ("lc4_kernels.triton.attention_kernels", "lc4_kernels.triton.tr
 
 def chosen_configs() -> list[dict]:
     """The launch configurations the Triton kernels imported so far run with: per autotuning key
-    (the key arguments' values, then the tensors' dtypes) the candidate the autotuner chose, or
-    the one fixed configuration (``LC4_TRITON_AUTOTUNE=0``, the interpreter)."""
+    (the key arguments' values, then the tensors' dtypes) the candidate the autotuner chose (or,
+    with ``LC4_TRITON_AUTOTUNE=0``, the fixed one for the key's head dim), or the one fixed
+    configuration (``LC4_TRITON_AUTOTUNE=0``, the interpreter)."""
     import sys
 
     from triton.runtime.autotuner import Autotuner
@@ -196,6 +224,6 @@ def chosen_configs() -> list[dict]:
                 continue
             if len(kernel.configs) == 1:
                 rows.append({"kernel": name, "key": None, "autotuned": False, "config": describe(kernel.configs[0])})
-            rows += [{"kernel": name, "key": [str(part) for part in key], "autotuned": True, "config": describe(config)}
-                     for key, config in kernel.cache.items()]
+            rows += [{"kernel": name, "key": [str(part) for part in key], "autotuned": AUTOTUNE,
+                      "config": describe(config)} for key, config in kernel.cache.items()]
     return rows

@@ -19,23 +19,51 @@ def test_every_kernel_compiles_and_fits_in_shared_memory(capability, dtype, head
         assert shared <= compile_check.SHARED_MEMORY_LIMIT[capability], f"{name} {config}"
 
 
-def test_fixed_configurations_without_autotuning_compile_for_the_largest_head_dim():
-    # LC4_TRITON_AUTOTUNE=0 is read when the kernels are defined, hence a new process.
+def _without_autotuning(code: str) -> str:
+    """Runs ``code`` in a new process with LC4_TRITON_AUTOTUNE=0 (read when the kernels are
+    defined); its standard output."""
     import os
     import subprocess
     import sys
 
-    code = ("from lc4_kernels.triton import compile_check as c\n"
-            "rows = list(c.compile_kernels(90, 'fp16', 256, which='every'))\n"
-            "assert len(rows) == 7, rows\n"
-            "for name, config, shared in rows:\n"
-            "    assert shared <= c.SHARED_MEMORY_LIMIT[90], (name, config, shared)\n"
-            "print(sorted(str(config) for _, config, _ in rows))\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["LC4_TRITON_AUTOTUNE"] = "0"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "BLOCK_M: 64, BLOCK_N: 32" in done.stdout and "num_warps: 8" in done.stdout
+    return done.stdout
+
+
+def test_fixed_configurations_without_autotuning_compile_for_the_largest_head_dim():
+    stdout = _without_autotuning(
+        "from lc4_kernels.triton import compile_check as c\n"
+        "rows = list(c.compile_kernels(90, 'fp16', 256, which='every'))\n"
+        "assert len(rows) == 7, rows\n"
+        "for name, config, shared in rows:\n"
+        "    assert shared <= c.SHARED_MEMORY_LIMIT[90], (name, config, shared)\n"
+        "print(sorted(str(config) for _, config, _ in rows))\n")
+    assert "BLOCK_M: 64, BLOCK_N: 32" in stdout and "num_warps: 8" in stdout
+
+
+def test_fixed_dkv_configuration_uses_hopper_tensor_cores_up_to_d_pad_128():
+    # With 32 keys a program the dk~/dv~ products compiled to sm_80's mma.sync on sm_90; the fixed
+    # configuration of D_PAD <= 128 (the 64x64 and 32x32 SD1.5 layers) takes 64 and compiles to wgmma.
+    stdout = _without_autotuning(
+        "from lc4_kernels.triton import attention_kernels as a, compile_check as c\n"
+        "kernel = a.attention_backward_kv_kernel\n"
+        "for head_dim in (40, 80):\n"
+        "    types, constants = next((t, k) for f, t, k in c._kernels('fp16', head_dim) if f is kernel)\n"
+        "    (config,) = c._configs(kernel, constants, 'every')\n"
+        "    ptx = c._compile(kernel.fn, types, constants, config, 90, head_dim).asm['ptx']\n"
+        "    print(head_dim, config.kwargs['BLOCK_N'], ptx.count('wgmma.mma_async') > 0, ptx.count('mma.sync') > 0)\n"
+        "from lc4_kernels.triton.tuning import autotune_bench\n"
+        "print(autotune_bench(None, (0.5, 0.2, 0.8)))\n")  # the fixed configuration is never timed
+    assert stdout.split("\n")[:3] == ["40 64 True False", "80 64 True False", "[0.0, 0.0, 0.0]"]
+
+
+def test_fixed_configuration_tables_pick_by_head_dim():
+    from lc4_kernels.triton.tuning import DKV_FIXED, fixed_for_head_dim
+    picked = [fixed_for_head_dim(DKV_FIXED, head).kwargs["BLOCK_N"] for head in (16, 64, 128, 256)]
+    assert picked == [64, 64, 64, 32]
 
 
 def test_shared_memory_estimate_of_the_pruning_agrees_with_the_compiler():

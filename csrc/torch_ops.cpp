@@ -208,8 +208,11 @@ struct EmulatedKernels {
     cuda_emu::trilinear_sample_backward(p, k, det, stream());
   }
   static void attention_forward(const AttentionParams& p, ScalarKind k) { cuda_emu::tda_attention_forward(p, k, stream()); }
-  static void attention_backward(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
-    cuda_emu::tda_attention_backward(p, s, k, stream());
+  static void attention_backward_sampled(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
+    cuda_emu::tda_attention_backward_sampled(p, s, k, stream());
+  }
+  static void attention_backward_scatter(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
+    cuda_emu::tda_attention_backward_scatter(p, s, k, stream());
   }
   static void attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights) {
     cuda_emu::tda_attention_corner_table(p, keys, weights, stream());
@@ -464,17 +467,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   }
   // The separate dq kernel writes dq once, in q's dtype; elsewhere atomics or the float kernels add into float32.
   auto grad_q = separate_dq ? at::empty_like(q) : float_buffer_for(q, /*zeroed=*/!p.deterministic);
+  const auto float_options = q.options().dtype(at::kFloat);
+  auto delta = at::empty({q.size(0), q.size(2), q.size(1)}, float_options);
+  // dk~ and dv~ in one zeroed buffer: the dk~/dv~ kernel's blocks add their shares of the queries.
+  const auto grad_kv_sampled = at::zeros({2, q.size(0), q.size(2), points.size(1), q.size(3)}, float_options);
+  AttentionScratch s;
+  s.delta = delta.data_ptr<float>();
+  s.grad_k_sampled = grad_kv_sampled[0].data_ptr<float>();
+  s.grad_v_sampled = grad_kv_sampled[1].data_ptr<float>();
+  p.out = const_cast<void*>(out.data_ptr());
+  p.lse = const_cast<void*>(lse.data_ptr());
+  p.grad_out = go.data_ptr();
+  p.grad_q = grad_q.data_ptr();
+  Kernels::attention_backward_sampled(p, s, kind);
+  // k~, v~ and delta are done with: freed before dk and dv, the backward's largest buffers, are
+  // allocated (the allocator's stream order keeps the kernels that read them safe).
+  k_sampled.reset(), v_sampled.reset(), delta.reset();
+  p.k_sampled = p.v_sampled = nullptr, s.delta = nullptr;
   // The segment scatter writes each voxel once, in the inputs' dtype; atomics add into float32.
   const bool segments = scatters_by_segments(p);
   auto grad_k = segments ? at::zeros_like(k) : float_buffer_for(k, /*zeroed=*/true);
   auto grad_v = segments ? at::zeros_like(v) : float_buffer_for(v, /*zeroed=*/true);
   auto grad_points = float_buffer_for(points, /*zeroed=*/false);
-  const auto float_options = q.options().dtype(at::kFloat);
-  auto delta = at::empty({q.size(0), q.size(2), q.size(1)}, float_options);
-  // dk~ and dv~ in one zeroed buffer: the dk~/dv~ kernel's blocks add their shares of the queries.
-  const auto grad_kv_sampled = at::zeros({2, q.size(0), q.size(2), points.size(1), q.size(3)}, float_options);
-  const auto grad_k_sampled = grad_kv_sampled[0], grad_v_sampled = grad_kv_sampled[1];
-  AttentionScratch s;
   at::Tensor corner_weights, sorted_corner_keys, sorted_corner_entries;
   if (segments) {
     const int64_t entries = points.size(0) * points.size(1) * points.size(2) * 8;
@@ -487,17 +501,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
     s.sorted_corner_keys = sorted_corner_keys.data_ptr<int64_t>();
     s.sorted_corner_entries = sorted_corner_entries.data_ptr<int64_t>();
   }
-  s.delta = delta.data_ptr<float>();
-  s.grad_k_sampled = grad_k_sampled.data_ptr<float>();
-  s.grad_v_sampled = grad_v_sampled.data_ptr<float>();
-  p.out = const_cast<void*>(out.data_ptr());
-  p.lse = const_cast<void*>(lse.data_ptr());
-  p.grad_out = go.data_ptr();
-  p.grad_q = grad_q.data_ptr();
   p.grad_k = grad_k.data_ptr();
   p.grad_v = grad_v.data_ptr();
   p.grad_points = grad_points.data_ptr();
-  Kernels::attention_backward(p, s, kind);
+  Kernels::attention_backward_scatter(p, s, kind);
   const auto dtype = q.scalar_type();
   return {grad_q.to(dtype), grad_k.to(dtype), grad_v.to(dtype), grad_points.to(points_in.scalar_type())};
 }

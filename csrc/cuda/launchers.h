@@ -14,7 +14,10 @@ namespace lc4 {
 
 enum class ScalarKind { f32, f16, bf16 };
 
-// Buffers the glue allocates for the attention backward, contiguous.
+// Buffers the glue allocates for the attention backward, contiguous. delta (and k~, v~ in
+// AttentionParams) serve tda_attention_backward_sampled only, the corner table
+// tda_attention_backward_scatter only: the glue frees the first before it allocates the second
+// and dk, dv.
 struct AttentionScratch {
   float* delta = nullptr;         // (B, heads, Nq): rowsum(grad_out * out)
   float* grad_k_sampled = nullptr;  // (B, heads, Nk, d): dk~, zeroed (blocks add their shares)
@@ -54,15 +57,19 @@ inline bool scatters_by_segments(const AttentionParams& p) {
 // (separate_half_dq) and grad_k, grad_v where it scatters by segments (scatters_by_segments):
 // those are in the inputs' dtype. grad_value, grad_k, grad_v (and grad_q when dq is added up by
 // atomics: not deterministic, and float32 or not separate_half_dq) must be zeroed.
-// tda_attention_corner_table fills the corner table's keys (unsorted) and weights.
+// The attention backward runs in two calls: tda_attention_backward_sampled (dq, dk~, dv~) and
+// then tda_attention_backward_scatter (dk, dv, dpoints). tda_attention_corner_table fills the
+// corner table's keys (unsorted) and weights.
 #define LC4_DECLARE_CUDA_LAUNCHERS(NS)                                                              \
   namespace lc4::NS {                                                                              \
   void trilinear_sample_forward(const SampleParams& p, ScalarKind kind, cudaStream_t stream);      \
   void trilinear_sample_backward(const SampleParams& p, ScalarKind kind, bool deterministic,       \
                                  cudaStream_t stream);                                             \
   void tda_attention_forward(const AttentionParams& p, ScalarKind kind, cudaStream_t stream);      \
-  void tda_attention_backward(const AttentionParams& p, const AttentionScratch& scratch,           \
-                              ScalarKind kind, cudaStream_t stream);                               \
+  void tda_attention_backward_sampled(const AttentionParams& p, const AttentionScratch& scratch,   \
+                                      ScalarKind kind, cudaStream_t stream);                       \
+  void tda_attention_backward_scatter(const AttentionParams& p, const AttentionScratch& scratch,   \
+                                      ScalarKind kind, cudaStream_t stream);                       \
   void tda_attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights,         \
                                   cudaStream_t stream);                                            \
   }

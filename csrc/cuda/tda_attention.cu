@@ -9,7 +9,9 @@ namespace lc4::LC4_CUDA_NS {
 template <typename T>
 void attention_forward_for(const AttentionParams& p, cudaStream_t stream);
 template <typename T>
-void attention_backward_for(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream);
+void attention_backward_sampled_for(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream);
+template <typename T>
+void attention_backward_scatter_for(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream);
 
 void tda_attention_forward(const AttentionParams& p, ScalarKind kind, cudaStream_t stream) {
   if (p.B == 0 || p.Nq == 0 || p.heads == 0) return;
@@ -20,12 +22,23 @@ void tda_attention_forward(const AttentionParams& p, ScalarKind kind, cudaStream
   }
 }
 
-void tda_attention_backward(const AttentionParams& p, const AttentionScratch& s, ScalarKind kind, cudaStream_t stream) {
+void tda_attention_backward_sampled(const AttentionParams& p, const AttentionScratch& s, ScalarKind kind,
+                                    cudaStream_t stream) {
   if (p.B == 0 || p.heads == 0) return;
   switch (kind) {
-    case ScalarKind::f32: return attention_backward_for<float>(p, s, stream);
-    case ScalarKind::f16: return attention_backward_for<__half>(p, s, stream);
-    case ScalarKind::bf16: return attention_backward_for<__nv_bfloat16>(p, s, stream);
+    case ScalarKind::f32: return attention_backward_sampled_for<float>(p, s, stream);
+    case ScalarKind::f16: return attention_backward_sampled_for<__half>(p, s, stream);
+    case ScalarKind::bf16: return attention_backward_sampled_for<__nv_bfloat16>(p, s, stream);
+  }
+}
+
+void tda_attention_backward_scatter(const AttentionParams& p, const AttentionScratch& s, ScalarKind kind,
+                                    cudaStream_t stream) {
+  if (p.B == 0 || p.heads == 0) return;
+  switch (kind) {
+    case ScalarKind::f32: return attention_backward_scatter_for<float>(p, s, stream);
+    case ScalarKind::f16: return attention_backward_scatter_for<__half>(p, s, stream);
+    case ScalarKind::bf16: return attention_backward_scatter_for<__nv_bfloat16>(p, s, stream);
   }
 }
 

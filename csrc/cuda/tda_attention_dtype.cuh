@@ -51,13 +51,14 @@ bool launch_register_dkv(const AttentionParams& p, const AttentionScratch& s, bo
   return false;
 }
 
-// float16 and bfloat16 take a tensor-core dk~/dv~ kernel, and up to d = 128 (separate_half_dq)
-// the tensor-core dq kernel before it, which also writes delta; otherwise dq comes from atomics in
-// the dk~/dv~ kernel, or from the float dq kernel when deterministic. With dq separate, up to
-// d = 80 the dk~/dv~ kernel keeps 16 keys per warp in registers (unless HalfDkv::kShared). The
-// rest is shared.
+// The backward's first part: dq, delta and dk~/dv~ (the gradients of the attention over the
+// sampled keys). float16 and bfloat16 take a tensor-core dk~/dv~ kernel, and up to d = 128
+// (separate_half_dq) the tensor-core dq kernel before it, which also writes delta; otherwise dq
+// comes from atomics in the dk~/dv~ kernel, or from the float dq kernel when deterministic. With
+// dq separate, up to d = 80 the dk~/dv~ kernel keeps 16 keys per warp in registers (unless
+// HalfDkv::kShared). The rest is shared.
 template <typename T, int D>
-void launch_attention_backward(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
+void launch_attention_backward_sampled(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
   const dim3 block(kAttentionThreads);
   const auto heads = static_cast<unsigned>(p.heads), batch = static_cast<unsigned>(p.B);
@@ -87,6 +88,13 @@ void launch_attention_backward(const AttentionParams& p, const AttentionScratch&
     const dim3 grid(static_cast<unsigned>(ceil_div(p.Nq, BackwardTiles<D>::kBlock)), heads, batch);
     launch(attention_dq_kernel<T, D>, grid, block, stream, p, s);
   }
+}
+
+// The second part: dk, dv (dk~ and dv~ scattered through the trilinear weights) and dpoints.
+template <typename T>
+void attention_backward_scatter_for(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
+  constexpr int kWarps = kAttentionThreads / kWarpSize;
+  const dim3 block(kAttentionThreads);
   if (scatters_by_segments(p)) {
     launch(attention_scatter_segments_kernel<T>, grid_for(p.B * p.Nk * p.G * 8, kWarps), block, stream, p, s);
   } else {
@@ -101,12 +109,15 @@ void attention_forward_for(const AttentionParams& p, cudaStream_t stream) {
 }
 
 template <typename T>
-void attention_backward_for(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
-  with_head_dim_bucket(p.d, [&](auto bucket) { launch_attention_backward<T, decltype(bucket)::value>(p, s, stream); });
+void attention_backward_sampled_for(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
+  with_head_dim_bucket(p.d, [&](auto bucket) {
+    launch_attention_backward_sampled<T, decltype(bucket)::value>(p, s, stream);
+  });
 }
 
-#define LC4_INSTANTIATE_ATTENTION(T)                                                      \
-  template void attention_forward_for<T>(const AttentionParams&, cudaStream_t);          \
-  template void attention_backward_for<T>(const AttentionParams&, const AttentionScratch&, cudaStream_t);
+#define LC4_INSTANTIATE_ATTENTION(T)                                                                      \
+  template void attention_forward_for<T>(const AttentionParams&, cudaStream_t);                          \
+  template void attention_backward_sampled_for<T>(const AttentionParams&, const AttentionScratch&, cudaStream_t); \
+  template void attention_backward_scatter_for<T>(const AttentionParams&, const AttentionScratch&, cudaStream_t);
 
 }  // namespace lc4::LC4_CUDA_NS

@@ -131,7 +131,8 @@ int main() {
       for (int64_t e = 0; e < entries; ++e) sorted_keys[e] = keys[order[e]];
       s.corner_weights = weights.data(), s.sorted_corner_keys = sorted_keys.data(), s.sorted_corner_entries = order.data();
     }
-    cuda_emu::tda_attention_backward(pb, s, kind, nullptr);
+    cuda_emu::tda_attention_backward_sampled(pb, s, kind, nullptr);
+    cuda_emu::tda_attention_backward_scatter(pb, s, kind, nullptr);
     if (dq_in_half) dq = from_half(dq16);
     if (maps_in_half) dk = from_half(dk16), dv = from_half(dv16);
     std::vector<float> all;

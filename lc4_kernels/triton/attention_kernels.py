@@ -21,7 +21,7 @@ call of a jit helper costs about a millisecond.
 import triton
 import triton.language as tl
 
-from .tuning import (ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, DKV_CONFIGS, DKV_PRUNING, DQ_PRUNING,
+from .tuning import (ATTENTION_CONFIGS, DKV_CONFIGS, DKV_PRUNING, DQ_CONFIGS, DQ_PRUNING,
                      FORWARD_PRUNING, autotune_bench)
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -118,7 +118,7 @@ def attention_backward_kv_kernel(q_ptr, k_ptr, v_ptr, grad_out_ptr, lse_ptr, del
     tl.atomic_add(dv_ptr + kv_offsets, dv, mask=kv_mask)
 
 
-@triton.autotune(configs=ATTENTION_BACKWARD_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=DQ_PRUNING,
+@triton.autotune(configs=DQ_CONFIGS, key=["Nq", "Nk", "D_PAD"], prune_configs_by=DQ_PRUNING,
                  do_bench=autotune_bench)
 @triton.jit
 def attention_backward_q_kernel(q_ptr, k_ptr, v_ptr, out_ptr, grad_out_ptr, lse_ptr, delta_ptr, dq_ptr,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -70,13 +71,31 @@ def autotune_bench(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
 
 
+@dataclass(frozen=True)
+class FixedConfigs:
+    """The configurations of an attention kernel without autotuning: one per head-dim class
+    ({largest D_PAD: configuration}), and ``small`` for a launch whose pick would not fit the
+    GPU's shared memory (float32 beyond D_PAD 128 on sm_80: 205 KB of 163)."""
+    by_head_dim: dict
+    small: triton.Config
+
+    @property
+    def configs(self) -> list:
+        return [*dict.fromkeys(self.by_head_dim.values()), self.small]
+
+    def pick(self, head: int, fits=lambda config: True) -> triton.Config:
+        config = self.by_head_dim[min((bound for bound in self.by_head_dim if head <= bound),
+                                      default=max(self.by_head_dim))]
+        return config if fits(config) else self.small
+
+
 def _configs(interpreter: dict, gpu_grid: dict, fixed, warps=(4, 8), stages=(1,)):
-    """The candidates; without autotuning ``fixed``: one configuration, or a table
-    {largest D_PAD: configuration} (see ``_pruning``)."""
+    """The candidates; without autotuning ``fixed``: one configuration, or ``FixedConfigs``
+    (the pruning picks one per launch)."""
     if INTERPRET:
         return [triton.Config(interpreter, num_warps=1, num_stages=1)]
     if not AUTOTUNE:
-        return list(fixed.values()) if isinstance(fixed, dict) else [fixed]
+        return fixed.configs if isinstance(fixed, FixedConfigs) else [fixed]
     names = list(gpu_grid)
     return [triton.Config(dict(zip(names, values)), num_warps=w, num_stages=s)
             for values in itertools.product(*gpu_grid.values()) for w in warps for s in stages]
@@ -88,27 +107,23 @@ def select_candidates(configs: list, keep, shard: str) -> list:
     return config_shard(kept, shard)
 
 
-def fixed_for_head_dim(table: dict, head: int) -> triton.Config:
-    """The configuration of a {largest D_PAD: configuration} table for this D_PAD."""
-    return table[min((bound for bound in table if head <= bound), default=max(table))]
-
-
-def _pruning(fits=None, fixed=None):
+def _pruning(fits=None, fixed: FixedConfigs | None = None):
     """``prune_configs_by`` for an autotuner: the candidates ``fits(config, named_args, kwargs)``
     keeps (all if none fit), then the warm-up's shard of them. Triton prunes only lists of more
     than one candidate, so the shard is taken here, after the filter, not from the list.
-    Without autotuning, a table of fixed configurations (``fixed``) gives the launch's D_PAD its own."""
+    Without autotuning, ``fixed`` picks the launch's configuration by its D_PAD and what fits."""
     def prune(configs, named_args, **kwargs):
         keep = None if fits is None else (lambda config: fits(config, named_args, kwargs))
         return select_candidates(configs, keep, os.environ.get(CONFIG_SHARD_ENV, "").strip())
 
     def fixed_for_launch(configs, named_args, **kwargs):
-        return [fixed_for_head_dim(fixed, kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE)))]
+        head = kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE))
+        return [fixed.pick(head, lambda config: fits(config, named_args, kwargs))]
 
     if INTERPRET:
         return None
     if not AUTOTUNE:
-        return {"early_config_prune": fixed_for_launch} if isinstance(fixed, dict) else None
+        return None if fixed is None else {"early_config_prune": fixed_for_launch}
     return {"early_config_prune": prune}
 
 
@@ -152,24 +167,27 @@ SAMPLE_CONFIGS = _configs(dict(BLOCK_P=128), dict(BLOCK_P=[16, 32, 64]),
 SEGMENT_CONFIGS = _configs(dict(BLOCK_S=64), dict(BLOCK_S=[16, 32, 64]),
                            triton.Config(dict(BLOCK_S=32), num_warps=4, num_stages=1), warps=(2, 4, 8))
 # The fixed attention tiles keep a 64 x 256 float32 accumulator at 64 registers per thread (8 warps).
+_SMALL_FIXED = triton.Config(dict(BLOCK_M=32, BLOCK_N=32), num_warps=8, num_stages=1)
+_FORWARD_FIXED = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)
+FORWARD_FIXED = FixedConfigs({256: _FORWARD_FIXED}, _SMALL_FIXED)
 ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64]),
-                             triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2),
-                             warps=(4, 8), stages=(2, 3, 4))
+                             FORWARD_FIXED, warps=(4, 8), stages=(2, 3, 4))
 _BACKWARD_GRID = dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128])
 _BACKWARD_FIXED = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)
-ATTENTION_BACKWARD_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, _BACKWARD_FIXED,
-                                      warps=(4, 8), stages=(2, 3))
+DQ_FIXED = FixedConfigs({256: _BACKWARD_FIXED}, _SMALL_FIXED)
+DQ_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, DQ_FIXED, warps=(4, 8), stages=(2, 3))
 # The dk~/dv~ kernel's key block is the M side of its dk~ and dv~ products: with 32 keys Triton
 # (3.6 and 3.9) compiles them to sm_80's mma.sync on sm_90, with 64 to wgmma. 64 x 64 tiles
 # compile without spills up to D_PAD 128 in float16/bfloat16 for sm_80 and sm_90; at D_PAD 256
 # they spill, and the 64 x 32 tiles stay.
-DKV_FIXED = {128: triton.Config(dict(BLOCK_M=64, BLOCK_N=64), num_warps=8, num_stages=2), 256: _BACKWARD_FIXED}
+DKV_FIXED = FixedConfigs({128: triton.Config(dict(BLOCK_M=64, BLOCK_N=64), num_warps=8, num_stages=2),
+                          256: _BACKWARD_FIXED}, _SMALL_FIXED)
 DKV_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, DKV_FIXED, warps=(4, 8), stages=(2, 3))
 TRILINEAR_PRUNING = _pruning()
 # Resident tiles: q (forward); q and grad_out (dq); k~ and v~ (dk~/dv~).
-FORWARD_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=1))
-DQ_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=2))
-DKV_PRUNING = _pruning(_attention_fits(streamed="BLOCK_M", resident_tiles=2), fixed=DKV_FIXED)
+FORWARD_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=1), FORWARD_FIXED)
+DQ_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=2), DQ_FIXED)
+DKV_PRUNING = _pruning(_attention_fits(streamed="BLOCK_M", resident_tiles=2), DKV_FIXED)
 
 
 # The dk~/dv~ kernel has one program per key block and (batch, head): at the 512 px SD1.5 layers

@@ -48,7 +48,7 @@ def test_shards_are_taken_after_the_pruning():
 
 def test_attention_pruning_drops_tiles_over_the_shared_memory_limit():
     triton = pytest.importorskip("triton")
-    from lc4_kernels.triton.tuning import ATTENTION_BACKWARD_CONFIGS, ATTENTION_CONFIGS, attention_tile_fits
+    from lc4_kernels.triton.tuning import ATTENTION_CONFIGS, DKV_CONFIGS, DQ_CONFIGS, attention_tile_fits
     h200_shared = 232448
     forward, dq, dkv = ("BLOCK_N", 1), ("BLOCK_N", 2), ("BLOCK_M", 2)  # streamed block, resident tiles
 
@@ -69,6 +69,5 @@ def test_attention_pruning_drops_tiles_over_the_shared_memory_limit():
     assert attention_tile_fits(config(128, 32, 8, 1), 256, 2, *forward, 10**9)
     # Every kernel keeps candidates at every head dim on an sm_90 GPU.
     for head in (16, 32, 64, 128, 256):
-        for candidates, kind in ((ATTENTION_CONFIGS, forward), (ATTENTION_BACKWARD_CONFIGS, dq),
-                                 (ATTENTION_BACKWARD_CONFIGS, dkv)):
+        for candidates, kind in ((ATTENTION_CONFIGS, forward), (DQ_CONFIGS, dq), (DKV_CONFIGS, dkv)):
             assert any(attention_tile_fits(c, head, 2, *kind, h200_shared) for c in candidates)

@@ -60,10 +60,19 @@ def test_fixed_dkv_configuration_uses_hopper_tensor_cores_up_to_d_pad_128():
     assert stdout.split("\n")[:3] == ["40 64 True False", "80 64 True False", "[0.0, 0.0, 0.0]"]
 
 
-def test_fixed_configuration_tables_pick_by_head_dim():
-    from lc4_kernels.triton.tuning import DKV_FIXED, fixed_for_head_dim
-    picked = [fixed_for_head_dim(DKV_FIXED, head).kwargs["BLOCK_N"] for head in (16, 64, 128, 256)]
+def test_fixed_configurations_pick_by_head_dim_and_give_way_where_they_do_not_fit():
+    from lc4_kernels.triton.tuning import DKV_FIXED, DQ_FIXED, attention_tile_fits
+    picked = [DKV_FIXED.pick(head).kwargs["BLOCK_N"] for head in (16, 64, 128, 256)]
     assert picked == [64, 64, 64, 32]
+    # float32 at D_PAD 256 on sm_80 (163 KB of shared memory): the dq tiles need 205 KB
+    # (Triton 3.6's compile), the small ones 131 KB.
+    a100_shared = 163 * 1024
+
+    def fits(config):
+        return attention_tile_fits(config, 256, 4, "BLOCK_N", 2, a100_shared)
+    assert DQ_FIXED.pick(256, fits) is DQ_FIXED.small and fits(DQ_FIXED.small)
+    assert DQ_FIXED.pick(256, lambda config: attention_tile_fits(config, 256, 2, "BLOCK_N", 2, a100_shared)) \
+        is DQ_FIXED.by_head_dim[256]  # float16 fits
 
 
 def test_shared_memory_estimate_of_the_pruning_agrees_with_the_compiler():

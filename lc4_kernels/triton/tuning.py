@@ -5,7 +5,8 @@ fewer, larger programs are faster there, and it autotunes nothing).
 ``LC4_TRITON_AUTOTUNE=0`` keeps fixed GPU configurations, valid for every head dim up to 256
 (one per kernel, or one per head-dim class, picked by the pruning, never timed): each new key
 (Nq, Nk, head dim) otherwise compiles and times every candidate, which dominates a test suite of
-many small shapes. ``LC4_TRITON_CONFIG_SHARD=i/n`` keeps every
+many small shapes. ``LC4_TRITON_FIXED`` replaces an attention kernel's fixed configuration
+(see ``fixed_overrides``). ``LC4_TRITON_CONFIG_SHARD=i/n`` keeps every
 n-th candidate from the i-th on: the parallel warm-up (``benchmarks/triton_warmup.py``) compiles
 the candidates in n processes into Triton's on-disk cache, where the real autotuning finds them.
 Candidates are timed with short runs (``autotune_bench``: 5 ms of warm-up and 20 ms of repeats
@@ -89,6 +90,35 @@ class FixedConfigs:
         return config if fits(config) else self.small
 
 
+FIXED_ENV = "LC4_TRITON_FIXED"
+
+
+def fixed_overrides(spec: str) -> dict:
+    """``LC4_TRITON_FIXED``: ``kernel=MxNxWxS`` items separated by ``;`` (kernel ``forward``, ``dq``
+    or ``dkv``; BLOCK_M x BLOCK_N x warps x stages), a fixed configuration for every head dim
+    instead of the kernel's own when not autotuning: a short GPU lease compares a few tiles
+    side by side in one run without the autotuner's compile of every candidate."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in spec.split(";"))):
+        kernel, _, tiles = item.partition("=")
+        try:
+            block_m, block_n, warps, stages = (int(v) for v in tiles.lower().split("x"))
+        except ValueError:
+            block_m = block_n = warps = stages = 0
+        if kernel.strip() not in ("forward", "dq", "dkv") or min(block_m, block_n, warps, stages) < 1 \
+                or min(block_m, block_n) < MIN_DOT_SIZE:
+            raise ValueError(f"{FIXED_ENV}: expected items like 'dkv=64x64x8x2' (forward, dq or dkv; BLOCK_M x "
+                             f"BLOCK_N >= {MIN_DOT_SIZE} x warps x stages), got {item!r}")
+        overrides[kernel.strip()] = triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps=warps,
+                                                  num_stages=stages)
+    return overrides
+
+
+def _fixed(kernel: str, by_head_dim: dict, small: triton.Config) -> FixedConfigs:
+    override = fixed_overrides(os.environ.get(FIXED_ENV, "")).get(kernel)
+    return FixedConfigs({256: override} if override else by_head_dim, small)
+
+
 def _configs(interpreter: dict, gpu_grid: dict, fixed, warps=(4, 8), stages=(1,)):
     """The candidates; without autotuning ``fixed``: one configuration, or ``FixedConfigs``
     (the pruning picks one per launch)."""
@@ -169,19 +199,19 @@ SEGMENT_CONFIGS = _configs(dict(BLOCK_S=64), dict(BLOCK_S=[16, 32, 64]),
 # The fixed attention tiles keep a 64 x 256 float32 accumulator at 64 registers per thread (8 warps).
 _SMALL_FIXED = triton.Config(dict(BLOCK_M=32, BLOCK_N=32), num_warps=8, num_stages=1)
 _FORWARD_FIXED = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)
-FORWARD_FIXED = FixedConfigs({256: _FORWARD_FIXED}, _SMALL_FIXED)
+FORWARD_FIXED = _fixed("forward", {256: _FORWARD_FIXED}, _SMALL_FIXED)
 ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64]),
                              FORWARD_FIXED, warps=(4, 8), stages=(2, 3, 4))
 _BACKWARD_GRID = dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128])
 _BACKWARD_FIXED = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)
-DQ_FIXED = FixedConfigs({256: _BACKWARD_FIXED}, _SMALL_FIXED)
+DQ_FIXED = _fixed("dq", {256: _BACKWARD_FIXED}, _SMALL_FIXED)
 DQ_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, DQ_FIXED, warps=(4, 8), stages=(2, 3))
 # The dk~/dv~ kernel's key block is the M side of its dk~ and dv~ products: with 32 keys Triton
 # (3.6 and 3.9) compiles them to sm_80's mma.sync on sm_90, with 64 to wgmma. 64 x 64 tiles
 # compile without spills up to D_PAD 128 in float16/bfloat16 for sm_80 and sm_90; at D_PAD 256
 # they spill, and the 64 x 32 tiles stay.
-DKV_FIXED = FixedConfigs({128: triton.Config(dict(BLOCK_M=64, BLOCK_N=64), num_warps=8, num_stages=2),
-                          256: _BACKWARD_FIXED}, _SMALL_FIXED)
+DKV_FIXED = _fixed("dkv", {128: triton.Config(dict(BLOCK_M=64, BLOCK_N=64), num_warps=8, num_stages=2),
+                           256: _BACKWARD_FIXED}, _SMALL_FIXED)
 DKV_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, DKV_FIXED, warps=(4, 8), stages=(2, 3))
 TRILINEAR_PRUNING = _pruning()
 # Resident tiles: q (forward); q and grad_out (dq); k~ and v~ (dk~/dv~).

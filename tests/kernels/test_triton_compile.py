@@ -19,15 +19,15 @@ def test_every_kernel_compiles_and_fits_in_shared_memory(capability, dtype, head
         assert shared <= compile_check.SHARED_MEMORY_LIMIT[capability], f"{name} {config}"
 
 
-def _without_autotuning(code: str) -> str:
-    """Runs ``code`` in a new process with LC4_TRITON_AUTOTUNE=0 (read when the kernels are
-    defined); its standard output."""
+def _without_autotuning(code: str, **variables: str) -> str:
+    """Runs ``code`` in a new process with LC4_TRITON_AUTOTUNE=0 and ``variables`` (read when the
+    kernels are defined); its standard output."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["LC4_TRITON_AUTOTUNE"] = "0"
+    env.update(LC4_TRITON_AUTOTUNE="0", **variables)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -94,3 +94,17 @@ def test_shared_memory_estimate_of_the_pruning_agrees_with_the_compiler():
         assert attention_tile_fits(config, 256, 2, streamed, resident, limit) == fits, (name, config, shared)
         verdicts.append(fits)
     assert verdicts == [False, True, False, True]
+
+
+def test_a_fixed_configuration_can_be_forced_per_kernel_for_comparisons():
+    from lc4_kernels.triton.tuning import fixed_overrides
+    forced = fixed_overrides(" dkv=64x32x8x2; forward=128x64x4x3 ")
+    assert forced["dkv"].kwargs == dict(BLOCK_M=64, BLOCK_N=32) and forced["dkv"].num_stages == 2
+    assert (forced["forward"].num_warps, set(forced)) == (4, {"dkv", "forward"})
+    for bad in ("dkv=64x32x8", "bwd=64x32x8x2", "dq=8x64x4x2"):
+        with pytest.raises(ValueError, match="LC4_TRITON_FIXED"):
+            fixed_overrides(bad)
+    stdout = _without_autotuning("from lc4_kernels.triton.tuning import DKV_FIXED, DQ_FIXED\n"
+                                 "print(DKV_FIXED.pick(128).kwargs, DQ_FIXED.pick(128).kwargs)\n",
+                                 LC4_TRITON_FIXED="dkv=64x32x8x2")
+    assert stdout.strip() == "{'BLOCK_M': 64, 'BLOCK_N': 32} {'BLOCK_M': 64, 'BLOCK_N': 32}"

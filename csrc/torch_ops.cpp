@@ -470,7 +470,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   const auto float_options = q.options().dtype(at::kFloat);
   auto delta = at::empty({q.size(0), q.size(2), q.size(1)}, float_options);
   // dk~ and dv~ in one zeroed buffer: the dk~/dv~ kernel's blocks add their shares of the queries.
-  const auto grad_kv_sampled = at::zeros({2, q.size(0), q.size(2), points.size(1), q.size(3)}, float_options);
+  auto grad_kv_sampled = at::zeros({2, q.size(0), q.size(2), points.size(1), q.size(3)}, float_options);
   AttentionScratch s;
   s.delta = delta.data_ptr<float>();
   s.grad_k_sampled = grad_kv_sampled[0].data_ptr<float>();
@@ -486,6 +486,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   p.k_sampled = p.v_sampled = nullptr, s.delta = nullptr;
   // The segment scatter writes each voxel once, in the inputs' dtype; atomics add into float32.
   const bool segments = scatters_by_segments(p);
+  // With segments, dk~ and dv~ go on in the inputs' dtype (as SDPA returns them), replacing the
+  // float32 accumulators: at d = 160 (the 16x16 layer) these weigh as much as dk and dv.
+  if (segments && kind != ScalarKind::f32) {
+    grad_kv_sampled = grad_kv_sampled.to(q.scalar_type());
+    s.grad_k_sampled = s.grad_v_sampled = nullptr;
+    s.sampled_grads_in_input_dtype = true;
+  }
+  s.scatter_grad_k_sampled = grad_kv_sampled[0].data_ptr();
+  s.scatter_grad_v_sampled = grad_kv_sampled[1].data_ptr();
   auto grad_k = segments ? at::zeros_like(k) : float_buffer_for(k, /*zeroed=*/true);
   auto grad_v = segments ? at::zeros_like(v) : float_buffer_for(v, /*zeroed=*/true);
   auto grad_points = float_buffer_for(points, /*zeroed=*/false);

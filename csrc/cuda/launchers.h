@@ -17,11 +17,18 @@ enum class ScalarKind { f32, f16, bf16 };
 // Buffers the glue allocates for the attention backward, contiguous. delta (and k~, v~ in
 // AttentionParams) serve tda_attention_backward_sampled only, the corner table
 // tda_attention_backward_scatter only: the glue frees the first before it allocates the second
-// and dk, dv.
+// and dk, dv, and may hand dk~, dv~ to the second in the inputs' dtype.
 struct AttentionScratch {
   float* delta = nullptr;         // (B, heads, Nq): rowsum(grad_out * out)
   float* grad_k_sampled = nullptr;  // (B, heads, Nk, d): dk~, zeroed (blocks add their shares)
   float* grad_v_sampled = nullptr;  // (B, heads, Nk, d): dv~, zeroed
+  // dk~ and dv~ as tda_attention_backward_scatter reads them (segment scatter, dpoints): the
+  // float32 buffers above, or, where sampled_grads_in_input_dtype (float16/bfloat16 with the
+  // segment scatter), copies in the inputs' dtype that replace them (the atomic scatter reads
+  // grad_k_sampled and grad_v_sampled).
+  const void* scatter_grad_k_sampled = nullptr;
+  const void* scatter_grad_v_sampled = nullptr;
+  bool sampled_grads_in_input_dtype = false;
   // The corner table of the segment scatter (scatters_by_segments): every (batch, key, group,
   // corner) entry e = ((b * Nk + n) * G + g) * 8 + corner has a weight (by e) and a key
   // (b * G + g) * T * H * W + voxel, or B * G * T * H * W where the corner weighs nothing; the

@@ -278,8 +278,9 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_scatter_atomic_ke
 
 // Segment scatter: one warp per run of equal keys of the sorted corner table (a voxel of one
 // batch and group), lanes over (head of the group, column): the run's entries are added in their
-// sorted order and the sum is written once, in T, to the zeroed dk and dv. No atomics.
-template <typename T>
+// sorted order and the sum is written once, in T, to the zeroed dk and dv. No atomics. dk~ and
+// dv~ are read as S: float32, or T where the glue converted them (AttentionScratch).
+template <typename T, typename S>
 __global__ void __launch_bounds__(kAttentionThreads) attention_scatter_segments_kernel(const AttentionParams p,
                                                                                        const AttentionScratch s) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
@@ -288,6 +289,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_scatter_segments_
   const int64_t per_group = p.heads / p.G, width = per_group * p.d;  // the group's heads, side by side
   T* grad_k = static_cast<T*>(p.grad_k);
   T* grad_v = static_cast<T*>(p.grad_v);
+  const S* grad_k_sampled = static_cast<const S*>(s.scatter_grad_k_sampled);
+  const S* grad_v_sampled = static_cast<const S*>(s.scatter_grad_v_sampled);
   for (int64_t first = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize; first < entries;
        first += static_cast<int64_t>(gridDim.x) * kWarps) {
     const int64_t key = s.sorted_corner_keys[first];
@@ -302,8 +305,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_scatter_segments_
         const int64_t entry = s.sorted_corner_entries[position], n = entry / (8 * p.G) % p.Nk;
         const float weight = s.corner_weights[entry];
         const int64_t sampled = ((b * p.heads + h) * p.Nk + n) * p.d + c;
-        dk += weight * s.grad_k_sampled[sampled];
-        dv += weight * s.grad_v_sampled[sampled];
+        dk += weight * to_float(grad_k_sampled[sampled]);
+        dv += weight * to_float(grad_v_sampled[sampled]);
       }
       const int64_t offset = ((b * voxels + voxel) * p.heads + h) * p.d + c;
       grad_k[offset] = from_float<T>(dk);
@@ -313,13 +316,16 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_scatter_segments_
 }
 
 // dpoints[b, n, g] = sum over the group's heads and the corners of dweight * (<dk~, k> + <dv~, v>).
-template <typename T>
+// dk~ and dv~ are read as S, as in the segment scatter.
+template <typename T, typename S>
 __global__ void __launch_bounds__(kAttentionThreads) attention_dpoints_kernel(const AttentionParams p, const AttentionScratch s) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t voxels = p.T * p.H * p.W, per_group = p.heads / p.G;
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
+  const S* grad_k_sampled = static_cast<const S*>(s.scatter_grad_k_sampled);
+  const S* grad_v_sampled = static_cast<const S*>(s.scatter_grad_v_sampled);
   TrilinearPoint<float> tp;
   for (int64_t bng = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize; bng < p.B * p.Nk * p.G;
        bng += static_cast<int64_t>(gridDim.x) * kWarps) {
@@ -330,7 +336,7 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dpoints_kernel(co
     for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
       const int64_t sampled = ((b * p.heads + h) * p.Nk + n) * p.d;
       for (int64_t c = lane; c < p.d; c += kWarpSize) {
-        const float dk = s.grad_k_sampled[sampled + c], dv = s.grad_v_sampled[sampled + c];
+        const float dk = to_float(grad_k_sampled[sampled + c]), dv = to_float(grad_v_sampled[sampled + c]);
         for (int corner = 0; corner < 8; ++corner) {
           if (!tp.valid[corner]) continue;
           const int64_t offset = ((b * voxels + tp.voxel[corner]) * p.heads + h) * p.d + c;

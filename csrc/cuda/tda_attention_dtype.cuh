@@ -95,12 +95,22 @@ template <typename T>
 void attention_backward_scatter_for(const AttentionParams& p, const AttentionScratch& s, cudaStream_t stream) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
   const dim3 block(kAttentionThreads);
-  if (scatters_by_segments(p)) {
-    launch(attention_scatter_segments_kernel<T>, grid_for(p.B * p.Nk * p.G * 8, kWarps), block, stream, p, s);
+  const auto segments_and_dpoints = [&](auto sampled_grad) {
+    using S = decltype(sampled_grad);
+    if (scatters_by_segments(p)) {
+      launch(attention_scatter_segments_kernel<T, S>, grid_for(p.B * p.Nk * p.G * 8, kWarps), block, stream, p, s);
+    } else {
+      launch(attention_scatter_atomic_kernel, grid_for(p.B * p.Nk * p.heads, kWarps), block, stream, p, s);
+    }
+    launch(attention_dpoints_kernel<T, S>, grid_for(p.B * p.Nk * p.G, kWarps), block, stream, p, s);
+  };
+  if constexpr (std::is_same_v<T, float>) {
+    segments_and_dpoints(float{});
+  } else if (s.sampled_grads_in_input_dtype) {
+    segments_and_dpoints(T{});
   } else {
-    launch(attention_scatter_atomic_kernel, grid_for(p.B * p.Nk * p.heads, kWarps), block, stream, p, s);
+    segments_and_dpoints(float{});
   }
-  launch(attention_dpoints_kernel<T>, grid_for(p.B * p.Nk * p.G, kWarps), block, stream, p, s);
 }
 
 template <typename T>

@@ -115,6 +115,7 @@ int main() {
     pb.grad_out = grad_out_data, pb.grad_q = dq.data(), pb.grad_k = dk.data(), pb.grad_v = dv.data();
     pb.grad_points = dpoints.data(), pb.deterministic = deterministic, pb.query_splits = 2;
     AttentionScratch s{delta.data(), dk_s.data(), dv_s.data()};
+    s.scatter_grad_k_sampled = dk_s.data(), s.scatter_grad_v_sampled = dv_s.data();  // dk~, dv~ kept in float32
     // float16 gradients the kernels write in the inputs' dtype: dq (separate dq kernel), dk and dv (segments).
     std::vector<uint16_t> dq16(q.size()), dk16(k.size()), dv16(v.size());
     const bool dq_in_half = kind == ScalarKind::f16 && separate_half_dq(pb);

@@ -81,7 +81,8 @@ def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_
     q, grad_out, out = q.contiguous(), grad_out.contiguous(), out.contiguous()
     k_sampled, v_sampled = _sampled_keys_values(k, v, points)
     delta = torch.empty((B, heads, Nq), dtype=torch.float32, device=q.device)  # written by the dq kernel
-    dk_sampled, dv_sampled = torch.zeros((2, B, Nk, heads, d), dtype=torch.float32, device=q.device)
+    sampled_grads = torch.zeros((2, B, Nk, heads, d), dtype=torch.float32, device=q.device)  # dk~, dv~
+    dk_sampled, dv_sampled = sampled_grads
     dq = torch.empty_like(q)
     arguments = _launch_arguments(q, Nk, scale)
     q_grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
@@ -97,9 +98,12 @@ def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_
     kernels.attention_backward_kv_kernel[kv_grid](q, k_sampled, v_sampled, grad_out, lse, delta,
                                                   dk_sampled, dv_sampled, **arguments)
     # Freed before the scatter allocates dk and dv, the backward's peak (Nk rows each: 2.6 MB at
-    # the 32x32 layer, where the whole forward+backward is about 47 MB).
-    del k_sampled, v_sampled, delta
-    grouped_grads = [g.view(B, Nk, G, heads // G * d) for g in (dk_sampled, dv_sampled)]
+    # the 32x32 layer, where the whole forward+backward is about 45 MB). dk~ and dv~ go on in
+    # the inputs' dtype, as SDPA returns them: at d = 160 (the 16x16 layer) the float32 pair
+    # weighs as much as dk and dv.
+    del k_sampled, v_sampled, delta, dk_sampled, dv_sampled
+    sampled_grads = sampled_grads.to(q.dtype)
+    grouped_grads = [g.view(B, Nk, G, heads // G * d) for g in sampled_grads]
     # Sorted by default: few points on full-resolution maps, whose float32 copies for the atomics
     # (and the conversion after) would cost three times dk and dv in half precision.
     (dk, dv), dpoints = sample_backward(grouped_grads, [_grouped(k, G), _grouped(v, G)], points, scatter="sorted")

@@ -1,8 +1,10 @@
 """What a half-precision forward+backward of the fused backends holds at its peak, the scatter of
-dk and dv: the buffers it returns or must keep (out, lse, dq, dk, dv, float32 dk~/dv~, the sorted
-corner table), and not the sampled k~ and v~, which are freed before dk and dv are allocated.
-Sizes where the maps outweigh k~/v~ (as at every SD1.5 layer), so that the scatter is the peak,
-and k~/v~ outweigh what the floor cannot count exactly (sort workspace)."""
+dk and dv: the buffers it returns or must keep (out, lse, dq, dk, dv, dk~/dv~, the sorted corner
+table), and not the sampled k~ and v~, which are freed before dk and dv are allocated. dk~/dv~
+are counted in float32: the backends convert them to the inputs' dtype before the scatter, and
+the conversion holds both. Sizes where the maps outweigh k~/v~ (as at every SD1.5 layer), so
+that the scatter is the peak, and k~/v~ outweigh what the floor cannot count exactly (sort
+workspace; Triton's interpreter keeps a launch's tensors until the next launch)."""
 import pytest
 import torch
 

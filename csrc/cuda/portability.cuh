@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/launchers.h"
+
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -53,6 +55,16 @@ inline int multiprocessor_count() { return 1; }  // blocks run one after another
 namespace lc4::LC4_CUDA_NS {
 
 constexpr int kWarpSize = 32;
+
+// Calls f with a value of the element type ScalarKind names: the launchers' dtype dispatch.
+template <typename F>
+void with_element_type(ScalarKind kind, F&& f) {
+  switch (kind) {
+    case ScalarKind::f32: return f(float{});
+    case ScalarKind::f16: return f(__half{});
+    case ScalarKind::bf16: return f(__nv_bfloat16{});
+  }
+}
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }

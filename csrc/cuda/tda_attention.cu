@@ -15,31 +15,19 @@ void attention_backward_scatter_for(const AttentionParams& p, const AttentionScr
 
 void tda_attention_forward(const AttentionParams& p, ScalarKind kind, cudaStream_t stream) {
   if (p.B == 0 || p.Nq == 0 || p.heads == 0) return;
-  switch (kind) {
-    case ScalarKind::f32: return attention_forward_for<float>(p, stream);
-    case ScalarKind::f16: return attention_forward_for<__half>(p, stream);
-    case ScalarKind::bf16: return attention_forward_for<__nv_bfloat16>(p, stream);
-  }
+  with_element_type(kind, [&](auto t) { attention_forward_for<decltype(t)>(p, stream); });
 }
 
 void tda_attention_backward_sampled(const AttentionParams& p, const AttentionScratch& s, ScalarKind kind,
                                     cudaStream_t stream) {
   if (p.B == 0 || p.heads == 0) return;
-  switch (kind) {
-    case ScalarKind::f32: return attention_backward_sampled_for<float>(p, s, stream);
-    case ScalarKind::f16: return attention_backward_sampled_for<__half>(p, s, stream);
-    case ScalarKind::bf16: return attention_backward_sampled_for<__nv_bfloat16>(p, s, stream);
-  }
+  with_element_type(kind, [&](auto t) { attention_backward_sampled_for<decltype(t)>(p, s, stream); });
 }
 
 void tda_attention_backward_scatter(const AttentionParams& p, const AttentionScratch& s, ScalarKind kind,
                                     cudaStream_t stream) {
   if (p.B == 0 || p.heads == 0) return;
-  switch (kind) {
-    case ScalarKind::f32: return attention_backward_scatter_for<float>(p, s, stream);
-    case ScalarKind::f16: return attention_backward_scatter_for<__half>(p, s, stream);
-    case ScalarKind::bf16: return attention_backward_scatter_for<__nv_bfloat16>(p, s, stream);
-  }
+  with_element_type(kind, [&](auto t) { attention_backward_scatter_for<decltype(t)>(p, s, stream); });
 }
 
 // The corner table of the segment scatter (launchers.h, AttentionScratch): one thread per

@@ -115,20 +115,12 @@ void backward(const SampleParams& p, bool deterministic, cudaStream_t stream) {
 
 void trilinear_sample_forward(const SampleParams& p, ScalarKind kind, cudaStream_t stream) {
   if (p.B * p.P * p.G * p.C == 0) return;
-  switch (kind) {
-    case ScalarKind::f32: return forward<float>(p, stream);
-    case ScalarKind::f16: return forward<__half>(p, stream);
-    case ScalarKind::bf16: return forward<__nv_bfloat16>(p, stream);
-  }
+  with_element_type(kind, [&](auto t) { forward<decltype(t)>(p, stream); });
 }
 
 void trilinear_sample_backward(const SampleParams& p, ScalarKind kind, bool deterministic, cudaStream_t stream) {
   if (p.B * p.P * p.G == 0) return;
-  switch (kind) {
-    case ScalarKind::f32: return backward<float>(p, deterministic, stream);
-    case ScalarKind::f16: return backward<__half>(p, deterministic, stream);
-    case ScalarKind::bf16: return backward<__nv_bfloat16>(p, deterministic, stream);
-  }
+  with_element_type(kind, [&](auto t) { backward<decltype(t)>(p, deterministic, stream); });
 }
 
 }  // namespace lc4::LC4_CUDA_NS

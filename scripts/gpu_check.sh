@@ -106,7 +106,9 @@ fi
 # Where the time goes at the two largest SD1.5 layers (seconds; before the report, which takes minutes):
 # every backend, then triton with one dk~/dv~ program per key block (LC4_TRITON_QUERY_SPLITS=1:
 # the second H200 run found its backward slower than the first run's, which had no query splits),
-# and triton with the second run's fixed dk~/dv~ tiles (32 keys a program, mma.sync on sm_90).
+# and triton on the second run's fixed tiles (64 x 32 on 8 warps for all three attention kernels:
+# two warpgroups on the same 64 rows, 64 x 16 score products; dk~/dv~ on mma.sync), kernel by kernel
+# against the current ones (128-row resident blocks on sm_90).
 # Then cuda on the second H200 run's paths (LC4_CUDA_FORWARD=two_pass: the forward computes the
 # scores twice; LC4_CUDA_DQ=fused: dq by atomics in the dk~/dv~ kernel; LC4_CUDA_SCATTER=atomic:
 # dk, dv by float32 atomics) against the current ones (O in registers over one pass; dq in its own
@@ -120,8 +122,9 @@ if wanted profile; then
     limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1
     LC4_TRITON_QUERY_SPLITS=1 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
       --case $case --backends triton --tag triton-one-split > /dev/null || status=1
-    LC4_TRITON_AUTOTUNE=0 LC4_TRITON_FIXED="dkv=64x32x8x2" limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
-      --case $case --backends triton --tag triton-dkv-32-keys > /dev/null || status=1
+    LC4_TRITON_AUTOTUNE=0 LC4_TRITON_FIXED="forward=64x32x8x2;dq=64x32x8x2;dkv=64x32x8x2" \
+      limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
+      --case $case --backends triton --tag triton-second-run-tiles > /dev/null || status=1
     LC4_CUDA_FORWARD=two_pass LC4_CUDA_DQ=fused LC4_CUDA_SCATTER=atomic limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
       --case $case --backends cuda --tag cuda-second-run-paths > /dev/null || status=1
   done

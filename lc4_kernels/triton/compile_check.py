@@ -3,13 +3,23 @@ ptxas shipped in the triton wheel), to catch what only the GPU compiler rejects 
 accepts more, e.g. tl.dot with an inner size below 16) and to see each config's shared memory.
 
     python -m lc4_kernels.triton.compile_check [--configs every] [--dtype fp16] [--head-dim 80]
+    LC4_TRITON_AUTOTUNE=0 python -m lc4_kernels.triton.compile_check --fixed [--out DIR]
+
+``--fixed`` writes a table of the attention kernels' fixed configurations (the ones used without
+autotuning) at the SD1.5 head dims for each target and dtype: registers, spills (stack bytes),
+shared memory and the MMA instructions they compile to.
 
 Not usable under TRITON_INTERPRET=1 (kernels are then interpreted functions, not compilable).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import inspect
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -17,7 +27,7 @@ from triton.compiler import ASTSource
 
 from . import attention_kernels, trilinear_kernels
 from .attention import alignment
-from .tuning import channel_block, padded_head_dim
+from .tuning import ATTENTION_TILING, AUTOTUNE, channel_block, padded_head_dim
 
 # Shared memory per block (bytes) that each target can give a kernel.
 SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -59,7 +69,14 @@ def _kernels(dtype: str, head_dim: int):
 CONFIG_CHOICES = ("smallest", "largest", "every")
 
 
-def _configs(autotuned, constants, which: str):
+ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+def _configs(autotuned, constants, which: str, capability: int = 90, dtype: str = "fp16"):
+    tiling = ATTENTION_TILING.get(autotuned.fn.__name__)
+    if tiling is not None and not AUTOTUNE:  # the launch's fixed pick for this target and dtype
+        return [tiling.fixed_pick(constants["D_PAD"], ELEMENT_BYTES[dtype], capability,
+                                  SHARED_MEMORY_LIMIT[capability])]
     configs = autotuned.configs
     if autotuned.early_config_prune is not None:
         configs = autotuned.early_config_prune(configs, {}, **constants)
@@ -91,7 +108,7 @@ def compile_kernels(capability: int, dtype: str = "fp16", head_dim: int = 80, wh
     """Compiles each kernel (its smallest, largest or every autotune config) for
     ``sm_<capability>``; yields (kernel name, config, shared memory bytes)."""
     for autotuned, types, constants in _kernels(dtype, head_dim):
-        for config in _configs(autotuned, constants, which):
+        for config in _configs(autotuned, constants, which, capability, dtype):
             compiled = _compile(autotuned.fn, types, constants, config, capability, head_dim)
             yield autotuned.fn.__name__, config, compiled.metadata.shared
 
@@ -102,15 +119,96 @@ def compile_config(autotuned, config: triton.Config, capability: int, dtype: str
     return _compile(autotuned.fn, types, constants, config, capability, head_dim).metadata.shared
 
 
+def resource_usage(compiled) -> tuple[int, int]:
+    """(registers per thread, stack bytes per thread) of a compiled kernel, from the cubin by the
+    wheel's cuobjdump. Stack beyond zero is spilled registers (these kernels call nothing)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as directory:
+        cubin = Path(directory) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        dump = subprocess.run([str(tool), "--dump-resource-usage", str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", dump)
+    if usage is None:
+        raise RuntimeError(f"no resource usage in cuobjdump's output: {dump[-500:]}")
+    return int(usage.group(1)), int(usage.group(2))
+
+
+def mma_instructions(compiled) -> dict:
+    """{instruction shape: count} of the tensor-core instructions in the PTX: ``wgmma m64nNk16``
+    (Hopper) or ``mma.sync mMnNkK`` (sm_80's, also run by Hopper)."""
+    ptx = compiled.asm["ptx"]
+    counts = collections.Counter(f"wgmma {shape}" for shape in
+                                 re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))
+    counts.update(f"mma.sync {shape}" for shape in re.findall(r"\bmma\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))
+    return dict(sorted(counts.items()))
+
+
+def mma_layouts(compiled) -> list[str]:
+    """The distinct tensor-core layouts of the TTGIR (warps per CTA and instruction shape)."""
+    return sorted(set(re.findall(r"#ttg\.nvidia_mma<\{([^}]*)\}>", compiled.asm["ttgir"])))
+
+
+FIXED_HEAD_DIMS = (40, 80, 160)  # the SD1.5 layers: D_PAD 64, 128, 256
+FIXED_DTYPES = ("fp16", "bf16", "fp32")
+
+
+def fixed_rows(capabilities=(80, 90), dtypes=FIXED_DTYPES, head_dims=FIXED_HEAD_DIMS):
+    """One dict per (attention kernel, target, dtype, head dim): its fixed configuration compiled.
+    Needs LC4_TRITON_AUTOTUNE=0 (read when the kernels are defined)."""
+    if AUTOTUNE:
+        raise RuntimeError("the fixed configurations are picked without autotuning: set LC4_TRITON_AUTOTUNE=0")
+    for capability in capabilities:
+        for dtype in dtypes:
+            for head_dim in head_dims:
+                for autotuned, types, constants in _kernels(dtype, head_dim):
+                    if autotuned.fn.__name__ not in ATTENTION_TILING:
+                        continue
+                    (config,) = _configs(autotuned, constants, "every", capability, dtype)
+                    compiled = _compile(autotuned.fn, types, constants, config, capability, head_dim)
+                    registers, stack = resource_usage(compiled)
+                    yield dict(kernel=autotuned.fn.__name__, capability=capability, dtype=dtype, head_dim=head_dim,
+                               config=config, registers=registers, stack=stack, shared=compiled.metadata.shared,
+                               mma=mma_instructions(compiled), layouts=mma_layouts(compiled))
+
+
+def fixed_markdown(rows) -> str:
+    lines = [f"# Triton {triton.__version__}: the fixed attention configurations compiled",
+             "",
+             "`LC4_TRITON_AUTOTUNE=0 python -m lc4_kernels.triton.compile_check --fixed`: each attention kernel's",
+             "configuration without autotuning at the SD1.5 head dims, compiled for each target without a GPU",
+             "(launch specialization as at those shapes). Tiles: BLOCK_M x BLOCK_N x warps x stages. Stack bytes",
+             "are spilled registers. MMA: the tensor-core instructions of the PTX and how often each occurs.",
+             "",
+             "| kernel | target | dtype | d | tiles | registers | stack bytes | shared bytes | MMA |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r["config"]
+        tiles = f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.num_warps}x{c.num_stages}"
+        mma = ", ".join(f"{shape} x{count}" for shape, count in r["mma"].items()) or "none (FMA)"
+        lines.append(f"| `{r['kernel']}` | sm_{r['capability']} | {r['dtype']} | {r['head_dim']} | {tiles} | "
+                     f"{r['registers']} | {r['stack']} | {r['shared']} | {mma} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="largest", choices=CONFIG_CHOICES)
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     parser.add_argument("--head-dim", type=int, default=80)
+    parser.add_argument("--fixed", action="store_true", help="the table of the fixed attention configurations")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/triton_compile"),
+                        help="where --fixed writes triton-<version>.md")
     args = parser.parse_args()
     reason = supported()
     if reason:
         raise SystemExit(f"cannot compile ahead of time: {reason}")
+    if args.fixed:
+        text = fixed_markdown(fixed_rows())
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"triton-{triton.__version__}.md").write_text(text)
+        print(text)
+        return
     for capability in sorted(SHARED_MEMORY_LIMIT):
         for name, config, shared in compile_kernels(capability, args.dtype, args.head_dim, args.configs):
             fits = "ok" if shared <= SHARED_MEMORY_LIMIT[capability] else "EXCEEDS the shared memory limit"

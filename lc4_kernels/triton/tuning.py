@@ -13,6 +13,7 @@ Candidates are timed with short runs (``autotune_bench``: 5 ms of warm-up and 20
 instead of Triton's 25 and 100), so that autotuning the report's shapes fits in a short lease."""
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from dataclasses import dataclass
@@ -72,25 +73,41 @@ def autotune_bench(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
 
 
+HALF, FLOAT32 = "half", "float32"  # float16/bfloat16 dots on tensor cores; float32 ("ieee") dots on FMA units
+
+
+def launch_class(element_bytes: int, capability: int) -> tuple[str, int]:
+    """The fixed-configuration table of a launch: (HALF or FLOAT32, 90 for Hopper and later
+    (wgmma) or 80)."""
+    return (FLOAT32 if element_bytes >= 4 else HALF), (90 if capability >= 90 else 80)
+
+
 @dataclass(frozen=True)
 class FixedConfigs:
-    """The configurations of an attention kernel without autotuning: one per head-dim class
-    ({largest D_PAD: configuration}), and ``small`` for a launch whose pick would not fit the
-    GPU's shared memory (float32 beyond D_PAD 128 on sm_80: 205 KB of 163)."""
-    by_head_dim: dict
+    """The configurations of an attention kernel without autotuning. ``tables`` maps a launch
+    class (``launch_class``) to {largest D_PAD of a head-dim class: configuration};
+    ``small`` is for a launch whose pick would not fit the GPU's shared memory."""
+    tables: dict
     small: triton.Config
 
     @property
     def configs(self) -> list:
-        return [*dict.fromkeys(self.by_head_dim.values()), self.small]
+        return [*dict.fromkeys(c for table in self.tables.values() for c in table.values()), self.small]
 
-    def pick(self, head: int, fits=lambda config: True) -> triton.Config:
-        config = self.by_head_dim[min((bound for bound in self.by_head_dim if head <= bound),
-                                      default=max(self.by_head_dim))]
+    def pick(self, head: int, element_bytes: int = 2, capability: int = 90,
+             fits=lambda config: True) -> triton.Config:
+        table = self.tables[launch_class(element_bytes, capability)]
+        config = table[min((bound for bound in table if head <= bound), default=max(table))]
         return config if fits(config) else self.small
 
 
 FIXED_ENV = "LC4_TRITON_FIXED"
+
+
+def _tiles(spec: str) -> triton.Config:
+    """'BLOCK_MxBLOCK_Nxwarpsxstages'."""
+    block_m, block_n, warps, stages = (int(v) for v in spec.split("x"))
+    return triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps=warps, num_stages=stages)
 
 
 def fixed_overrides(spec: str) -> dict:
@@ -109,14 +126,13 @@ def fixed_overrides(spec: str) -> dict:
                 or min(block_m, block_n) < MIN_DOT_SIZE:
             raise ValueError(f"{FIXED_ENV}: expected items like 'dkv=64x64x8x2' (forward, dq or dkv; BLOCK_M x "
                              f"BLOCK_N >= {MIN_DOT_SIZE} x warps x stages), got {item!r}")
-        overrides[kernel.strip()] = triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps=warps,
-                                                  num_stages=stages)
+        overrides[kernel.strip()] = _tiles(tiles.lower())
     return overrides
 
 
-def _fixed(kernel: str, by_head_dim: dict, small: triton.Config) -> FixedConfigs:
+def _fixed(kernel: str, tables: dict, small: triton.Config) -> FixedConfigs:
     override = fixed_overrides(os.environ.get(FIXED_ENV, "")).get(kernel)
-    return FixedConfigs({256: override} if override else by_head_dim, small)
+    return FixedConfigs({key: {256: override} for key in tables} if override else tables, small)
 
 
 def _configs(interpreter: dict, gpu_grid: dict, fixed, warps=(4, 8), stages=(1,)):
@@ -137,23 +153,32 @@ def select_candidates(configs: list, keep, shard: str) -> list:
     return config_shard(kept, shard)
 
 
-def _pruning(fits=None, fixed: FixedConfigs | None = None):
-    """``prune_configs_by`` for an autotuner: the candidates ``fits(config, named_args, kwargs)``
-    keeps (all if none fit), then the warm-up's shard of them. Triton prunes only lists of more
-    than one candidate, so the shard is taken here, after the filter, not from the list.
-    Without autotuning, ``fixed`` picks the launch's configuration by its D_PAD and what fits."""
+def _pruning(tiling: AttentionTiling | None = None):
+    """``prune_configs_by`` for an autotuner: the candidates that fit (``tiling``'s estimate; all
+    if none fit), then the warm-up's shard of them. Triton prunes only lists of more than one
+    candidate, so the shard is taken here, after the filter, not from the list. Without
+    autotuning, ``tiling`` picks the launch's fixed configuration."""
+    def launch(named_args, kwargs):
+        head = kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE))
+        q = named_args.get("q_ptr")
+        if q is None:  # ahead-of-time compile check: no tensors, no device; registers only
+            return head, 2, 90, 2**63
+        return head, q.element_size(), _capability(q.device), _shared_memory_limit()
+
     def prune(configs, named_args, **kwargs):
-        keep = None if fits is None else (lambda config: fits(config, named_args, kwargs))
+        keep = None
+        if tiling is not None:
+            head, element_bytes, _, shared_bytes = launch(named_args, kwargs)
+            keep = lambda config: tiling.fits(config, head, element_bytes, shared_bytes)  # noqa: E731
         return select_candidates(configs, keep, os.environ.get(CONFIG_SHARD_ENV, "").strip())
 
     def fixed_for_launch(configs, named_args, **kwargs):
-        head = kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE))
-        return [fixed.pick(head, lambda config: fits(config, named_args, kwargs))]
+        return [tiling.fixed_pick(*launch(named_args, kwargs))]
 
     if INTERPRET:
         return None
     if not AUTOTUNE:
-        return None if fixed is None else {"early_config_prune": fixed_for_launch}
+        return None if tiling is None else {"early_config_prune": fixed_for_launch}
     return {"early_config_prune": prune}
 
 
@@ -177,47 +202,81 @@ def attention_tile_fits(config: triton.Config, head: int, element_bytes: int, st
     return shared <= shared_bytes
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def _shared_memory_limit() -> int:
     from triton.runtime import driver
     return driver.active.utils.get_device_properties(torch.cuda.current_device())["max_shared_mem"]
 
 
-def _attention_fits(streamed: str, resident_tiles: int):
-    def fits(config, named_args, kwargs):
-        head = kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE))
-        q = named_args.get("q_ptr")
-        if q is None:  # ahead-of-time compile check: no tensors, no device; registers only
-            return attention_tile_fits(config, head, 1, streamed, resident_tiles, shared_bytes=2**63)
-        return attention_tile_fits(config, head, q.element_size(), streamed, resident_tiles, _shared_memory_limit())
-    return fits
+@dataclass(frozen=True)
+class AttentionTiling:
+    """What the pruning (and the compile check) knows of an attention kernel: the block it
+    streams through shared memory, how many tiles of the other block stay resident, and its
+    fixed configurations."""
+    streamed: str
+    resident_tiles: int
+    fixed: FixedConfigs
+
+    def fits(self, config: triton.Config, head: int, element_bytes: int, shared_bytes: int) -> bool:
+        return attention_tile_fits(config, head, element_bytes, self.streamed, self.resident_tiles, shared_bytes)
+
+    def fixed_pick(self, head: int, element_bytes: int, capability: int, shared_bytes: int) -> triton.Config:
+        return self.fixed.pick(head, element_bytes, capability,
+                               lambda config: self.fits(config, head, element_bytes, shared_bytes))
 
 
 SAMPLE_CONFIGS = _configs(dict(BLOCK_P=128), dict(BLOCK_P=[16, 32, 64]),
                           triton.Config(dict(BLOCK_P=32), num_warps=4, num_stages=1), warps=(2, 4, 8))
 SEGMENT_CONFIGS = _configs(dict(BLOCK_S=64), dict(BLOCK_S=[16, 32, 64]),
                            triton.Config(dict(BLOCK_S=32), num_warps=4, num_stages=1), warps=(2, 4, 8))
-# The fixed attention tiles keep a 64 x 256 float32 accumulator at 64 registers per thread (8 warps).
-_SMALL_FIXED = triton.Config(dict(BLOCK_M=32, BLOCK_N=32), num_warps=8, num_stages=1)
-_FORWARD_FIXED = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)
-FORWARD_FIXED = _fixed("forward", {256: _FORWARD_FIXED}, _SMALL_FIXED)
+
+
+# Fixed tiles by launch class and D_PAD, chosen without a GPU from Triton 3.6's and 3.9's compiles
+# (registers, spills, MMA instructions and layouts: ``compile_check --fixed``, tables in
+# benchmarks/results/triton_compile), not from timings. On sm_90 a wgmma warpgroup (4 warps) owns
+# 64 rows of the program's resident block (queries in the forward and dq kernels, keys in the
+# dk~/dv~ kernel), so 8 warps take 128 rows: with 64, both warpgroups computed the same rows, the
+# scores came out in 64 x 16 products and went through shared memory to the other product's
+# layout. float32 dots run on FMA units and spill from 64 x 64 tiles on. The small tiles keep a
+# 32 x 256 float32 accumulator at 32 registers per thread (8 warps).
+_SMALL_FIXED = _tiles("32x32x8x1")
+_FLOAT32 = ((FLOAT32, 90), (FLOAT32, 80))  # both FMA: one table
+FORWARD_FIXED = _fixed("forward", {
+    (HALF, 90): {128: _tiles("128x64x8x3"), 256: _tiles("128x32x8x2")},
+    (HALF, 80): {256: _tiles("64x32x8x2")},
+    **dict.fromkeys(_FLOAT32, {128: _tiles("64x32x8x2"), 256: _tiles("32x32x8x2")}),
+}, _SMALL_FIXED)
 ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64]),
                              FORWARD_FIXED, warps=(4, 8), stages=(2, 3, 4))
-_BACKWARD_GRID = dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128])
-_BACKWARD_FIXED = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)
-DQ_FIXED = _fixed("dq", {256: _BACKWARD_FIXED}, _SMALL_FIXED)
-DQ_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, DQ_FIXED, warps=(4, 8), stages=(2, 3))
-# The dk~/dv~ kernel's key block is the M side of its dk~ and dv~ products: with 32 keys Triton
-# (3.6 and 3.9) compiles them to sm_80's mma.sync on sm_90, with 64 to wgmma. 64 x 64 tiles
-# compile without spills up to D_PAD 128 in float16/bfloat16 for sm_80 and sm_90; at D_PAD 256
-# they spill, and the 64 x 32 tiles stay.
-DKV_FIXED = _fixed("dkv", {128: triton.Config(dict(BLOCK_M=64, BLOCK_N=64), num_warps=8, num_stages=2),
-                           256: _BACKWARD_FIXED}, _SMALL_FIXED)
-DKV_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), _BACKWARD_GRID, DKV_FIXED, warps=(4, 8), stages=(2, 3))
-TRILINEAR_PRUNING = _pruning()
+DQ_FIXED = _fixed("dq", {
+    (HALF, 90): {64: _tiles("128x64x8x3"), 128: _tiles("128x64x8x2"), 256: _tiles("128x32x8x2")},
+    (HALF, 80): {256: _tiles("64x32x8x2")},
+    **dict.fromkeys(_FLOAT32, {64: _tiles("64x32x8x2"), 128: _tiles("16x64x8x2"), 256: _tiles("16x32x8x2")}),
+}, _SMALL_FIXED)
+DQ_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64, 128]), DQ_FIXED,
+                      warps=(4, 8), stages=(2, 3))
+# At D_PAD 256 every half-precision dk~/dv~ tile of 128 keys spills on sm_90: 64 x 32 stays, on
+# sm_80's mma.sync (32 keys: the key block is the M side of the dk~ and dv~ products).
+DKV_FIXED = _fixed("dkv", {
+    (HALF, 90): {64: _tiles("64x128x8x3"), 128: _tiles("32x128x8x3"), 256: _tiles("64x32x8x2")},
+    (HALF, 80): {128: _tiles("64x64x8x2"), 256: _tiles("64x32x8x2")},
+    **dict.fromkeys(_FLOAT32, {64: _tiles("32x32x8x2"), 128: _tiles("16x32x8x2"), 256: _tiles("16x32x8x1")}),
+}, _SMALL_FIXED)
+DKV_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128]), DKV_FIXED,
+                       warps=(4, 8), stages=(2, 3))
 # Resident tiles: q (forward); q and grad_out (dq); k~ and v~ (dk~/dv~).
-FORWARD_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=1), FORWARD_FIXED)
-DQ_PRUNING = _pruning(_attention_fits(streamed="BLOCK_N", resident_tiles=2), DQ_FIXED)
-DKV_PRUNING = _pruning(_attention_fits(streamed="BLOCK_M", resident_tiles=2), DKV_FIXED)
+ATTENTION_TILING = {"attention_forward_kernel": AttentionTiling("BLOCK_N", 1, FORWARD_FIXED),
+                    "attention_backward_q_kernel": AttentionTiling("BLOCK_N", 2, DQ_FIXED),
+                    "attention_backward_kv_kernel": AttentionTiling("BLOCK_M", 2, DKV_FIXED)}
+TRILINEAR_PRUNING = _pruning()
+FORWARD_PRUNING = _pruning(ATTENTION_TILING["attention_forward_kernel"])
+DQ_PRUNING = _pruning(ATTENTION_TILING["attention_backward_q_kernel"])
+DKV_PRUNING = _pruning(ATTENTION_TILING["attention_backward_kv_kernel"])
 
 
 # The dk~/dv~ kernel has one program per key block and (batch, head): at the 512 px SD1.5 layers

@@ -59,7 +59,9 @@ def test_attention_pruning_drops_tiles_over_the_shared_memory_limit():
     # candidate is the one the H200 warm-up launched: it asked for 294912 bytes and failed).
     assert not attention_tile_fits(config(64, 64, 8, 4), 256, 2, *forward, h200_shared)  # 294912
     assert attention_tile_fits(config(64, 64, 8, 3), 256, 2, *forward, h200_shared)  # 229376
-    assert attention_tile_fits(config(64, 32, 8, 2), 256, 2, *forward, h200_shared)  # the fixed config
+    assert attention_tile_fits(config(64, 32, 8, 2), 256, 2, *forward, h200_shared)  # the second run's fixed one
+    assert attention_tile_fits(config(128, 32, 8, 2), 256, 2, *forward, h200_shared)  # 131072, fixed now
+    assert attention_tile_fits(config(128, 32, 8, 2), 256, 2, *dq, h200_shared)  # 196608, fixed now
     assert not attention_tile_fits(config(64, 64, 8, 3), 256, 2, *dq, h200_shared)  # 262144
     assert attention_tile_fits(config(64, 32, 8, 3), 256, 2, *dq, h200_shared)  # 163840
     assert not attention_tile_fits(config(64, 64, 4, 3), 256, 2, *dkv, h200_shared)  # 263168

@@ -44,35 +44,86 @@ def test_fixed_configurations_without_autotuning_compile_for_the_largest_head_di
     assert "BLOCK_M: 64, BLOCK_N: 32" in stdout and "num_warps: 8" in stdout
 
 
-def test_fixed_dkv_configuration_uses_hopper_tensor_cores_up_to_d_pad_128():
-    # With 32 keys a program the dk~/dv~ products compiled to sm_80's mma.sync on sm_90; the fixed
-    # configuration of D_PAD <= 128 (the 64x64 and 32x32 SD1.5 layers) takes 64 and compiles to wgmma.
+@pytest.fixture(scope="module")
+def fixed_rows():
+    """The fixed attention configurations compiled for sm_80 and sm_90, float16 and float32, at the
+    SD1.5 head dims (``compile_check --fixed``), with the second H200 run's forward tiles for
+    contrast (64 x 32, 8 warps)."""
+    import json
     stdout = _without_autotuning(
+        "import json, triton\n"
         "from lc4_kernels.triton import attention_kernels as a, compile_check as c\n"
-        "kernel = a.attention_backward_kv_kernel\n"
-        "for head_dim in (40, 80):\n"
-        "    types, constants = next((t, k) for f, t, k in c._kernels('fp16', head_dim) if f is kernel)\n"
-        "    (config,) = c._configs(kernel, constants, 'every')\n"
-        "    ptx = c._compile(kernel.fn, types, constants, config, 90, head_dim).asm['ptx']\n"
-        "    print(head_dim, config.kwargs['BLOCK_N'], ptx.count('wgmma.mma_async') > 0, ptx.count('mma.sync') > 0)\n"
-        "from lc4_kernels.triton.tuning import autotune_bench\n"
-        "print(autotune_bench(None, (0.5, 0.2, 0.8)))\n")  # the fixed configuration is never timed
-    assert stdout.split("\n")[:3] == ["40 64 True False", "80 64 True False", "[0.0, 0.0, 0.0]"]
+        "rows = list(c.fixed_rows(dtypes=('fp16', 'fp32')))\n"
+        "kernel = a.attention_forward_kernel\n"
+        "types, constants = next((t, k) for f, t, k in c._kernels('fp16', 40) if f is kernel)\n"
+        "old = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)\n"
+        "compiled = c._compile(kernel.fn, types, constants, old, 90, 40)\n"
+        "rows.append(dict(kernel='second run forward', capability=90, dtype='fp16', head_dim=40, config=old,\n"
+        "                 mma=c.mma_instructions(compiled), layouts=c.mma_layouts(compiled)))\n"
+        "for row in rows:\n"
+        "    config = row.pop('config')\n"
+        "    row.update(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)\n"
+        "print(json.dumps(rows))\n")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
-def test_fixed_configurations_pick_by_head_dim_and_give_way_where_they_do_not_fit():
-    from lc4_kernels.triton.tuning import DKV_FIXED, DQ_FIXED, attention_tile_fits
-    picked = [DKV_FIXED.pick(head).kwargs["BLOCK_N"] for head in (16, 64, 128, 256)]
-    assert picked == [64, 64, 64, 32]
-    # float32 at D_PAD 256 on sm_80 (163 KB of shared memory): the dq tiles need 205 KB
-    # (Triton 3.6's compile), the small ones 131 KB.
-    a100_shared = 163 * 1024
+def _layout_splits_rows_only(row) -> bool:
+    """Every tensor-core layout of the kernel gives its warps whole rows (warpsPerCTA [warps, 1])
+    and products at least 32 columns wide."""
+    for layout in row["layouts"]:
+        warps = [int(v) for v in layout.split("warpsPerCTA = [")[1].split("]")[0].split(",")]
+        shape = [int(v) for v in layout.split("instrShape = [")[1].split("]")[0].split(",")]
+        if warps != [row["num_warps"], 1] or shape[1] < 32:
+            return False
+    return bool(row["layouts"])
 
-    def fits(config):
-        return attention_tile_fits(config, 256, 4, "BLOCK_N", 2, a100_shared)
-    assert DQ_FIXED.pick(256, fits) is DQ_FIXED.small and fits(DQ_FIXED.small)
-    assert DQ_FIXED.pick(256, lambda config: attention_tile_fits(config, 256, 2, "BLOCK_N", 2, a100_shared)) \
-        is DQ_FIXED.by_head_dim[256]  # float16 fits
+
+def test_fixed_configurations_do_not_spill(fixed_rows):
+    compiled = [row for row in fixed_rows if "stack" in row]
+    assert len(compiled) == 2 * 2 * 3 * 3  # targets x dtypes x head dims x kernels
+    spilling = [row for row in compiled if row["stack"] > 0]
+    assert not spilling, spilling
+    for row in compiled:
+        assert row["shared"] <= compile_check.SHARED_MEMORY_LIMIT[row["capability"]], row
+
+
+def test_fixed_half_precision_tiles_use_whole_hopper_warpgroups(fixed_rows):
+    # On sm_90 up to D_PAD 128 (the 64x64 and 32x32 SD1.5 layers) every product is a wgmma, each
+    # warpgroup owning 64 rows of the resident block: 16 rows per warp, [warps, 1] layouts, products
+    # 32 columns wide or more. The second H200 run's forward tiles (64 rows on 8 warps) fail it.
+    hopper = [row for row in fixed_rows if row["capability"] == 90 and row["dtype"] == "fp16"
+              and row["head_dim"] in (40, 80)]
+    assert len(hopper) == 7
+    for row in hopper:
+        assert all(shape.startswith("wgmma") for shape in row["mma"]), row
+        if row["kernel"] == "second run forward":
+            assert not _layout_splits_rows_only(row), row
+            continue
+        resident = row["BLOCK_N"] if row["kernel"] == "attention_backward_kv_kernel" else row["BLOCK_M"]
+        assert resident == 16 * row["num_warps"], row
+        assert _layout_splits_rows_only(row), row
+
+
+def test_fixed_configurations_are_never_timed():
+    stdout = _without_autotuning("from lc4_kernels.triton.tuning import autotune_bench\n"
+                                 "print(autotune_bench(None, (0.5, 0.2, 0.8)))\n")
+    assert stdout.strip() == "[0.0, 0.0, 0.0]"
+
+
+def test_fixed_configurations_pick_by_launch_class_and_give_way_where_they_do_not_fit():
+    from lc4_kernels.triton.tuning import DKV_FIXED, DQ_FIXED, FLOAT32, HALF, attention_tile_fits
+    assert [DKV_FIXED.pick(head).kwargs["BLOCK_N"] for head in (16, 64, 128, 256)] == [128, 128, 128, 32]
+    assert [DKV_FIXED.pick(head, 2, 80).kwargs["BLOCK_N"] for head in (64, 256)] == [64, 32]
+    assert DKV_FIXED.pick(128, 4, 90) is DKV_FIXED.pick(128, 4, 80)  # float32: one table
+
+    def fits(element_bytes, shared_bytes):
+        return lambda config: attention_tile_fits(config, 256, element_bytes, "BLOCK_N", 2, shared_bytes)
+    a100, sm86 = 163 * 1024, 99 * 1024
+    float32_dq = DQ_FIXED.tables[(FLOAT32, 80)][256]
+    assert DQ_FIXED.pick(256, 4, 80, fits(4, a100)) is float32_dq and fits(4, a100)(float32_dq)
+    # A GPU with 99 KB per block (sm_86) takes the small tiles where the sm_80 table's do not fit.
+    assert DQ_FIXED.pick(256, 2, 86, fits(2, sm86)) is DQ_FIXED.small and fits(2, sm86)(DQ_FIXED.small)
+    assert DQ_FIXED.pick(256, 2, 80, fits(2, a100)) is DQ_FIXED.tables[(HALF, 80)][256]
 
 
 def test_shared_memory_estimate_of_the_pruning_agrees_with_the_compiler():
@@ -105,6 +156,8 @@ def test_a_fixed_configuration_can_be_forced_per_kernel_for_comparisons():
         with pytest.raises(ValueError, match="LC4_TRITON_FIXED"):
             fixed_overrides(bad)
     stdout = _without_autotuning("from lc4_kernels.triton.tuning import DKV_FIXED, DQ_FIXED\n"
-                                 "print(DKV_FIXED.pick(128).kwargs, DQ_FIXED.pick(128).kwargs)\n",
+                                 "print(DKV_FIXED.pick(128).kwargs, DKV_FIXED.pick(64, 4, 80).kwargs,\n"
+                                 "      DQ_FIXED.pick(128).kwargs)\n",
                                  LC4_TRITON_FIXED="dkv=64x32x8x2")
-    assert stdout.strip() == "{'BLOCK_M': 64, 'BLOCK_N': 32} {'BLOCK_M': 64, 'BLOCK_N': 32}"
+    assert stdout.strip() == ("{'BLOCK_M': 64, 'BLOCK_N': 32} {'BLOCK_M': 64, 'BLOCK_N': 32} "
+                              "{'BLOCK_M': 128, 'BLOCK_N': 64}")

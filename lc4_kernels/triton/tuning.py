@@ -168,8 +168,8 @@ def _pruning(tiling: AttentionTiling | None = None):
     def prune(configs, named_args, **kwargs):
         keep = None
         if tiling is not None:
-            head, element_bytes, _, shared_bytes = launch(named_args, kwargs)
-            keep = lambda config: tiling.fits(config, head, element_bytes, shared_bytes)  # noqa: E731
+            target = launch(named_args, kwargs)
+            keep = lambda config: tiling.worth_timing(config, *target)  # noqa: E731
         return select_candidates(configs, keep, os.environ.get(CONFIG_SHARD_ENV, "").strip())
 
     def fixed_for_launch(configs, named_args, **kwargs):
@@ -224,6 +224,19 @@ class AttentionTiling:
 
     def fits(self, config: triton.Config, head: int, element_bytes: int, shared_bytes: int) -> bool:
         return attention_tile_fits(config, head, element_bytes, self.streamed, self.resident_tiles, shared_bytes)
+
+    def whole_warpgroups(self, config: triton.Config) -> bool:
+        """Whether each wgmma warpgroup (4 warps) gets 64 rows of its own of the resident block."""
+        resident = "BLOCK_M" if self.streamed == "BLOCK_N" else "BLOCK_N"
+        return config.kwargs[resident] >= 16 * config.num_warps
+
+    def worth_timing(self, config: triton.Config, head: int, element_bytes: int, capability: int,
+                     shared_bytes: int) -> bool:
+        """An autotune candidate: it fits, and on sm_90 in half precision its warpgroups do not
+        compute the same rows (see the fixed tiles below)."""
+        hopper_half = launch_class(element_bytes, capability) == (HALF, 90)
+        return self.fits(config, head, element_bytes, shared_bytes) and \
+            (not hopper_half or self.whole_warpgroups(config))
 
     def fixed_pick(self, head: int, element_bytes: int, capability: int, shared_bytes: int) -> triton.Config:
         return self.fixed.pick(head, element_bytes, capability,

@@ -73,3 +73,25 @@ def test_attention_pruning_drops_tiles_over_the_shared_memory_limit():
     for head in (16, 32, 64, 128, 256):
         for candidates, kind in ((ATTENTION_CONFIGS, forward), (DQ_CONFIGS, dq), (DKV_CONFIGS, dkv)):
             assert any(attention_tile_fits(c, head, 2, *kind, h200_shared) for c in candidates)
+
+
+def test_hopper_half_precision_pruning_keeps_whole_warpgroups_only():
+    # A wgmma warpgroup (4 warps) owns 64 rows of the resident block; candidates whose warpgroups
+    # would compute the same rows are not timed on sm_90 in float16/bfloat16 (elsewhere they are).
+    pytest.importorskip("triton")
+    from lc4_kernels.triton.tuning import ATTENTION_CONFIGS, ATTENTION_TILING, DKV_CONFIGS, DQ_CONFIGS
+    h200_shared = 232448
+    kernels = (("attention_forward_kernel", ATTENTION_CONFIGS, "BLOCK_M"),
+               ("attention_backward_q_kernel", DQ_CONFIGS, "BLOCK_M"),
+               ("attention_backward_kv_kernel", DKV_CONFIGS, "BLOCK_N"))
+    for name, candidates, resident in kernels:
+        tiling = ATTENTION_TILING[name]
+        hopper = [c for c in candidates if tiling.worth_timing(c, 64, 2, 90, h200_shared)]
+        assert hopper and all(c.kwargs[resident] >= 16 * c.num_warps for c in hopper), name
+        assert len(hopper) < len([c for c in candidates if tiling.fits(c, 64, 2, h200_shared)]), name
+        for element_bytes, capability in ((2, 80), (4, 90)):
+            assert [c for c in candidates if tiling.worth_timing(c, 64, element_bytes, capability, h200_shared)] == \
+                [c for c in candidates if tiling.fits(c, 64, element_bytes, h200_shared)], name
+        # Every kernel keeps a candidate at every head dim on an sm_90 GPU in half precision.
+        for head in (16, 32, 64, 128, 256):
+            assert any(tiling.worth_timing(c, head, 2, 90, h200_shared) for c in candidates), (name, head)

@@ -73,13 +73,17 @@ ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
 def _configs(autotuned, constants, which: str, capability: int = 90, dtype: str = "fp16"):
+    """The configurations a launch on ``sm_<capability>`` in ``dtype`` would choose from: an
+    attention kernel's fixed pick without autotuning, else the candidates its pruning would time
+    there, by registers only (so that ``--configs every`` shows those over the shared memory too)."""
     tiling = ATTENTION_TILING.get(autotuned.fn.__name__)
-    if tiling is not None and not AUTOTUNE:  # the launch's fixed pick for this target and dtype
-        return [tiling.fixed_pick(constants["D_PAD"], ELEMENT_BYTES[dtype], capability,
-                                  SHARED_MEMORY_LIMIT[capability])]
     configs = autotuned.configs
-    if autotuned.early_config_prune is not None:
-        configs = autotuned.early_config_prune(configs, {}, **constants)
+    if tiling is not None and not AUTOTUNE:
+        configs = [tiling.fixed_pick(constants["D_PAD"], ELEMENT_BYTES[dtype], capability,
+                                     SHARED_MEMORY_LIMIT[capability])]
+    elif tiling is not None:
+        target = (constants["D_PAD"], ELEMENT_BYTES[dtype], capability, 2**63)
+        configs = [config for config in configs if tiling.worth_timing(config, *target)] or configs[:1]
     return {"smallest": configs[:1], "largest": configs[-1:], "every": configs}[which]
 
 

@@ -123,14 +123,16 @@ def compile_config(autotuned, config: triton.Config, capability: int, dtype: str
     return _compile(autotuned.fn, types, constants, config, capability, head_dim).metadata.shared
 
 
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"  # shipped in the wheel
+
+
 def resource_usage(compiled) -> tuple[int, int]:
     """(registers per thread, stack bytes per thread) of a compiled kernel, from the cubin by the
     wheel's cuobjdump. Stack beyond zero is spilled registers (these kernels call nothing)."""
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as directory:
         cubin = Path(directory) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        dump = subprocess.run([str(tool), "--dump-resource-usage", str(cubin)], capture_output=True, text=True,
+        dump = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", str(cubin)], capture_output=True, text=True,
                               check=True).stdout
     usage = re.search(r"REG:(\d+) STACK:(\d+)", dump)
     if usage is None:

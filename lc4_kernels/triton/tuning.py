@@ -3,7 +3,7 @@ configuration under the interpreter (which runs programs one after another in nu
 fewer, larger programs are faster there, and it autotunes nothing).
 
 ``LC4_TRITON_AUTOTUNE=0`` keeps fixed GPU configurations, valid for every head dim up to 256
-(one per kernel, or one per head-dim class, picked by the pruning, never timed): each new key
+(per launch class and head-dim class, picked by the pruning, never timed): each new key
 (Nq, Nk, head dim) otherwise compiles and times every candidate, which dominates a test suite of
 many small shapes. ``LC4_TRITON_FIXED`` replaces an attention kernel's fixed configuration
 (see ``fixed_overrides``). ``LC4_TRITON_CONFIG_SHARD=i/n`` keeps every

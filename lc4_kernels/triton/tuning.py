@@ -216,11 +216,18 @@ def _shared_memory_limit() -> int:
 @dataclass(frozen=True)
 class AttentionTiling:
     """What the pruning (and the compile check) knows of an attention kernel: the block it
-    streams through shared memory, how many tiles of the other block stay resident, and its
-    fixed configurations."""
+    streams through shared memory, how many tiles of the other block stay resident, its fixed
+    configurations and its autotuning grid (block sizes to their candidate values)."""
     streamed: str
     resident_tiles: int
     fixed: FixedConfigs
+    grid: dict
+
+    def block_shapes(self) -> list[tuple[int, int]]:
+        """Every (BLOCK_M, BLOCK_N) a GPU launch of the kernel can take: the fixed tables' (in
+        their order), the small one's, then the autotuning grid's."""
+        fixed = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in self.fixed.configs]
+        return list(dict.fromkeys([*fixed, *itertools.product(self.grid["BLOCK_M"], self.grid["BLOCK_N"])]))
 
     def fits(self, config: triton.Config, head: int, element_bytes: int, shared_bytes: int) -> bool:
         return attention_tile_fits(config, head, element_bytes, self.streamed, self.resident_tiles, shared_bytes)
@@ -264,15 +271,15 @@ FORWARD_FIXED = _fixed("forward", {
     (HALF, 80): {256: _tiles("64x32x8x2")},
     **dict.fromkeys(_FLOAT32, {128: _tiles("64x32x8x2"), 256: _tiles("32x32x8x2")}),
 }, _SMALL_FIXED)
-ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64]),
-                             FORWARD_FIXED, warps=(4, 8), stages=(2, 3, 4))
+FORWARD_GRID = dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64])
+ATTENTION_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), FORWARD_GRID, FORWARD_FIXED, warps=(4, 8), stages=(2, 3, 4))
 DQ_FIXED = _fixed("dq", {
     (HALF, 90): {64: _tiles("128x64x8x3"), 128: _tiles("128x64x8x2"), 256: _tiles("128x32x8x2")},
     (HALF, 80): {256: _tiles("64x32x8x2")},
     **dict.fromkeys(_FLOAT32, {64: _tiles("64x32x8x2"), 128: _tiles("16x64x8x2"), 256: _tiles("16x32x8x2")}),
 }, _SMALL_FIXED)
-DQ_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64, 128]), DQ_FIXED,
-                      warps=(4, 8), stages=(2, 3))
+DQ_GRID = dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64, 128])
+DQ_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), DQ_GRID, DQ_FIXED, warps=(4, 8), stages=(2, 3))
 # At D_PAD 256 every half-precision dk~/dv~ tile of 128 keys spills on sm_90: 64 x 32 stays, on
 # sm_80's mma.sync (32 keys: the key block is the M side of the dk~ and dv~ products).
 DKV_FIXED = _fixed("dkv", {
@@ -280,12 +287,12 @@ DKV_FIXED = _fixed("dkv", {
     (HALF, 80): {128: _tiles("64x64x8x2"), 256: _tiles("64x32x8x2")},
     **dict.fromkeys(_FLOAT32, {64: _tiles("32x32x8x2"), 128: _tiles("16x32x8x2"), 256: _tiles("16x32x8x1")}),
 }, _SMALL_FIXED)
-DKV_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128]), DKV_FIXED,
-                       warps=(4, 8), stages=(2, 3))
+DKV_GRID = dict(BLOCK_M=[32, 64], BLOCK_N=[32, 64, 128])
+DKV_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), DKV_GRID, DKV_FIXED, warps=(4, 8), stages=(2, 3))
 # Resident tiles: q (forward); q and grad_out (dq); k~ and v~ (dk~/dv~).
-ATTENTION_TILING = {"attention_forward_kernel": AttentionTiling("BLOCK_N", 1, FORWARD_FIXED),
-                    "attention_backward_q_kernel": AttentionTiling("BLOCK_N", 2, DQ_FIXED),
-                    "attention_backward_kv_kernel": AttentionTiling("BLOCK_M", 2, DKV_FIXED)}
+ATTENTION_TILING = {"attention_forward_kernel": AttentionTiling("BLOCK_N", 1, FORWARD_FIXED, FORWARD_GRID),
+                    "attention_backward_q_kernel": AttentionTiling("BLOCK_N", 2, DQ_FIXED, DQ_GRID),
+                    "attention_backward_kv_kernel": AttentionTiling("BLOCK_M", 2, DKV_FIXED, DKV_GRID)}
 TRILINEAR_PRUNING = _pruning()
 FORWARD_PRUNING = _pruning(ATTENTION_TILING["attention_forward_kernel"])
 DQ_PRUNING = _pruning(ATTENTION_TILING["attention_backward_q_kernel"])

@@ -69,6 +69,54 @@ def test_half_precision_attention_matches_reference(shape, dtype, device):
     assert_close(grads[3].to(dtype), ref_grads[3].to(dtype), dtype, "dpoints")
 
 
+def _tile_sets(head_dim: int, element_bytes: int, on_gpu: bool) -> list[dict]:
+    """Every block shape a GPU launch of each attention kernel can take for this head dim and
+    element size (fixed tables, small configuration, autotuning grid; on a GPU those that fit it),
+    grouped into sets: the i-th shape of each kernel, cycling through the kernels with fewer."""
+    from lc4_kernels.triton.tuning import ATTENTION_TILING, _shared_memory_limit, padded_head_dim
+    import triton
+    head, shared = padded_head_dim(head_dim), (_shared_memory_limit() if on_gpu else 2**63)
+    configs = {}
+    for name, tiling in ATTENTION_TILING.items():
+        by_shape = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]): c for c in tiling.fixed.configs}
+        candidates = [by_shape.get(shape) or triton.Config(dict(BLOCK_M=shape[0], BLOCK_N=shape[1]), num_warps=8,
+                                                           num_stages=2) for shape in tiling.block_shapes()]
+        configs[name] = [c for c in candidates if not on_gpu or tiling.fits(c, head, element_bytes, shared)]
+    return [{name: found[i % len(found)] for name, found in configs.items()}
+            for i in range(max(map(len, configs.values())))]
+
+
+TILED_ATTENTION_SHAPES = [dict(Nq=150, Nk=131, heads=2, d=40, G=2), dict(Nq=150, Nk=131, heads=1, d=160, G=1, T=2)]
+
+
+@pytest.mark.parametrize("shape", TILED_ATTENTION_SHAPES, ids=_ids(TILED_ATTENTION_SHAPES))
+@pytest.mark.parametrize("dtype,device", [(torch.float32, device) for _, device in ANY_DEVICE]
+                         + _half_cases(head_dim=64), ids=str)
+def test_every_block_shape_of_the_gpu_launches_matches_reference(shape, dtype, device, monkeypatch):
+    # The interpreter runs one configuration and a GPU run one per launch, so block shapes of the
+    # fixed tables and the autotuning grid would otherwise first run on whichever GPU picks them.
+    # Nq and Nk are off every block size and the queries are split, so each shape meets partial
+    # blocks at both ends and empty splits.
+    if dtype == torch.bfloat16 and device == "cpu":
+        pytest.skip("the interpreter runs no bfloat16 attention")
+    from lc4_kernels.triton import attention_kernels
+    inputs = attention_inputs(**shape, dtype=dtype, device=device)
+    ref_out, ref_grads = run_with_grads(lambda *a: lc4_kernels.tda_attention(*a, backend="reference"),
+                                        [t.double() for t in inputs])
+    monkeypatch.setenv("LC4_TRITON_QUERY_SPLITS", "3")
+    tile_sets = _tile_sets(shape["d"], inputs[0].element_size(), device == "cuda")
+    for tile_set in tile_sets:
+        tiles = ", ".join(f"{name} {c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}" for name, c in tile_set.items())
+        with monkeypatch.context() as patch:
+            for name, config in tile_set.items():
+                patch.setattr(getattr(attention_kernels, name), "configs", [config])
+            out, grads = run_with_grads(_attention, inputs)
+        for what, got, want in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref_out, *ref_grads)):
+            assert_close(got, want.to(dtype), dtype, f"{what} with {tiles}")
+        assert_close(grads[3].to(dtype), ref_grads[3].to(dtype), dtype, f"dpoints with {tiles}")
+    assert len(tile_sets) >= 5  # the tables' shapes, not just the interpreter's one
+
+
 @pytest.mark.parametrize("dtype,device", _half_cases(), ids=str)
 def test_half_precision_sample_matches_reference(dtype, device):
     inputs = sample_inputs(B=2, P=150, G=2, C=40, T=3, H=4, W=5, dtype=dtype, device=device)

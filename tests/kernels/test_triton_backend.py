@@ -25,6 +25,7 @@ HALF_ATTENTION_SHAPES = [
     dict(d=8),
     dict(Nq=150, Nk=131, heads=4, d=40, G=2),
     dict(Nq=70, Nk=90, heads=2, d=64, G=2, T=2, H=6, W=7),
+    dict(Nq=100, Nk=140, heads=2, d=80, G=1, T=2),  # SD1.5's 32x32 layers: the D_PAD 128 tiles
     dict(Nq=33, Nk=17, heads=2, d=160, G=1, T=1),
 ]
 

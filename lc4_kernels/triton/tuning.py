@@ -223,11 +223,18 @@ class AttentionTiling:
     fixed: FixedConfigs
     grid: dict
 
-    def block_shapes(self) -> list[tuple[int, int]]:
-        """Every (BLOCK_M, BLOCK_N) a GPU launch of the kernel can take: the fixed tables' (in
-        their order), the small one's, then the autotuning grid's."""
-        fixed = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in self.fixed.configs]
-        return list(dict.fromkeys([*fixed, *itertools.product(self.grid["BLOCK_M"], self.grid["BLOCK_N"])]))
+    def launch_configs(self, launch: tuple | None = None, autotuned: bool = True) -> list[triton.Config]:
+        """One configuration per block shape a GPU launch can take: the fixed table of ``launch``
+        (a ``launch_class``; every table if None) in its order, the small one, then, if
+        ``autotuned``, the grid's shapes (8 warps, 2 stages)."""
+        tables = self.fixed.tables.values() if launch is None else [self.fixed.tables[launch]]
+        grid = itertools.product(self.grid["BLOCK_M"], self.grid["BLOCK_N"]) if autotuned else ()
+        configs = [*(c for table in tables for c in table.values()), self.fixed.small,
+                   *(triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=8, num_stages=2) for m, n in grid)]
+        by_shape = {}
+        for config in configs:
+            by_shape.setdefault((config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]), config)
+        return list(by_shape.values())
 
     def fits(self, config: triton.Config, head: int, element_bytes: int, shared_bytes: int) -> bool:
         return attention_tile_fits(config, head, element_bytes, self.streamed, self.resident_tiles, shared_bytes)

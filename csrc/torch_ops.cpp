@@ -393,6 +393,10 @@ Scatter scatter_path(bool deterministic) {
   return scatter;
 }
 
+// LC4_CUDA_PREFETCH=on (the default) or off: whether the float16/bfloat16 tile kernels load the
+// next tile during the current one's products (params.h: prefetch); off is the path before it.
+bool prefetch_tiles() { return path_choice("LC4_CUDA_PREFETCH", {"on", "off"}) == 0; }
+
 template <typename Kernels>
 at::Tensor sample_keys(const at::Tensor& map, const at::Tensor& points, ScalarKind kind) {
   // map (B, T, H, W, heads, d), contiguous, seen as (B, T, H, W, G, heads / G * d).
@@ -423,6 +427,7 @@ std::tuple<at::Tensor, at::Tensor> tda_attention_gpu(const at::Tensor& q_in, con
   p.out = out.data_ptr();
   p.lse = lse.data_ptr();
   p.half_forward = half_forward();
+  p.prefetch = prefetch_tiles();
   at::Tensor k_sampled, v_sampled;
   if (presample_keys() && q.size(1) > 0) {
     k_sampled = sample_keys<Kernels>(k, points, kind);
@@ -455,6 +460,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   p.query_splits = forced_query_splits();
   p.half_dq = half_dq();
   p.half_dkv = half_dkv();
+  p.prefetch = prefetch_tiles();
   p.scatter = scatter_path(p.deterministic);
   // The separate dq kernel reads k~ and v~ sampled beforehand and writes each dq element once.
   const bool separate_dq = kind != ScalarKind::f32 && separate_half_dq(p) && q.size(1) > 0;

@@ -114,7 +114,8 @@ fi
 # dk, dv by float32 atomics) against the current ones (O in registers over one pass; dq in its own
 # kernel; dk~/dv~ 16 keys a warp; the segment scatter), kernel by kernel; adding
 # LC4_CUDA_PRESAMPLE=0 LC4_CUDA_FORWARD=shared LC4_CUDA_QUERY_SPLITS=1 selects the first run's
-# cuda paths (profiled against the second's in benchmarks/results/nvidia-h200).
+# cuda paths (profiled against the second's in benchmarks/results/nvidia-h200). Last, cuda with
+# LC4_CUDA_PREFETCH=off: the tile kernels load each tile when it is needed instead of one ahead.
 if wanted profile; then
   # Host time per call on a tiny case (kernels negligible): launches, autograd, allocations.
   LC4_TRITON_AUTOTUNE=0 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.host_overhead > /dev/null || status=1
@@ -127,6 +128,8 @@ if wanted profile; then
       --case $case --backends triton --tag triton-second-run-tiles > /dev/null || status=1
     LC4_CUDA_FORWARD=two_pass LC4_CUDA_DQ=fused LC4_CUDA_SCATTER=atomic limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
       --case $case --backends cuda --tag cuda-second-run-paths > /dev/null || status=1
+    LC4_CUDA_PREFETCH=off limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
+      --case $case --backends cuda --tag cuda-no-prefetch > /dev/null || status=1
   done
 fi
 

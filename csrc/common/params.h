@@ -65,6 +65,10 @@ struct AttentionParams {
   HalfDq half_dq = HalfDq::kSeparate;
   HalfDkv half_dkv = HalfDkv::kRegisters;
   Scatter scatter = Scatter::kSegments;
+  // Whether the float16/bfloat16 kernels that read whole tiles from memory (the register forward
+  // over pre-sampled keys, the separate dq, the register dk~/dv~) load the next tile into
+  // registers while the current one's products run (tile_copy.cuh: RowTileFetch).
+  bool prefetch = true;
 };
 
 }  // namespace lc4

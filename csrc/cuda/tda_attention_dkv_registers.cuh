@@ -8,7 +8,8 @@
 //   dv~ += P^T dO, dk~ += dS^T q   WMMA into the fragments.
 // Only the query tile is shared between warps, so a query tile costs two barriers (the kernel of
 // tda_attention_backward_wmma.cuh spreads 32 x 32 products over the warps with four or five), and
-// q and dO are read once per 64 keys instead of per 32.
+// q and dO are read once per 64 keys instead of per 32. The next query tile is loaded into
+// registers while the current one's products run (RowTileFetch).
 #pragma once
 
 #include "cuda/tda_attention_backward.cuh"
@@ -88,18 +89,31 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_registers_ker
 #pragma unroll
     for (int ct = 0; ct < Tiles::kColumnTiles; ++ct) wmma::fill_fragment(dk[ct], 0.0f), wmma::fill_fragment(dv[ct], 0.0f);
 
+    // The query tile at i0 (q, dO, and lse and delta of its rows) into registers: before the
+    // previous tile's products (p.prefetch), or just before it is stored.
+    RowTileFetch<T, BQ, DW, S, kAttentionThreads> next_q, next_do;
+    float next_lse = INFINITY, next_delta = 0.f;  // of query i0 + threadIdx.x, for threads below BQ
     const int64_t query_first = (b * p.Nq * heads + h) * d;  // of q and dO for (b, h)
-    for (int64_t i0 = work.i_begin; i0 < work.i_end; i0 += BQ) {
-      load_row_tile<T, BQ, DW, S, kAttentionThreads>(static_cast<const T*>(p.q) + query_first, p.Nq, i0, row_stride, d,
-                                                     q_tile);
-      load_row_tile<T, BQ, DW, S, kAttentionThreads>(static_cast<const T*>(p.grad_out) + query_first, p.Nq, i0,
-                                                     row_stride, d, do_tile);
+    const T* const q_rows = static_cast<const T*>(p.q) + query_first;
+    const T* const do_rows = static_cast<const T*>(p.grad_out) + query_first;
+    auto fetch_queries = [&](int64_t i0) {
+      next_q.fetch(q_rows, p.Nq, i0, row_stride, d, q_tile);
+      next_do.fetch(do_rows, p.Nq, i0, row_stride, d, do_tile);
+      const int64_t i = i0 + threadIdx.x, stats = (b * heads + h) * p.Nq + i;
       if (threadIdx.x < BQ) {  // queries past Nq: lse = inf gives P = 0
-        const int64_t i = i0 + threadIdx.x, stats = (b * heads + h) * p.Nq + i;
-        lse_row[threadIdx.x] = i < p.Nq ? static_cast<const float*>(p.lse)[stats] * kLog2e : INFINITY;  // log2 units
-        delta_row[threadIdx.x] = i < p.Nq ? s.delta[stats] : 0.f;
+        next_lse = i < p.Nq ? static_cast<const float*>(p.lse)[stats] * kLog2e : INFINITY;  // log2 units
+        next_delta = i < p.Nq ? s.delta[stats] : 0.f;
       }
+    };
+    const bool prefetch = p.prefetch && DW <= kPrefetchMaxWidth;
+    if (prefetch && work.i_begin < work.i_end) fetch_queries(work.i_begin);
+    for (int64_t i0 = work.i_begin; i0 < work.i_end; i0 += BQ) {
+      if (!prefetch) fetch_queries(i0);
+      next_q.store(q_rows, p.Nq, i0, row_stride, d, q_tile);
+      next_do.store(do_rows, p.Nq, i0, row_stride, d, do_tile);
+      if (threadIdx.x < BQ) lse_row[threadIdx.x] = next_lse, delta_row[threadIdx.x] = next_delta;
       __syncthreads();
+      if (prefetch && i0 + BQ < work.i_end) fetch_queries(i0 + BQ);
       float probs[kCols], dprobs[kCols];
       warp_row_scores<T, BQ, DW, S, SS>(my_k, q_tile, scores);
 #pragma unroll

@@ -1,6 +1,7 @@
 // dq of the tda_attention backward on tensor cores (WMMA m16n16k16, float32 accumulation) for
 // float16/bfloat16 up to d = 128, in a kernel of its own: one block per (64 queries, head, batch)
-// walks the key tiles of k~ and v~ sampled beforehand, like the register forward. Each of the
+// walks the key tiles of k~ and v~ sampled beforehand, like the register forward, loading the
+// next tile into registers while the current one's products run (RowTileFetch). Each of the
 // 4 warps owns 16 query rows and keeps its dq rows in accumulator fragments for the whole loop:
 //   S = q k~^T, dP = dO v~^T    WMMA into the warp's score tile, read back by rows (lanes 2r and
 //                               2r + 1 hold row r, with its lse and delta in registers);
@@ -96,13 +97,27 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dq_wmma_kernel(co
       __syncwarp();  // every lane has read its values: the tile may be overwritten
     };
 
+    // The key tiles at j0 into registers: before the previous tile's products (prefetch), or
+    // just before they are stored.
+    RowTileFetch<T, BK, DW, S, kAttentionThreads> next_k, next_v;
+    const T* const k_rows = static_cast<const T*>(p.k_sampled) + (b * p.Nk * heads + h) * d;
+    const T* const v_rows = static_cast<const T*>(p.v_sampled) + (b * p.Nk * heads + h) * d;
+    auto fetch_keys = [&](int64_t j0) {
+      next_k.fetch(k_rows, p.Nk, j0, row_stride, d, k_tile);
+      next_v.fetch(v_rows, p.Nk, j0, row_stride, d, v_tile);
+    };
+    const bool prefetch = p.prefetch && DW <= kPrefetchMaxWidth;
+    if (prefetch) fetch_keys(0);
+
     Accumulator dq[Tiles::kColumnTiles];
 #pragma unroll
     for (int ct = 0; ct < Tiles::kColumnTiles; ++ct) wmma::fill_fragment(dq[ct], 0.0f);
     for (int64_t j0 = 0; j0 < p.Nk; j0 += BK) {
-      load_sampled_tile<T, BK, DW, S, kAttentionThreads, T>(static_cast<const T*>(p.k_sampled), p, b, h, j0, k_tile);
-      load_sampled_tile<T, BK, DW, S, kAttentionThreads, T>(static_cast<const T*>(p.v_sampled), p, b, h, j0, v_tile);
+      if (!prefetch) fetch_keys(j0);
+      next_k.store(k_rows, p.Nk, j0, row_stride, d, k_tile);
+      next_v.store(v_rows, p.Nk, j0, row_stride, d, v_tile);
       __syncthreads();
+      if (prefetch && j0 + BK < p.Nk) fetch_keys(j0 + BK);
       float probs[kCols], dprobs[kCols];
       warp_products(my_q, k_tile, probs);
       warp_products(my_do, v_tile, dprobs);

@@ -96,11 +96,37 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_registers
       __syncwarp();  // every lane has read its scores: the tile may be overwritten
     };
 
+    // Key tiles read from k~ and v~ sampled beforehand go through registers, the next one loaded
+    // while the current one's products run (p.prefetch, up to kPrefetchMaxWidth); sampled from k
+    // and v here, they are staged as they are needed (the branch is uniform over the block).
+    RowTileFetch<T, BK, DW, S, kAttentionThreads> next_k, next_v;
+    const bool presampled = p.k_sampled != nullptr;
+    const bool prefetch = presampled && p.prefetch && DW <= kPrefetchMaxWidth;
+    const int64_t sampled_first = (b * p.Nk * heads + h) * d;
+    const T* const k_rows = presampled ? static_cast<const T*>(p.k_sampled) + sampled_first : nullptr;
+    const T* const v_rows = presampled ? static_cast<const T*>(p.v_sampled) + sampled_first : nullptr;
+    auto fetch_keys = [&](int64_t j0, bool values) {
+      next_k.fetch(k_rows, p.Nk, j0, heads * d, d, k_tile);
+      if (values) next_v.fetch(v_rows, p.Nk, j0, heads * d, d, v_tile);
+    };
+    auto stage_keys = [&](int64_t j0, bool values) {
+      if (presampled) {
+        if (!prefetch) fetch_keys(j0, values);
+        next_k.store(k_rows, p.Nk, j0, heads * d, d, k_tile);
+        if (values) next_v.store(v_rows, p.Nk, j0, heads * d, d, v_tile);
+        return;
+      }
+      stage_key_tile<T, BK, DW, S, kAttentionThreads, T>(p, nullptr, p.k, true, b, h, j0, corners, k_tile);
+      if (values) stage_key_tile<T, BK, DW, S, kAttentionThreads, T>(p, nullptr, p.v, false, b, h, j0, corners, v_tile);
+    };
+
     float running_max = -INFINITY, running_sum = 0.f;  // of this lane's row, log2 units
     if constexpr (kTwoPass) {
+      if (prefetch) fetch_keys(0, false);
       for (int64_t j0 = 0; j0 < p.Nk; j0 += BK) {
-        stage_key_tile<T, BK, DW, S, kAttentionThreads, T>(p, p.k_sampled, p.k, true, b, h, j0, corners, k_tile);
+        stage_keys(j0, false);
         __syncthreads();
+        if (prefetch && j0 + BK < p.Nk) fetch_keys(j0 + BK, false);
         float values[kCols];
         warp_scores(j0, values);
         float block_max = -INFINITY;
@@ -120,10 +146,11 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_registers
     Accumulator out[Tiles::kColumnTiles];
 #pragma unroll
     for (int ct = 0; ct < Tiles::kColumnTiles; ++ct) wmma::fill_fragment(out[ct], 0.0f);
+    if (prefetch) fetch_keys(0, true);
     for (int64_t j0 = 0; j0 < p.Nk; j0 += BK) {
-      stage_key_tile<T, BK, DW, S, kAttentionThreads, T>(p, p.k_sampled, p.k, true, b, h, j0, corners, k_tile);
-      stage_key_tile<T, BK, DW, S, kAttentionThreads, T>(p, p.v_sampled, p.v, false, b, h, j0, corners, v_tile);
+      stage_keys(j0, true);
       __syncthreads();
+      if (prefetch && j0 + BK < p.Nk) fetch_keys(j0 + BK, true);
       float values[kCols];
       warp_scores(j0, values);
       if constexpr (!kTwoPass) {

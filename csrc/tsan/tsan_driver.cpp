@@ -186,6 +186,20 @@ int main() {
   separate.half_dkv = HalfDkv::kShared;
   ok = close(backward(separate, grad_out16.data(), ScalarKind::f16, false), fused_deterministic, 1e-3f,
              "float16 separate dq, shared dk~/dv~ vs deterministic fused backward") && ok;
+  // The tile kernels with and without the next tile loaded during the current one's products.
+  AttentionParams loaded_in_turn = separate;
+  loaded_in_turn.half_dkv = HalfDkv::kRegisters;
+  loaded_in_turn.prefetch = false;
+  ok = close(backward(loaded_in_turn, grad_out16.data(), ScalarKind::f16, false), fused_deterministic, 1e-3f,
+             "float16 separate dq, register dk~/dv~, no prefetch vs deterministic fused backward") && ok;
+  for (const bool prefetch : {true, false}) {
+    AttentionParams presampled = separate;
+    presampled.prefetch = prefetch;
+    cuda_emu::tda_attention_forward(presampled, ScalarKind::f16, nullptr);
+    ok = close(from_half(out16), expected, 1e-2f,
+               prefetch ? "float16 one-pass forward over pre-sampled keys, prefetched"
+                        : "float16 one-pass forward over pre-sampled keys, loaded in turn") && ok;
+  }
 
   SampleParams sp;
   std::vector<float> sampled(B * Nk * G * d), grad_value(k.size()), grad_points(points.size());

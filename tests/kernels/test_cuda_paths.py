@@ -1,6 +1,6 @@
 """The cuda backend's selectable paths (LC4_CUDA_PRESAMPLE, LC4_CUDA_FORWARD,
 LC4_CUDA_QUERY_SPLITS, LC4_CUDA_DQ, LC4_CUDA_DKV,
-LC4_CUDA_SCATTER) against the reference: through the host emulation (cuda_emu) everywhere,
+LC4_CUDA_SCATTER, LC4_CUDA_PREFETCH) against the reference: through the host emulation (cuda_emu) everywhere,
 and through the real kernels where a GPU is visible (make gpu-check runs this file)."""
 import pytest
 import torch
@@ -95,6 +95,33 @@ def test_every_backward_path_matches_reference(backend, device, d, monkeypatch):
         monkeypatch.setenv(variable, value)
         with pytest.raises(ValueError, match=f"{variable} must be {expected}, got '{value}'"):
             run_with_grads(attention(backend), inputs)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
+@pytest.mark.parametrize("d", [20, 40, 128])
+def test_tiles_loaded_ahead_or_not_match_reference(backend, device, d, monkeypatch):
+    # The half-precision kernels that read whole tiles (the register forwards over pre-sampled
+    # keys, the separate dq, the register dk~/dv~) load the next tile into registers during the
+    # current one's products unless LC4_CUDA_PREFETCH=off. Nk = 45: two key tiles of 32 (three of
+    # 16 in dq at d = 128), the last partial; Nq = 300: ten query tiles of 32 in one dk~/dv~ block
+    # (one split) or 4/4/2 (three), the last partial. d = 20 rows are not 16-byte multiples: the
+    # tiles are copied element by element when stored. d = 128 is past kPrefetchMaxWidth: its
+    # tiles are loaded in turn either way.
+    inputs = attention_inputs(Nq=300, Nk=45, heads=2, d=d, G=1, T=2, H=3, W=4, dtype=torch.float16, device=device)
+    ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
+    for prefetch in ("", "on", "off"):
+        for forward, splits in (("registers", "1"), ("two_pass", "3")):
+            monkeypatch.setenv("LC4_CUDA_PREFETCH", prefetch)
+            monkeypatch.setenv("LC4_CUDA_FORWARD", forward)
+            monkeypatch.setenv("LC4_CUDA_QUERY_SPLITS", splits)
+            flags = f"LC4_CUDA_PREFETCH={prefetch}, LC4_CUDA_FORWARD={forward}, LC4_CUDA_QUERY_SPLITS={splits}"
+            out, grads = run_with_grads(attention(backend), inputs)
+            assert_close(out.cpu(), ref_out.half(), torch.float16, f"out, {flags}")
+            for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+                assert_close(g.cpu(), ref_g.to(g.dtype), torch.float16, f"{name}, {flags}")
+    monkeypatch.setenv("LC4_CUDA_PREFETCH", "1")
+    with pytest.raises(ValueError, match="LC4_CUDA_PREFETCH must be on or off, got '1'"):
+        run_with_grads(attention(backend), inputs)
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])

@@ -99,7 +99,7 @@ struct RowTileFetch {
   static constexpr int kChunksPerRow = kVectorizable ? DW / kVec : 1;
   static constexpr int kPerThread = (kRows * kChunksPerRow + kThreads - 1) / kThreads;
 
-  Chunk16 chunk[kPerThread];
+  Chunk16 chunk[kPerThread] = {};  // zeroed only for -Wmaybe-uninitialized: store() reads what fetch() wrote
 
   // Uniform over the block.
   __device__ __forceinline__ static bool vectorized(const T* src, int64_t row_stride, int64_t d, const T* tile) {

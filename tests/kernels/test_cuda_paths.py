@@ -98,15 +98,16 @@ def test_every_backward_path_matches_reference(backend, device, d, monkeypatch):
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BUILDS, ids=[b for b, _ in KERNEL_BUILDS])
-@pytest.mark.parametrize("d", [20, 40, 128])
+@pytest.mark.parametrize("d", [20, 40, 80, 128])
 def test_tiles_loaded_ahead_or_not_match_reference(backend, device, d, monkeypatch):
     # The half-precision kernels that read whole tiles (the register forwards over pre-sampled
     # keys, the separate dq, the register dk~/dv~) load the next tile into registers during the
     # current one's products unless LC4_CUDA_PREFETCH=off. Nk = 45: two key tiles of 32 (three of
     # 16 in dq at d = 128), the last partial; Nq = 300: ten query tiles of 32 in one dk~/dv~ block
     # (one split) or 4/4/2 (three), the last partial. d = 20 rows are not 16-byte multiples: the
-    # tiles are copied element by element when stored. d = 128 is past kPrefetchMaxWidth: its
-    # tiles are loaded in turn either way.
+    # tiles are copied element by element when stored. d = 40 and 80 (SD1.5's 64x64 and 32x32
+    # layers) split a tile's 16-byte chunks unevenly over the threads. d = 128 is past
+    # kPrefetchMaxWidth: its tiles are loaded in turn either way.
     inputs = attention_inputs(Nq=300, Nk=45, heads=2, d=d, G=1, T=2, H=3, W=4, dtype=torch.float16, device=device)
     ref_out, ref_grads = run_with_grads(attention("reference"), [t.double().cpu() for t in inputs])
     for prefetch in ("", "on", "off"):

@@ -34,20 +34,17 @@ __device__ __forceinline__ void store16(void* dst, const Chunk16& chunk) {
 }
 
 // *dst = *src for 16 bytes; both 16-byte aligned.
-__device__ __forceinline__ void copy16(void* dst, const void* src) {
-#if LC4_EMULATED
-  std::memcpy(dst, src, 16);
-#else
-  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-#endif
-}
+__device__ __forceinline__ void copy16(void* dst, const void* src) { store16(dst, load16(src)); }
 
-__device__ __forceinline__ void zero16(void* dst) {
-#if LC4_EMULATED
-  std::memset(dst, 0, 16);
-#else
-  *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
-#endif
+__device__ __forceinline__ void zero16(void* dst) { store16(dst, Chunk16{}); }
+
+// Whether a tile's rows can be copied 16 bytes at a time: the padded width and the tile's stride
+// are whole chunks, and so are d, the row stride and both pointers' alignment (uniform over the block).
+template <typename T, int DW, int kStride>
+__device__ __forceinline__ bool rows_in_16_byte_chunks(const T* src, int64_t row_stride, int64_t d, const T* tile) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  return DW % kVec == 0 && kStride % kVec == 0 && d % kVec == 0 && row_stride % kVec == 0 &&
+         reinterpret_cast<uintptr_t>(src) % 16 == 0 && reinterpret_cast<uintptr_t>(tile) % 16 == 0;
 }
 
 // tile[r * kStride + c] = src[(first + r) * row_stride + c] for first + r < rows and c < d, else 0,
@@ -57,9 +54,7 @@ __device__ __forceinline__ void load_row_tile(const T* src, int64_t rows, int64_
                                               int64_t d, T* tile) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   if constexpr (DW % kVec == 0 && kStride % kVec == 0) {
-    const bool aligned = d % kVec == 0 && row_stride % kVec == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
-                         reinterpret_cast<uintptr_t>(tile) % 16 == 0;  // uniform over the block
-    if (aligned) {
+    if (rows_in_16_byte_chunks<T, DW, kStride>(src, row_stride, d, tile)) {
       constexpr int kChunks = DW / kVec;
       for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
         const int r = idx / kChunks, c = idx % kChunks * kVec;
@@ -101,15 +96,9 @@ struct RowTileFetch {
 
   Chunk16 chunk[kPerThread] = {};  // zeroed only for -Wmaybe-uninitialized: store() reads what fetch() wrote
 
-  // Uniform over the block.
-  __device__ __forceinline__ static bool vectorized(const T* src, int64_t row_stride, int64_t d, const T* tile) {
-    return kVectorizable && d % kVec == 0 && row_stride % kVec == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
-           reinterpret_cast<uintptr_t>(tile) % 16 == 0;
-  }
-
   __device__ __forceinline__ void fetch(const T* src, int64_t rows, int64_t first, int64_t row_stride, int64_t d,
                                         const T* tile) {
-    if (!vectorized(src, row_stride, d, tile)) return;
+    if (!rows_in_16_byte_chunks<T, DW, kStride>(src, row_stride, d, tile)) return;
 #pragma unroll
     for (int u = 0; u < kPerThread; ++u) {
       const int idx = threadIdx.x + u * kThreads;
@@ -126,7 +115,7 @@ struct RowTileFetch {
   // The same arguments as the fetch() of this tile.
   __device__ __forceinline__ void store(const T* src, int64_t rows, int64_t first, int64_t row_stride, int64_t d,
                                         T* tile) const {
-    if (!vectorized(src, row_stride, d, tile)) {
+    if (!rows_in_16_byte_chunks<T, DW, kStride>(src, row_stride, d, tile)) {
       load_row_tile<T, kRows, DW, kStride, kThreads>(src, rows, first, row_stride, d, tile);
       return;
     }

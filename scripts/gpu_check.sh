@@ -108,7 +108,9 @@ fi
 # the second H200 run found its backward slower than the first run's, which had no query splits),
 # and triton on the second run's fixed tiles (64 x 32 on 8 warps for all three attention kernels:
 # two warpgroups on the same 64 rows, 64 x 16 score products; dk~/dv~ on mma.sync), kernel by kernel
-# against the current ones (128-row resident blocks on sm_90).
+# against the current ones (128-row resident blocks on sm_90), and triton with each head dim in one
+# power-of-two column block (LC4_TRITON_HEAD_SPLIT=off: d = 40 as 64 columns, 80 as 128) instead of two
+# (32 + 16, 64 + 16).
 # Then cuda on the second H200 run's paths (LC4_CUDA_FORWARD=two_pass: the forward computes the
 # scores twice; LC4_CUDA_DQ=fused: dq by atomics in the dk~/dv~ kernel; LC4_CUDA_SCATTER=atomic:
 # dk, dv by float32 atomics) against the current ones (O in registers over one pass; dq in its own
@@ -126,6 +128,8 @@ if wanted profile; then
     LC4_TRITON_AUTOTUNE=0 LC4_TRITON_FIXED="forward=64x32x8x2;dq=64x32x8x2;dkv=64x32x8x2" \
       limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
       --case $case --backends triton --tag triton-second-run-tiles > /dev/null || status=1
+    LC4_TRITON_HEAD_SPLIT=off limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
+      --case $case --backends triton --tag triton-one-column-block > /dev/null || status=1
     LC4_CUDA_FORWARD=two_pass LC4_CUDA_DQ=fused LC4_CUDA_SCATTER=atomic limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \
       --case $case --backends cuda --tag cuda-second-run-paths > /dev/null || status=1
     LC4_CUDA_PREFETCH=off limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \

@@ -7,7 +7,8 @@ import torch
 
 from . import attention_kernels as kernels
 from .sampling import sample_backward, sample_values
-from .tuning import cdiv, forced_query_splits, padded_head_dim, split_queries
+from .tuning import (cdiv, forced_query_splits, head_split, launch_capability, launch_class, padded_head_dim,
+                     split_queries)
 
 
 def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -46,10 +47,12 @@ def alignment(*strides: int) -> int:
     return align
 
 
-def _launch_arguments(q, Nk, scale):
+def _launch_arguments(q, Nk, scale, kernel: str):
     B, Nq, heads, d = q.shape
-    return dict(Nq=Nq, Nk=Nk, heads=heads, HEAD_DIM=d, scale=scale, D_PAD=padded_head_dim(d),
-                PRECISION=_precision(q.dtype))
+    launch = launch_class(q.element_size(), launch_capability(q.device))
+    d_head, d_tail = head_split(d, kernel, launch)
+    return dict(Nq=Nq, Nk=Nk, heads=heads, HEAD_DIM=d, scale=scale, D_PAD=padded_head_dim(d), D_HEAD=d_head,
+                D_TAIL=d_tail, PRECISION=_precision(q.dtype))
 
 
 def attention_forward(q, k, v, points, scale: float):
@@ -65,7 +68,7 @@ def attention_forward(q, k, v, points, scale: float):
     grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
     kernels.attention_forward_kernel[grid](q, k_sampled, v_sampled, out, lse, q.stride(0), q.stride(1), q.stride(2),
                                            Q_ALIGN=alignment(q.stride(0), q.stride(1), q.stride(2)),
-                                           **_launch_arguments(q, points.shape[1], scale))
+                                           **_launch_arguments(q, points.shape[1], scale, "forward"))
     return out, lse
 
 
@@ -84,9 +87,9 @@ def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_
     sampled_grads = torch.zeros((2, B, Nk, heads, d), dtype=torch.float32, device=q.device)  # dk~, dv~
     dk_sampled, dv_sampled = sampled_grads
     dq = torch.empty_like(q)
-    arguments = _launch_arguments(q, Nk, scale)
     q_grid = lambda meta: (cdiv(Nq, meta["BLOCK_M"]), B * heads)  # noqa: E731
-    kernels.attention_backward_q_kernel[q_grid](q, k_sampled, v_sampled, out, grad_out, lse, delta, dq, **arguments)
+    kernels.attention_backward_q_kernel[q_grid](q, k_sampled, v_sampled, out, grad_out, lse, delta, dq,
+                                                **_launch_arguments(q, Nk, scale, "dq"))
     processors = _processors(q.device)
     query_splits = query_splits or forced_query_splits()
 
@@ -96,7 +99,7 @@ def attention_backward(grad_out, q, k, v, points, out, lse, scale: float, query_
         return (cdiv(Nk, meta["BLOCK_N"]), B * heads, splits)
 
     kernels.attention_backward_kv_kernel[kv_grid](q, k_sampled, v_sampled, grad_out, lse, delta,
-                                                  dk_sampled, dv_sampled, **arguments)
+                                                  dk_sampled, dv_sampled, **_launch_arguments(q, Nk, scale, "dkv"))
     # Freed before the scatter allocates dk and dv, the backward's peak (Nk rows each: 2.6 MB at
     # the 32x32 layer, where the whole forward+backward is about 45 MB). dk~ and dv~ go on in
     # the inputs' dtype, as SDPA returns them: at d = 160 (the 16x16 layer) the float32 pair

@@ -27,7 +27,7 @@ from triton.compiler import ASTSource
 
 from . import attention_kernels, trilinear_kernels
 from .attention import alignment
-from .tuning import ATTENTION_TILING, AUTOTUNE, channel_block, padded_head_dim
+from .tuning import ATTENTION_TILING, AUTOTUNE, channel_block, head_split, launch_class, padded_head_dim
 
 # Shared memory per block (bytes) that each target can give a kernel.
 SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -43,21 +43,26 @@ def supported() -> str | None:
     return None
 
 
-def _kernels(dtype: str, head_dim: int):
-    """(autotuned kernel, pointer/float argument types, constexprs) of every kernel."""
+def _kernels(dtype: str, head_dim: int, capability: int = 90):
+    """(autotuned kernel, pointer/float argument types, constexprs) of every kernel, the attention
+    kernels' column blocks as a launch on ``sm_<capability>`` takes them."""
     attention_types = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "grad_out_ptr", "dq_ptr")}
     attention_types.update({name: "*fp32" for name in ("lse_ptr", "delta_ptr", "dk_ptr", "dv_ptr")}, scale="fp32")
-    attention_constants = dict(HEAD_DIM=head_dim, D_PAD=padded_head_dim(head_dim), Q_ALIGN=alignment(head_dim),
-                               PRECISION="ieee" if dtype == "fp32" else "tf32")
+    launch = launch_class(ELEMENT_BYTES[dtype], capability)
+
+    def attention_constants(kernel: str) -> dict:
+        d_head, d_tail = head_split(head_dim, kernel, launch)
+        return dict(HEAD_DIM=head_dim, D_PAD=padded_head_dim(head_dim), D_HEAD=d_head, D_TAIL=d_tail,
+                    Q_ALIGN=alignment(head_dim), PRECISION="ieee" if dtype == "fp32" else "tf32")
     sample_types = {"points_ptr": "*fp32", "dpoints_ptr": "*fp32", "keys_ptr": "*i64", "weights_ptr": "*fp32",
                     "order_ptr": "*i64", "sorted_keys_ptr": "*i64", "segment_ends_ptr": "*i64"}
     sample_types.update({f"{name}{pair}_ptr": f"*{dtype}" for name in ("value", "out", "grad", "dvalue")
                          for pair in ("", "2")})
     sample_constants = dict(BLOCK_C=channel_block(head_dim))
     return [
-        (attention_kernels.attention_forward_kernel, attention_types, attention_constants),
-        (attention_kernels.attention_backward_kv_kernel, attention_types, attention_constants),
-        (attention_kernels.attention_backward_q_kernel, attention_types, attention_constants),
+        (attention_kernels.attention_forward_kernel, attention_types, attention_constants("forward")),
+        (attention_kernels.attention_backward_kv_kernel, attention_types, attention_constants("dkv")),
+        (attention_kernels.attention_backward_q_kernel, attention_types, attention_constants("dq")),
         (trilinear_kernels.sample_forward_kernel, sample_types, sample_constants),
         (trilinear_kernels.sample_backward_points_kernel, sample_types, dict(sample_constants, PAIR=True)),
         (trilinear_kernels.scatter_segments_kernel, sample_types, sample_constants),
@@ -78,11 +83,11 @@ def _configs(autotuned, constants, which: str, capability: int = 90, dtype: str 
     there, by registers only (so that ``--configs every`` shows those over the shared memory too)."""
     tiling = ATTENTION_TILING.get(autotuned.fn.__name__)
     configs = autotuned.configs
+    columns = constants.get("D_HEAD", 0) + constants.get("D_TAIL", 0)
     if tiling is not None and not AUTOTUNE:
-        configs = [tiling.fixed_pick(constants["D_PAD"], ELEMENT_BYTES[dtype], capability,
-                                     SHARED_MEMORY_LIMIT[capability])]
+        configs = [tiling.fixed_pick(columns, ELEMENT_BYTES[dtype], capability, SHARED_MEMORY_LIMIT[capability])]
     elif tiling is not None:
-        target = (constants["D_PAD"], ELEMENT_BYTES[dtype], capability, 2**63)
+        target = (columns, ELEMENT_BYTES[dtype], capability, 2**63)
         configs = [config for config in configs if tiling.worth_timing(config, *target)] or configs[:1]
     return {"smallest": configs[:1], "largest": configs[-1:], "every": configs}[which]
 
@@ -111,7 +116,7 @@ def _compile(jit_fn, types: dict, constants: dict, config: triton.Config, capabi
 def compile_kernels(capability: int, dtype: str = "fp16", head_dim: int = 80, which: str = "largest"):
     """Compiles each kernel (its smallest, largest or every autotune config) for
     ``sm_<capability>``; yields (kernel name, config, shared memory bytes)."""
-    for autotuned, types, constants in _kernels(dtype, head_dim):
+    for autotuned, types, constants in _kernels(dtype, head_dim, capability):
         for config in _configs(autotuned, constants, which, capability, dtype):
             compiled = _compile(autotuned.fn, types, constants, config, capability, head_dim)
             yield autotuned.fn.__name__, config, compiled.metadata.shared
@@ -119,7 +124,7 @@ def compile_kernels(capability: int, dtype: str = "fp16", head_dim: int = 80, wh
 
 def compile_config(autotuned, config: triton.Config, capability: int, dtype: str, head_dim: int) -> int:
     """Shared memory bytes of one kernel (an autotuned kernel of this backend) in one config."""
-    types, constants = next((t, c) for kernel, t, c in _kernels(dtype, head_dim) if kernel is autotuned)
+    types, constants = next((t, c) for kernel, t, c in _kernels(dtype, head_dim, capability) if kernel is autotuned)
     return _compile(autotuned.fn, types, constants, config, capability, head_dim).metadata.shared
 
 
@@ -167,14 +172,14 @@ def fixed_rows(capabilities=(80, 90), dtypes=FIXED_DTYPES, head_dims=FIXED_HEAD_
     for capability in capabilities:
         for dtype in dtypes:
             for head_dim in head_dims:
-                for autotuned, types, constants in _kernels(dtype, head_dim):
+                for autotuned, types, constants in _kernels(dtype, head_dim, capability):
                     if autotuned.fn.__name__ not in ATTENTION_TILING:
                         continue
                     (config,) = _configs(autotuned, constants, "every", capability, dtype)
                     compiled = _compile(autotuned.fn, types, constants, config, capability, head_dim)
                     registers, stack = resource_usage(compiled)
                     yield dict(kernel=autotuned.fn.__name__, capability=capability, dtype=dtype, head_dim=head_dim,
-                               config=config, registers=registers, stack=stack, shared=compiled.metadata.shared,
+                               columns=(constants["D_HEAD"], constants["D_TAIL"]), config=config, registers=registers, stack=stack, shared=compiled.metadata.shared,
                                mma=mma_instructions(compiled), layouts=mma_layouts(compiled))
 
 
@@ -183,16 +188,19 @@ def fixed_markdown(rows) -> str:
              "",
              "`LC4_TRITON_AUTOTUNE=0 python -m lc4_kernels.triton.compile_check --fixed`: each attention kernel's",
              "configuration without autotuning at the SD1.5 head dims, compiled for each target without a GPU",
-             "(launch specialization as at those shapes). Tiles: BLOCK_M x BLOCK_N x warps x stages. Stack bytes",
-             "are spilled registers. MMA: the tensor-core instructions of the PTX and how often each occurs.",
+             "(launch specialization as at those shapes). Columns: the head dim's column blocks, D_HEAD + D_TAIL",
+             "(`tuning.head_split`). Tiles: BLOCK_M x BLOCK_N x warps x stages. Stack bytes are spilled registers.",
+             "MMA: the tensor-core instructions of the PTX and how often each occurs.",
              "",
-             "| kernel | target | dtype | d | tiles | registers | stack bytes | shared bytes | MMA |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| kernel | target | dtype | d | columns | tiles | registers | stack bytes | shared bytes | MMA |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["config"]
         tiles = f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.num_warps}x{c.num_stages}"
         mma = ", ".join(f"{shape} x{count}" for shape, count in r["mma"].items()) or "none (FMA)"
-        lines.append(f"| `{r['kernel']}` | sm_{r['capability']} | {r['dtype']} | {r['head_dim']} | {tiles} | "
+        head, tail = r["columns"]
+        columns = f"{head} + {tail}" if tail else f"{head}"
+        lines.append(f"| `{r['kernel']}` | sm_{r['capability']} | {r['dtype']} | {r['head_dim']} | {columns} | {tiles} | "
                      f"{r['registers']} | {r['stack']} | {r['shared']} | {mma} |")
     return "\n".join(lines) + "\n"
 

@@ -82,6 +82,47 @@ def launch_class(element_bytes: int, capability: int) -> tuple[str, int]:
     return (FLOAT32 if element_bytes >= 4 else HALF), (90 if capability >= 90 else 80)
 
 
+HEAD_SPLIT_ENV = "LC4_TRITON_HEAD_SPLIT"
+HEAD_SPLIT_MODES = ("auto", "on", "off")
+
+
+def head_split_mode() -> str:
+    """``LC4_TRITON_HEAD_SPLIT``: ``auto`` (default, see ``head_split``), ``on`` (two column blocks
+    wherever they pad less) or ``off`` (one block of ``padded_head_dim``), for comparing paths."""
+    mode = os.environ.get(HEAD_SPLIT_ENV, "").strip().lower() or "auto"
+    if mode not in HEAD_SPLIT_MODES:
+        raise ValueError(f"{HEAD_SPLIT_ENV}: expected one of {HEAD_SPLIT_MODES}, got {mode!r}")
+    return mode
+
+
+def two_column_blocks(head_dim: int) -> tuple[int, int] | None:
+    """(D_HEAD, D_TAIL), both powers of two >= 16 (for ``tl.arange`` and ``tl.dot``), where two
+    such blocks pad the head dim less than one: 40 -> 32 + 16, 80 -> 64 + 16, 160 -> 128 + 32, so
+    the products at SD1.5's head dims multiply 48, 80 and 160 columns instead of 64, 128 and 256."""
+    padded = padded_head_dim(head_dim)
+    head = padded // 2
+    tail = max(MIN_DOT_SIZE, next_power_of_2(head_dim - head))
+    return (head, tail) if head_dim > MIN_DOT_SIZE and head + tail < padded else None
+
+
+def head_split(head_dim: int, kernel: str, launch: tuple[str, int]) -> tuple[int, int]:
+    """(D_HEAD, D_TAIL) of an attention kernel (``forward``, ``dq`` or ``dkv``) in a launch class;
+    D_TAIL 0 for one block. ``auto`` splits in half precision where Triton 3.6's and 3.9's compiles
+    of the fixed tiles (``compile_check --fixed``) take less shared memory and no spills: every
+    kernel up to D_PAD 64; on sm_90 (wgmma) the forward and dq at every head dim and dk~/dv~ up to
+    D_PAD 128. Not dk~/dv~ at D_PAD 256 (its tiles run mma.sync and spill split), nor sm_80 above
+    D_PAD 64 (up to 255 registers, spills in dk~/dv~), nor float32 (FMA tiles that spill split)."""
+    padded = padded_head_dim(head_dim)
+    blocks = two_column_blocks(head_dim)
+    mode = head_split_mode()
+    if blocks is None or mode == "off":
+        return padded, 0
+    precision, capability = launch
+    wanted = mode == "on" or (precision == HALF and (
+        padded <= 64 or (capability >= 90 and not (kernel == "dkv" and padded > 128))))
+    return blocks if wanted else (padded, 0)
+
+
 @dataclass(frozen=True)
 class FixedConfigs:
     """The configurations of an attention kernel without autotuning. ``tables`` maps a launch
@@ -159,7 +200,10 @@ def _pruning(tiling: AttentionTiling | None = None):
     candidate, so the shard is taken here, after the filter, not from the list. Without
     autotuning, ``tiling`` picks the launch's fixed configuration."""
     def launch(named_args, kwargs):
-        head = kwargs.get("D_PAD", named_args.get("D_PAD", MIN_DOT_SIZE))
+        def constant(name, default):
+            return kwargs.get(name, named_args.get(name, default))
+        # The columns the tiles hold: both column blocks (see head_split), else D_PAD.
+        head = constant("D_HEAD", constant("D_PAD", MIN_DOT_SIZE)) + constant("D_TAIL", 0)
         q = named_args.get("q_ptr")
         if q is None:  # ahead-of-time compile check: no tensors, no device; registers only
             return head, 2, 90, 2**63
@@ -206,6 +250,12 @@ def attention_tile_fits(config: triton.Config, head: int, element_bytes: int, st
 def _capability(device: torch.device) -> int:
     major, minor = torch.cuda.get_device_capability(device)
     return 10 * major + minor
+
+
+def launch_capability(device: torch.device) -> int:
+    """The compute capability a launch on ``device`` compiles for (10 * major + minor); the
+    interpreter on the CPU takes sm_90's choices."""
+    return _capability(device) if device.type == "cuda" else 90
 
 
 def _shared_memory_limit() -> int:

@@ -271,6 +271,53 @@ def test_query_splits_from_the_environment(backend, device, monkeypatch):
         attention.attention_backward(grad_out, q, k, v, points, out, lse, 0.25)
 
 
+def test_head_split_pads_less_than_one_power_of_two_block(monkeypatch):
+    pytest.importorskip("triton")
+    from lc4_kernels.triton.tuning import (FLOAT32, HALF, HEAD_SPLIT_ENV, head_split, padded_head_dim,
+                                           two_column_blocks)
+    assert [two_column_blocks(d) for d in (40, 80, 160)] == [(32, 16), (64, 16), (128, 32)]  # SD1.5's head dims
+    for d in range(1, 257):
+        padded, blocks = padded_head_dim(d), two_column_blocks(d)
+        if blocks is None:
+            continue
+        head, tail = blocks
+        assert head >= 16 and tail >= 16 and head & (head - 1) == 0 and tail & (tail - 1) == 0
+        assert d <= head + tail < padded and head < d  # less padding, and the first block all columns
+    assert [d for d in (8, 16, 20, 32, 64, 100, 128, 200, 256) if two_column_blocks(d)] == []
+    # auto: half precision up to D_PAD 64 everywhere; on sm_90 also above, but not dk~/dv~ at D_PAD 256.
+    hopper, ampere = (HALF, 90), (HALF, 80)
+    assert [head_split(d, k, hopper) for d in (40, 160) for k in ("forward", "dq", "dkv")] == \
+        [(32, 16)] * 3 + [(128, 32), (128, 32), (256, 0)]
+    assert [head_split(d, "dq", ampere) for d in (40, 80, 160)] == [(32, 16), (128, 0), (256, 0)]
+    assert head_split(40, "forward", (FLOAT32, 90)) == (64, 0)
+    monkeypatch.setenv(HEAD_SPLIT_ENV, "on")
+    assert head_split(160, "dkv", ampere) == (128, 32) and head_split(64, "dq", hopper) == (64, 0)
+    monkeypatch.setenv(HEAD_SPLIT_ENV, "off")
+    assert head_split(40, "forward", hopper) == (64, 0)
+    monkeypatch.setenv(HEAD_SPLIT_ENV, "sometimes")
+    with pytest.raises(ValueError, match="LC4_TRITON_HEAD_SPLIT: expected one of .*, got 'sometimes'"):
+        head_split(40, "forward", hopper)
+
+
+@pytest.mark.parametrize("split", ["on", "off"])
+@pytest.mark.parametrize("d", [40, 80])
+@pytest.mark.parametrize("backend,device", ANY_DEVICE)
+def test_head_dim_in_one_or_two_column_blocks_matches_reference(backend, device, d, split, monkeypatch):
+    from lc4_kernels.triton import attention
+    monkeypatch.setenv("LC4_TRITON_HEAD_SPLIT", split)
+    launched = []
+    launch_arguments = attention._launch_arguments
+    monkeypatch.setattr(attention, "_launch_arguments", lambda *a: launched.append(launch_arguments(*a)) or launched[-1])
+    inputs = attention_inputs(Nq=70, Nk=50, heads=2, d=d, G=2, T=2, device=device)
+    out, grads = run_with_grads(_attention, inputs)
+    ref_out, ref_grads = run_with_grads(lambda *a: lc4_kernels.tda_attention(*a, backend="reference"),
+                                        [t.double() for t in inputs])
+    blocks = {"on": {40: (32, 16), 80: (64, 16)}, "off": {40: (64, 0), 80: (128, 0)}}[split][d]
+    assert len(launched) == 3 and all((a["D_HEAD"], a["D_TAIL"]) == blocks for a in launched)
+    for name, got, want in zip(("out", "dq", "dk", "dv", "dpoints"), (out, *grads), (ref_out, *ref_grads)):
+        assert_close(got, want.float(), torch.float32, f"{name}, head split {split}")
+
+
 def test_split_queries_fills_the_gpu_without_empty_splits():
     pytest.importorskip("triton")
     from lc4_kernels.triton.tuning import PROGRAMS_PER_PROCESSOR, split_queries
@@ -303,7 +350,8 @@ def test_chosen_configs_list_every_kernel_that_ran(backend, device):
                                                     "autotuned": False, "config": described(forward.configs[0])}
     else:  # on a GPU: one row per key launched (this test's among them), autotuned or the fixed pick
         tuned = [row for row in tuning.chosen_configs() if row["kernel"] == "attention_forward_kernel"]
-        this_test = [row for row in tuned if row["key"][:4] == ["40", "20", "16", "torch.float32"]]  # then q's dtype
+        # Nq, Nk, D_PAD, D_TAIL, then q's dtype
+        this_test = [row for row in tuned if row["key"][:5] == ["40", "20", "16", "0", "torch.float32"]]
         assert this_test and all(row["autotuned"] == tuning.AUTOTUNE for row in tuned)
         if not tuning.AUTOTUNE:  # the fixed pick of the launch's class (float32 inputs); all fit at D_PAD 16
             major, minor = torch.cuda.get_device_capability()

@@ -61,6 +61,7 @@ def fixed_rows():
         "old = triton.Config(dict(BLOCK_M=64, BLOCK_N=32), num_warps=8, num_stages=2)\n"
         "compiled = c._compile(kernel.fn, types, constants, old, 90, 40)\n"
         "rows.append(dict(kernel='second run forward', capability=90, dtype='fp16', head_dim=40, config=old,\n"
+        "                 columns=(constants['D_HEAD'], constants['D_TAIL']),\n"
         "                 mma=c.mma_instructions(compiled), layouts=c.mma_layouts(compiled)))\n"
         "for row in rows:\n"
         "    config = row.pop('config')\n"
@@ -71,11 +72,13 @@ def fixed_rows():
 
 def _layout_splits_rows_only(row) -> bool:
     """Every tensor-core layout of the kernel gives its warps whole rows (warpsPerCTA [warps, 1])
-    and products at least 32 columns wide."""
+    and products at least 32 columns wide, or as wide as the head dim's second column block."""
+    tail = row["columns"][1]
+    narrowest = min(32, tail) if tail else 32
     for layout in row["layouts"]:
         warps = [int(v) for v in layout.split("warpsPerCTA = [")[1].split("]")[0].split(",")]
         shape = [int(v) for v in layout.split("instrShape = [")[1].split("]")[0].split(",")]
-        if warps != [row["num_warps"], 1] or shape[1] < 32:
+        if warps != [row["num_warps"], 1] or shape[1] < narrowest:
             return False
     return bool(row["layouts"])
 
@@ -92,7 +95,8 @@ def test_fixed_configurations_do_not_spill(fixed_rows):
 def test_fixed_half_precision_tiles_use_whole_hopper_warpgroups(fixed_rows):
     # On sm_90 up to D_PAD 128 (the 64x64 and 32x32 SD1.5 layers) every product is a wgmma, each
     # warpgroup owning 64 rows of the resident block: 16 rows per warp, [warps, 1] layouts, products
-    # 32 columns wide or more. The second H200 run's forward tiles (64 rows on 8 warps) fail it.
+    # 32 columns wide or more (16 for those with the 16-column block of d = 40 or 80). The second
+    # H200 run's forward tiles (64 rows on 8 warps) fail it.
     hopper = [row for row in fixed_rows if row["capability"] == 90 and row["dtype"] == "fp16"
               and row["head_dim"] in (40, 80)]
     assert len(hopper) == 7
@@ -129,22 +133,26 @@ def test_fixed_configurations_pick_by_launch_class_and_give_way_where_they_do_no
 
 
 def test_shared_memory_estimate_of_the_pruning_agrees_with_the_compiler():
-    # Candidates either side of sm_90's limit at d = 160 (D_PAD 256), float16: the autotuner's
-    # pruning keeps exactly those the compiler fits (the first one stopped a warm-up on an H200).
+    # Candidates either side of sm_90's limit at d = 160, float16: the autotuner's pruning keeps
+    # exactly those the compiler fits (a forward candidate over it stopped a warm-up on an H200).
+    # The forward holds 128 + 32 columns there, dk~/dv~ 256 (see tuning.head_split).
     from lc4_kernels.triton import attention_kernels
     from lc4_kernels.triton.tuning import attention_tile_fits
     kernels = {"attention_forward_kernel": (attention_kernels.attention_forward_kernel, "BLOCK_N", 1),
                "attention_backward_kv_kernel": (attention_kernels.attention_backward_kv_kernel, "BLOCK_M", 2)}
-    candidates = [("attention_forward_kernel", 64, 64, 4), ("attention_forward_kernel", 64, 64, 3),
+    candidates = [("attention_forward_kernel", 64, 128, 3), ("attention_forward_kernel", 64, 64, 5),
                   ("attention_backward_kv_kernel", 64, 64, 3), ("attention_backward_kv_kernel", 32, 128, 3)]
     limit = compile_check.SHARED_MEMORY_LIMIT[90]
+    columns = {kernel.fn.__name__: constants["D_HEAD"] + constants["D_TAIL"]
+               for kernel, _, constants in compile_check._kernels("fp16", 160, 90) if "D_HEAD" in constants}
+    assert (columns["attention_forward_kernel"], columns["attention_backward_kv_kernel"]) == (160, 256)
     verdicts = []
     for name, block_m, block_n, stages in candidates:
         kernel, streamed, resident = kernels[name]
         config = triton.Config(dict(BLOCK_M=block_m, BLOCK_N=block_n), num_warps=8, num_stages=stages)
         shared = compile_check.compile_config(kernel, config, 90, "fp16", 160)
         fits = shared <= limit
-        assert attention_tile_fits(config, 256, 2, streamed, resident, limit) == fits, (name, config, shared)
+        assert attention_tile_fits(config, columns[name], 2, streamed, resident, limit) == fits, (name, config, shared)
         verdicts.append(fits)
     assert verdicts == [False, True, False, True]
 

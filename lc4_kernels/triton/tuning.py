@@ -110,8 +110,8 @@ def head_split(head_dim: int, kernel: str, launch: tuple[str, int]) -> tuple[int
     D_TAIL 0 for one block. ``auto`` splits in half precision where Triton 3.6's and 3.9's compiles
     of the fixed tiles (``compile_check --fixed``) take less shared memory and no spills: every
     kernel up to D_PAD 64; on sm_90 (wgmma) the forward and dq at every head dim and dk~/dv~ up to
-    D_PAD 128. Not dk~/dv~ at D_PAD 256 (its tiles run mma.sync and spill split), nor sm_80 above
-    D_PAD 64 (up to 255 registers, spills in dk~/dv~), nor float32 (FMA tiles that spill split)."""
+    160 columns (d = 160 then takes 128-key wgmma tiles, where 256 columns spill them). Not sm_80
+    above D_PAD 64 (up to 255 registers, spills in dk~/dv~), nor float32 (FMA tiles that spill)."""
     padded = padded_head_dim(head_dim)
     blocks = two_column_blocks(head_dim)
     mode = head_split_mode()
@@ -119,7 +119,7 @@ def head_split(head_dim: int, kernel: str, launch: tuple[str, int]) -> tuple[int
         return padded, 0
     precision, capability = launch
     wanted = mode == "on" or (precision == HALF and (
-        padded <= 64 or (capability >= 90 and not (kernel == "dkv" and padded > 128))))
+        padded <= 64 or (capability >= 90 and not (kernel == "dkv" and sum(blocks) > 160))))
     return blocks if wanted else (padded, 0)
 
 
@@ -338,9 +338,12 @@ DQ_FIXED = _fixed("dq", {
 DQ_GRID = dict(BLOCK_M=[64, 128], BLOCK_N=[32, 64, 128])
 DQ_CONFIGS = _configs(dict(BLOCK_M=64, BLOCK_N=64), DQ_GRID, DQ_FIXED, warps=(4, 8), stages=(2, 3))
 # At D_PAD 256 every half-precision dk~/dv~ tile of 128 keys spills on sm_90: 64 x 32 stays, on
-# sm_80's mma.sync (32 keys: the key block is the M side of the dk~ and dv~ products).
+# sm_80's mma.sync (32 keys: the key block is the M side of the dk~ and dv~ products). Held as
+# 128 + 32 columns (head_split), d = 160 fits 32 x 128 on wgmma without spills (246 registers in
+# Triton 3.6, 255 in 3.9).
 DKV_FIXED = _fixed("dkv", {
-    (HALF, 90): {64: _tiles("64x128x8x3"), 128: _tiles("32x128x8x3"), 256: _tiles("64x32x8x2")},
+    (HALF, 90): {64: _tiles("64x128x8x3"), 128: _tiles("32x128x8x3"), 160: _tiles("32x128x8x2"),
+                 256: _tiles("64x32x8x2")},
     (HALF, 80): {128: _tiles("64x64x8x2"), 256: _tiles("64x32x8x2")},
     **dict.fromkeys(_FLOAT32, {64: _tiles("32x32x8x2"), 128: _tiles("16x32x8x2"), 256: _tiles("16x32x8x1")}),
 }, _SMALL_FIXED)

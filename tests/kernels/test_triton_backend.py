@@ -284,10 +284,11 @@ def test_head_split_pads_less_than_one_power_of_two_block(monkeypatch):
         assert head >= 16 and tail >= 16 and head & (head - 1) == 0 and tail & (tail - 1) == 0
         assert d <= head + tail < padded and head < d  # less padding, and the first block all columns
     assert [d for d in (8, 16, 20, 32, 64, 100, 128, 200, 256) if two_column_blocks(d)] == []
-    # auto: half precision up to D_PAD 64 everywhere; on sm_90 also above, but not dk~/dv~ at D_PAD 256.
+    # auto: half precision up to D_PAD 64 everywhere; on sm_90 also above, dk~/dv~ up to 160 columns.
     hopper, ampere = (HALF, 90), (HALF, 80)
     assert [head_split(d, k, hopper) for d in (40, 160) for k in ("forward", "dq", "dkv")] == \
-        [(32, 16)] * 3 + [(128, 32), (128, 32), (256, 0)]
+        [(32, 16)] * 3 + [(128, 32)] * 3
+    assert [head_split(192, k, hopper) for k in ("forward", "dkv")] == [(128, 64), (256, 0)]
     assert [head_split(d, "dq", ampere) for d in (40, 80, 160)] == [(32, 16), (128, 0), (256, 0)]
     assert head_split(40, "forward", (FLOAT32, 90)) == (64, 0)
     monkeypatch.setenv(HEAD_SPLIT_ENV, "on")

@@ -95,6 +95,17 @@ def markdown_header(title: str, doc: dict, note: str) -> list[str]:
             f"{env['date']}", f"- Command: `{env['command']}`", ""]
 
 
+def write_results(root: Path, doc: dict, stem: str, text: str) -> Path:
+    """Writes ``text`` and ``doc`` as ``root/<device slug>/<stem>.md`` and ``.json``, prints the
+    text, and returns the folder."""
+    directory = root / doc["environment"]["device"]["slug"]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stem}.md").write_text(text)
+    (directory / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(text)
+    return directory
+
+
 def _same_device(a: dict, b: dict) -> bool:
     keys = ("type", "name", "threads", "compute_capability")
     return all(a.get(k) == b.get(k) for k in keys)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -144,12 +143,7 @@ def main(argv=None) -> int:
     env = environment.environment(device, sys.argv[1:] if argv is None else list(argv),
                                   program="benchmarks.host_overhead")
     doc = {"environment": env, "case": CASE.describe(), "dtype": str(dtype), "rows": rows}
-    directory = args.out / env["device"]["slug"]
-    directory.mkdir(parents=True, exist_ok=True)
-    text = markdown(doc)
-    (directory / "host-overhead.md").write_text(text)
-    (directory / "host-overhead.json").write_text(json.dumps(doc, indent=1) + "\n")
-    print(text)
+    environment.write_results(args.out, doc, "host-overhead", markdown(doc))
     return 0
 
 

@@ -15,7 +15,6 @@ Writes ``<out>/<device-slug>/peak-memory.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -83,12 +82,7 @@ def main(argv=None) -> int:
               else "PyTorch's CPU allocator peak over one call (profiler)")
     doc = {"environment": env, "dtype": str(dtype), "method": method,
            "cases": {case.name: case.describe() for case in cases}, "rows": rows}
-    directory = args.out / env["device"]["slug"]
-    directory.mkdir(parents=True, exist_ok=True)
-    text = markdown(doc)
-    (directory / "peak-memory.md").write_text(text)
-    (directory / "peak-memory.json").write_text(json.dumps(doc, indent=1) + "\n")
-    print(text)
+    environment.write_results(args.out, doc, "peak-memory", markdown(doc))
     return 0
 
 

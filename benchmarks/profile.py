@@ -12,7 +12,6 @@ time instead. Writes ``<out>/<device-slug>/profile-<case>-<dtype>[-<tag>].{md,js
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -127,13 +126,8 @@ def main(argv=None) -> int:
     env = environment.environment(device, sys.argv[1:] if argv is None else list(argv), program="benchmarks.profile")
     doc = {"environment": env, "case": case.describe(), "dtype": str(dtype), "iterations": args.iterations,
            "left_out": sorted(set(names) - set(runnable)), "rows": rows}
-    directory = args.out / env["device"]["slug"]
-    directory.mkdir(parents=True, exist_ok=True)
     stem = f"profile-{case.name}-{str(dtype).removeprefix('torch.')}" + (f"-{args.tag}" if args.tag else "")
-    text = markdown(doc)
-    (directory / f"{stem}.md").write_text(text)
-    (directory / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
-    print(text)
+    environment.write_results(args.out, doc, stem, markdown(doc))
     return 0
 
 

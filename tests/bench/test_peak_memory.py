@@ -26,3 +26,4 @@ def test_unknown_case_is_refused_by_name():
     assert isinstance(peak_memory.CASES["sd15-512px-64x64"], Case)
     with pytest.raises(SystemExit):
         peak_memory.parse_args(["--cases", "sd15-512px-65x65", "--backends", "cpu"])
+

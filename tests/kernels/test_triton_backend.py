@@ -301,10 +301,11 @@ def test_head_split_pads_less_than_one_power_of_two_block(monkeypatch):
 
 
 @pytest.mark.parametrize("split", ["on", "off"])
-@pytest.mark.parametrize("d", [40, 80])
+@pytest.mark.parametrize("d", [40, 80, 130, 192])  # tails of 16, 16, 16 and 64 columns
 @pytest.mark.parametrize("backend,device", ANY_DEVICE)
 def test_head_dim_in_one_or_two_column_blocks_matches_reference(backend, device, d, split, monkeypatch):
     from lc4_kernels.triton import attention
+    from lc4_kernels.triton.tuning import padded_head_dim, two_column_blocks
     monkeypatch.setenv("LC4_TRITON_HEAD_SPLIT", split)
     launched = []
     launch_arguments = attention._launch_arguments
@@ -313,7 +314,7 @@ def test_head_dim_in_one_or_two_column_blocks_matches_reference(backend, device,
     out, grads = run_with_grads(_attention, inputs)
     ref_out, ref_grads = run_with_grads(lambda *a: lc4_kernels.tda_attention(*a, backend="reference"),
                                         [t.double() for t in inputs])
-    blocks = {"on": {40: (32, 16), 80: (64, 16)}, "off": {40: (64, 0), 80: (128, 0)}}[split][d]
+    blocks = two_column_blocks(d) if split == "on" else (padded_head_dim(d), 0)
     assert len(launched) == 3 and all((a["D_HEAD"], a["D_TAIL"]) == blocks for a in launched)
     for name, got, want in zip(("out", "dq", "dk", "dv", "dpoints"), (out, *grads), (ref_out, *ref_grads)):
         assert_close(got, want.float(), torch.float32, f"{name}, head split {split}")

@@ -83,8 +83,8 @@ class PeakMemory:
 def peak_memory(fn: Callable[[], object], device: torch.device, reset: Callable[[], None] = lambda: None) -> PeakMemory:
     """``reset`` runs before each measured call, e.g. to drop gradients left by an earlier call."""
     reset()
-    gc.collect()  # as in allocator_peak
     if device.type == "cuda":
+        gc.collect()  # as in allocator_peak
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
@@ -92,9 +92,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device, reset: Callable[
         synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
         return PeakMemory(peak, {"cuda_max_memory_allocated": peak})
-    with _quiet_native_stderr(), torch.autograd.profiler.profile(profile_memory=True) as prof:
-        fn()
-    sources = {"torch_allocator_peak": _allocator_peak(prof)}
+    sources = {"torch_allocator_peak": allocator_peak(fn)}
     # A second, unprofiled call for the resident high-water mark: the profiler's own records
     # would otherwise count as growth.
     reset()
@@ -115,10 +113,6 @@ def allocator_peak(fn: Callable[[], object]) -> int:
     gc.collect()
     with _quiet_native_stderr(), torch.autograd.profiler.profile(profile_memory=True) as prof:
         fn()
-    return _allocator_peak(prof)
-
-
-def _allocator_peak(prof) -> int:
     events = [e for e in prof.kineto_results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"]
     current = peak = 0
     for event in sorted(events, key=lambda e: e.start_ns()):

@@ -41,20 +41,23 @@ def _check_input(path: Path) -> None:
 
 
 def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, steps: int = 25,
-             guidance_scale: float = 7.5, seed: int | None = 0, frames_per_clip: int = 8,
+             guidance_scale: float = 7.5, guidance_rescale: float = 0.0, seed: int | None = 0, frames_per_clip: int = 8,
              clip_mode: str = "skip", device: str = "cpu", backend: str | None = None,
              negative_prompt: str = "", fps=None, progress: bool = True) -> Path:
     from .pipeline import LC4Pipeline, transfer_chroma_to_frames
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("--prompt: expected a non-empty description of the colours, e.g. 'a red car on a road'")
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"--guidance-rescale: expected a value in [0, 1], got {guidance_rescale}")
     input_path, output_path = Path(input_path), Path(output_path)
     _check_input(input_path)
     pipeline = LC4Pipeline.from_pretrained(check_model_folder(model_dir)).to(device)
     pipeline.set_progress_bar_config(disable=not progress, desc="denoising")
     resolution = resolution or pipeline.default_resolution
     frames = video_io.read_video(input_path, size=resolution)
-    result = pipeline(frames, prompt, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed,
+    result = pipeline(frames, prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
+                      guidance_rescale=guidance_rescale, seed=seed,
                       negative_prompt=negative_prompt, resolution=resolution, frames_per_clip=frames_per_clip,
                       clip_mode=clip_mode, full_resolution=False, backend=backend)
     chroma = result.chroma
@@ -82,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.backend != "auto":
             lc4_kernels.get_backend(args.backend)
     output = colorize(args.input, args.output, args.prompt, args.model, resolution=args.resolution,
-                      steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                      steps=args.steps, guidance_scale=args.guidance_scale,
+                      guidance_rescale=args.guidance_rescale, seed=args.seed,
                       frames_per_clip=args.frames_per_clip, clip_mode=args.clip_mode, device=args.device,
                       backend=args.backend, negative_prompt=args.negative_prompt, fps=args.fps,
                       progress=not args.quiet)
@@ -100,6 +104,9 @@ def register(subparsers) -> None:
     parser.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--guidance-rescale", type=float, default=0.0,
+                        help="0-1: the guided prediction scaled back to the conditional one's spread "
+                             "(against over-saturation at high guidance; default 0, off)")
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames-per-clip", type=int, default=8, help="N^f, frames per TDA clip (default 8)")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -163,6 +164,7 @@ class LC4Pipeline(DiffusionPipeline):
         prompt: str,
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
+        guidance_rescale: float = 0.0,
         seed: Optional[int] = None,
         negative_prompt: str = "",
         resolution: Optional[int] = None,
@@ -179,6 +181,8 @@ class LC4Pipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps: expected >= 1, got {num_inference_steps}")
         if frames_per_clip < 1:
             raise ValueError(f"frames_per_clip: expected >= 1, got {frames_per_clip}")
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale: expected a value in [0, 1], got {guidance_rescale}")
         resolution = resolution or self.default_resolution
         if resolution % self.vae_scale_factor:
             raise ValueError(f"resolution: expected a multiple of {self.vae_scale_factor}, got {resolution}")
@@ -216,6 +220,10 @@ class LC4Pipeline(DiffusionPipeline):
             if do_cfg:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (cond - uncond)
+                if guidance_rescale > 0:
+                    # Lin et al. 2024, Sec. 3.4: the guided prediction scaled back towards the
+                    # conditional one's spread (per frame), against over-saturation at high guidance.
+                    prediction = rescale_noise_cfg(prediction, cond, guidance_rescale)
             latents = self.scheduler.step(prediction, t, latents, generator=generator).prev_sample
 
         frames = []

@@ -125,7 +125,18 @@ def test_cli_errors(gray_bikes, tiny_model_dir, tmp_path, capsys):
     assert "--prompt: expected a non-empty" in capsys.readouterr().err
     assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--backend", "nonsense")) == 2
     assert "unknown backend" in capsys.readouterr().err
+    assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--guidance-rescale", "1.5")) == 2
+    assert "--guidance-rescale: expected a value in [0, 1], got 1.5" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_guidance_rescale_reaches_the_pipeline(gray_bikes, colorized, tiny_model_dir, tmp_path):
+    _, frames = colorized
+    rescaled = tmp_path / "rescaled"
+    assert main(colorize_args(gray_bikes, rescaled, tiny_model_dir, "--guidance-rescale", "1")) == 0
+    plain = [p.read_bytes() for p in sorted(frames.iterdir())]
+    changed = [p.read_bytes() for p in sorted(rescaled.iterdir())]
+    assert len(plain) == len(changed) == FRAMES and plain != changed
 
 
 def test_init_model_writes_a_complete_loadable_folder(tmp_path, capsys):

@@ -88,6 +88,8 @@ def test_bad_inputs_are_clear_errors(pipeline, components, tmp_path):
         pipeline(frames, "  ", **RUN)
     with pytest.raises(ValueError, match=r"video: expected frames \(T, 3, H, W\)"):
         pipeline(torch.rand(2, 5, 8, 8), "a car", **RUN)
+    with pytest.raises(ValueError, match=r"guidance_rescale: expected a value in \[0, 1\], got 1.5"):
+        pipeline(frames, "a car", **RUN, guidance_rescale=1.5)
     with pytest.raises(ValueError, match="resolution: expected a multiple of 2"):
         pipeline(frames, "a car", **{**RUN, "resolution": 15})
     with pytest.raises(ValueError, match="video: expected a video file or a folder"):
@@ -98,3 +100,33 @@ def test_bad_inputs_are_clear_errors(pipeline, components, tmp_path):
     small = write_tiny_tokenizer(tmp_path / "tok", words=["car"])
     with pytest.raises(ValueError, match="tokenizer: has .* tokens but the text encoder expects"):
         LC4Pipeline(**{**components, "tokenizer": small})
+
+
+@pytest.mark.parametrize("rescale", [0.0, 0.5, 1.0])
+def test_guidance_rescale_mixes_in_the_guided_prediction_at_the_conditional_spread(pipeline, rescale, monkeypatch):
+    """What the scheduler is handed, from the UNet's unconditional and conditional outputs:
+    g = u + s (c - u), then (1 - r) g + r g std(c) / std(g), the stds per frame."""
+    unet_outputs, scheduler_inputs = [], []
+    unet_forward, scheduler_step = pipeline.unet.forward, pipeline.scheduler.step
+
+    def recording_forward(*args, **kwargs):
+        out = unet_forward(*args, **kwargs)
+        unet_outputs.append(out.sample.clone())
+        return out
+
+    def recording_step(model_output, *args, **kwargs):
+        scheduler_inputs.append(model_output.clone())
+        return scheduler_step(model_output, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.unet, "forward", recording_forward)
+    monkeypatch.setattr(pipeline.scheduler, "step", recording_step)
+    pipeline(gray_frames(frames=4), "a red car", **RUN, guidance_rescale=rescale)
+    assert len(unet_outputs) == len(scheduler_inputs) == RUN["num_inference_steps"]
+    for both, handed in zip(unet_outputs, scheduler_inputs):
+        uncond, cond = both.double().chunk(2)
+        guided = uncond + RUN["guidance_scale"] * (cond - uncond)
+        ratio = cond.std(dim=(1, 2, 3), keepdim=True) / guided.std(dim=(1, 2, 3), keepdim=True)
+        expected = (1 - rescale) * guided + rescale * guided * ratio
+        torch.testing.assert_close(handed.double(), expected, rtol=1e-5, atol=1e-6)
+        if rescale == 1.0:
+            torch.testing.assert_close(handed.double().std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), rtol=1e-5, atol=1e-6)

@@ -129,4 +129,5 @@ def test_guidance_rescale_mixes_in_the_guided_prediction_at_the_conditional_spre
         expected = (1 - rescale) * guided + rescale * guided * ratio
         torch.testing.assert_close(handed.double(), expected, rtol=1e-5, atol=1e-6)
         if rescale == 1.0:
-            torch.testing.assert_close(handed.double().std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(handed.double().std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)),
+                                       rtol=1e-5, atol=1e-6)

@@ -41,23 +41,28 @@ def _check_input(path: Path) -> None:
 
 
 def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, steps: int = 25,
-             guidance_scale: float = 7.5, guidance_rescale: float = 0.0, seed: int | None = 0, frames_per_clip: int = 8,
+             guidance_scale: float = 7.5, guidance_rescale: float = 0.0, scheduler: str | None = None, eta: float = 0.0,
+             seed: int | None = 0, frames_per_clip: int = 8,
              clip_mode: str = "skip", device: str = "cpu", backend: str | None = None,
              negative_prompt: str = "", fps=None, progress: bool = True) -> Path:
-    from .pipeline import LC4Pipeline, transfer_chroma_to_frames
+    from .pipeline import LC4Pipeline, scheduler_named, transfer_chroma_to_frames
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("--prompt: expected a non-empty description of the colours, e.g. 'a red car on a road'")
     if not 0.0 <= guidance_rescale <= 1.0:
         raise ValueError(f"--guidance-rescale: expected a value in [0, 1], got {guidance_rescale}")
+    if eta < 0:
+        raise ValueError(f"--eta: expected >= 0, got {eta}")
     input_path, output_path = Path(input_path), Path(output_path)
     _check_input(input_path)
     pipeline = LC4Pipeline.from_pretrained(check_model_folder(model_dir)).to(device)
+    if scheduler:
+        pipeline.scheduler = scheduler_named(scheduler, pipeline.scheduler, argument="--scheduler")
     pipeline.set_progress_bar_config(disable=not progress, desc="denoising")
     resolution = resolution or pipeline.default_resolution
     frames = video_io.read_video(input_path, size=resolution)
     result = pipeline(frames, prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
-                      guidance_rescale=guidance_rescale, seed=seed,
+                      guidance_rescale=guidance_rescale, eta=eta, seed=seed,
                       negative_prompt=negative_prompt, resolution=resolution, frames_per_clip=frames_per_clip,
                       clip_mode=clip_mode, full_resolution=False, backend=backend)
     chroma = result.chroma
@@ -86,7 +91,8 @@ def _run(args: argparse.Namespace) -> int:
             lc4_kernels.get_backend(args.backend)
     output = colorize(args.input, args.output, args.prompt, args.model, resolution=args.resolution,
                       steps=args.steps, guidance_scale=args.guidance_scale,
-                      guidance_rescale=args.guidance_rescale, seed=args.seed,
+                      guidance_rescale=args.guidance_rescale, scheduler=args.scheduler, eta=args.eta,
+                      seed=args.seed,
                       frames_per_clip=args.frames_per_clip, clip_mode=args.clip_mode, device=args.device,
                       backend=args.backend, negative_prompt=args.negative_prompt, fps=args.fps,
                       progress=not args.quiet)
@@ -102,7 +108,11 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model folder (see `lc4 init-model`)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="video file (.mp4) or folder for PNGs")
     parser.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's)")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    parser.add_argument("--scheduler", default=None, metavar="NAME",
+                        help="a diffusers scheduler class compatible with the model's, configured from the "
+                             "model's scheduler config, e.g. DPMSolverMultistepScheduler (default: the model's)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM's eta: 0 deterministic (default), 1 DDPM-like")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--guidance-rescale", type=float, default=0.0,
                         help="0-1: the guided prediction scaled back to the conditional one's spread "

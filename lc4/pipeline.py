@@ -14,6 +14,7 @@ keeps colours consistent across a long video).
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,16 @@ from .unet import TDAAdapter, has_tda, insert_tda, tda_removed, temporal_kwargs
 
 VideoInput = Union[str, os.PathLike, torch.Tensor, np.ndarray, Sequence[np.ndarray]]
 CLIP_MODES = ("skip", "sliding", "disjoint")
+
+
+def scheduler_named(name: str, current, argument: str = "scheduler"):
+    """A diffusers scheduler of class ``name`` configured from ``current``'s config (its betas,
+    prediction type and timestep spacing carry over), as ``X.from_config(pipe.scheduler.config)``
+    does; ``name`` must be one of ``current``'s compatible classes."""
+    compatible = {cls.__name__: cls for cls in current.compatibles}
+    if name not in compatible:
+        raise ValueError(f"{argument}: expected one of {', '.join(sorted(compatible))}, got {name!r}")
+    return compatible[name].from_config(current.config)
 
 
 @dataclass
@@ -156,6 +167,21 @@ class LC4Pipeline(DiffusionPipeline):
         build = {"skip": ClipPlan.skip_windows, "sliding": ClipPlan.sliding_windows, "disjoint": ClipPlan.disjoint}
         return build[mode](num_frames, frames_per_clip)
 
+    def _step_kwargs(self, eta: float, generator: Optional[torch.Generator]) -> dict:
+        """What ``scheduler.step`` is handed besides the prediction: the generator where the
+        scheduler draws noise of its own, DDIM's ``eta`` where it is set. Schedulers differ here:
+        UniPC, PNDM, LMS and Heun take no generator, only DDIM takes ``eta``."""
+        params = inspect.signature(self.scheduler.step).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {}
+        if "generator" in params or takes_any:
+            kwargs["generator"] = generator
+        if eta:
+            if "eta" not in params and not takes_any:
+                raise ValueError(f"eta: {type(self.scheduler).__name__} takes no eta (DDIM does), got {eta}")
+            kwargs["eta"] = eta
+        return kwargs
+
     # -- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -165,6 +191,7 @@ class LC4Pipeline(DiffusionPipeline):
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
         guidance_rescale: float = 0.0,
+        eta: float = 0.0,
         seed: Optional[int] = None,
         negative_prompt: str = "",
         resolution: Optional[int] = None,
@@ -183,9 +210,14 @@ class LC4Pipeline(DiffusionPipeline):
             raise ValueError(f"frames_per_clip: expected >= 1, got {frames_per_clip}")
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale: expected a value in [0, 1], got {guidance_rescale}")
+        if eta < 0:
+            raise ValueError(f"eta: expected >= 0 (0 is deterministic DDIM), got {eta}")
         resolution = resolution or self.default_resolution
         if resolution % self.vae_scale_factor:
             raise ValueError(f"resolution: expected a multiple of {self.vae_scale_factor}, got {resolution}")
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+        step_kwargs = self._step_kwargs(eta, generator)
         set_tda_backend(self.unet, backend)
         set_tda_backend(self.cmpf, backend)
         device = self._execution_device
@@ -201,8 +233,6 @@ class LC4Pipeline(DiffusionPipeline):
         embeds = self.cmpf(embeds.to(self.cmpf.dtype), lum.features[prompt_frames], len(prompt_frames), color_mask)
         embeds = embeds.to(self.unet.dtype).repeat_interleave(num_frames, dim=0)  # (prompts x frames, L, D)
 
-        if generator is None and seed is not None:
-            generator = torch.Generator("cpu").manual_seed(seed)
         shape = (num_frames, self.unet.config.in_channels, resolution // self.vae_scale_factor,
                  resolution // self.vae_scale_factor)
         latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, self.unet.dtype)
@@ -224,7 +254,7 @@ class LC4Pipeline(DiffusionPipeline):
                     # Lin et al. 2024, Sec. 3.4: the guided prediction scaled back towards the
                     # conditional one's spread (per frame), against over-saturation at high guidance.
                     prediction = rescale_noise_cfg(prediction, cond, guidance_rescale)
-            latents = self.scheduler.step(prediction, t, latents, generator=generator).prev_sample
+            latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
 
         frames = []
         for start in range(0, num_frames, decode_batch_size):

@@ -127,15 +127,21 @@ def test_cli_errors(gray_bikes, tiny_model_dir, tmp_path, capsys):
     assert "unknown backend" in capsys.readouterr().err
     assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--guidance-rescale", "1.5")) == 2
     assert "--guidance-rescale: expected a value in [0, 1], got 1.5" in capsys.readouterr().err
+    assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--eta", "-1")) == 2
+    assert "--eta: expected >= 0, got -1" in capsys.readouterr().err
+    assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--scheduler", "Karras")) == 2
+    assert "--scheduler: expected one of DDIMScheduler, DDPMScheduler" in capsys.readouterr().err
     assert not output.exists()
 
 
-def test_guidance_rescale_reaches_the_pipeline(gray_bikes, colorized, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("option", [("--guidance-rescale", "1"), ("--scheduler", "UniPCMultistepScheduler"),
+                                    ("--eta", "1")])
+def test_sampling_options_reach_the_pipeline(gray_bikes, colorized, tiny_model_dir, tmp_path, option):
     _, frames = colorized
-    rescaled = tmp_path / "rescaled"
-    assert main(colorize_args(gray_bikes, rescaled, tiny_model_dir, "--guidance-rescale", "1")) == 0
+    changed_dir = tmp_path / "changed"
+    assert main(colorize_args(gray_bikes, changed_dir, tiny_model_dir, *option)) == 0
     plain = [p.read_bytes() for p in sorted(frames.iterdir())]
-    changed = [p.read_bytes() for p in sorted(rescaled.iterdir())]
+    changed = [p.read_bytes() for p in sorted(changed_dir.iterdir())]
     assert len(plain) == len(changed) == FRAMES and plain != changed
 
 

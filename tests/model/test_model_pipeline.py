@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from lc4 import video as video_io
 from lc4.ccf import ClipPlan
-from lc4.pipeline import LC4Pipeline
+from lc4.pipeline import LC4Pipeline, scheduler_named
 
 from model_helpers import randomize_, recorded_tda_calls
 
@@ -131,3 +131,49 @@ def test_guidance_rescale_mixes_in_the_guided_prediction_at_the_conditional_spre
         if rescale == 1.0:
             torch.testing.assert_close(handed.double().std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)),
                                        rtol=1e-5, atol=1e-6)
+
+
+# Each is configured from the model's DDIM config. Four of them take no generator in step(); the
+# ancestral ones draw noise every step.
+SCHEDULERS = ["DDPMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+              "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+              "HeunDiscreteScheduler", "DEISMultistepScheduler", "KDPM2AncestralDiscreteScheduler"]
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_other_schedulers_run_and_are_seeded(pipeline, name, monkeypatch):
+    """Any compatible diffusers scheduler samples, and the seed fixes its output: the noise of
+    an ancestral step comes from the seeded generator, not from torch's global one."""
+    ddim = pipeline.scheduler
+    monkeypatch.setattr(pipeline, "scheduler", scheduler_named(name, ddim))
+    assert type(pipeline.scheduler).__name__ == name
+    for key in ("prediction_type", "beta_schedule", "beta_end", "num_train_timesteps"):
+        assert pipeline.scheduler.config[key] == ddim.config[key]
+    frames, run = gray_frames(frames=4), {**RUN, "num_inference_steps": 4}  # PNDM's warm-up needs 4
+    first = pipeline(frames, "a red car", **run)
+    torch.manual_seed(123)  # moves the global generator between the runs
+    again = pipeline(frames, "a red car", **run)
+    assert torch.isfinite(first.frames).all() and first.frames.shape == (4, 3, 16, 16)
+    torch.testing.assert_close(again.frames, first.frames, rtol=0, atol=0)
+    other_seed = pipeline(frames, "a red car", **{**run, "seed": 1})
+    assert not torch.allclose(other_seed.frames, first.frames, atol=1e-4)
+
+
+def test_ddim_eta_adds_seeded_noise(pipeline):
+    frames = gray_frames(frames=4)
+    deterministic = pipeline(frames, "a red car", **RUN)
+    noisy = pipeline(frames, "a red car", **RUN, eta=1.0)
+    torch.manual_seed(123)
+    noisy_again = pipeline(frames, "a red car", **RUN, eta=1.0)
+    assert not torch.allclose(noisy.frames, deterministic.frames, atol=1e-4)
+    torch.testing.assert_close(noisy_again.frames, noisy.frames, rtol=0, atol=0)
+
+
+def test_scheduler_errors_name_the_argument(pipeline, monkeypatch):
+    with pytest.raises(ValueError, match="eta: expected >= 0"):
+        pipeline(gray_frames(frames=4), "a red car", **RUN, eta=-0.5)
+    with pytest.raises(ValueError, match="scheduler: expected one of DDIMScheduler, DDPMScheduler, .*got 'Euler'"):
+        scheduler_named("Euler", pipeline.scheduler)
+    monkeypatch.setattr(pipeline, "scheduler", scheduler_named("EulerDiscreteScheduler", pipeline.scheduler))
+    with pytest.raises(ValueError, match="eta: EulerDiscreteScheduler takes no eta"):
+        pipeline(gray_frames(frames=4), "a red car", **RUN, eta=1.0)

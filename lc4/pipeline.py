@@ -1,7 +1,8 @@
 """``LC4Pipeline``: language-guided video colorization at inference (seed Fig. 2 b).
 
 Per video: Rec. 601 luma at the model resolution -> luminance encoder (``y_lum``) -> CLIP
-embeddings of the prompt, refined by CMPF with ``y_lum`` as visual prompt -> DDIM sampling of
+embeddings of the prompt, refined by CMPF with ``y_lum`` as visual prompt -> sampling (DDIM by
+default, or any compatible diffusers scheduler, see :func:`scheduler_named`) of
 all frames' latents with the UNet with TDA (the luminance residual added to the noisy latent
 at every step; classifier-free guidance; cross-clip fusion when the video is longer than one
 clip) -> VAE decoding with the luminance skips -> chroma. Outputs: the decoded frames at the

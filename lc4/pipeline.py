@@ -19,7 +19,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -111,6 +111,9 @@ class LC4Pipeline(DiffusionPipeline):
     Load with ``LC4Pipeline.from_pretrained(folder)``: local folders only, never a download."""
 
     model_cpu_offload_seq = "text_encoder->cmpf->luminance_encoder->unet->vae"
+    # What callback_on_step_end may ask for: the latents after the step, and the (guided) model
+    # output the step took.
+    _callback_tensor_inputs = ["latents", "prediction"]
 
     def __init__(self, vae: AutoencoderKL, luminance_encoder: LuminanceEncoder, unet: UNet2DConditionModel,
                  tda: TDAAdapter, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
@@ -202,7 +205,15 @@ class LC4Pipeline(DiffusionPipeline):
         decode_batch_size: int = 8,
         backend: Optional[str] = None,
         generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        callback_on_step_end: Optional[Callable[["LC4Pipeline", int, int, dict], dict]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> LC4PipelineOutput:
+        """Colorizes ``video`` (a path, frames ``(T, 3, H, W)`` / ``(T, H, W, 3)`` / ``(T, H, W)``,
+        or a list of frames) as ``prompt`` describes. As in diffusers: ``latents`` is the
+        initial noise ``(T, C, h, w)`` (else drawn from ``generator`` or ``seed``), and
+        ``callback_on_step_end(pipe, step, timestep, tensors)`` runs after every step with the
+        tensors named in ``callback_on_step_end_tensor_inputs`` and may return replacements."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt: expected a non-empty description of the colours, e.g. 'a red car on a road'")
         if num_inference_steps < 1:
@@ -213,6 +224,10 @@ class LC4Pipeline(DiffusionPipeline):
             raise ValueError(f"guidance_rescale: expected a value in [0, 1], got {guidance_rescale}")
         if eta < 0:
             raise ValueError(f"eta: expected >= 0 (0 is deterministic DDIM), got {eta}")
+        unknown = sorted(set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs: expected names among "
+                             f"{list(self._callback_tensor_inputs)}, got {unknown}")
         resolution = resolution or self.default_resolution
         if resolution % self.vae_scale_factor:
             raise ValueError(f"resolution: expected a multiple of {self.vae_scale_factor}, got {resolution}")
@@ -236,13 +251,18 @@ class LC4Pipeline(DiffusionPipeline):
 
         shape = (num_frames, self.unet.config.in_channels, resolution // self.vae_scale_factor,
                  resolution // self.vae_scale_factor)
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, self.unet.dtype)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents: expected the initial noise of shape {shape} (frames, latent channels, "
+                             f"resolution / {self.vae_scale_factor}, same), got {tuple(latents.shape)}")
+        latents = latents.to(device, self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         residual = lum.latent_residual.to(self.unet.dtype)
         plan = self.clip_plan(num_frames, frames_per_clip, clip_mode)
 
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = self.scheduler.scale_model_input(latents, t) + residual
             model_in = torch.cat([model_in] * len(prompts))
             # The noise, or v, or x0: whatever the scheduler's prediction_type says.
@@ -256,6 +276,10 @@ class LC4Pipeline(DiffusionPipeline):
                     # conditional one's spread (per frame), against over-saturation at high guidance.
                     prediction = rescale_noise_cfg(prediction, cond, guidance_rescale)
             latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, "prediction": prediction}
+                returned = callback_on_step_end(self, step, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                latents = (returned or {}).get("latents", latents)
 
         frames = []
         for start in range(0, num_frames, decode_batch_size):

@@ -177,3 +177,43 @@ def test_scheduler_errors_name_the_argument(pipeline, monkeypatch):
     monkeypatch.setattr(pipeline, "scheduler", scheduler_named("EulerDiscreteScheduler", pipeline.scheduler))
     with pytest.raises(ValueError, match="eta: EulerDiscreteScheduler takes no eta"):
         pipeline(gray_frames(frames=4), "a red car", **RUN, eta=1.0)
+
+
+def test_given_latents_are_the_initial_noise(pipeline):
+    """``latents`` replaces the noise the seed would draw: the seed's own noise passed as
+    ``latents`` gives the seeded output, other noise another output."""
+    frames = gray_frames(frames=4)
+    seeded = pipeline(frames, "a red car", **RUN)
+    shape = (4, pipeline.unet.config.in_channels, 8, 8)  # resolution 16, VAE factor 2
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(RUN["seed"]))
+    given = pipeline(frames, "a red car", **{**RUN, "seed": 7}, latents=noise)
+    torch.testing.assert_close(given.frames, seeded.frames, rtol=0, atol=0)
+    other = pipeline(frames, "a red car", **RUN, latents=torch.randn(shape))
+    assert not torch.allclose(other.frames, seeded.frames, atol=1e-4)
+    with pytest.raises(ValueError, match=r"latents: expected the initial noise of shape \(4, \d+, 8, 8\).*got \(4, \d+, 4, 4\)"):
+        pipeline(frames, "a red car", **RUN, latents=torch.randn(shape[:2] + (4, 4)))
+
+
+def test_step_end_callback_sees_every_step_and_can_replace_the_latents(pipeline):
+    frames = gray_frames(frames=4)
+    seen = []
+
+    def record(pipe, step, timestep, tensors):
+        seen.append((step, int(timestep), sorted(tensors), tensors["latents"].shape, tensors["prediction"].shape))
+        return {}
+
+    plain = pipeline(frames, "a red car", **RUN, callback_on_step_end=record,
+                     callback_on_step_end_tensor_inputs=["latents", "prediction"])
+    timesteps = pipeline.scheduler.timesteps.tolist()
+    assert [(s, t) for s, t, *_ in seen] == list(enumerate(timesteps)) and len(seen) == RUN["num_inference_steps"]
+    assert all(names == ["latents", "prediction"] and a == b for _, _, names, a, b in seen)
+    torch.testing.assert_close(pipeline(frames, "a red car", **RUN).frames, plain.frames, rtol=0, atol=0)
+
+    def flatten_last(pipe, step, timestep, tensors):
+        last = step == RUN["num_inference_steps"] - 1
+        return {"latents": torch.zeros_like(tensors["latents"])} if last else {}
+
+    zeroed = pipeline(frames, "a red car", **RUN, callback_on_step_end=flatten_last)
+    assert not torch.allclose(zeroed.frames, plain.frames, atol=1e-4)
+    with pytest.raises(ValueError, match=r"callback_on_step_end_tensor_inputs: expected names among .*got \['noise'\]"):
+        pipeline(frames, "a red car", **RUN, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["noise"])

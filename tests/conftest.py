@@ -26,6 +26,17 @@ _MISSING = {folder: [name for name in names if importlib.util.find_spec(name) is
 collect_ignore = [folder for folder, missing in _MISSING.items() if missing]
 
 
+# diffusers' schedulers pass torch tensors through numpy functions in set_timesteps, and numpy 2
+# warns about the tensors' __array__ / __array_wrap__ on every call (thousands a run): not ours.
+_THIRD_PARTY_WARNINGS = ("ignore:__array_wrap__ must accept context and return_scalar:DeprecationWarning",
+                         "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
+def pytest_configure(config):
+    for line in _THIRD_PARTY_WARNINGS:
+        config.addinivalue_line("filterwarnings", line)
+
+
 def pytest_report_header(config):
     return [f"left out tests/{folder}: {', '.join(missing)} not installed"
             for folder, missing in _MISSING.items() if missing]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
@@ -213,7 +214,8 @@ class LC4Pipeline(DiffusionPipeline):
         or a list of frames) as ``prompt`` describes. As in diffusers: ``latents`` is the
         initial noise ``(T, C, h, w)`` (else drawn from ``generator`` or ``seed``), and
         ``callback_on_step_end(pipe, step, timestep, tensors)`` runs after every step with the
-        tensors named in ``callback_on_step_end_tensor_inputs`` and may return replacements."""
+        tensors named in ``callback_on_step_end_tensor_inputs`` (a diffusers ``PipelineCallback``
+        names its own) and may return replacements."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt: expected a non-empty description of the colours, e.g. 'a red car on a road'")
         if num_inference_steps < 1:
@@ -224,6 +226,8 @@ class LC4Pipeline(DiffusionPipeline):
             raise ValueError(f"guidance_rescale: expected a value in [0, 1], got {guidance_rescale}")
         if eta < 0:
             raise ValueError(f"eta: expected >= 0 (0 is deterministic DDIM), got {eta}")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         unknown = sorted(set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs))
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs: expected names among "

@@ -217,3 +217,24 @@ def test_step_end_callback_sees_every_step_and_can_replace_the_latents(pipeline)
     assert not torch.allclose(zeroed.frames, plain.frames, atol=1e-4)
     with pytest.raises(ValueError, match=r"callback_on_step_end_tensor_inputs: expected names among .*got \['noise'\]"):
         pipeline(frames, "a red car", **RUN, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["noise"])
+
+
+def test_diffusers_pipeline_callbacks_name_their_own_tensors(pipeline):
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    class Count(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipe, step, timestep, tensors):
+            self.steps = getattr(self, "steps", 0) + 1
+            return tensors
+
+    count = Count()
+    pipeline(gray_frames(frames=4), "a red car", **RUN, callback_on_step_end=MultiPipelineCallbacks([count]))
+    assert count.steps == RUN["num_inference_steps"]
+
+    class WantsPromptEmbeds(Count):
+        tensor_inputs = ["prompt_embeds"]
+
+    with pytest.raises(ValueError, match=r"callback_on_step_end_tensor_inputs: .*got \['prompt_embeds'\]"):
+        pipeline(gray_frames(frames=4), "a red car", **RUN, callback_on_step_end=WantsPromptEmbeds())

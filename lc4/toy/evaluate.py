@@ -22,7 +22,7 @@ from scipy.ndimage import binary_erosion
 
 from ..metrics.cdc import cdc
 from .generator import ClipSpec, ToyClip
-from .palette import MIN_CHROMA, PALETTE_HUES, chroma_of, hue_angle, hue_distance, name_of_chroma
+from .palette import MIN_CHROMA, OBJECT_COLORS, PALETTE_HUES, chroma_of, hue_angle, hue_distance, name_of_chroma
 
 
 def object_pixels(masks: np.ndarray, k: int) -> np.ndarray:
@@ -72,6 +72,17 @@ def color_accuracy_by_object_count(outputs: Sequence[np.ndarray], clips: Sequenc
     counts = sorted({len(clip.spec.objects) for clip in clips})
     return {n: color_accuracy(*zip(*[(o, c) for o, c in zip(outputs, clips, strict=True) if len(c.spec.objects) == n]))
             for n in counts}
+
+
+def color_accuracy_by_color(outputs: Sequence[np.ndarray], clips: Sequence[ToyClip]) -> dict[str, float]:
+    """:func:`color_accuracy` over the objects of each colour the captions name, in palette
+    order (colours no caption names are left out): colours whose hues lie close to a palette
+    neighbour's are named right only while the output's hue stays within half that gap."""
+    hits: dict[str, list[bool]] = {}
+    for frames, clip in zip(outputs, clips, strict=True):
+        for obj, hit in zip(clip.spec.objects, object_hits(frames, clip)):
+            hits.setdefault(obj.color, []).append(hit)
+    return {color: float(np.mean(hits[color])) for color in OBJECT_COLORS if color in hits}
 
 
 def swapped_spec(spec: ClipSpec, first: int = 0, second: int = 1) -> ClipSpec:

@@ -9,8 +9,8 @@ import torch
 
 from ..color import to_uint8
 from ..unet import tda_removed
-from .evaluate import (color_accuracy, color_accuracy_by_object_count, compare_cdc, mean_cdc, object_color_names,
-                       swap_hue_shifts, swap_succeeded, swapped_spec)
+from .evaluate import (color_accuracy, color_accuracy_by_color, color_accuracy_by_object_count, compare_cdc, mean_cdc,
+                       object_color_names, swap_hue_shifts, swap_succeeded, swapped_spec)
 from .generator import ClipSpec, ToyClip, caption_for, generate_clip
 from .palette import OBJECT_COLORS
 from .settings import ToyEvaluation
@@ -65,6 +65,7 @@ def color_and_swap_scores(pipeline, clips: list[ToyClip], settings: ToyEvaluatio
         "color_accuracy": color_accuracy(outputs, clips),
         "color_accuracy_by_objects_per_clip": {str(n): value for n, value in
                                                color_accuracy_by_object_count(outputs, clips).items()},
+        "color_accuracy_by_color": color_accuracy_by_color(outputs, clips),
         "swap_clips": len(swaps), "swap_success": float(np.mean(swaps)) if swaps else None,
         "swap_hue_shift": float(np.mean(shifts)) if shifts else None,
         "swaps_failed": failed,

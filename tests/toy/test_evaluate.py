@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lc4.toy.evaluate import (color_accuracy, color_accuracy_by_object_count, compare_cdc, mean_cdc, object_hits,
+from lc4.toy.evaluate import (color_accuracy, color_accuracy_by_color, color_accuracy_by_object_count, compare_cdc, mean_cdc, object_hits,
                               swap_hue_shifts, swap_succeeded, swapped_spec)
 from lc4.toy.generator import generate_clip, render
 from lc4.toy.palette import OBJECT_COLORS
@@ -76,6 +76,22 @@ def test_accuracy_by_object_count_scores_each_count_on_its_own_clips():
     assert by_count[counts[0]] == 1.0 and all(by_count[n] == 0.0 for n in counts[1:])
 
 
+def test_accuracy_by_color_scores_each_named_colour_on_its_own_objects():
+    clips = _clips(12)
+    named = {o.color for c in clips for o in c.spec.objects}
+    wrong_color = sorted(named)[0]
+    outputs = []
+    for clip in clips:  # every object of one colour painted grey, the others left true
+        frames = clip.frames.copy()
+        for k, obj in enumerate(clip.spec.objects):
+            if obj.color == wrong_color:
+                frames[clip.masks[:, k]] = _grey(frames[clip.masks[:, k]][None])[0]
+        outputs.append(frames)
+    by_color = color_accuracy_by_color(outputs, clips)
+    assert set(by_color) == named and list(by_color) == [c for c in OBJECT_COLORS if c in named]
+    assert by_color[wrong_color] == 0.0 and all(by_color[c] == 1.0 for c in named - {wrong_color})
+
+
 def test_cdc_comparison_prefers_the_steadier_output():
     clips = _clips(4)
     rng = np.random.default_rng(0)
@@ -113,6 +129,7 @@ def test_pipeline_evaluation_wiring_on_a_tiny_model(monkeypatch):
         assert report[f"clips_ccf_steadier{suffix}"] in (0, 1, 2)
     assert 0 <= report["color_accuracy"] <= 1
     assert set(report["color_accuracy_by_objects_per_clip"]) == {str(len(c.spec.objects)) for c in clips}
+    assert set(report["color_accuracy_by_color"]) == {o.color for c in clips for o in c.spec.objects}
     assert 0 <= report["color_accuracy_vae_round_trip"] <= 1
     assert "swap_hue_shift" in report
     assert report["cdc_tda"] == pytest.approx(report["cdc_tda_bypassed"])

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from lc4.toy.evaluate import (color_accuracy, color_accuracy_by_color, color_accuracy_by_object_count, compare_cdc, mean_cdc, object_hits,
-                              swap_hue_shifts, swap_succeeded, swapped_spec)
+from lc4.toy.evaluate import (color_accuracy, color_accuracy_by_color, color_accuracy_by_object_count, compare_cdc,
+                              mean_cdc, object_hits, swap_hue_shifts, swap_succeeded, swapped_spec)
 from lc4.toy.generator import generate_clip, render
 from lc4.toy.palette import OBJECT_COLORS
 
@@ -85,7 +85,7 @@ def test_accuracy_by_color_scores_each_named_colour_on_its_own_objects():
         frames = clip.frames.copy()
         for k, obj in enumerate(clip.spec.objects):
             if obj.color == wrong_color:
-                frames[clip.masks[:, k]] = _grey(frames[clip.masks[:, k]][None])[0]
+                frames[clip.masks[:, k]] = _grey(frames[clip.masks[:, k]])
         outputs.append(frames)
     by_color = color_accuracy_by_color(outputs, clips)
     assert set(by_color) == named and list(by_color) == [c for c in OBJECT_COLORS if c in named]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
@@ -53,15 +54,23 @@ def scheduler_named(name: str, current, argument: str = "scheduler"):
     return compatible[name].from_config(current.config)
 
 
+OUTPUT_TYPES = ("pt", "np", "pil", "latent")
+Frames = Union[torch.Tensor, np.ndarray, list]
+
+
 @dataclass
 class LC4PipelineOutput(BaseOutput):
-    """frames: ``(T, 3, r, r)`` colorized frames at the model resolution, float in [0, 1].
-    chroma: ``(T, 2, r, r)`` predicted Cb, Cr (Rec. 601, in [-0.5, 0.5]).
-    full_resolution_frames: ``(T, 3, H, W)`` chroma carried onto the input's luma, or None."""
+    """frames: colorized frames at the model resolution, in [0, 1]: ``(T, 3, r, r)`` tensor
+    (``output_type="pt"``), ``(T, r, r, 3)`` float32 array (``"np"``), list of PIL images
+    (``"pil"``), or the final latents ``(T, C, r / f, r / f)`` undecoded (``"latent"``).
+    chroma: predicted Cb, Cr (Rec. 601, in [-0.5, 0.5]), ``(T, 2, r, r)`` tensor, or ``(T, r, r, 2)``
+    array for ``"np"`` and ``"pil"``; None for ``"latent"``.
+    full_resolution_frames: the chroma carried onto the input's own luma, ``(T, 3, H, W)`` (or as
+    ``frames``, by ``output_type``); None when not asked for and for ``"latent"``."""
 
-    frames: torch.Tensor
-    chroma: torch.Tensor
-    full_resolution_frames: Optional[torch.Tensor] = None
+    frames: Frames
+    chroma: Optional[Union[torch.Tensor, np.ndarray]]
+    full_resolution_frames: Optional[Frames] = None
 
 
 def load_luma(video: VideoInput, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
@@ -151,12 +160,73 @@ class LC4Pipeline(DiffusionPipeline):
         return self.unet.config.sample_size * self.vae_scale_factor
 
     # -- pieces ---------------------------------------------------------------------------
-    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLIP embeddings ``(B, L, D)`` and the colour-word mask ``(B, L)``."""
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+    def encode_prompt(self, prompts: list[str], max_length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP embeddings ``(B, L, D)`` and the colour-word mask ``(B, L)``, ``L`` the
+        tokenizer's ``model_max_length`` unless ``max_length`` is given. The pipeline takes
+        both back as ``prompt_embeds`` and ``prompt_color_mask``."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=max_length or self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
         embeds = self.text_encoder(ids.to(self.text_encoder.device))[0]
         return embeds, color_token_mask(self.tokenizer, ids).to(embeds.device)
+
+    def _given_embeds(self, embeds: torch.Tensor, mask: Optional[torch.Tensor], name: str,
+                      length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embeds`` ``(1, L, D)`` or ``(L, D)`` and ``mask`` ``(1, L)`` or ``(L,)`` (None: no colour
+        words) checked and brought to the text encoder's device."""
+        width = self.text_encoder.config.hidden_size
+        expected = f"(1, {length or 'L'}, {width}) or ({length or 'L'}, {width})"
+        if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point():
+            raise ValueError(f"{name}: expected a float tensor {expected}, got {type(embeds).__name__}"
+                             + (f" of {embeds.dtype}" if isinstance(embeds, torch.Tensor) else ""))
+        if embeds.dim() == 2:
+            embeds = embeds[None]
+        if embeds.dim() != 3 or embeds.shape[0] != 1 or embeds.shape[2] != width or (length and embeds.shape[1] != length):
+            raise ValueError(f"{name}: expected {expected} (the text encoder's output for one prompt), "
+                             f"got {tuple(embeds.shape)}")
+        mask_name = name.replace("_embeds", "_color_mask")
+        if mask is None:
+            mask = torch.zeros(embeds.shape[:2], dtype=torch.bool)
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise ValueError(f"{mask_name}: expected a bool tensor (1, {embeds.shape[1]}), got "
+                             f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        mask = mask.reshape(1, -1) if mask.dim() == 1 else mask
+        if tuple(mask.shape) != tuple(embeds.shape[:2]):
+            raise ValueError(f"{mask_name}: expected (1, {embeds.shape[1]}) like {name}, got {tuple(mask.shape)}")
+        device = self.text_encoder.device
+        return embeds.to(device, self.text_encoder.dtype), mask.to(device)
+
+    def _prompt_embeddings(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_color_mask,
+                           negative_prompt_color_mask, do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings ``(P, L, D)`` and colour-word masks ``(P, L)``: ``[negative, prompt]``
+        under classifier-free guidance, else ``[prompt]``; each from its text or given as embeddings."""
+        if prompt_embeds is None:
+            if prompt_color_mask is not None:
+                raise ValueError("prompt_color_mask: goes with prompt_embeds; a text prompt's colour words are found "
+                                 "from its tokens")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError("prompt: expected a non-empty description of the colours, e.g. 'a red car on a "
+                                 "road' (or prompt_embeds)")
+            positive = self.encode_prompt([prompt])
+        elif prompt is not None:
+            raise ValueError("prompt, prompt_embeds: expected one of them, got both")
+        else:
+            positive = self._given_embeds(prompt_embeds, prompt_color_mask, "prompt_embeds")
+        if not do_cfg:
+            return positive
+        if negative_prompt_embeds is None:
+            if negative_prompt_color_mask is not None:
+                raise ValueError("negative_prompt_color_mask: goes with negative_prompt_embeds")
+            length = positive[0].shape[1]
+            if length > self.tokenizer.model_max_length:
+                raise ValueError(f"negative_prompt_embeds: expected with prompt_embeds longer than the tokenizer's "
+                                 f"{self.tokenizer.model_max_length} tokens, got prompt_embeds of {length}")
+            negative = self.encode_prompt([negative_prompt or ""], max_length=length)
+        elif negative_prompt:
+            raise ValueError("negative_prompt, negative_prompt_embeds: expected one of them, got both")
+        else:
+            negative = self._given_embeds(negative_prompt_embeds, negative_prompt_color_mask, "negative_prompt_embeds",
+                                          length=positive[0].shape[1])
+        return torch.cat([negative[0], positive[0]]), torch.cat([negative[1], positive[1]])
 
     def _luminance_in(self, luma: torch.Tensor) -> torch.Tensor:
         return luminance_input(luma).to(self.luminance_encoder.device, self.luminance_encoder.dtype)
@@ -187,12 +257,31 @@ class LC4Pipeline(DiffusionPipeline):
             kwargs["eta"] = eta
         return kwargs
 
+    # -- what a running call exposes, as in diffusers ---------------------------------------
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. in a step-end callback) to stop sampling after the
+        current step; the latents reached so far are decoded."""
+        return getattr(self, "_interrupt", False)
+
     # -- inference ------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
         video: VideoInput,
-        prompt: str,
+        prompt: Optional[str] = None,
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
         guidance_rescale: float = 0.0,
@@ -209,15 +298,26 @@ class LC4Pipeline(DiffusionPipeline):
         latents: Optional[torch.Tensor] = None,
         callback_on_step_end: Optional[Callable[["LC4Pipeline", int, int, dict], dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-    ) -> LC4PipelineOutput:
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        prompt_color_mask: Optional[torch.Tensor] = None,
+        negative_prompt_color_mask: Optional[torch.Tensor] = None,
+        output_type: str = "pt",
+        return_dict: bool = True,
+    ) -> Union[LC4PipelineOutput, tuple]:
         """Colorizes ``video`` (a path, frames ``(T, 3, H, W)`` / ``(T, H, W, 3)`` / ``(T, H, W)``,
         or a list of frames) as ``prompt`` describes. As in diffusers: ``latents`` is the
-        initial noise ``(T, C, h, w)`` (else drawn from ``generator`` or ``seed``), and
+        initial noise ``(T, C, h, w)`` (else drawn from ``generator`` or ``seed``);
         ``callback_on_step_end(pipe, step, timestep, tensors)`` runs after every step with the
         tensors named in ``callback_on_step_end_tensor_inputs`` (a diffusers ``PipelineCallback``
-        names its own) and may return replacements."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("prompt: expected a non-empty description of the colours, e.g. 'a red car on a road'")
+        names its own) and may return replacements; ``prompt_embeds`` / ``negative_prompt_embeds``
+        ``(1, L, D)`` (the text encoder's output, before CMPF) stand in for the texts, with
+        ``prompt_color_mask`` / ``negative_prompt_color_mask`` ``(1, L)`` marking their colour
+        words (as :meth:`encode_prompt` returns them; None: no colour words); ``output_type`` is
+        one of ``"pt"``, ``"np"``, ``"pil"``, ``"latent"`` (see :class:`LC4PipelineOutput`); with
+        ``return_dict=False`` the result is the tuple ``(frames, chroma, full_resolution_frames)``."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: expected >= 1, got {num_inference_steps}")
         if frames_per_clip < 1:
@@ -246,9 +346,11 @@ class LC4Pipeline(DiffusionPipeline):
         num_frames = luma.shape[0]
         lum = self.luminance_encoder(self._luminance_in(luma), return_skips=False)
 
-        do_cfg = guidance_scale > 1.0
-        prompts = [negative_prompt, prompt] if do_cfg else [prompt]
-        embeds, color_mask = self.encode_prompt(prompts)
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        do_cfg = self.do_classifier_free_guidance
+        embeds, color_mask = self._prompt_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                                     prompt_color_mask, negative_prompt_color_mask, do_cfg)
+        num_prompts = embeds.shape[0]
         prompt_frames = evenly_spaced(frames_per_clip, num_frames)
         embeds = self.cmpf(embeds.to(self.cmpf.dtype), lum.features[prompt_frames], len(prompt_frames), color_mask)
         embeds = embeds.to(self.unet.dtype).repeat_interleave(num_frames, dim=0)  # (prompts x frames, L, D)
@@ -262,13 +364,14 @@ class LC4Pipeline(DiffusionPipeline):
                              f"resolution / {self.vae_scale_factor}, same), got {tuple(latents.shape)}")
         latents = latents.to(device, self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
         latents = latents * self.scheduler.init_noise_sigma
         residual = lum.latent_residual.to(self.unet.dtype)
         plan = self.clip_plan(num_frames, frames_per_clip, clip_mode)
 
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = self.scheduler.scale_model_input(latents, t) + residual
-            model_in = torch.cat([model_in] * len(prompts))
+            model_in = torch.cat([model_in] * num_prompts)
             # The noise, or v, or x0: whatever the scheduler's prediction_type says.
             prediction = self.unet(model_in, t, encoder_hidden_states=embeds,
                                    cross_attention_kwargs=temporal_kwargs(model_in, num_frames, plan)).sample
@@ -284,7 +387,13 @@ class LC4Pipeline(DiffusionPipeline):
                 tensors = {"latents": latents, "prediction": prediction}
                 returned = callback_on_step_end(self, step, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
                 latents = (returned or {}).get("latents", latents)
+            if self.interrupt:
+                break
 
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            output = LC4PipelineOutput(frames=latents, chroma=None)
+            return output if return_dict else (output.frames, output.chroma, output.full_resolution_frames)
         frames = []
         for start in range(0, num_frames, decode_batch_size):
             part = slice(start, start + decode_batch_size)
@@ -298,7 +407,17 @@ class LC4Pipeline(DiffusionPipeline):
         if full_resolution:
             full = merge_luma_chroma(load_luma(video), chroma)
         self.maybe_free_model_hooks()
-        return LC4PipelineOutput(frames=frames, chroma=chroma, full_resolution_frames=full)
+        if output_type != "pt":
+            frames, chroma = _as_output_type(frames, output_type), chroma.permute(0, 2, 3, 1).numpy()
+            full = None if full is None else _as_output_type(full, output_type)
+        output = LC4PipelineOutput(frames=frames, chroma=chroma, full_resolution_frames=full)
+        return output if return_dict else (output.frames, output.chroma, output.full_resolution_frames)
+
+
+def _as_output_type(frames: torch.Tensor, output_type: str) -> Union[np.ndarray, list]:
+    """``(T, 3, H, W)`` frames in [0, 1] as a ``(T, H, W, 3)`` float32 array or a list of PIL images."""
+    array = VaeImageProcessor.pt_to_numpy(frames.float())
+    return VaeImageProcessor.numpy_to_pil(array) if output_type == "pil" else array
 
 
 def transfer_chroma_to_frames(frame: Union[np.ndarray, torch.Tensor], chroma: torch.Tensor) -> np.ndarray:

@@ -238,3 +238,141 @@ def test_diffusers_pipeline_callbacks_name_their_own_tensors(pipeline):
 
     with pytest.raises(ValueError, match=r"callback_on_step_end_tensor_inputs: .*got \['prompt_embeds'\]"):
         pipeline(gray_frames(frames=4), "a red car", **RUN, callback_on_step_end=WantsPromptEmbeds())
+
+
+def test_output_types_are_the_same_frames_in_other_containers(pipeline):
+    frames = gray_frames(frames=4)
+    pt = pipeline(frames, "a red car", **RUN)
+    as_np = pipeline(frames, "a red car", **RUN, output_type="np")
+    assert isinstance(as_np.frames, np.ndarray) and as_np.frames.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(as_np.frames, pt.frames.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(as_np.chroma, pt.chroma.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(as_np.full_resolution_frames, pt.full_resolution_frames.permute(0, 2, 3, 1).numpy())
+
+    as_pil = pipeline(frames, "a red car", **RUN, output_type="pil")
+    assert len(as_pil.frames) == 4 and as_pil.frames[0].size == (16, 16) and as_pil.frames[0].mode == "RGB"
+    assert len(as_pil.full_resolution_frames) == 4 and as_pil.full_resolution_frames[0].size == (28, 20)
+    expected = (pt.frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(np.stack([np.asarray(image) for image in as_pil.frames]), expected)
+
+    seen = {}
+
+    def keep_last(pipe, step, timestep, tensors):
+        seen["latents"] = tensors["latents"].clone()
+        return {}
+
+    latent = pipeline(frames, "a red car", **RUN, output_type="latent", callback_on_step_end=keep_last)
+    assert latent.chroma is None and latent.full_resolution_frames is None
+    torch.testing.assert_close(latent.frames, seen["latents"], rtol=0, atol=0)
+    assert latent.frames.shape == (4, pipeline.unet.config.in_channels, 8, 8)
+    with pytest.raises(ValueError, match=r"output_type: expected one of \('pt', 'np', 'pil', 'latent'\), got 'jpeg'"):
+        pipeline(frames, "a red car", **RUN, output_type="jpeg")
+
+
+def test_return_dict_false_gives_the_output_fields_as_a_tuple(pipeline):
+    frames = gray_frames(frames=4)
+    output = pipeline(frames, "a red car", **RUN)
+    result = pipeline(frames, "a red car", **RUN, return_dict=False)
+    assert isinstance(result, tuple) and len(result) == 3
+    for got, expected in zip(result, (output.frames, output.chroma, output.full_resolution_frames)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    frames_only, chroma, full = pipeline(frames, "a red car", **RUN, full_resolution=False, return_dict=False)
+    assert full is None and chroma.shape == (4, 2, 16, 16)
+
+
+@pytest.fixture
+def trained_cmpf(pipeline):
+    """CMPF with a nonzero W_e (zero when initialised), so that what it fuses shows in the output."""
+    saved = {name: value.clone() for name, value in pipeline.cmpf.state_dict().items()}
+    randomize_(pipeline.cmpf, std=0.1)
+    yield pipeline.cmpf
+    pipeline.cmpf.load_state_dict(saved)
+
+
+def test_prompt_embeds_stand_in_for_the_prompts(pipeline, trained_cmpf):
+    """The text encoder's output and colour-word mask of a prompt, passed as ``prompt_embeds``
+    and ``prompt_color_mask``, give exactly the prompt's output; so for the negative prompt."""
+    frames = gray_frames(frames=4)
+    embeds, mask = pipeline.encode_prompt(["a red car"])
+    assert mask.any()  # "red" is a colour word: the mask matters
+    by_text = pipeline(frames, "a red car", **RUN)
+    by_embeds = pipeline(frames, **RUN, prompt_embeds=embeds, prompt_color_mask=mask)
+    torch.testing.assert_close(by_embeds.frames, by_text.frames, rtol=0, atol=0)
+    two_d = pipeline(frames, **RUN, prompt_embeds=embeds[0], prompt_color_mask=mask[0])
+    torch.testing.assert_close(two_d.frames, by_text.frames, rtol=0, atol=0)
+    unmasked = pipeline(frames, **RUN, prompt_embeds=embeds)  # no colour words: CMPF fuses every token
+    assert not torch.allclose(unmasked.frames, by_text.frames, atol=1e-6)
+
+    negative, negative_mask = pipeline.encode_prompt(["a blue car"])
+    by_negative_text = pipeline(frames, "a red car", **RUN, negative_prompt="a blue car")
+    by_negative_embeds = pipeline(frames, "a red car", **RUN, negative_prompt_embeds=negative,
+                                  negative_prompt_color_mask=negative_mask)
+    torch.testing.assert_close(by_negative_embeds.frames, by_negative_text.frames, rtol=0, atol=0)
+    assert not torch.allclose(by_negative_text.frames, by_text.frames, atol=1e-4)
+
+    other = pipeline(frames, **RUN, prompt_embeds=embeds + 0.5 * torch.randn(embeds.shape, generator=torch.Generator().manual_seed(1)),
+                     prompt_color_mask=mask)
+    assert not torch.allclose(other.frames, by_text.frames, atol=1e-4)
+
+
+def test_prompt_embeds_errors_name_the_argument(pipeline):
+    frames = gray_frames(frames=4)
+    embeds, mask = pipeline.encode_prompt(["a red car"])
+    length, width = embeds.shape[1:]
+    with pytest.raises(ValueError, match="prompt, prompt_embeds: expected one of them, got both"):
+        pipeline(frames, "a red car", **RUN, prompt_embeds=embeds)
+    with pytest.raises(ValueError, match=r"prompt: expected a non-empty description .*\(or prompt_embeds\)"):
+        pipeline(frames, **RUN)
+    with pytest.raises(ValueError, match=rf"prompt_embeds: expected \(1, L, {width}\) or \(L, {width}\) .*got \(2, {length}, {width}\)"):
+        pipeline(frames, **RUN, prompt_embeds=torch.cat([embeds, embeds]))
+    with pytest.raises(ValueError, match=rf"prompt_embeds: expected .*got \(1, {length}, {width + 1}\)"):
+        pipeline(frames, **RUN, prompt_embeds=torch.randn(1, length, width + 1))
+    with pytest.raises(ValueError, match=r"prompt_embeds: expected a float tensor .*of torch.int64"):
+        pipeline(frames, **RUN, prompt_embeds=torch.ones(1, length, width, dtype=torch.long))
+    with pytest.raises(ValueError, match=rf"prompt_color_mask: expected \(1, {length}\) like prompt_embeds, got \(1, 3\)"):
+        pipeline(frames, **RUN, prompt_embeds=embeds, prompt_color_mask=mask[:, :3])
+    with pytest.raises(ValueError, match=r"prompt_color_mask: expected a bool tensor .*got torch.float32"):
+        pipeline(frames, **RUN, prompt_embeds=embeds, prompt_color_mask=mask.float())
+    with pytest.raises(ValueError, match="prompt_color_mask: goes with prompt_embeds"):
+        pipeline(frames, "a red car", **RUN, prompt_color_mask=mask)
+    with pytest.raises(ValueError, match=rf"negative_prompt_embeds: expected \(1, {length}, {width}\) .*got \(1, 5, {width}\)"):
+        pipeline(frames, "a red car", **RUN, negative_prompt_embeds=embeds[:, :5])
+    with pytest.raises(ValueError, match="negative_prompt, negative_prompt_embeds: expected one of them, got both"):
+        pipeline(frames, "a red car", **RUN, negative_prompt="grey", negative_prompt_embeds=embeds)
+    long = torch.randn(1, length + 4, width)
+    with pytest.raises(ValueError, match=rf"negative_prompt_embeds: expected with prompt_embeds longer than .*got prompt_embeds of {length + 4}"):
+        pipeline(frames, **RUN, prompt_embeds=long)
+
+
+def test_shorter_prompt_embeds_take_a_negative_prompt_of_their_length(pipeline):
+    """As in diffusers, the negative prompt is tokenised to the given embeddings' length."""
+    frames = gray_frames(frames=4)
+    embeds, mask = pipeline.encode_prompt(["a red car"], max_length=8)
+    assert embeds.shape[1] == 8
+    output = pipeline(frames, **RUN, prompt_embeds=embeds, prompt_color_mask=mask)
+    negative, negative_mask = pipeline.encode_prompt([""], max_length=8)
+    explicit = pipeline(frames, **RUN, prompt_embeds=embeds, prompt_color_mask=mask, negative_prompt_embeds=negative,
+                        negative_prompt_color_mask=negative_mask)
+    torch.testing.assert_close(output.frames, explicit.frames, rtol=0, atol=0)
+
+
+def test_interrupt_stops_sampling_and_the_call_exposes_its_settings(pipeline):
+    frames = gray_frames(frames=4)
+    run = {**RUN, "num_inference_steps": 3}
+    steps, kept = [], {}
+
+    def stop_after_first(pipe, step, timestep, tensors):
+        steps.append(step)
+        kept["latents"] = tensors["latents"].clone()
+        assert pipe.guidance_scale == run["guidance_scale"] and pipe.do_classifier_free_guidance
+        assert pipe.num_timesteps == 3
+        pipe._interrupt = True
+        return {}
+
+    stopped = pipeline(frames, "a red car", **run, output_type="latent", callback_on_step_end=stop_after_first)
+    assert steps == [0]
+    torch.testing.assert_close(stopped.frames, kept["latents"], rtol=0, atol=0)
+    full = pipeline(frames, "a red car", **run, output_type="latent")  # the flag is reset by every call
+    assert not pipeline.interrupt and not torch.allclose(full.frames, stopped.frames, atol=1e-4)
+    pipeline(frames, "a red car", **{**run, "guidance_scale": 1.0})
+    assert pipeline.guidance_scale == 1.0 and not pipeline.do_classifier_free_guidance

@@ -66,7 +66,9 @@ class LC4PipelineOutput(BaseOutput):
     chroma: predicted Cb, Cr (Rec. 601, in [-0.5, 0.5]), ``(T, 2, r, r)`` tensor, or ``(T, r, r, 2)``
     array for ``"np"`` and ``"pil"``; None for ``"latent"``.
     full_resolution_frames: the chroma carried onto the input's own luma, ``(T, 3, H, W)`` (or as
-    ``frames``, by ``output_type``); None when not asked for and for ``"latent"``."""
+    ``frames``, by ``output_type``); None when not asked for and for ``"latent"``.
+    A batched call (a list of prompts, or several videos a prompt) puts a leading video dimension
+    ``N`` before ``T`` (``"pil"``: a list of ``N`` lists)."""
 
     frames: Frames
     chroma: Optional[Union[torch.Tensor, np.ndarray]]
@@ -170,63 +172,71 @@ class LC4Pipeline(DiffusionPipeline):
         return embeds, color_token_mask(self.tokenizer, ids).to(embeds.device)
 
     def _given_embeds(self, embeds: torch.Tensor, mask: Optional[torch.Tensor], name: str,
-                      length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``embeds`` ``(1, L, D)`` or ``(L, D)`` and ``mask`` ``(1, L)`` or ``(L,)`` (None: no colour
-        words) checked and brought to the text encoder's device."""
+                      like: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embeds`` ``(P, L, D)`` or ``(L, D)`` and ``mask`` ``(P, L)`` or ``(L,)`` (None: no colour
+        words) checked and brought to the text encoder's device; ``like``: the shape they must have."""
         width = self.text_encoder.config.hidden_size
-        expected = f"(1, {length or 'L'}, {width}) or ({length or 'L'}, {width})"
+        expected = f"{tuple(like.shape)}, as prompt_embeds" if like is not None else f"(P, L, {width}) or (L, {width})"
         if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point():
             raise ValueError(f"{name}: expected a float tensor {expected}, got {type(embeds).__name__}"
                              + (f" of {embeds.dtype}" if isinstance(embeds, torch.Tensor) else ""))
         if embeds.dim() == 2:
             embeds = embeds[None]
-        if embeds.dim() != 3 or embeds.shape[0] != 1 or embeds.shape[2] != width or (length and embeds.shape[1] != length):
-            raise ValueError(f"{name}: expected {expected} (the text encoder's output for one prompt), "
+        if embeds.dim() != 3 or embeds.shape[2] != width or (like is not None and embeds.shape != like.shape):
+            raise ValueError(f"{name}: expected {expected} (the text encoder's output, one row a prompt), "
                              f"got {tuple(embeds.shape)}")
         mask_name = name.replace("_embeds", "_color_mask")
         if mask is None:
             mask = torch.zeros(embeds.shape[:2], dtype=torch.bool)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise ValueError(f"{mask_name}: expected a bool tensor (1, {embeds.shape[1]}), got "
+            raise ValueError(f"{mask_name}: expected a bool tensor {tuple(embeds.shape[:2])}, got "
                              f"{mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__}")
         mask = mask.reshape(1, -1) if mask.dim() == 1 else mask
         if tuple(mask.shape) != tuple(embeds.shape[:2]):
-            raise ValueError(f"{mask_name}: expected (1, {embeds.shape[1]}) like {name}, got {tuple(mask.shape)}")
+            raise ValueError(f"{mask_name}: expected {tuple(embeds.shape[:2])} like {name}, got {tuple(mask.shape)}")
         device = self.text_encoder.device
         return embeds.to(device, self.text_encoder.dtype), mask.to(device)
 
     def _prompt_embeddings(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_color_mask,
                            negative_prompt_color_mask, do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text embeddings ``(P, L, D)`` and colour-word masks ``(P, L)``: ``[negative, prompt]``
-        under classifier-free guidance, else ``[prompt]``; each from its text or given as embeddings."""
+        """Text embeddings ``(G, P, L, D)`` and colour-word masks ``(G, P, L)`` of the ``P`` prompts:
+        ``G`` = 2 (negative, prompt) under classifier-free guidance, else 1 (prompt); each from its
+        text or given as embeddings."""
         if prompt_embeds is None:
             if prompt_color_mask is not None:
                 raise ValueError("prompt_color_mask: goes with prompt_embeds; a text prompt's colour words are found "
                                  "from its tokens")
-            if not isinstance(prompt, str) or not prompt.strip():
+            texts = [prompt] if isinstance(prompt, str) else prompt
+            if (not isinstance(texts, (list, tuple)) or not texts
+                    or not all(isinstance(text, str) and text.strip() for text in texts)):
                 raise ValueError("prompt: expected a non-empty description of the colours, e.g. 'a red car on a "
-                                 "road' (or prompt_embeds)")
-            positive = self.encode_prompt([prompt])
+                                 f"road', or a list of them (or prompt_embeds), got {prompt!r}")
+            positive = self.encode_prompt(list(texts))
         elif prompt is not None:
             raise ValueError("prompt, prompt_embeds: expected one of them, got both")
         else:
             positive = self._given_embeds(prompt_embeds, prompt_color_mask, "prompt_embeds")
         if not do_cfg:
-            return positive
+            return positive[0][None], positive[1][None]
+        num_prompts, length = positive[0].shape[:2]
         if negative_prompt_embeds is None:
             if negative_prompt_color_mask is not None:
                 raise ValueError("negative_prompt_color_mask: goes with negative_prompt_embeds")
-            length = positive[0].shape[1]
+            texts = [negative_prompt or ""] * num_prompts if isinstance(negative_prompt, (str, type(None))) \
+                else list(negative_prompt)
+            if len(texts) != num_prompts or not all(isinstance(text, str) for text in texts):
+                raise ValueError(f"negative_prompt: expected a text or a list of {num_prompts} texts, one a prompt, "
+                                 f"got {negative_prompt!r}")
             if length > self.tokenizer.model_max_length:
                 raise ValueError(f"negative_prompt_embeds: expected with prompt_embeds longer than the tokenizer's "
                                  f"{self.tokenizer.model_max_length} tokens, got prompt_embeds of {length}")
-            negative = self.encode_prompt([negative_prompt or ""], max_length=length)
+            negative = self.encode_prompt(texts, max_length=length)
         elif negative_prompt:
             raise ValueError("negative_prompt, negative_prompt_embeds: expected one of them, got both")
         else:
             negative = self._given_embeds(negative_prompt_embeds, negative_prompt_color_mask, "negative_prompt_embeds",
-                                          length=positive[0].shape[1])
-        return torch.cat([negative[0], positive[0]]), torch.cat([negative[1], positive[1]])
+                                          like=positive[0])
+        return torch.stack([negative[0], positive[0]]), torch.stack([negative[1], positive[1]])
 
     def _luminance_in(self, luma: torch.Tensor) -> torch.Tensor:
         return luminance_input(luma).to(self.luminance_encoder.device, self.luminance_encoder.dtype)
@@ -281,13 +291,13 @@ class LC4Pipeline(DiffusionPipeline):
     def __call__(
         self,
         video: VideoInput,
-        prompt: Optional[str] = None,
+        prompt: Union[str, Sequence[str], None] = None,
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
         guidance_rescale: float = 0.0,
         eta: float = 0.0,
         seed: Optional[int] = None,
-        negative_prompt: str = "",
+        negative_prompt: Union[str, Sequence[str]] = "",
         resolution: Optional[int] = None,
         frames_per_clip: int = 8,
         clip_mode: Union[str, ClipPlan] = "skip",
@@ -302,26 +312,36 @@ class LC4Pipeline(DiffusionPipeline):
         negative_prompt_embeds: Optional[torch.Tensor] = None,
         prompt_color_mask: Optional[torch.Tensor] = None,
         negative_prompt_color_mask: Optional[torch.Tensor] = None,
+        num_videos_per_prompt: int = 1,
         output_type: str = "pt",
         return_dict: bool = True,
     ) -> Union[LC4PipelineOutput, tuple]:
         """Colorizes ``video`` (a path, frames ``(T, 3, H, W)`` / ``(T, H, W, 3)`` / ``(T, H, W)``,
-        or a list of frames) as ``prompt`` describes. As in diffusers: ``latents`` is the
-        initial noise ``(T, C, h, w)`` (else drawn from ``generator`` or ``seed``);
-        ``callback_on_step_end(pipe, step, timestep, tensors)`` runs after every step with the
-        tensors named in ``callback_on_step_end_tensor_inputs`` (a diffusers ``PipelineCallback``
-        names its own) and may return replacements; ``prompt_embeds`` / ``negative_prompt_embeds``
-        ``(1, L, D)`` (the text encoder's output, before CMPF) stand in for the texts, with
-        ``prompt_color_mask`` / ``negative_prompt_color_mask`` ``(1, L)`` marking their colour
-        words (as :meth:`encode_prompt` returns them; None: no colour words); ``output_type`` is
-        one of ``"pt"``, ``"np"``, ``"pil"``, ``"latent"`` (see :class:`LC4PipelineOutput`); with
-        ``return_dict=False`` the result is the tuple ``(frames, chroma, full_resolution_frames)``."""
+        or a list of frames) as ``prompt`` describes.
+
+        As in diffusers: ``prompt`` may be a list of ``P`` texts (``negative_prompt`` then one
+        text or ``P``), each colorized ``num_videos_per_prompt`` times in one batch: ``N`` = ``P``
+        x ``num_videos_per_prompt`` outputs, stacked on a leading dimension (which a single text,
+        or one row of ``prompt_embeds``, with one video per prompt goes without). ``prompt_embeds``
+        / ``negative_prompt_embeds`` ``(P, L, D)`` (the text encoder's output, before CMPF) stand in
+        for the texts, with ``prompt_color_mask`` / ``negative_prompt_color_mask`` ``(P, L)``
+        marking their colour words (as :meth:`encode_prompt` returns them; None: no colour words).
+        ``latents`` is the initial noise, ``(T, C, h, w)`` or, batched, ``(N, T, C, h, w)`` (else
+        drawn from ``generator`` or ``seed``). ``callback_on_step_end(pipe, step, timestep,
+        tensors)`` runs after every step with the tensors named in
+        ``callback_on_step_end_tensor_inputs`` (a diffusers ``PipelineCallback`` names its own;
+        the latents are ``(N * T, C, h, w)`` there) and may return replacements. ``output_type``
+        is one of ``"pt"``, ``"np"``, ``"pil"``, ``"latent"`` (see :class:`LC4PipelineOutput`);
+        with ``return_dict=False`` the result is the tuple ``(frames, chroma,
+        full_resolution_frames)``."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: expected >= 1, got {num_inference_steps}")
         if frames_per_clip < 1:
             raise ValueError(f"frames_per_clip: expected >= 1, got {frames_per_clip}")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt: expected an int >= 1, got {num_videos_per_prompt!r}")
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale: expected a value in [0, 1], got {guidance_rescale}")
         if eta < 0:
@@ -350,28 +370,34 @@ class LC4Pipeline(DiffusionPipeline):
         do_cfg = self.do_classifier_free_guidance
         embeds, color_mask = self._prompt_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                                      prompt_color_mask, negative_prompt_color_mask, do_cfg)
-        num_prompts = embeds.shape[0]
+        groups, num_prompts = embeds.shape[:2]  # groups: (negative,) prompt
+        num_videos = num_prompts * num_videos_per_prompt
+        batched = num_videos > 1 or (prompt is not None and not isinstance(prompt, str))
         prompt_frames = evenly_spaced(frames_per_clip, num_frames)
-        embeds = self.cmpf(embeds.to(self.cmpf.dtype), lum.features[prompt_frames], len(prompt_frames), color_mask)
-        embeds = embeds.to(self.unet.dtype).repeat_interleave(num_frames, dim=0)  # (prompts x frames, L, D)
+        embeds = self.cmpf(embeds.flatten(0, 1).to(self.cmpf.dtype), lum.features[prompt_frames], len(prompt_frames),
+                           color_mask.flatten(0, 1))
+        # (groups x videos x frames, L, D), in the order of the UNet's batch below
+        embeds = embeds.to(self.unet.dtype).repeat_interleave(num_videos_per_prompt * num_frames, dim=0)
 
         shape = (num_frames, self.unet.config.in_channels, resolution // self.vae_scale_factor,
                  resolution // self.vae_scale_factor)
+        shape = (num_videos, *shape) if batched else shape
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents: expected the initial noise of shape {shape} (frames, latent channels, "
-                             f"resolution / {self.vae_scale_factor}, same), got {tuple(latents.shape)}")
-        latents = latents.to(device, self.unet.dtype)
+            raise ValueError(f"latents: expected the initial noise of shape {shape} ({'videos, ' if batched else ''}"
+                             f"frames, latent channels, resolution / {self.vae_scale_factor}, same), "
+                             f"got {tuple(latents.shape)}")
+        latents = latents.reshape(num_videos * num_frames, *shape[-3:]).to(device, self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(self.scheduler.timesteps)
         latents = latents * self.scheduler.init_noise_sigma
-        residual = lum.latent_residual.to(self.unet.dtype)
+        residual = lum.latent_residual.to(self.unet.dtype).repeat(num_videos, 1, 1, 1)
         plan = self.clip_plan(num_frames, frames_per_clip, clip_mode)
 
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = self.scheduler.scale_model_input(latents, t) + residual
-            model_in = torch.cat([model_in] * num_prompts)
+            model_in = torch.cat([model_in] * groups)
             # The noise, or v, or x0: whatever the scheduler's prediction_type says.
             prediction = self.unet(model_in, t, encoder_hidden_states=embeds,
                                    cross_attention_kwargs=temporal_kwargs(model_in, num_frames, plan)).sample
@@ -390,32 +416,47 @@ class LC4Pipeline(DiffusionPipeline):
             if self.interrupt:
                 break
 
+        latents = latents.unflatten(0, (num_videos, num_frames))
         if output_type == "latent":
             self.maybe_free_model_hooks()
-            output = LC4PipelineOutput(frames=latents, chroma=None)
+            output = LC4PipelineOutput(frames=latents if batched else latents[0], chroma=None)
             return output if return_dict else (output.frames, output.chroma, output.full_resolution_frames)
-        frames = []
-        for start in range(0, num_frames, decode_batch_size):
-            part = slice(start, start + decode_batch_size)
-            skips = self.luminance_encoder(self._luminance_in(luma[part])).skips
-            decoded = decode_latents(self.vae, latents[part].to(self.vae.dtype), skips)
-            frames.append(((decoded.float() + 1) / 2).clamp(0, 1).cpu())
-        frames = torch.cat(frames)
-        chroma = rgb_to_ycbcr(frames)[:, 1:]
+        frames = torch.cat([self._decode(latents[:, part], luma[part])
+                            for part in _batches(num_frames, decode_batch_size)], dim=1)
+        chroma = rgb_to_ycbcr(frames.flatten(0, 1))[:, 1:].unflatten(0, frames.shape[:2])
 
         full = None
         if full_resolution:
-            full = merge_luma_chroma(load_luma(video), chroma)
+            full_luma = load_luma(video)
+            full = torch.stack([merge_luma_chroma(full_luma, video_chroma) for video_chroma in chroma])
         self.maybe_free_model_hooks()
+        if not batched:
+            frames, chroma, full = frames[0], chroma[0], None if full is None else full[0]
         if output_type != "pt":
-            frames, chroma = _as_output_type(frames, output_type), chroma.permute(0, 2, 3, 1).numpy()
+            frames, chroma = _as_output_type(frames, output_type), chroma.movedim(-3, -1).numpy()
             full = None if full is None else _as_output_type(full, output_type)
         output = LC4PipelineOutput(frames=frames, chroma=chroma, full_resolution_frames=full)
         return output if return_dict else (output.frames, output.chroma, output.full_resolution_frames)
 
+    def _decode(self, latents: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
+        """Latents ``(N, t, C, h, w)`` of ``N`` videos of the same ``t`` frames of luma -> frames
+        ``(N, t, 3, r, r)`` in [0, 1] on the CPU, decoded with the luminance skips."""
+        skips = self.luminance_encoder(self._luminance_in(luma)).skips
+        skips = [skip.repeat(latents.shape[0], 1, 1, 1) for skip in skips]
+        decoded = decode_latents(self.vae, latents.flatten(0, 1).to(self.vae.dtype), skips)
+        return ((decoded.float() + 1) / 2).clamp(0, 1).cpu().unflatten(0, latents.shape[:2])
+
+
+def _batches(total: int, size: int) -> list[slice]:
+    return [slice(start, start + size) for start in range(0, total, size)]
+
 
 def _as_output_type(frames: torch.Tensor, output_type: str) -> Union[np.ndarray, list]:
-    """``(T, 3, H, W)`` frames in [0, 1] as a ``(T, H, W, 3)`` float32 array or a list of PIL images."""
+    """Frames ``(..., T, 3, H, W)`` in [0, 1] as a ``(..., T, H, W, 3)`` float32 array or (nested
+    per video) lists of PIL images."""
+    if frames.dim() == 5:
+        videos = [_as_output_type(video, output_type) for video in frames]
+        return videos if output_type == "pil" else np.stack(videos)
     array = VaeImageProcessor.pt_to_numpy(frames.float())
     return VaeImageProcessor.numpy_to_pil(array) if output_type == "pil" else array
 

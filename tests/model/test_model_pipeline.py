@@ -281,15 +281,19 @@ def test_return_dict_false_gives_the_output_fields_as_a_tuple(pipeline):
 
 
 @pytest.fixture
-def trained_cmpf(pipeline):
-    """CMPF with a nonzero W_e (zero when initialised), so that what it fuses shows in the output."""
-    saved = {name: value.clone() for name, value in pipeline.cmpf.state_dict().items()}
-    randomize_(pipeline.cmpf, std=0.1)
-    yield pipeline.cmpf
-    pipeline.cmpf.load_state_dict(saved)
+def trained_conditioning(pipeline):
+    """CMPF's W_e and the luminance encoder's latent residual and decoder skips made nonzero
+    (zero when initialised), so that what they carry shows in the output."""
+    modules = (pipeline.cmpf, pipeline.luminance_encoder)
+    saved = [{name: value.clone() for name, value in module.state_dict().items()} for module in modules]
+    for module in modules:
+        randomize_(module, std=0.1)
+    yield
+    for module, state in zip(modules, saved):
+        module.load_state_dict(state)
 
 
-def test_prompt_embeds_stand_in_for_the_prompts(pipeline, trained_cmpf):
+def test_prompt_embeds_stand_in_for_the_prompts(pipeline, trained_conditioning):
     """The text encoder's output and colour-word mask of a prompt, passed as ``prompt_embeds``
     and ``prompt_color_mask``, give exactly the prompt's output; so for the negative prompt."""
     frames = gray_frames(frames=4)
@@ -323,10 +327,10 @@ def test_prompt_embeds_errors_name_the_argument(pipeline):
         pipeline(frames, "a red car", **RUN, prompt_embeds=embeds)
     with pytest.raises(ValueError, match=r"prompt: expected a non-empty description .*\(or prompt_embeds\)"):
         pipeline(frames, **RUN)
-    with pytest.raises(ValueError, match=rf"prompt_embeds: expected \(1, L, {width}\) or \(L, {width}\) .*got \(2, {length}, {width}\)"):
-        pipeline(frames, **RUN, prompt_embeds=torch.cat([embeds, embeds]))
-    with pytest.raises(ValueError, match=rf"prompt_embeds: expected .*got \(1, {length}, {width + 1}\)"):
+    with pytest.raises(ValueError, match=rf"prompt_embeds: expected \(P, L, {width}\) or \(L, {width}\) .*got \(1, {length}, {width + 1}\)"):
         pipeline(frames, **RUN, prompt_embeds=torch.randn(1, length, width + 1))
+    with pytest.raises(ValueError, match=rf"prompt_embeds: expected .*got \(1, 1, {length}, {width}\)"):
+        pipeline(frames, **RUN, prompt_embeds=embeds[None])
     with pytest.raises(ValueError, match=r"prompt_embeds: expected a float tensor .*of torch.int64"):
         pipeline(frames, **RUN, prompt_embeds=torch.ones(1, length, width, dtype=torch.long))
     with pytest.raises(ValueError, match=rf"prompt_color_mask: expected \(1, {length}\) like prompt_embeds, got \(1, 3\)"):
@@ -335,8 +339,16 @@ def test_prompt_embeds_errors_name_the_argument(pipeline):
         pipeline(frames, **RUN, prompt_embeds=embeds, prompt_color_mask=mask.float())
     with pytest.raises(ValueError, match="prompt_color_mask: goes with prompt_embeds"):
         pipeline(frames, "a red car", **RUN, prompt_color_mask=mask)
-    with pytest.raises(ValueError, match=rf"negative_prompt_embeds: expected \(1, {length}, {width}\) .*got \(1, 5, {width}\)"):
+    with pytest.raises(ValueError, match=rf"negative_prompt_embeds: expected \(1, {length}, {width}\), as prompt_embeds .*got \(1, 5, {width}\)"):
         pipeline(frames, "a red car", **RUN, negative_prompt_embeds=embeds[:, :5])
+    with pytest.raises(ValueError, match=rf"negative_prompt_embeds: expected \(2, {length}, {width}\), as prompt_embeds .*got \(1, {length}, {width}\)"):
+        pipeline(frames, ["a red car", "a blue car"], **RUN, negative_prompt_embeds=embeds)
+    with pytest.raises(ValueError, match=r"negative_prompt: expected a text or a list of 2 texts, one a prompt, got \['grey'\]"):
+        pipeline(frames, ["a red car", "a blue car"], **RUN, negative_prompt=["grey"])
+    with pytest.raises(ValueError, match=r"prompt: expected a non-empty description .*got \['a red car', ''\]"):
+        pipeline(frames, ["a red car", ""], **RUN)
+    with pytest.raises(ValueError, match=r"num_videos_per_prompt: expected an int >= 1, got 0"):
+        pipeline(frames, "a red car", **RUN, num_videos_per_prompt=0)
     with pytest.raises(ValueError, match="negative_prompt, negative_prompt_embeds: expected one of them, got both"):
         pipeline(frames, "a red car", **RUN, negative_prompt="grey", negative_prompt_embeds=embeds)
     long = torch.randn(1, length + 4, width)
@@ -376,3 +388,46 @@ def test_interrupt_stops_sampling_and_the_call_exposes_its_settings(pipeline):
     assert not pipeline.interrupt and not torch.allclose(full.frames, stopped.frames, atol=1e-4)
     pipeline(frames, "a red car", **{**run, "guidance_scale": 1.0})
     assert pipeline.guidance_scale == 1.0 and not pipeline.do_classifier_free_guidance
+
+
+@pytest.mark.parametrize("frames_count", [4, 6])  # one clip; two clips fused by CCF (frames_per_clip 4)
+def test_a_batch_of_prompts_is_each_prompt_on_its_own(pipeline, trained_conditioning, frames_count):
+    """Prompts in a list, each ``num_videos_per_prompt`` times, with their negative prompts: the
+    n-th output is the single call with that prompt, negative prompt and the n-th noise."""
+    # frames of their own, so that mixing up frames or videos in the batch shows
+    frames = torch.randint(0, 256, (frames_count, 1, 20, 28), generator=torch.Generator().manual_seed(5),
+                           dtype=torch.uint8).expand(-1, 3, -1, -1)
+    prompts, negatives = ["a red car", "a blue car"], ["a green car", ""]
+    noise = torch.randn(4, frames_count, pipeline.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(3))
+    batch = pipeline(frames, prompts, **RUN, negative_prompt=negatives, num_videos_per_prompt=2, latents=noise)
+    assert batch.frames.shape == (4, frames_count, 3, 16, 16) and batch.chroma.shape == (4, frames_count, 2, 16, 16)
+    assert batch.full_resolution_frames.shape == (4, frames_count, 3, 20, 28)
+    for n in range(4):
+        single = pipeline(frames, prompts[n // 2], **RUN, negative_prompt=negatives[n // 2], latents=noise[n])
+        for got, expected in zip((batch.frames, batch.chroma, batch.full_resolution_frames),
+                                 (single.frames, single.chroma, single.full_resolution_frames)):
+            torch.testing.assert_close(got[n], expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(batch.frames[0], batch.frames[2], atol=1e-3)  # the prompts differ
+    assert not torch.allclose(batch.frames[0], batch.frames[1], atol=1e-3)  # so does the noise
+
+    embeds, mask = pipeline.encode_prompt(prompts)
+    negative, negative_mask = pipeline.encode_prompt(negatives)
+    by_embeds = pipeline(frames, **RUN, prompt_embeds=embeds, prompt_color_mask=mask, negative_prompt_embeds=negative,
+                         negative_prompt_color_mask=negative_mask, num_videos_per_prompt=2, latents=noise)
+    torch.testing.assert_close(by_embeds.frames, batch.frames, rtol=0, atol=1e-5)
+
+
+def test_batched_outputs_keep_the_video_dimension_in_every_output_type(pipeline):
+    frames = gray_frames(frames=4)
+    pt = pipeline(frames, ["a red car"], **RUN)  # a list, even of one prompt, is a batch
+    assert pt.frames.shape == (1, 4, 3, 16, 16)
+    torch.testing.assert_close(pt.frames[0], pipeline(frames, "a red car", **RUN).frames, rtol=0, atol=1e-5)
+    as_np = pipeline(frames, ["a red car"], **RUN, output_type="np", num_videos_per_prompt=2)
+    assert as_np.frames.shape == (2, 4, 16, 16, 3) and as_np.chroma.shape == (2, 4, 16, 16, 2)
+    assert as_np.full_resolution_frames.shape == (2, 4, 20, 28, 3)
+    as_pil = pipeline(frames, ["a red car", "a blue car"], **RUN, output_type="pil")
+    assert [len(video) for video in as_pil.frames] == [4, 4] and as_pil.frames[1][0].size == (16, 16)
+    latent = pipeline(frames, ["a red car", "a blue car"], **RUN, output_type="latent")
+    assert latent.frames.shape == (2, 4, pipeline.unet.config.in_channels, 8, 8)
+    with pytest.raises(ValueError, match=r"latents: expected the initial noise of shape \(2, 4, \d+, 8, 8\) \(videos, frames"):
+        pipeline(frames, ["a red car", "a blue car"], **RUN, latents=torch.randn(4, pipeline.unet.config.in_channels, 8, 8))

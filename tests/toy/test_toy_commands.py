@@ -37,6 +37,7 @@ def test_toy_model_commands_end_to_end(tmp_path, capsys):
         assert lc4_main(["train", str(ROOT / "configs" / "toy" / f"{run}.yaml"),
                          "--set", f"model.path={source}", "--set", f"data.source={data / 'train.jsonl'}",
                          "--set", f"output_dir={tmp_path / run}", "--set", "data.resolution=32",
+                         "--set", f"data.encoding_cache_file={tmp_path / 'encodings.safetensors'}",
                          "--set", "batch_size=2", "--set", "max_steps=2", "--set", "logging.every_steps=1"]) == 0
     # The single-frame stage trains the segmentation heads on the generator's shape masks.
     last = json.loads((tmp_path / "stage1_images" / "logs" / "metrics.jsonl").read_text().splitlines()[-1])

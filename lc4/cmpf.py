@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import re
 import weakref
 from typing import Optional, Sequence
 
@@ -43,6 +44,18 @@ MULTI_WORD_COLORS = tuple(f"{shade} {base}" for shade in _SHADES for base in BAS
     "rose gold", "midnight blue", "powder blue", "steel blue", "jet black",
 )
 COLOR_NAMES = BASIC_COLORS + EXTENDED_COLORS + MULTI_WORD_COLORS
+# Longest names first, so that "dark red" goes as a whole before "red" could leave "dark" behind.
+_COLOR_WORDS = re.compile(r"\b(?:" + "|".join(re.escape(name).replace(r"\ ", r"[\s-]+")
+                                               for name in sorted(COLOR_NAMES, key=len, reverse=True))
+                          + r")\b", re.IGNORECASE)
+_ORPHAN_HYPHENS = re.compile(r"(?<![^\W_])-+|-+(?![^\W_])")  # left by "blue-green", "red-haired"
+
+
+def without_color_words(text: str) -> str:
+    """``text`` with every colour name of :data:`COLOR_NAMES` taken out: "a red car on a dark
+    blue road" -> "a car on a road" (the caption a model trained with ``data.color_word_dropout``
+    has seen, and the negative prompt that guides along the colour words alone)."""
+    return " ".join(_ORPHAN_HYPHENS.sub(" ", _COLOR_WORDS.sub(" ", text)).split())
 
 
 _PATTERNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

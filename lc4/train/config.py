@@ -80,6 +80,9 @@ class DataConfig:
     frame_stride: int = 1  # take every k-th frame of the source
     random_crop: bool = True  # else centre crop
     caption_dropout: float = 0.1
+    # Of the captions kept, the share trained without their colour words (lc4.cmpf.without_color_words),
+    # so that guidance can push from the colourless caption along the colour words alone.
+    color_word_dropout: float = 0.0
     num_workers: int = 4
     max_skips: int = 32  # consecutive unreadable videos tolerated before giving up
     # Small data sets seen over many epochs (the toy model): keep every decoded video in memory
@@ -259,8 +262,10 @@ class TrainConfig:
                             ("logging.every_steps", self.logging.every_steps)):
             if value < 1:
                 raise ValueError(f"{name}: expected >= 1, got {value}")
-        if not 0 <= data.caption_dropout <= 1:
-            raise ValueError(f"data.caption_dropout: expected a probability, got {data.caption_dropout}")
+        for name, value in (("data.caption_dropout", data.caption_dropout),
+                            ("data.color_word_dropout", data.color_word_dropout)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name}: expected a probability, got {value}")
         if self.optimizer.name not in OPTIMIZERS:
             raise ValueError(f"optimizer.name: expected one of {OPTIMIZERS}, got {self.optimizer.name!r}")
         dist = self.distributed

@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from .. import video as video_io
+from ..cmpf import without_color_words
 from ..color import rgb_to_luma
 from ..luminance import luminance_input
 
@@ -149,13 +150,13 @@ class TextVideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, items: list[VideoItem], resolution: int = 256, num_frames: int = 8, frame_stride: int = 1,
                  random_crop: bool = True, caption_dropout: float = 0.0, max_skips: int = 32,
-                 segmentation: bool = False, cache_frames: bool = False):
+                 segmentation: bool = False, cache_frames: bool = False, color_word_dropout: float = 0.0):
         if not items:
             raise ValueError("items: expected at least one (video, caption) pair")
         self.items = list(items)
         self.resolution, self.num_frames, self.frame_stride = resolution, num_frames, frame_stride
         self.random_crop, self.caption_dropout, self.max_skips = random_crop, caption_dropout, max_skips
-        self.segmentation = segmentation
+        self.segmentation, self.color_word_dropout = segmentation, color_word_dropout
         self.cache_frames = cache_frames
         # index -> ((frame count, height, width) as probed, (count, 3, h, w) uint8 frames and
         # (count, h, w) label maps or None, at the resized size (h, w))
@@ -221,11 +222,17 @@ class TextVideoDataset(torch.utils.data.Dataset):
             raise RuntimeError(f"data: {self.max_skips + 1} videos in a row could not be read, "
                                f"from {self.items[index].path}; check the data source")
         rgb = clip.float() / 255.0
-        drop = float(torch.rand((), generator=generator)) < self.caption_dropout
+        draw = float(torch.rand((), generator=generator))
+        if draw < self.caption_dropout:
+            caption = ""
+        elif draw < self.caption_dropout + (1 - self.caption_dropout) * self.color_word_dropout:
+            caption = without_color_words(item.caption)
+        else:
+            caption = item.caption
         sample = {
             "pixel_values": rgb * 2 - 1,
             "luminance": luminance_input(rgb_to_luma(rgb).clamp(0, 1)),
-            "caption": "" if drop else item.caption,
+            "caption": caption,
             "index": current,
             "frame_keys": keys,
         }

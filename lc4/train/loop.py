@@ -96,7 +96,7 @@ def build_dataloader(config: TrainConfig, items: list[VideoItem]):
     data = config.data
     dataset = TextVideoDataset(items, data.resolution, data.num_frames, data.frame_stride, data.random_crop,
                                data.caption_dropout, data.max_skips, segmentation=config.uses_label_maps,
-                               cache_frames=data.cache_frames)
+                               cache_frames=data.cache_frames, color_word_dropout=data.color_word_dropout)
     sampler = ClipSampler(len(dataset), seed=config.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate, num_workers=data.num_workers,

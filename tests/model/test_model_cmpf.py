@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lc4.cmpf import COLOR_NAMES, CrossModalityPreFusion, color_token_mask
+from lc4.cmpf import COLOR_NAMES, CrossModalityPreFusion, color_token_mask, without_color_words
 
 from model_helpers import randomize_
 
@@ -99,3 +99,24 @@ def test_colour_mask_matches_a_word_by_word_search(components):
     assert expected.any(dim=1).all() and not expected.all()
     assert torch.equal(color_token_mask(tokenizer, ids, color_names=names), expected)
     assert torch.equal(color_token_mask(tokenizer, ids, color_names=names), expected)  # from the cache
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a red car on a dark blue road", "a car on a road"),
+    ("A Red circle, a lime star and a teal square on a gray background", "A circle, a star and a square on a background"),
+    ("a light-red ball in a blue-green sea", "a ball in a sea"),
+    ("an off  white cat in a redwood forest", "an cat in a redwood forest"),  # words only, not "red" in "redwood"
+    ("a well-known man", "a well-known man"),
+])
+def test_colour_words_are_taken_out_of_a_text(text, expected):
+    assert without_color_words(text) == expected
+
+
+def test_toy_captions_without_colour_words_are_the_generators_own():
+    import numpy as np
+
+    from lc4.toy.generator import caption_for, sample_spec
+
+    for seed in range(200):
+        spec = sample_spec(np.random.default_rng(seed), split="train" if seed % 2 else "heldout")
+        assert without_color_words(caption_for(spec)) == caption_for(spec, with_colors=False)

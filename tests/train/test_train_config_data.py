@@ -2,9 +2,11 @@
 clips, luminance, determinism of samples."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from lc4.cmpf import without_color_words
 from lc4.color import rgb_to_luma
 from lc4.train.config import TrainConfig, load_config
 from lc4.train.data import ClipSampler, TextVideoDataset, list_videos
@@ -43,6 +45,7 @@ def test_config_files_relative_paths_and_overrides(tmp_path, suffix):
     ({"trainable": ["vae"]}, "trainable"),
     ({"data": {"resolution": 250}}, "multiple of 8"),
     ({"mixed_precision": "fp8"}, "mixed_precision"),
+    ({"data": {"color_word_dropout": 1.5}}, "data.color_word_dropout: expected a probability, got 1.5"),
 ])
 def test_config_errors(values, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -89,3 +92,25 @@ def test_unreadable_source_stops_with_a_clear_error(tmp_path):
     (tmp_path / "empty.csv").write_text("video,caption\n")
     with pytest.raises(ValueError, match="lists no"):
         list_videos(tmp_path / "empty.csv")
+
+
+def test_captions_lose_their_colour_words_at_the_share_asked_for(video_folder):
+    """Of 2000 draws: ``caption_dropout`` of the captions come out empty, ``color_word_dropout``
+    of the rest without their colour words; with it at 0 the draws are those of before."""
+    items = list_videos(video_folder)
+    colorless = {item.caption: without_color_words(item.caption) for item in items}
+    assert all(colorless[caption] != caption for caption in colorless)  # each names a colour
+    settings = dict(resolution=16, num_frames=1, caption_dropout=0.2)
+    dataset = TextVideoDataset(items, color_word_dropout=0.5, cache_frames=True, **settings)
+    plain = TextVideoDataset(items, cache_frames=True, **settings)
+    keys = [(seed % len(items), seed) for seed in range(2000)]
+    captions = [dataset[key]["caption"] for key in keys]
+    kept = [plain[key]["caption"] for key in keys]
+    empty = [caption == "" for caption in captions]
+    assert empty == [caption == "" for caption in kept]  # the same draws decide the empty captions
+    assert 0.17 < np.mean(empty) < 0.23
+    full = [caption for caption in captions if caption]
+    stripped = [caption in colorless.values() for caption in full]
+    assert all(caption in colorless for caption, s in zip(full, stripped) if not s)
+    assert 0.45 < np.mean(stripped) < 0.55
+    assert all(caption in colorless for caption in kept if caption)

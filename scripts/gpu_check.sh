@@ -2,7 +2,8 @@
 # `make gpu-check`: on a machine with a CUDA GPU, builds the CUDA extension for the visible GPU,
 # runs the kernel test suite on CUDA (the cuda and triton backends join every equivalence test),
 # the same again with the sm_70 (V100) paths forced (LC4_CUDA_FORCE_SM70=1), compute-sanitizer
-# memcheck over a small forward+backward, and then, alone on the GPU, the parallel compile of the
+# memcheck over a small forward+backward, the model layer's GPU tests (pipeline and training on
+# the tiny model), and then, alone on the GPU, the parallel compile of the
 # Triton autotune candidates (benchmarks/triton_warmup.py), the host time per call
 # (benchmarks/host_overhead.py), a profile of the largest layers (benchmarks/profile.py) and the
 # benchmark report.
@@ -91,7 +92,12 @@ if wanted tests; then
   fi
   wait $all_tests || status=1
   wait $sm70_tests || status=1
-  tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
+  # The model layer on the GPU: the pipeline against its CPU output, in half precision and with
+  # model CPU offload; stage 1 training in float32 and in fp16 with gradient checkpointing.
+  limited "${TEST_TIME_LIMIT:-}" "$PY" -m pytest tests/model/test_model_pipeline_cuda.py \
+    "tests/train/test_train_loop.py::test_stage1_trains_on_cuda" -v -p no:cacheprovider \
+    > "$OUT/gpu_model_tests.txt" 2>&1 || status=1
+  tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt" "$OUT/gpu_model_tests.txt"
 fi
 
 # Autotuning compiles each Triton candidate on first use, one after another: compile them for the

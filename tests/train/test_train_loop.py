@@ -344,3 +344,25 @@ def test_unknown_prediction_type_is_refused(tiny_model_dir, tmp_path):
     config_path.write_text(json.dumps({**config, "prediction_type": "flow"}))
     with pytest.raises(ValueError, match="prediction_type is 'flow'"):
         load_components(folder)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mixed_precision, checkpointing", [("no", False), ("fp16", True)])
+def test_stage1_trains_on_cuda(tiny_model_dir, video_folder, tmp_path, mixed_precision, checkpointing):
+    """As on the CPU, on the GPU: in float32, and in fp16 mixed precision with gradient
+    checkpointing (the V100 recipe); the saved weights stay float32 and learnt."""
+    values = tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=30,
+                                mixed_precision=mixed_precision, gradient_checkpointing=checkpointing)
+    batch = eval_batch(video_folder)
+    initial = load_components(tiny_model_dir)
+    before = fixed_noise_loss(LC4Denoiser(initial.unet, initial.luminance_encoder).eval(), initial, batch)
+
+    result = train(load_config(values=values))
+
+    assert result.step == 30 and next(result.denoiser.parameters()).device.type == "cuda"
+    records = [json.loads(line) for line in (tmp_path / "run/logs/metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) and r["memory_gib"] > 0 for r in records)
+    trained = load_components(result.model_dir)  # on the CPU
+    assert next(trained.unet.parameters()).dtype == torch.float32
+    after = fixed_noise_loss(LC4Denoiser(trained.unet, trained.luminance_encoder).eval(), trained, batch)
+    assert after < 0.8 * before, f"fixed-noise loss {before:.4f} -> {after:.4f}"

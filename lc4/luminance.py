@@ -136,6 +136,11 @@ class LuminanceEncoder(ModelMixin, ConfigMixin):
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, skips: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """``vae.decode(latents / scaling_factor)`` with the luminance skips added to the decoder's
     up-block inputs; returns images in ``[-1, 1]``. ``skips=None`` is the plain VAE decode."""
+    hook = getattr(vae, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        # Under model CPU offload the VAE moves to the GPU when its forward or decode is called;
+        # its blocks are called here one by one, so the move is asked for as vae.decode asks for it.
+        hook.pre_forward(vae)
     z = latents / vae.config.scaling_factor
     if vae.post_quant_conv is not None:
         z = vae.post_quant_conv(z)

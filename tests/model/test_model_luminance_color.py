@@ -79,3 +79,26 @@ def test_luminance_encoder_follows_the_sd15_vae_structure():
 def test_luminance_encoder_rejects_rgb_input(components):
     with pytest.raises(ValueError, match=r"luminance: expected \(N, 1, H, W\)"):
         components["luminance_encoder"](torch.rand(2, 3, 32, 32))
+
+
+def test_decoding_moves_an_offloaded_vae_as_vae_decode_does(components):
+    """Under diffusers' model CPU offload an accelerate hook moves the VAE to the GPU when its
+    ``forward`` or ``decode`` runs; :func:`decode_latents` calls its blocks one by one, so it must
+    ask the hook itself, as ``vae.decode`` does."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    vae = components["vae"]
+    moves = []
+
+    class RecordingOffload(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            moves.append(module)
+            return args, kwargs
+
+    add_hook_to_module(vae, RecordingOffload())
+    latents = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        vae.decode(latents / vae.config.scaling_factor)
+        assert moves == [vae]  # what vae.decode does
+        decode_latents(vae, latents)
+    assert moves == [vae, vae]

@@ -355,8 +355,12 @@ class LC4Pipeline(DiffusionPipeline):
         resolution = resolution or self.default_resolution
         if resolution % self.vae_scale_factor:
             raise ValueError(f"resolution: expected a multiple of {self.vae_scale_factor}, got {resolution}")
-        if generator is None and seed is not None:
-            generator = torch.Generator("cpu").manual_seed(seed)
+        if generator is not None and seed is not None:
+            raise ValueError("seed, generator: expected one of them, got both")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator: expected one torch.Generator (on any device), got {type(generator).__name__}")
+        if seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)  # the same noise on every device
         step_kwargs = self._step_kwargs(eta, generator)
         set_tda_backend(self.unet, backend)
         set_tda_backend(self.cmpf, backend)
@@ -383,7 +387,8 @@ class LC4Pipeline(DiffusionPipeline):
                  resolution // self.vae_scale_factor)
         shape = (num_videos, *shape) if batched else shape
         if latents is None:
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32,
+                                  device=generator.device if generator is not None else "cpu")
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents: expected the initial noise of shape {shape} ({'videos, ' if batched else ''}"
                              f"frames, latent channels, resolution / {self.vae_scale_factor}, same), "

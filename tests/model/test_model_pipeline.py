@@ -194,6 +194,17 @@ def test_given_latents_are_the_initial_noise(pipeline):
         pipeline(frames, "a red car", **RUN, latents=torch.randn(shape[:2] + (4, 4)))
 
 
+def test_a_generator_draws_the_noise_as_the_seed_does(pipeline):
+    frames = gray_frames(frames=4)
+    unseeded = {key: value for key, value in RUN.items() if key != "seed"}
+    by_generator = pipeline(frames, "a red car", **unseeded, generator=torch.Generator().manual_seed(RUN["seed"]))
+    torch.testing.assert_close(by_generator.frames, pipeline(frames, "a red car", **RUN).frames, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="seed, generator: expected one of them, got both"):
+        pipeline(frames, "a red car", **RUN, generator=torch.Generator())
+    with pytest.raises(ValueError, match="generator: expected one torch.Generator .*got list"):
+        pipeline(frames, "a red car", **unseeded, generator=[torch.Generator()])
+
+
 def test_step_end_callback_sees_every_step_and_can_replace_the_latents(pipeline):
     frames = gray_frames(frames=4)
     seen = []

@@ -1,5 +1,6 @@
 """LC4Pipeline on a CUDA GPU (skipped without one): the same colours as on the CPU with every
-GPU backend of the TDA op, in half precision, and with diffusers' model CPU offload."""
+GPU backend of the TDA op, in half precision, with diffusers' model CPU offload, and the noise
+drawn by a CUDA generator."""
 from __future__ import annotations
 
 import pytest
@@ -76,3 +77,15 @@ def test_model_cpu_offload_gives_the_same_colours(tiny_model_dir, no_tf32):
     got = offloaded(gray_frames(), PROMPTS, **RUN).frames
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert all(p.device.type == "cpu" for p in offloaded.unet.parameters())  # moved back after the call
+
+
+def test_a_cuda_generator_draws_the_noise_on_the_gpu(tiny_model_dir):
+    pipe = trained_like(tiny_model_dir).to("cuda")
+    unseeded = {key: value for key, value in RUN.items() if key != "seed"}
+
+    def run(seed):
+        return pipe(gray_frames(), PROMPTS, **unseeded, generator=torch.Generator("cuda").manual_seed(seed)).frames
+
+    first = run(0)
+    torch.testing.assert_close(run(0), first, rtol=0, atol=1e-6)
+    assert not torch.allclose(run(1), first, atol=1e-3)

@@ -23,6 +23,7 @@ from . import video as video_io
 from .init_model import check_model_folder
 
 DEFAULT_FPS = 25
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _check_input(path: Path) -> None:
@@ -44,7 +45,7 @@ def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, s
              guidance_scale: float = 7.5, guidance_rescale: float = 0.0, scheduler: str | None = None, eta: float = 0.0,
              seed: int | None = 0, frames_per_clip: int = 8,
              clip_mode: str = "skip", device: str = "cpu", backend: str | None = None,
-             negative_prompt: str = "", fps=None, progress: bool = True) -> Path:
+             negative_prompt: str = "", fps=None, progress: bool = True, dtype: str = "float32") -> Path:
     from .pipeline import LC4Pipeline, scheduler_named, transfer_chroma_to_frames
 
     if not isinstance(prompt, str) or not prompt.strip():
@@ -53,9 +54,11 @@ def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, s
         raise ValueError(f"--guidance-rescale: expected a value in [0, 1], got {guidance_rescale}")
     if eta < 0:
         raise ValueError(f"--eta: expected >= 0, got {eta}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     input_path, output_path = Path(input_path), Path(output_path)
     _check_input(input_path)
-    pipeline = LC4Pipeline.from_pretrained(check_model_folder(model_dir)).to(device)
+    pipeline = LC4Pipeline.from_pretrained(check_model_folder(model_dir)).to(device, DTYPES[dtype])
     if scheduler:
         pipeline.scheduler = scheduler_named(scheduler, pipeline.scheduler, argument="--scheduler")
     pipeline.set_progress_bar_config(disable=not progress, desc="denoising")
@@ -95,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
                       seed=args.seed,
                       frames_per_clip=args.frames_per_clip, clip_mode=args.clip_mode, device=args.device,
                       backend=args.backend, negative_prompt=args.negative_prompt, fps=args.fps,
-                      progress=not args.quiet)
+                      progress=not args.quiet, dtype=args.dtype)
     print(f"wrote {output}")
     return 0
 
@@ -123,6 +126,9 @@ def register(subparsers) -> None:
     parser.add_argument("--clip-mode", choices=("skip", "sliding", "disjoint"), default="skip",
                         help="cross-clip fusion: skip windows (paper), sliding windows, or none")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="the model's weights and activations: float16 halves a GPU's memory and time "
+                             "(V100s have no bfloat16); default float32")
     parser.add_argument("--backend", default=None, help="lc4_kernels backend (default: automatic)")
     parser.add_argument("--fps", type=float, default=None, help="output frame rate for frame-folder input")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

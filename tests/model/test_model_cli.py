@@ -172,3 +172,25 @@ def test_init_model_from_sd15_keeps_its_weights_and_adds_fresh_parts(components,
     pipeline = LC4Pipeline.from_pretrained(folder)
     assert all(torch.count_nonzero(block.to_out.weight) == 0 for block in pipeline.tda.blocks)
     assert torch.count_nonzero(pipeline.cmpf.proj_out.weight) == 0
+
+
+def test_half_precision_option_runs_the_model_in_float16(gray_bikes, colorized, tiny_model_dir, tmp_path, monkeypatch):
+    from lc4.pipeline import LC4Pipeline
+
+    seen = []
+    original = LC4Pipeline.__call__
+
+    def record(pipe, *args, **kwargs):
+        seen.append({pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.cmpf.dtype,
+                     pipe.luminance_encoder.dtype})
+        return original(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(LC4Pipeline, "__call__", record)
+    half = tmp_path / "half"
+    assert main(colorize_args(gray_bikes, half, tiny_model_dir, "--dtype", "float16")) == 0
+    assert seen == [{torch.float16}]
+    _, full = colorized
+    difference = (video_io.read_video(half).float() - video_io.read_video(full).float()).abs()
+    assert difference.mean() < 1.0, difference.mean()  # uint8 levels
+    with pytest.raises(SystemExit):
+        main(colorize_args(gray_bikes, half, tiny_model_dir, "--dtype", "float8"))

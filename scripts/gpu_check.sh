@@ -16,7 +16,7 @@
 # Optional limits in seconds, for a machine lent for a short time: TEST_TIME_LIMIT (each test
 # step), BENCH_TIME_LIMIT. BENCH_ARGS replaces the report's arguments (default: --check), WARMUP_ARGS
 # the warm-up's (default: every SD1.5 shape and the memory sweep; give it the report's --shapes).
-# GPU_CHECK_SKIP=step,... leaves steps out (tests, warmup, profile, report), so that a lease with
+# GPU_CHECK_SKIP=step,... leaves steps out (tests, model, warmup, profile, report), so that a lease with
 # a per-command limit can run them in two calls (the build and Triton's cache are kept between).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ if [[ -z "${PY:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 
-wanted() {  # wanted STEP: STEP (tests, warmup, profile, report) is not in GPU_CHECK_SKIP
+wanted() {  # wanted STEP: STEP (tests, model, warmup, profile, report) is not in GPU_CHECK_SKIP
   [[ ",${GPU_CHECK_SKIP:-}," != *",$1,"* ]]
 }
 
@@ -92,12 +92,16 @@ if wanted tests; then
   fi
   wait $all_tests || status=1
   wait $sm70_tests || status=1
-  # The model layer on the GPU: the pipeline against its CPU output, in half precision and with
-  # model CPU offload; stage 1 training in float32 and in fp16 with gradient checkpointing.
+  tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt"
+fi
+
+# The model layer on the GPU: the pipeline against its CPU output, in half precision and with
+# model CPU offload; stage 1 training in float32 and in fp16 with gradient checkpointing.
+if wanted model; then
   limited "${TEST_TIME_LIMIT:-}" "$PY" -m pytest tests/model/test_model_pipeline_cuda.py \
     "tests/train/test_train_loop.py::test_stage1_trains_on_cuda" -v -p no:cacheprovider \
     > "$OUT/gpu_model_tests.txt" 2>&1 || status=1
-  tail -n 3 "$OUT/gpu_tests.txt" "$OUT/gpu_tests_sm70_paths.txt" "$OUT/memcheck.txt" "$OUT/gpu_model_tests.txt"
+  tail -n 3 "$OUT/gpu_model_tests.txt"
 fi
 
 # Autotuning compiles each Triton candidate on first use, one after another: compile them for the

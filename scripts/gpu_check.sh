@@ -98,7 +98,8 @@ fi
 # The model layer on the GPU: the pipeline against its CPU output, in half precision and with
 # model CPU offload; stage 1 training in float32 and in fp16 with gradient checkpointing.
 if wanted model; then
-  limited "${TEST_TIME_LIMIT:-}" "$PY" -m pytest tests/model/test_model_pipeline_cuda.py \
+  LC4_TRITON_AUTOTUNE=${LC4_TRITON_AUTOTUNE_TESTS:-0} limited "${TEST_TIME_LIMIT:-}" \
+    "$PY" -m pytest tests/model/test_model_pipeline_cuda.py \
     "tests/train/test_train_loop.py::test_stage1_trains_on_cuda" -v -p no:cacheprovider \
     > "$OUT/gpu_model_tests.txt" 2>&1 || status=1
   tail -n 3 "$OUT/gpu_model_tests.txt"

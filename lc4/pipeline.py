@@ -304,7 +304,7 @@ class LC4Pipeline(DiffusionPipeline):
         full_resolution: bool = True,
         decode_batch_size: int = 8,
         backend: Optional[str] = None,
-        generator: Optional[torch.Generator] = None,
+        generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
         latents: Optional[torch.Tensor] = None,
         callback_on_step_end: Optional[Callable[["LC4Pipeline", int, int, dict], dict]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -327,7 +327,9 @@ class LC4Pipeline(DiffusionPipeline):
         for the texts, with ``prompt_color_mask`` / ``negative_prompt_color_mask`` ``(P, L)``
         marking their colour words (as :meth:`encode_prompt` returns them; None: no colour words).
         ``latents`` is the initial noise, ``(T, C, h, w)`` or, batched, ``(N, T, C, h, w)`` (else
-        drawn from ``generator`` or ``seed``). ``callback_on_step_end(pipe, step, timestep,
+        drawn from ``generator``, on its device, or ``seed``, on the CPU; a list of ``N``
+        generators draws each video's noise as a call for that video alone with ``[generator]``
+        would). ``callback_on_step_end(pipe, step, timestep,
         tensors)`` runs after every step with the tensors named in
         ``callback_on_step_end_tensor_inputs`` (a diffusers ``PipelineCallback`` names its own;
         the latents are ``(N * T, C, h, w)`` there) and may return replacements. ``output_type``
@@ -357,8 +359,10 @@ class LC4Pipeline(DiffusionPipeline):
             raise ValueError(f"resolution: expected a multiple of {self.vae_scale_factor}, got {resolution}")
         if generator is not None and seed is not None:
             raise ValueError("seed, generator: expected one of them, got both")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator: expected one torch.Generator (on any device), got {type(generator).__name__}")
+        generators = list(generator) if isinstance(generator, (list, tuple)) else None
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators or [generator]):
+            raise ValueError(f"generator: expected a torch.Generator (on any device) or a list of them, one a video, "
+                             f"got {generator!r}")
         if seed is not None:
             generator = torch.Generator("cpu").manual_seed(seed)  # the same noise on every device
         step_kwargs = self._step_kwargs(eta, generator)
@@ -386,9 +390,17 @@ class LC4Pipeline(DiffusionPipeline):
         shape = (num_frames, self.unet.config.in_channels, resolution // self.vae_scale_factor,
                  resolution // self.vae_scale_factor)
         shape = (num_videos, *shape) if batched else shape
+        if generators is not None:
+            if len(generators) != num_videos:
+                raise ValueError(f"generator: expected {num_videos} generators, one a video, got {len(generators)}")
+            # Each video's noise from its own generator, as in a call for that video alone; the
+            # scheduler's own noise too, frame by frame (a list given to it is one generator a row).
+            if "generator" in step_kwargs:
+                step_kwargs["generator"] = [g for g in generators for _ in range(num_frames)]
+            if latents is None:
+                latents = torch.stack([_noise(shape[-4:], g) for g in generators]).reshape(shape)
         if latents is None:
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32,
-                                  device=generator.device if generator is not None else "cpu")
+            latents = _noise(shape, generator)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents: expected the initial noise of shape {shape} ({'videos, ' if batched else ''}"
                              f"frames, latent channels, resolution / {self.vae_scale_factor}, same), "
@@ -450,6 +462,12 @@ class LC4Pipeline(DiffusionPipeline):
         skips = [skip.repeat(latents.shape[0], 1, 1, 1) for skip in skips]
         decoded = decode_latents(self.vae, latents.flatten(0, 1).to(self.vae.dtype), skips)
         return ((decoded.float() + 1) / 2).clamp(0, 1).cpu().unflatten(0, latents.shape[:2])
+
+
+def _noise(shape: tuple, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Float32 noise drawn on ``generator``'s device (the CPU without one)."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32,
+                       device=generator.device if generator is not None else "cpu").cpu()
 
 
 def _batches(total: int, size: int) -> list[slice]:

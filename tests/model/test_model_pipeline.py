@@ -201,8 +201,27 @@ def test_a_generator_draws_the_noise_as_the_seed_does(pipeline):
     torch.testing.assert_close(by_generator.frames, pipeline(frames, "a red car", **RUN).frames, rtol=0, atol=0)
     with pytest.raises(ValueError, match="seed, generator: expected one of them, got both"):
         pipeline(frames, "a red car", **RUN, generator=torch.Generator())
-    with pytest.raises(ValueError, match="generator: expected one torch.Generator .*got list"):
-        pipeline(frames, "a red car", **unseeded, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="generator: expected a torch.Generator .*or a list of them, one a video, got 3"):
+        pipeline(frames, "a red car", **unseeded, generator=3)
+    with pytest.raises(ValueError, match="generator: expected 2 generators, one a video, got 1"):
+        pipeline(frames, ["a red car", "a blue car"], **unseeded, generator=[torch.Generator()])
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])  # 1.0: DDIM draws noise of its own at every step
+def test_a_list_of_generators_gives_each_video_its_own_noise(pipeline, eta):
+    frames = gray_frames(frames=4)
+    unseeded = {key: value for key, value in RUN.items() if key != "seed"}
+    prompts = ["a red car", "a blue car"]
+
+    def generators(*seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    batch = pipeline(frames, prompts, **unseeded, eta=eta, generator=generators(1, 2)).frames
+    for n, seed in enumerate((1, 2)):
+        alone = pipeline(frames, prompts[n], **unseeded, eta=eta, generator=generators(seed)).frames
+        torch.testing.assert_close(batch[n], alone, rtol=0, atol=1e-5)
+    swapped = pipeline(frames, prompts, **unseeded, eta=eta, generator=generators(2, 1)).frames
+    assert not torch.allclose(swapped[0], batch[0], atol=1e-3)
 
 
 def test_step_end_callback_sees_every_step_and_can_replace_the_latents(pipeline):

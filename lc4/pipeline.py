@@ -438,7 +438,7 @@ class LC4Pipeline(DiffusionPipeline):
             self.maybe_free_model_hooks()
             output = LC4PipelineOutput(frames=latents if batched else latents[0], chroma=None)
             return output if return_dict else (output.frames, output.chroma, output.full_resolution_frames)
-        frames = torch.cat([self._decode(latents[:, part], luma[part])
+        frames = torch.cat([self._decode(latents[:, part], luma[part], decode_batch_size)
                             for part in _batches(num_frames, decode_batch_size)], dim=1)
         chroma = rgb_to_ycbcr(frames.flatten(0, 1))[:, 1:].unflatten(0, frames.shape[:2])
 
@@ -455,13 +455,19 @@ class LC4Pipeline(DiffusionPipeline):
         output = LC4PipelineOutput(frames=frames, chroma=chroma, full_resolution_frames=full)
         return output if return_dict else (output.frames, output.chroma, output.full_resolution_frames)
 
-    def _decode(self, latents: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, luma: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Latents ``(N, t, C, h, w)`` of ``N`` videos of the same ``t`` frames of luma -> frames
-        ``(N, t, 3, r, r)`` in [0, 1] on the CPU, decoded with the luminance skips."""
+        ``(N, t, 3, r, r)`` in [0, 1] on the CPU, decoded with the luminance skips, at most
+        ``batch_size`` frames (or one video's ``t``) a VAE call."""
         skips = self.luminance_encoder(self._luminance_in(luma)).skips
-        skips = [skip.repeat(latents.shape[0], 1, 1, 1) for skip in skips]
-        decoded = decode_latents(self.vae, latents.flatten(0, 1).to(self.vae.dtype), skips)
-        return ((decoded.float() + 1) / 2).clamp(0, 1).cpu().unflatten(0, latents.shape[:2])
+        per_call = max(1, batch_size // latents.shape[1])  # videos a call
+        frames = []
+        for videos in _batches(latents.shape[0], per_call):
+            part = latents[videos]
+            decoded = decode_latents(self.vae, part.flatten(0, 1).to(self.vae.dtype),
+                                     [skip.repeat(part.shape[0], 1, 1, 1) for skip in skips])
+            frames.append(((decoded.float() + 1) / 2).clamp(0, 1).cpu().unflatten(0, part.shape[:2]))
+        return torch.cat(frames)
 
 
 def _noise(shape: tuple, generator: Optional[torch.Generator]) -> torch.Tensor:

@@ -461,3 +461,24 @@ def test_batched_outputs_keep_the_video_dimension_in_every_output_type(pipeline)
     assert latent.frames.shape == (2, 4, pipeline.unet.config.in_channels, 8, 8)
     with pytest.raises(ValueError, match=r"latents: expected the initial noise of shape \(2, 4, \d+, 8, 8\) \(videos, frames"):
         pipeline(frames, ["a red car", "a blue car"], **RUN, latents=torch.randn(4, pipeline.unet.config.in_channels, 8, 8))
+
+
+def test_decoding_keeps_to_decode_batch_size_frames_a_call(pipeline, monkeypatch):
+    import lc4.pipeline as pipeline_module
+
+    frames = gray_frames(frames=4)
+    run = dict(**RUN, num_videos_per_prompt=3)
+    whole = pipeline(frames, ["a red car"], **run).frames
+    sizes = []
+    original = pipeline_module.decode_latents
+
+    def record(vae, latents, skips=None):
+        sizes.append(latents.shape[0])
+        return original(vae, latents, skips)
+
+    monkeypatch.setattr(pipeline_module, "decode_latents", record)
+    for batch_size, expected in ((2, [2, 2] * 3), (8, [8, 4]), (12, [12])):
+        sizes.clear()
+        parts = pipeline(frames, ["a red car"], **run, decode_batch_size=batch_size).frames
+        assert sizes == expected, (batch_size, sizes)
+        torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)

@@ -14,9 +14,15 @@
 #include "cuda/launchers.h"
 
 #ifdef LC4_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+// c10's CUDA headers only (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS, cuSPARSE and
+// cuSOLVER): the CUDA build of this file then compiles wherever the CUDA runtime headers are.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <mutex>
+#include <unordered_map>
 #endif
 
 namespace lc4 {
@@ -197,63 +203,72 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
 
 // ---- CUDA kernels (real, or emulated on the host) ----------------------------------------
 
-// The kernels of one build of csrc/cuda: the real ones on the current CUDA stream, or the
-// host emulation (cuda_emu) on CPU tensors.
-struct EmulatedKernels {
+// The kernels of one build of csrc/cuda (its Launchers) on one device: the real ones on the
+// current CUDA stream, or the host emulation (cuda_emu) on CPU tensors.
+template <typename Launchers, typename Device>
+struct KernelsOn {
+  static constexpr const char* name = Device::name;
+  static int arch(const at::Tensor& t) { return Device::arch(t); }
+  static void sample_forward(const SampleParams& p, ScalarKind k) {
+    Launchers::sample_forward(p, k, Device::stream());
+    Device::check_launch();
+  }
+  static void sample_backward(const SampleParams& p, ScalarKind k, bool det) {
+    Launchers::sample_backward(p, k, det, Device::stream());
+    Device::check_launch();
+  }
+  static void attention_forward(const AttentionParams& p, ScalarKind k) {
+    Launchers::attention_forward(p, k, Device::stream());
+    Device::check_launch();
+  }
+  static void attention_backward_sampled(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
+    Launchers::attention_backward_sampled(p, s, k, Device::stream());
+    Device::check_launch();
+  }
+  static void attention_backward_scatter(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
+    Launchers::attention_backward_scatter(p, s, k, Device::stream());
+    Device::check_launch();
+  }
+  static void attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights) {
+    Launchers::attention_corner_table(p, keys, weights, Device::stream());
+    Device::check_launch();
+  }
+};
+
+struct HostEmulation {
   static constexpr const char* name = "cuda_emu";
   static int arch(const at::Tensor&) { return 90; }
   static cudaStream_t stream() { return nullptr; }
-  static void sample_forward(const SampleParams& p, ScalarKind k) { cuda_emu::trilinear_sample_forward(p, k, stream()); }
-  static void sample_backward(const SampleParams& p, ScalarKind k, bool det) {
-    cuda_emu::trilinear_sample_backward(p, k, det, stream());
-  }
-  static void attention_forward(const AttentionParams& p, ScalarKind k) { cuda_emu::tda_attention_forward(p, k, stream()); }
-  static void attention_backward_sampled(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
-    cuda_emu::tda_attention_backward_sampled(p, s, k, stream());
-  }
-  static void attention_backward_scatter(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
-    cuda_emu::tda_attention_backward_scatter(p, s, k, stream());
-  }
-  static void attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights) {
-    cuda_emu::tda_attention_corner_table(p, keys, weights, stream());
-  }
+  static void check_launch() {}  // the emulation aborts on a bad launch itself
 };
+using EmulatedKernels = KernelsOn<cuda_emu::Launchers, HostEmulation>;
 
 #ifdef LC4_WITH_CUDA
-// LC4_CUDA_FORCE_SM70=1 makes a newer GPU take the paths a V100 takes (no bfloat16), so that
-// they can be tested there.
-int effective_arch(const at::Tensor& t) {
-  const char* forced = std::getenv("LC4_CUDA_FORCE_SM70");
-  if (forced && std::string(forced) == "1") return 70;
-  const auto* props = at::cuda::getDeviceProperties(t.get_device());
-  return props->major * 10 + props->minor;
+// The compute capability of a device as major * 10 + minor, asked of the driver once per device.
+int device_arch(c10::DeviceIndex device) {
+  static std::mutex mutex;
+  static std::unordered_map<c10::DeviceIndex, int> archs;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto found = archs.find(device); found != archs.end()) return found->second;
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return archs[device] = major * 10 + minor;
 }
 
-struct CudaKernels {
+struct CudaDevice {
   static constexpr const char* name = "cuda";
-  static int arch(const at::Tensor& t) { return effective_arch(t); }
-  static cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
-  static void sample_forward(const SampleParams& p, ScalarKind k) {
-    cuda::trilinear_sample_forward(p, k, stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // LC4_CUDA_FORCE_SM70=1 makes a newer GPU take the paths a V100 takes (no bfloat16), so that
+  // they can be tested there.
+  static int arch(const at::Tensor& t) {
+    const char* forced = std::getenv("LC4_CUDA_FORCE_SM70");
+    if (forced && std::string(forced) == "1") return 70;
+    return device_arch(t.get_device());
   }
-  static void sample_backward(const SampleParams& p, ScalarKind k, bool det) {
-    cuda::trilinear_sample_backward(p, k, det, stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  static void attention_forward(const AttentionParams& p, ScalarKind k) {
-    cuda::tda_attention_forward(p, k, stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  static void attention_backward(const AttentionParams& p, const AttentionScratch& s, ScalarKind k) {
-    cuda::tda_attention_backward(p, s, k, stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  static void attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights) {
-    cuda::tda_attention_corner_table(p, keys, weights, stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+  static void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 };
+using CudaKernels = KernelsOn<cuda::Launchers, CudaDevice>;
 #endif
 
 template <typename Kernels>
@@ -503,7 +518,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   s.scatter_grad_v_sampled = grad_kv_sampled[1].data_ptr();
   auto grad_k = segments ? at::zeros_like(k) : float_buffer_for(k, /*zeroed=*/true);
   auto grad_v = segments ? at::zeros_like(v) : float_buffer_for(v, /*zeroed=*/true);
-  auto grad_points = float_buffer_for(points, /*zeroed=*/false);
+  // Without heads the launchers return at once, leaving dpoints to this zero fill.
+  auto grad_points = float_buffer_for(points, /*zeroed=*/p.heads == 0);
   at::Tensor corner_weights, sorted_corner_keys, sorted_corner_entries;
   if (segments) {
     const int64_t entries = points.size(0) * points.size(1) * points.size(2) * 8;

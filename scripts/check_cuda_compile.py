@@ -6,8 +6,11 @@ spill report per kernel (ptxas -v):
   cuda11.8  Debian's CUDA 11.8 (nvidia-cuda-toolkit, host compiler g++-11), sm_70, sm_80, sm_90;
             --install installs it (scripts/install_cuda118.sh) when absent
   host      the same sources as C++ with the host compiler (the cuda_emu build), -Wall -Wextra
+  glue      csrc/torch_ops.cpp as the CUDA build compiles it (LC4_WITH_CUDA), syntax only, with the
+            host compiler, the installed torch's headers and a toolkit's CUDA runtime headers: the
+            torch glue against the CUDA launchers' declarations, where no GPU build runs
 
-Usage: scripts/check_cuda_compile.py [--toolkit nvcc13|cuda11.8|host|all] [--report-dir DIR] [--install]
+Usage: scripts/check_cuda_compile.py [--toolkit nvcc13|cuda11.8|host|glue|all] [--report-dir DIR] [--install]
 Exit status 0 when every file compiles; 1 on a compiler error; 3 when a toolkit is missing.
 Reports go to DIR/<toolkit>.md (default benchmarks/results/cuda_compile).
 """
@@ -67,6 +70,33 @@ def toolkit_command(name: str, install: bool):
             raise MissingToolkit(f"no host compiler {cxx}")
         return [cxx, *HOST_FLAGS], dict(os.environ), []
     raise ValueError(name)
+
+
+def check_glue() -> int:
+    """Syntax-checks csrc/torch_ops.cpp with LC4_WITH_CUDA; 0 when it compiles, 1 when not."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import CUDA_HOME, include_paths
+
+    cxx = os.environ.get("CXX", "g++")
+    if not shutil.which(cxx):
+        raise MissingToolkit(f"no host compiler {cxx}")
+    # A CPU build of torch reports no CUDA_HOME, so the usual places are asked too.
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), CUDA_HOME, "/usr/local/cuda"]
+    includes = [Path(home) / "include" for home in homes if home]
+    cuda_include = next((path for path in includes if (path / "cuda_runtime_api.h").exists()), None)
+    if cuda_include is None:
+        raise MissingToolkit("no CUDA runtime headers (set CUDA_HOME)")
+    system_includes = [*include_paths(), sysconfig.get_paths()["include"], str(cuda_include)]
+    # A CPU build of torch ships c10's CUDA headers without their generated configuration header.
+    argv = [cxx, "-std=c++20", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
+            "-DLC4_WITH_CUDA=1", "-DTORCH_EXTENSION_NAME=_C", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", f"-I{CSRC}",
+            *(flag for path in system_includes for flag in ("-isystem", path)), str(CSRC / "torch_ops.cpp")]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    print(f"[glue] csrc/torch_ops.cpp (LC4_WITH_CUDA): {'ok' if done.returncode == 0 else 'FAILED'}", flush=True)
+    if done.returncode != 0:
+        print(done.stdout + done.stderr[-20000:], file=sys.stderr)
+    return int(done.returncode != 0)
 
 
 def compile_one(prefix, env, source: Path, out_dir: str, host: bool):
@@ -159,16 +189,16 @@ def run_toolkit(name: str, report_dir: Path, install: bool, jobs: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--toolkit", choices=["nvcc13", "cuda11.8", "host", "all"], default="all")
+    parser.add_argument("--toolkit", choices=["nvcc13", "cuda11.8", "host", "glue", "all"], default="all")
     parser.add_argument("--report-dir", type=Path, default=ROOT / "benchmarks" / "results" / "cuda_compile")
     parser.add_argument("--install", action="store_true", help="install CUDA 11.8 when absent (root, apt)")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    names = ["host", "nvcc13", "cuda11.8"] if args.toolkit == "all" else [args.toolkit]
+    names = ["host", "glue", "nvcc13", "cuda11.8"] if args.toolkit == "all" else [args.toolkit]
     failures = 0
     for name in names:
         try:
-            failures += run_toolkit(name, args.report_dir, args.install, args.jobs)
+            failures += check_glue() if name == "glue" else run_toolkit(name, args.report_dir, args.install, args.jobs)
         except MissingToolkit as missing:
             print(f"[{name}] toolkit missing: {missing}", file=sys.stderr)
             return 3

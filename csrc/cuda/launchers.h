@@ -79,6 +79,15 @@ inline bool scatters_by_segments(const AttentionParams& p) {
                                       ScalarKind kind, cudaStream_t stream);                       \
   void tda_attention_corner_table(const AttentionParams& p, int64_t* keys, float* weights,         \
                                   cudaStream_t stream);                                            \
+  /* The launchers above as one type, so that the glue wraps every build the same way. */          \
+  struct Launchers {                                                                               \
+    static constexpr auto sample_forward = &trilinear_sample_forward;                              \
+    static constexpr auto sample_backward = &trilinear_sample_backward;                            \
+    static constexpr auto attention_forward = &tda_attention_forward;                              \
+    static constexpr auto attention_backward_sampled = &tda_attention_backward_sampled;            \
+    static constexpr auto attention_backward_scatter = &tda_attention_backward_scatter;            \
+    static constexpr auto attention_corner_table = &tda_attention_corner_table;                    \
+  };                                                                                               \
   }
 
 LC4_DECLARE_CUDA_LAUNCHERS(cuda_emu)

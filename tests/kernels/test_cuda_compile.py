@@ -1,6 +1,7 @@
 """Compile checks of csrc/cuda/*.cu (warnings as errors) through scripts/check_cuda_compile.py:
 the host compiler (the cuda_emu build), the machine's nvcc 13 for sm_90, and CUDA 11.8 with
-g++-11 for sm_70/80/90 (installed by scripts/install_cuda118.sh when absent and apt is usable).
+g++-11 for sm_70/80/90 (installed by scripts/install_cuda118.sh when absent and apt is usable);
+and csrc/torch_ops.cpp as the CUDA build compiles it.
 Each also checks the register/spill report lists every generated kernel instantiation."""
 import os
 import re
@@ -61,6 +62,16 @@ def test_head_dim_buckets_cover_the_sd15_head_dims_and_reach_256():
 def test_kernel_sources_compile_as_host_cpp_without_warnings(tmp_path):
     done = run_check("host", tmp_path)
     assert done.stdout.count(": ok") == len(list((ROOT / "csrc" / "cuda").glob("*.cu")))
+
+
+def test_the_torch_glue_compiles_as_the_cuda_build_compiles_it(tmp_path):
+    # No GPU build runs here, so this is what keeps csrc/torch_ops.cpp's CUDA half in step with
+    # the launchers it calls (csrc/cuda/launchers.h).
+    done = subprocess.run([sys.executable, str(SCRIPT), "--toolkit", "glue"], capture_output=True, text=True)
+    if done.returncode == 3:
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, f"glue compile check failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-8000:]}"
+    assert "[glue] csrc/torch_ops.cpp (LC4_WITH_CUDA): ok" in done.stdout
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH (the machine's nvcc 13 checks sm_90)")

@@ -166,7 +166,7 @@ void tda_attention_backward(const AttentionParams& p) {
   const T scale = static_cast<T>(p.scale);
 
   const int64_t q_blocks = std::max<int64_t>(1, (Nq + kBackwardBlockQ - 1) / kBackwardBlockQ);
-  const int64_t chunks = std::max<int64_t>(1, std::min(q_blocks, kBackwardTasks / BH));
+  const int64_t chunks = std::max<int64_t>(1, std::min(q_blocks, kBackwardTasks / std::max<int64_t>(BH, 1)));
   const int64_t blocks_per_chunk = (q_blocks + chunks - 1) / chunks;
   const int64_t partial_size = BH * chunks * Nk * d;
   const at::Tensor partial = scratch<T>(2 * partial_size);

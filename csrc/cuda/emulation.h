@@ -118,7 +118,8 @@ template <typename... KernelArgs, typename... Args>
 void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t, Args&&... args) {
   const int threads = static_cast<int>(block.x * block.y * block.z);
   if (threads <= 0 || threads % kWarpSize != 0) fail("block size must be a positive multiple of 32");
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  // As on the device, where a zero-sized grid is "invalid configuration argument".
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("grid size must be positive in every dimension");
   const std::tuple<KernelArgs...> arguments(static_cast<KernelArgs>(args)...);
   std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex());  // static __shared__ storage
   Block ctx(threads);

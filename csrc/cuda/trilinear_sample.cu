@@ -105,7 +105,8 @@ void backward(const SampleParams& p, bool deterministic, cudaStream_t stream) {
   const dim3 grid = warp_grid(p.B * p.P * p.G);
   if (deterministic) {
     launch(sample_backward_points_kernel<T, false>, grid, dim3(kThreads), stream, p);
-    launch(sample_backward_value_ordered_kernel<T>, thread_grid(p.B * p.G * p.C), dim3(kThreads), stream, p);
+    // A zero-sized grid is a launch error on the device; without channels dvalue is empty.
+    if (p.C > 0) launch(sample_backward_value_ordered_kernel<T>, thread_grid(p.B * p.G * p.C), dim3(kThreads), stream, p);
   } else {
     launch(sample_backward_points_kernel<T, true>, grid, dim3(kThreads), stream, p);
   }

@@ -5,8 +5,8 @@ import torch
 
 import lc4_kernels
 
-from .cases import (TOLERANCES, assert_close, attention_inputs, compiled_backend_cases, run_with_grads,
-                    sample_inputs)
+from .cases import (TOLERANCES, assert_close, attention_inputs, compiled_backend_cases, deterministic_algorithms,
+                    run_with_grads, sample_inputs)
 
 BACKENDS_F32 = compiled_backend_cases(torch.float32)
 BACKENDS_F64 = compiled_backend_cases(torch.float64)
@@ -121,13 +121,37 @@ def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts(backend
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+# Nq = 300: more than one block of queries, where the backward splits the queries into tasks.
+EMPTY_ATTENTION_SHAPES = [dict(Nq=0), dict(B=0), dict(heads=0, G=1), dict(d=0), dict(B=0, Nq=300),
+                          dict(heads=0, G=1, Nq=300)]
+EMPTY_SAMPLE_SHAPES = [dict(P=0), dict(B=0), dict(G=0), dict(C=0)]
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("shape", EMPTY_ATTENTION_SHAPES, ids=_ids(EMPTY_ATTENTION_SHAPES))
 @pytest.mark.parametrize("backend,device", BACKENDS_F32)
-def test_empty_queries(backend, device):
-    q, k, v, points = attention_inputs(Nq=0, device=device)
-    out, (dq, dk, dv, dpoints) = run_with_grads(_attention(backend), (q, k, v, points))
-    assert out.shape == q.shape
-    assert dq.shape == q.shape
-    assert (dk == 0).all() and (dv == 0).all() and (dpoints == 0).all()
+def test_attention_with_an_empty_dimension(backend, device, shape, deterministic):
+    # Every gradient an empty dimension leaves without contributions is zero, never uninitialised
+    # memory, and no kernel is launched on an empty grid (a launch error on the device).
+    inputs = attention_inputs(**shape, device=device)
+    with deterministic_algorithms(deterministic):
+        out, grads = run_with_grads(_attention(backend), inputs)
+    ref_out, ref_grads = run_with_grads(_attention("reference"), inputs)
+    assert out.shape == inputs[0].shape
+    for got, expected, t in zip([out, *grads], [ref_out, *ref_grads], [inputs[0], *inputs]):
+        assert got.shape == t.shape and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("shape", EMPTY_SAMPLE_SHAPES, ids=_ids(EMPTY_SAMPLE_SHAPES))
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_sample_with_an_empty_dimension(backend, device, shape, deterministic):
+    inputs = sample_inputs(**shape, device=device)
+    with deterministic_algorithms(deterministic):
+        out, grads = run_with_grads(_sample(backend), inputs)
+    ref_out, ref_grads = run_with_grads(_sample("reference"), inputs)
+    for got, expected in zip([out, *grads], [ref_out, *ref_grads]):
+        assert got.shape == expected.shape and torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS_F32)

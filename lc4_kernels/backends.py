@@ -77,7 +77,8 @@ def available_backends() -> list[str]:
 
 
 def requested_backend(backend: Optional[str]) -> str:
-    name = backend if backend is not None else os.environ.get(ENV_VAR, AUTO)
+    # An empty LC4_BACKEND counts as unset, as shells clear variables by emptying them.
+    name = backend if backend is not None else os.environ.get(ENV_VAR, "").strip() or AUTO
     name = name.strip().lower()
     if name != AUTO:
         get_backend(name)  # raises ValueError for an unknown name

@@ -41,19 +41,24 @@ def _register_op_support(namespace: str) -> None:
 
     @torch.library.register_fake(f"{namespace}::trilinear_sample_backward")
     def _(grad_out, value, points):
-        return torch.empty_like(value), torch.empty_like(points)
+        return _contiguous_like(value), _contiguous_like(points)
 
     @torch.library.register_fake(f"{namespace}::tda_attention")
     def _(q, k, v, points, scale):
         B, Nq, heads, _ = q.shape
-        return torch.empty_like(q), q.new_empty((B, heads, Nq), dtype=_accumulation_dtype(q.dtype))
+        return _contiguous_like(q), q.new_empty((B, heads, Nq), dtype=_accumulation_dtype(q.dtype))
 
     @torch.library.register_fake(f"{namespace}::tda_attention_backward")
     def _(grad_out, q, k, v, points, out, lse, scale):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(points)
+        return _contiguous_like(q), _contiguous_like(k), _contiguous_like(v), _contiguous_like(points)
 
     autograd.register(f"{namespace}::trilinear_sample", ops.trilinear_sample_backward,
                       f"{namespace}::tda_attention", ops.tda_attention_backward)
+
+
+def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
+    # The kernels return contiguous tensors whatever the inputs' strides.
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
 def _below_autograd(op):

@@ -8,10 +8,22 @@ import torch
 from . import backends, validation
 
 
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
+
+
+def _autocast(cast: Optional[torch.dtype], *tensors):
+    """The tensors as autocast hands them to an op that runs in its dtype: floating tensors cast,
+    float64 left alone (as PyTorch's own autocast does), anything else passed on for validation."""
+    if cast is None:
+        return tensors
+    return tuple(t.to(cast) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_ELIGIBLE else t
+                 for t in tensors)
 
 
 def _coordinates(points: torch.Tensor, under_autocast: bool) -> torch.Tensor:
@@ -20,18 +32,29 @@ def _coordinates(points: torch.Tensor, under_autocast: bool) -> torch.Tensor:
     return points.float() if under_autocast and points.dtype in (torch.float16, torch.bfloat16) else points
 
 
+def _attention_device(q) -> Optional[torch.device]:
+    return q.device if isinstance(q, torch.Tensor) else None
+
+
+def _autocast_attention_inputs(q, k, v):
+    device = _attention_device(q)
+    cast = None if device is None else _autocast_dtype(device)
+    return (*_autocast(cast, q, k, v), cast is not None)
+
+
 def backend_for(op: str, *tensors, backend: Optional[str] = None) -> str:
     """Name of the backend a call to ``op`` ('trilinear_sample' or 'tda_attention') with these
     inputs would run, without running it."""
     if op == "trilinear_sample":
         value, _, _ = validation.normalize_sample_args(*tensors)
-        cast = _autocast_dtype(value.device)
-        return backends.select(backend, value.device, cast or value.dtype, None).name
+        (value,) = _autocast(_autocast_dtype(value.device), value)
+        return backends.select(backend, value.device, value.dtype, None).name
     if op == "tda_attention":
-        q = tensors[0]
-        validation.check_attention_args(*tensors)
-        cast = _autocast_dtype(q.device)
-        return backends.select(backend, q.device, cast or q.dtype, q.shape[-1]).name
+        if len(tensors) != 4:
+            raise TypeError(f"tda_attention takes q, k, v and points, got {len(tensors)} tensors")
+        q, k, v, _ = _autocast_attention_inputs(*tensors[:3])
+        validation.check_attention_args(q, k, v, tensors[3])
+        return backends.select(backend, q.device, q.dtype, q.shape[-1]).name
     raise ValueError(f"op must be 'trilinear_sample' or 'tda_attention', got {op!r}")
 
 
@@ -45,8 +68,7 @@ def trilinear_sample(value: torch.Tensor, points: torch.Tensor, *, backend: Opti
     """
     value6, points4, grouped = validation.normalize_sample_args(value, points)
     cast = _autocast_dtype(value6.device)
-    if cast is not None:
-        value6 = value6.to(cast)
+    (value6,) = _autocast(cast, value6)
     points4 = _coordinates(points4, cast is not None)
     chosen = backends.select(backend, value6.device, value6.dtype, None)
     out = chosen.trilinear_sample(value6, points4)
@@ -62,12 +84,11 @@ def tda_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, points: tor
     Returns ``softmax(scale * q @ k~^T) @ v~`` as ``(B, Nq, heads, d)``, where k~, v~ are k, v
     sampled at the points by Eq. 2 and ``scale`` defaults to ``d ** -0.5``.
     """
+    q, k, v, under_autocast = _autocast_attention_inputs(q, k, v)
     validation.check_attention_args(q, k, v, points)
     if scale is None:
-        scale = q.shape[-1] ** -0.5
-    cast = _autocast_dtype(q.device)
-    if cast is not None:
-        q, k, v = q.to(cast), k.to(cast), v.to(cast)
-    points = _coordinates(points, cast is not None)
+        # d = 0 leaves every logit 0 whatever the scale.
+        scale = q.shape[-1] ** -0.5 if q.shape[-1] > 0 else 1.0
+    points = _coordinates(points, under_autocast)
     chosen = backends.select(backend, q.device, q.dtype, q.shape[-1])
     return chosen.tda_attention(q, k, v, points, float(scale))

@@ -33,6 +33,8 @@ def test_environment_variable_and_argument_force_a_backend(monkeypatch):
     assert lc4_kernels.backend_for("tda_attention", q, k, v, points, backend="cpu") == "cpu"
     monkeypatch.setenv("LC4_BACKEND", "auto")
     assert lc4_kernels.backend_for("tda_attention", q, k, v, points) == "cpu"
+    monkeypatch.setenv("LC4_BACKEND", " ")  # emptied, as unset
+    assert lc4_kernels.backend_for("tda_attention", q, k, v, points) == "cpu"
 
 
 def test_the_chosen_backend_is_the_one_that_runs(monkeypatch):

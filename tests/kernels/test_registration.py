@@ -21,6 +21,23 @@ def test_opcheck_attention_and_sample_ops():
                           (value.requires_grad_(True), sample_points.requires_grad_(True)))
 
 
+@needs_extension
+def test_fake_kernels_give_the_strides_of_the_kernels_for_strided_inputs():
+    # The kernels return contiguous tensors; fake kernels that copied the inputs' strides would
+    # hand a traced graph layouts the real run does not have.
+    q, k, v, points = attention_inputs(Nq=9, Nk=7, heads=2, d=4, G=1, special_fraction=0)
+    q_t = q.transpose(1, 2).contiguous().transpose(1, 2)
+    k_t = k.permute(0, 1, 3, 2, 4, 5).contiguous().permute(0, 1, 3, 2, 4, 5)
+    points_t = points.transpose(1, 2).contiguous().transpose(1, 2)
+    args = [t.requires_grad_(True) for t in (q_t, k_t, v, points_t)]
+    assert not args[0].is_contiguous() and not args[1].is_contiguous()
+    torch.library.opcheck(torch.ops.lc4.tda_attention.default, (*args, 0.5))
+    value, sample_points = sample_inputs(B=1, P=5, G=1, C=3, special_fraction=0)
+    value_t = value.transpose(2, 3).contiguous().transpose(2, 3)
+    torch.library.opcheck(torch.ops.lc4.trilinear_sample.default,
+                          (value_t.requires_grad_(True), sample_points.requires_grad_(True)))
+
+
 @pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32) + [("reference", "cpu")])
 def test_torch_compile_fullgraph_forward_and_backward(backend, device):
     q, k, v, points = attention_inputs(Nq=16, Nk=10, heads=2, d=8, G=2, device=device, special_fraction=0)
@@ -60,3 +77,17 @@ def test_autocast_runs_in_low_precision_and_keeps_coordinates_float32():
         out = lc4_kernels.tda_attention(q, k, v, pts)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), lc4_kernels.tda_attention(q, k, v, pts), rtol=3e-2, atol=3e-2)
+
+
+def test_autocast_casts_mixed_precision_inputs_first_and_leaves_float64_alone():
+    q, k, v, pts = attention_inputs(Nq=8, Nk=6, heads=2, d=8, special_fraction=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # As a native autocast op: float32 q with bfloat16 k, v runs in bfloat16.
+        mixed = lc4_kernels.tda_attention(q, k.bfloat16(), v.bfloat16(), pts)
+        assert mixed.dtype == torch.bfloat16
+        torch.testing.assert_close(mixed, lc4_kernels.tda_attention(q, k, v, pts))
+        # Autocast never casts float64.
+        double = [t.double() for t in (q, k, v, pts)]
+        assert lc4_kernels.tda_attention(*double).dtype == torch.float64
+        assert lc4_kernels.trilinear_sample(double[1], double[3]).dtype == torch.float64
+    torch.testing.assert_close(lc4_kernels.tda_attention(*double), lc4_kernels.tda_attention(*double, backend="reference"))

@@ -11,8 +11,10 @@ import torch
 
 
 def _axis_corners(coord: torch.Tensor, size: int):
-    """The two integer neighbours of ``coord`` on an axis of ``size`` and their Eq. 2 weights
-    ``g(coord, r) = max(0, 1 - |coord - r|)``; neighbours outside ``[0, size)`` weigh zero.
+    """The two integer neighbours of ``coord`` on an axis of ``size``, their Eq. 2 weights
+    ``g(coord, r) = max(0, 1 - |coord - r|)`` and whether they count: neighbours outside
+    ``[0, size)`` do not (their clamped index reads a voxel that must not enter the sum, not
+    even as 0 times an infinite value).
 
     Non-finite or far-away coordinates weigh zero everywhere and, because they are replaced
     before any arithmetic, get exactly zero gradient. ``floor`` makes the gradient at an exact
@@ -25,9 +27,10 @@ def _axis_corners(coord: torch.Tensor, size: int):
     index0 = lower.long()
     index1 = index0 + 1
     zero = torch.zeros_like(frac)
-    weight0 = torch.where(usable & (index0 >= 0), 1 - frac, zero)
-    weight1 = torch.where(usable & (index1 < size), frac, zero)
-    return (index0.clamp(0, size - 1), weight0), (index1.clamp(0, size - 1), weight1)
+    inside0, inside1 = usable & (index0 >= 0), usable & (index1 < size)
+    weight0 = torch.where(inside0, 1 - frac, zero)
+    weight1 = torch.where(inside1, frac, zero)
+    return (index0.clamp(0, size - 1), weight0, inside0), (index1.clamp(0, size - 1), weight1, inside1)
 
 
 def trilinear_sample(value: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -43,11 +46,12 @@ def trilinear_sample(value: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     y_corners = _axis_corners(points[..., 1], H)
     t_corners = _axis_corners(points[..., 2], T)
     out = value.new_zeros(B, P, G, C, dtype=compute)
-    for t_index, t_weight in t_corners:
-        for y_index, y_weight in y_corners:
-            for x_index, x_weight in x_corners:
+    for t_index, t_weight, t_inside in t_corners:
+        for y_index, y_weight, y_inside in y_corners:
+            for x_index, x_weight, x_inside in x_corners:
                 voxel = (t_index * H + y_index) * W + x_index  # (B, P, G)
                 gathered = flat.gather(1, voxel.unsqueeze(-1).expand(B, P, G, C))
+                gathered = torch.where((t_inside & y_inside & x_inside).unsqueeze(-1), gathered, 0)
                 out = out + (t_weight * y_weight * x_weight).unsqueeze(-1) * gathered
     return out.to(value.dtype)
 

@@ -122,6 +122,22 @@ def test_non_finite_and_huge_coordinates_sample_zero_with_zero_gradient(special)
     assert (points.grad[:, 0] != 0).any()
 
 
+def test_a_voxel_outside_a_points_corners_never_enters_its_sample():
+    # Out-of-volume corners and non-finite points read no voxel, so an infinite value where
+    # their indices would be clamped to leaves their samples (and gradients) finite.
+    value = torch.randn(1, 2, 3, 4, 1, 2, dtype=torch.float64)
+    value[0, 0, 0, 0] = math.inf
+    value.requires_grad_(True)
+    points = torch.tensor([[[[math.nan, math.nan, math.nan]], [[-0.5, 2.0, 1.0]], [[1.0, -0.5, 1.0]],
+                            [[2.0, 1.0, -0.5]], [[-0.5, 0.0, 0.0]]]], dtype=torch.float64, requires_grad=True)
+    out = reference.trilinear_sample(value, points)
+    assert (out[:, 0] == 0).all()
+    assert torch.isfinite(out[:, 1:4]).all()
+    assert torch.isinf(out[:, 4]).all()  # its corner (0, 0, 0) weighs 1/2
+    out[:, :4].sum().backward()
+    assert torch.isfinite(points.grad[:, :4]).all() and torch.isfinite(value.grad).all()
+
+
 def eq3_literal(q, k, v, points, scale):
     """Eq. 3 per batch and head with k~, v~ from the literal Eq. 2 and an explicit softmax."""
     B, Nq, heads, d = q.shape

@@ -34,9 +34,17 @@ def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,...jhw->...ihw", matrix.to(x.dtype).to(x.device), x)
 
 
+_INTEGER_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
 def to_unit(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[0, 255]`` -> float32 ``[0, 1]`` (floats pass through as float32)."""
-    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    """uint8 ``[0, 255]`` or uint16 ``[0, 65535]`` -> float32 ``[0, 1]`` (floats pass through as
+    float32); other dtypes are a ValueError."""
+    if frames.dtype in _INTEGER_RANGES:
+        return frames.float() / _INTEGER_RANGES[frames.dtype]
+    if not frames.is_floating_point():
+        raise ValueError(f"frames: expected uint8, uint16 or float in [0, 1], got {frames.dtype}")
+    return frames.float()
 
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from .cmpf import CrossModalityPreFusion, color_token_mask
 from .color import merge_luma_chroma, rgb_to_luma, rgb_to_ycbcr, to_unit, to_uint8
 from .luminance import LuminanceEncoder, decode_latents, luminance_input
 from .tda import set_tda_backend
-from .unet import TDAAdapter, has_tda, insert_tda, tda_removed, temporal_kwargs
+from .unet import TDAAdapter, insert_tda, runs_tda, tda_removed, temporal_kwargs
 
 VideoInput = Union[str, os.PathLike, torch.Tensor, np.ndarray, Sequence[np.ndarray]]
 CLIP_MODES = ("skip", "sliding", "disjoint")
@@ -79,8 +79,8 @@ def load_luma(video: VideoInput, size: Optional[tuple[int, int]] = None) -> torc
     """Any accepted video input -> luma ``(T, 1, H, W)`` float in [0, 1], resized to ``size``.
 
     Accepts a video file or frame folder path; a tensor ``(T, 3, H, W)``, ``(T, 1, H, W)`` or
-    ``(T, H, W)`` (uint8, or float in [0, 1]); an array ``(T, H, W, 3)`` or ``(T, H, W)`` or a
-    list of ``(H, W, 3)`` / ``(H, W)`` arrays (uint8, or float in [0, 1]).
+    ``(T, H, W)``; an array ``(T, H, W, 3)`` or ``(T, H, W)`` or a list of ``(H, W, 3)`` /
+    ``(H, W)`` arrays or PIL images. Values: uint8, uint16, or float in [0, 1].
     """
     if isinstance(video, (str, os.PathLike)):
         if not video_io.is_video_source(video):
@@ -88,8 +88,14 @@ def load_luma(video: VideoInput, size: Optional[tuple[int, int]] = None) -> torc
         frames = video_io.read_video(video, size=size)
         return rgb_to_luma(to_unit(frames))
     if isinstance(video, (list, tuple)):
+        if not video:
+            raise ValueError("video: expected at least one frame, got an empty list")
         video = np.stack([np.asarray(frame) for frame in video])
     if isinstance(video, np.ndarray):
+        if video.ndim == 3 and video.shape[-1] in (3, 4):
+            # (T, H, W) frames 3 or 4 pixels wide are no video anyone means.
+            raise ValueError(f"video: an array {video.shape} is one colour frame; pass frames (T, H, W, 3) "
+                             "or a list of them")
         array = torch.from_numpy(np.ascontiguousarray(video))
         if array.dim() == 4 and array.shape[-1] in (1, 3):
             array = array.permute(0, 3, 1, 2)
@@ -102,6 +108,9 @@ def load_luma(video: VideoInput, size: Optional[tuple[int, int]] = None) -> torc
         raise ValueError("video: expected frames (T, 3, H, W), (T, 1, H, W), (T, H, W) or arrays (T, H, W, 3), "
                          f"got shape {tuple(video.shape)}")
     frames = to_unit(video.cpu())
+    if video.is_floating_point() and frames.numel() and not -0.02 <= float(frames.min()) <= float(frames.max()) <= 1.02:
+        raise ValueError(f"video: float frames must lie in [0, 1], got values in [{float(frames.min()):.3g}, "
+                         f"{float(frames.max()):.3g}] (uint8 values as floats? divide them by 255)")
     luma = rgb_to_luma(frames) if frames.shape[1] == 3 else frames
     if size is not None and tuple(luma.shape[-2:]) != tuple(size):
         luma = F.interpolate(luma, size=size, mode="area")
@@ -136,11 +145,22 @@ class LC4Pipeline(DiffusionPipeline):
             # A CLIP tokenizer requested by hub name while offline comes back with 2 tokens.
             raise ValueError(f"tokenizer: has {len(tokenizer)} tokens but the text encoder expects {vocab}; "
                              "load it from the model folder's tokenizer/ (vocab.json and merges.txt)")
-        if not has_tda(unet):
-            insert_tda(unet, tda)
         self.register_modules(vae=vae, luminance_encoder=luminance_encoder, unet=unet, tda=tda,
                               text_encoder=text_encoder, tokenizer=tokenizer, cmpf=cmpf, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in ("unet", "tda"):
+            self._run_own_tda()
+
+    def _run_own_tda(self) -> None:
+        """Puts this pipeline's ``tda`` layers into its ``unet`` unless they are there already:
+        on construction, when either is replaced, and before each call (a UNet shared with
+        another pipeline, as ``from_pipe`` shares it, may hold the other's)."""
+        unet, tda = getattr(self, "unet", None), getattr(self, "tda", None)
+        if unet is not None and tda is not None and not runs_tda(unet, tda):
+            insert_tda(unet, tda)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -344,6 +364,8 @@ class LC4Pipeline(DiffusionPipeline):
             raise ValueError(f"frames_per_clip: expected >= 1, got {frames_per_clip}")
         if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
             raise ValueError(f"num_videos_per_prompt: expected an int >= 1, got {num_videos_per_prompt!r}")
+        if not isinstance(decode_batch_size, int) or decode_batch_size < 1:
+            raise ValueError(f"decode_batch_size: expected an int >= 1, got {decode_batch_size!r}")
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale: expected a value in [0, 1], got {guidance_rescale}")
         if eta < 0:
@@ -366,6 +388,7 @@ class LC4Pipeline(DiffusionPipeline):
         if seed is not None:
             generator = torch.Generator("cpu").manual_seed(seed)  # the same noise on every device
         step_kwargs = self._step_kwargs(eta, generator)
+        self._run_own_tda()
         set_tda_backend(self.unet, backend)
         set_tda_backend(self.cmpf, backend)
         device = self._execution_device

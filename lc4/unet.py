@@ -168,6 +168,13 @@ def has_tda(unet: nn.Module) -> bool:
     return any(isinstance(m, TDATransformerBlock) for m in unet.modules())
 
 
+def runs_tda(unet: UNet2DConditionModel, adapter: TDAAdapter) -> bool:
+    """Whether the UNet's transformer blocks hold exactly this adapter's TDA layers."""
+    blocks = [module_list[index] for _, module_list, index in _transformer_block_slots(unet)]
+    return len(blocks) == len(adapter.blocks) and all(
+        isinstance(block, TDATransformerBlock) and block.tda is tda for block, tda in zip(blocks, adapter.blocks))
+
+
 @contextlib.contextmanager
 def tda_removed(unet: UNet2DConditionModel):
     """The plain UNet for the duration (e.g. to save SD1.5-compatible weights), TDA after."""

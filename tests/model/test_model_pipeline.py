@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from lc4 import video as video_io
 from lc4.ccf import ClipPlan
 from lc4.pipeline import LC4Pipeline, scheduler_named
+from lc4.unet import TDAAdapter, runs_tda
 
 from model_helpers import randomize_, recorded_tda_calls
 
@@ -51,6 +52,36 @@ def test_tensors_arrays_and_frame_folders_give_the_same_colours(pipeline, tmp_pa
         assert torch.allclose(other.frames, out.frames, atol=1e-5)
     other_seed = pipeline(frames, "a red car on a road", **{**RUN, "seed": 1})
     assert not torch.allclose(other_seed.frames, out.frames, atol=1e-3)
+
+
+def test_sixteen_bit_frames_are_their_eight_bit_values_scaled(pipeline):
+    frames = gray_frames()
+    sixteen_bit = frames.numpy().astype(np.uint16) * 257  # 255 -> 65535
+    out = pipeline(frames, "a red car on a road", **RUN)
+    assert torch.allclose(pipeline(sixteen_bit, "a red car on a road", **RUN).frames, out.frames, atol=1e-5)
+
+
+def test_the_pipeline_runs_the_tda_layers_it_is_given(tiny_model_dir):
+    """Replacing ``tda`` (in the constructor, by ``from_pipe`` or by assignment) puts its layers
+    into the UNet, and each pipeline runs its own even when two share one UNet."""
+    pipe = LC4Pipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    other = TDAAdapter.from_config(pipe.tda.config)
+    other.load_state_dict(pipe.tda.state_dict())
+    randomize_(other, std=0.5)
+    frames = gray_frames(frames=4)
+    before = pipe(frames, "a red car", **RUN).frames
+    swapped = LC4Pipeline.from_pipe(pipe, tda=other)
+    assert swapped.unet is pipe.unet and runs_tda(swapped.unet, other)
+    after = swapped(frames, "a red car", **RUN).frames
+    assert not torch.allclose(after, before, atol=1e-4)
+    # Back to the first pipeline, whose UNet now holds the other's layers: it runs its own.
+    assert torch.equal(pipe(frames, "a red car", **RUN).frames, before)
+    assert runs_tda(pipe.unet, pipe.tda)
+    built = LC4Pipeline(**{**pipe.components, "tda": other})
+    assert torch.equal(built(frames, "a red car", **RUN).frames, after)
+    pipe.tda = other
+    assert runs_tda(pipe.unet, other) and torch.equal(pipe(frames, "a red car", **RUN).frames, after)
 
 
 def test_a_video_that_fits_one_clip_is_one_clip(pipeline):
@@ -96,6 +127,16 @@ def test_bad_inputs_are_clear_errors(pipeline, components, tmp_path):
         pipeline(str(tmp_path / "nothing.mp4"), "a car", **RUN)
     with pytest.raises(FileNotFoundError, match="not a local model folder"):
         LC4Pipeline.from_pretrained("runwayml/stable-diffusion-v1-5")
+    with pytest.raises(ValueError, match=r"video: an array \(20, 28, 3\) is one colour frame"):
+        pipeline(frames[0].permute(1, 2, 0).numpy(), "a car", **RUN)
+    with pytest.raises(ValueError, match="video: expected at least one frame"):
+        pipeline([], "a car", **RUN)
+    with pytest.raises(ValueError, match=r"video: float frames must lie in \[0, 1\].*divide them by 255"):
+        pipeline(frames.float(), "a car", **RUN)
+    with pytest.raises(ValueError, match="frames: expected uint8, uint16 or float in \\[0, 1\\], got torch.int32"):
+        pipeline(frames.int(), "a car", **RUN)
+    with pytest.raises(ValueError, match="decode_batch_size: expected an int >= 1, got 0"):
+        pipeline(frames, "a car", **RUN, decode_batch_size=0)
     from lc4.init_model import write_tiny_tokenizer
     small = write_tiny_tokenizer(tmp_path / "tok", words=["car"])
     with pytest.raises(ValueError, match="tokenizer: has .* tokens but the text encoder expects"):

@@ -41,6 +41,20 @@ def _check_input(path: Path) -> None:
         raise ValueError(f"INPUT: cannot decode {str(path)!r} as video ({error})") from error
 
 
+def _check_output(input_path: Path, output_path: Path) -> None:
+    """A ValueError when writing OUTPUT would overwrite INPUT while it is still being read."""
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError(f"-o/--output: {str(output_path)!r} is the input itself; the input is read while the "
+                         "output is written, so give another path")
+
+
+def _check_device(device: str) -> None:
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # an unknown name, or a device this torch cannot use
+        raise ValueError(f"--device: cannot use {device!r} here ({error})") from None
+
+
 def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, steps: int = 25,
              guidance_scale: float = 7.5, guidance_rescale: float = 0.0, scheduler: str | None = None, eta: float = 0.0,
              seed: int | None = 0, frames_per_clip: int = 8,
@@ -58,6 +72,8 @@ def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, s
         raise ValueError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     input_path, output_path = Path(input_path), Path(output_path)
     _check_input(input_path)
+    _check_output(input_path, output_path)
+    _check_device(device)
     pipeline = LC4Pipeline.from_pretrained(check_model_folder(model_dir)).to(device, DTYPES[dtype])
     if scheduler:
         pipeline.scheduler = scheduler_named(scheduler, pipeline.scheduler, argument="--scheduler")

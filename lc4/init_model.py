@@ -25,21 +25,38 @@ TINY_WORDS = (
     "flower flowers field mountain sun light dark old young riding walking standing sitting wearing").split()
 REQUIRED_FILES = {
     "model_index.json": ("model_index.json",),
-    "vae": ("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
-    "luminance_encoder": ("luminance_encoder/config.json", "luminance_encoder/diffusion_pytorch_model.safetensors"),
-    "unet": ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
-    "tda": ("tda/config.json", "tda/diffusion_pytorch_model.safetensors"),
-    "text_encoder": ("text_encoder/config.json", "text_encoder/model.safetensors"),
+    "vae": ("vae/config.json",),
+    "luminance_encoder": ("luminance_encoder/config.json",),
+    "unet": ("unet/config.json",),
+    "tda": ("tda/config.json",),
+    "text_encoder": ("text_encoder/config.json",),
     "tokenizer": ("tokenizer/tokenizer_config.json",),
-    "cmpf": ("cmpf/config.json", "cmpf/diffusion_pytorch_model.safetensors"),
+    "cmpf": ("cmpf/config.json",),
     "scheduler": ("scheduler/scheduler_config.json",),
 }
+# The weight files' names without suffix: what `from_pretrained` loads without a `variant`
+# (safetensors or .bin, whole or as a sharded index).
+WEIGHT_STEMS = {
+    "vae": ("diffusion_pytorch_model",),
+    "luminance_encoder": ("diffusion_pytorch_model",),
+    "unet": ("diffusion_pytorch_model",),
+    "tda": ("diffusion_pytorch_model",),
+    "text_encoder": ("model", "pytorch_model"),
+    "cmpf": ("diffusion_pytorch_model",),
+}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+
+
+def _has_weights(folder: Path, stems: tuple[str, ...]) -> bool:
+    return any((folder / (stem + suffix)).is_file() for stem in stems for suffix in WEIGHT_SUFFIXES)
 
 
 def missing_model_files(folder: str | Path) -> list[str]:
     """Paths (relative to ``folder``) a complete model folder needs but ``folder`` lacks."""
     folder = Path(folder)
     missing = [path for paths in REQUIRED_FILES.values() for path in paths if not (folder / path).is_file()]
+    missing += [f"{component}/{stems[0]}.safetensors (or another weights file of {component})"
+                for component, stems in WEIGHT_STEMS.items() if not _has_weights(folder / component, stems)]
     tokenizer = folder / "tokenizer"
     if not (tokenizer / "tokenizer.json").is_file() and not (
             (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()):

@@ -3,6 +3,7 @@ and ``lc4 init-model``."""
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -131,7 +132,18 @@ def test_cli_errors(gray_bikes, tiny_model_dir, tmp_path, capsys):
     assert "--eta: expected >= 0, got -1" in capsys.readouterr().err
     assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--scheduler", "Karras")) == 2
     assert "--scheduler: expected one of DDIMScheduler, DDPMScheduler" in capsys.readouterr().err
+    assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--device", "nonsense")) == 2
+    assert "--device: cannot use 'nonsense'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(colorize_args(gray_bikes, output, tiny_model_dir, "--device", "cuda")) == 2
+        assert "--device: cannot use 'cuda'" in capsys.readouterr().err
     assert not output.exists()
+    # The input as its own output would be truncated while it is still being read.
+    same = tmp_path / "same.mp4"
+    same.write_bytes(Path(gray_bikes).read_bytes())
+    assert main(colorize_args(same, tmp_path / "." / "same.mp4", tiny_model_dir)) == 2
+    assert "is the input itself" in capsys.readouterr().err
+    assert same.read_bytes() == Path(gray_bikes).read_bytes()
 
 
 @pytest.mark.parametrize("option", [("--guidance-rescale", "1"), ("--scheduler", "UniPCMultistepScheduler"),
@@ -152,6 +164,21 @@ def test_init_model_writes_a_complete_loadable_folder(tmp_path, capsys):
     assert missing_model_files(folder) == []
     assert main(["init-model", str(tmp_path / "x"), "--from-sd15", str(tmp_path / "no_sd")]) == 2
     assert "not a diffusers SD1.5 folder" in capsys.readouterr().err
+
+
+def test_model_folders_with_bin_or_sharded_weights_are_complete(tmp_path):
+    from lc4.init_model import check_model_folder, missing_model_files
+    from lc4.pipeline import LC4Pipeline
+    folder = tmp_path / "model"
+    assert main(["init-model", str(folder), "--tiny", "--seed", "3"]) == 0
+    pipeline = LC4Pipeline.from_pretrained(folder)
+    for name, options in (("bin", dict(safe_serialization=False)), ("sharded", dict(max_shard_size="20KB"))):
+        pipeline.save_pretrained(tmp_path / name, **options)
+        assert missing_model_files(tmp_path / name) == [], name
+        LC4Pipeline.from_pretrained(check_model_folder(tmp_path / name))
+    (tmp_path / "sharded" / "unet" / "diffusion_pytorch_model.safetensors.index.json").unlink()
+    assert missing_model_files(tmp_path / "sharded") == [
+        "unet/diffusion_pytorch_model.safetensors (or another weights file of unet)"]
 
 
 def test_init_model_from_sd15_keeps_its_weights_and_adds_fresh_parts(components, tmp_path):

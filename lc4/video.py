@@ -5,12 +5,19 @@ frame, in natural order (``bear/00000.jpg``, ``bear/00001.jpg``, ...; the DAVIS 
 Frames are RGB ``uint8``: ``(H, W, 3)`` numpy arrays from :func:`iter_frames`, and
 ``(N, 3, H, W)`` torch tensors from :func:`iter_frame_batches` and :func:`read_video`.
 Nothing here holds more than one batch of frames unless asked to (:func:`read_video`).
+
+Colour: frames are read with each stream's own YUV matrix and range (untagged streams as BT.601
+limited range) and written as BT.601 limited range, tagged so, both through swscale's exact
+conversions; a read -> write round trip thus keeps the luma as closely as 8 bits allow.
+Rotation: frames are the stored pixels, never turned; :func:`read_rotation` gives the display
+rotation a player applies, and :class:`VideoWriter` writes it back (``rotation=``).
 """
 from __future__ import annotations
 
 import itertools
 import os
 import re
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, Union
@@ -18,6 +25,7 @@ from typing import Iterable, Iterator, Sequence, Union
 import av
 import numpy as np
 import torch
+from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".gif"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -27,7 +35,12 @@ PathLike = Union[str, os.PathLike]
 Size = Union[None, int, Sequence[int]]
 
 # AREA averages source pixels when shrinking (no aliasing) and matches bilinear when growing.
-_RESIZE_INTERPOLATION = "AREA"
+_RESIZE_INTERPOLATION = Interpolation.AREA
+# swscale's default YUV -> RGB path neither rounds nor interpolates chroma fully, which darkens
+# the luma by about 1.4 levels (bikes.mp4); these flags select its exact conversion.
+_EXACT_CONVERSION = Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP | Interpolation.ACCURATE_RND
+# What the writer converts to and tags: the matrix of the Rec. 601 luma that lc4 keeps.
+_WRITTEN_COLORSPACE = Colorspace.ITU601
 
 
 def is_video_file(path: PathLike) -> bool:
@@ -73,12 +86,22 @@ def normalize_size(size: Size) -> tuple[int, int] | None:
     return size
 
 
+def _source_colorspace(frame: av.VideoFrame) -> Colorspace:
+    """The frame's YUV matrix as swscale numbers it. The tags both number alike (BT.709, FCC,
+    BT.470BG, SMPTE 240M, BT.2020) pass; the rest, untagged and SMPTE 170M among them, are BT.601."""
+    try:
+        return Colorspace(frame.colorspace)
+    except ValueError:
+        return Colorspace.ITU601
+
+
 def _to_rgb_array(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None:
-        return frame.to_ndarray(format="rgb24")
-    height, width = size
+    height, width = size or (frame.height, frame.width)
+    interpolation = _RESIZE_INTERPOLATION if size else Interpolation.BILINEAR
+    colorspace = _source_colorspace(frame)  # the range is the frame's own: swscale reads its tag
     return frame.reformat(
-        width=width, height=height, format="rgb24", interpolation=_RESIZE_INTERPOLATION
+        width=width, height=height, format="rgb24", src_colorspace=colorspace, dst_colorspace=colorspace,
+        interpolation=interpolation | _EXACT_CONVERSION,
     ).to_ndarray()
 
 
@@ -106,6 +129,10 @@ def iter_frames(source: PathLike, size: Size = None, start: int = 0, stop: int |
     ``start``, ``stop``, ``step`` pick frames as a slice does; a frame folder then decodes only
     the files picked, a video file decodes from its start (no seeking) and yields those.
     Raises ``ValueError`` for a path that is neither; PyAV's errors for unreadable files.
+
+    Frames are the stored pixels: a display rotation (a phone video's, see :func:`read_rotation`)
+    is not applied. lc4 colorizes the stored pixels and writes the result with that same
+    ``rotation`` (:class:`VideoWriter`), so it plays turned as the input does.
     """
     if start < 0 or (stop is not None and stop < 0) or step <= 0:
         raise ValueError(f"start, stop, step: expected start >= 0, stop >= 0 or None, step > 0, "
@@ -164,17 +191,34 @@ def read_fps(source: PathLike) -> Fraction | None:
     return Fraction(rate) if rate else None
 
 
+def read_rotation(source: PathLike) -> int:
+    """The display rotation of a video file in degrees, counter-clockwise (PyAV's
+    ``VideoFrame.rotation``, which :class:`VideoWriter`'s ``rotation`` takes back); 0 for a frame
+    folder, an image or a video without one. Decodes the first frame, where FFmpeg reports it."""
+    if not is_video_file(source):
+        return 0
+    for frame in _decode(Path(source)):
+        return round(frame.rotation)
+    return 0
+
+
 def _as_hwc_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Accepts ``(H, W, 3)`` arrays or ``(3, H, W)`` tensors, uint8 or 0-255 floats."""
+    """Accepts ``(H, W, 3)`` arrays or ``(3, H, W)`` tensors: uint8 in [0, 255], or floats in
+    [0, 1] (lc4's convention, as :func:`lc4.color.to_unit` and the pipeline give), clamped and
+    rounded. Other integer types raise: whether they mean 0-255 or their full range is unclear."""
     if isinstance(frame, torch.Tensor):
         if frame.dim() != 3 or frame.shape[0] != 3:
             raise ValueError(f"frame: expected a (3, H, W) tensor, got shape {tuple(frame.shape)}")
+        if frame.is_floating_point():
+            frame = frame.float()  # numpy has no bfloat16
         frame = frame.detach().cpu().permute(1, 2, 0).numpy()
     frame = np.asarray(frame)
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"frame: expected an (H, W, 3) array, got shape {frame.shape}")
-    if frame.dtype != np.uint8:
-        frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    if np.issubdtype(frame.dtype, np.floating):
+        frame = np.rint(np.clip(frame, 0.0, 1.0) * 255).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        raise ValueError(f"frame: expected uint8 values or floats in [0, 1], got dtype {frame.dtype}")
     return np.ascontiguousarray(frame)
 
 
@@ -185,6 +229,79 @@ def _split_frames(frames: np.ndarray | torch.Tensor | Iterable) -> Iterator:
     return iter(frames)
 
 
+# The encoder of each writable suffix unless asked for another: H.264 everywhere but WebM
+# (VP8/VP9/AV1 only) and GIF (its own palette codec).
+_SUFFIX_CODECS = {".webm": "libvpx-vp9", ".gif": "gif"}
+_DEFAULT_CODEC = "libx264"
+# Containers whose muxers store a display matrix; the others would drop a rotation silently.
+_ROTATION_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})
+
+
+def _codec_for(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"path: expected a video file name ({sorted(VIDEO_SUFFIXES)}), got {str(path)!r}")
+    codec = _SUFFIX_CODECS.get(suffix, _DEFAULT_CODEC)
+    if codec not in av.codecs_available:
+        raise ValueError(f"path: cannot write {suffix} videos: this PyAV build has no {codec} encoder")
+    return codec
+
+
+def _check_rotation(path: Path, rotation: int) -> None:
+    if rotation % 360 and path.suffix.lower() not in _ROTATION_SUFFIXES:
+        raise ValueError(f"rotation: {path.suffix} files cannot store a display rotation ({rotation}); "
+                         f"expected one of {sorted(_ROTATION_SUFFIXES)}")
+
+
+def _default_pix_fmt(codec: str, height: int, width: int) -> str:
+    if codec == "gif":
+        return "pal8"
+    return "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+
+
+def _quality_options(codec: str, crf: int | None) -> dict[str, str]:
+    if crf is None:
+        return {}
+    if codec in ("libx264", "libx265"):
+        return {"crf": str(crf)}
+    if codec == "libvpx-vp9":
+        return {"crf": str(crf), "b": "0"}  # a zero bit rate makes crf constant quality, uncapped
+    return {}
+
+
+def _is_yuv(pix_fmt: str) -> bool:
+    """YUV and gray formats, which have a matrix and a range (RGB and palette formats have not)."""
+    video_format = av.VideoFormat(pix_fmt)
+    return not video_format.is_rgb and video_format.name != "pal8"
+
+
+def _color_range(pix_fmt: str) -> ColorRange:
+    return ColorRange.JPEG if pix_fmt.startswith("yuvj") else ColorRange.MPEG
+
+
+def _palette_frame(frame: np.ndarray) -> av.VideoFrame:
+    """An RGB frame as a ``pal8`` frame with its own 256-colour palette (median cut)."""
+    from PIL import Image
+
+    image = Image.fromarray(frame).quantize(256, method=Image.Quantize.MEDIANCUT)
+    colors = np.asarray(image.getpalette(), np.uint8).reshape(-1, 3)
+    palette = np.zeros((256, 4), np.uint8)  # ARGB, opaque
+    palette[:, 0] = 255
+    palette[:len(colors), 1:] = colors
+    return av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
+
+
+def _encoder_frame(frame: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    """An RGB frame converted to ``pix_fmt`` as the writer tags it (see the module docstring)."""
+    if pix_fmt == "pal8":
+        return _palette_frame(frame)
+    rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
+    if not _is_yuv(pix_fmt):
+        return rgb.reformat(format=pix_fmt)
+    return rgb.reformat(format=pix_fmt, dst_colorspace=_WRITTEN_COLORSPACE, dst_color_range=_color_range(pix_fmt),
+                        interpolation=Interpolation.BILINEAR | _EXACT_CONVERSION)
+
+
 class VideoWriter:
     """Encodes frames one at a time into a video file::
 
@@ -192,24 +309,31 @@ class VideoWriter:
             for frame in frames:
                 writer.write(frame)
 
-    The size comes from the first frame. ``crf`` sets libx264/libx265 quality (lower is
-    better; 0 with ``pix_fmt="yuv444p"`` is lossless). Odd sizes use ``yuv444p`` because
-    ``yuv420p`` needs even sides.
+    The size comes from the first frame. The codec follows the suffix (libx264; ``.webm``:
+    libvpx-vp9; ``.gif``: gif, a 256-colour palette per frame). ``crf`` sets libx264/libx265/
+    libvpx-vp9 quality (lower is better; 0 with libx264 and ``pix_fmt="yuv444p"`` is lossless).
+    Odd sizes use ``yuv444p`` because ``yuv420p`` needs even sides. ``rotation`` (degrees,
+    counter-clockwise, as :func:`read_rotation` gives it) is written as the display rotation;
+    only .mp4, .m4v, .mov, .mkv and .webm can store one. The suffix, codec and rotation are
+    checked here, before any frame; the file is created with the first frame.
     """
 
     def __init__(
         self,
         path: PathLike,
         fps: int | float | Fraction = 25,
-        codec: str = "libx264",
+        codec: str | None = None,
         crf: int | None = 18,
         pix_fmt: str | None = None,
+        rotation: int = 0,
     ):
         self.path = Path(path)
         self.fps = Fraction(fps).limit_denominator(1001)
-        self.codec = codec
+        self.codec = codec or _codec_for(self.path)
         self.crf = crf
         self.pix_fmt = pix_fmt
+        _check_rotation(self.path, rotation)
+        self.rotation = rotation
         self._container = None
         self._stream = None
         self.frames_written = 0
@@ -217,12 +341,23 @@ class VideoWriter:
     def _open(self, height: int, width: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(self.path), mode="w")
+        try:
+            self._stream = self._add_stream(height, width)
+        except BaseException:
+            self._close_container()
+            raise
+
+    def _add_stream(self, height: int, width: int) -> av.VideoStream:
         stream = self._container.add_stream(self.codec, rate=self.fps)
         stream.width, stream.height = width, height
-        stream.pix_fmt = self.pix_fmt or ("yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p")
-        if self.crf is not None and self.codec in ("libx264", "libx265"):
-            stream.options = {"crf": str(self.crf)}
-        self._stream = stream
+        stream.pix_fmt = self.pix_fmt or _default_pix_fmt(self.codec, height, width)
+        stream.options = _quality_options(self.codec, self.crf)
+        if _is_yuv(stream.pix_fmt):
+            stream.codec_context.colorspace = _WRITTEN_COLORSPACE
+            stream.codec_context.color_range = _color_range(stream.pix_fmt)
+        if self.rotation % 360:
+            stream.set_display_rotation(self.rotation)
+        return stream
 
     def write(self, frame: np.ndarray | torch.Tensor) -> None:
         frame = _as_hwc_uint8(frame)
@@ -233,26 +368,37 @@ class VideoWriter:
                 f"frame: expected size {(self._stream.height, self._stream.width)} like the first "
                 f"frame, got {frame.shape[:2]}"
             )
-        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-        self._container.mux(self._stream.encode(video_frame))
+        self._container.mux(self._stream.encode(_encoder_frame(frame, self._stream.pix_fmt)))
         self.frames_written += 1
 
     def close(self) -> None:
+        """Flushes the encoder and closes the file (a no-op when nothing was written)."""
         if self._container is None:
             return
-        self._container.mux(self._stream.encode(None))
-        self._container.close()
-        self._container = None
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode(None))
+        finally:
+            self._close_container()
+
+    def _close_container(self) -> None:
+        container, self._container, self._stream = self._container, None, None
+        if container is not None:
+            container.close()
 
     def __enter__(self) -> "VideoWriter":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # no flush: an encoder error there would replace the error on its way out
+            self._close_container()
 
 
 def write_video(path: PathLike, frames, fps: int | float | Fraction = 25, **writer_options) -> Path:
-    """Writes frames (an iterable of frames, or a ``(T, 3, H, W)`` tensor) to a video file."""
+    """Writes frames (an iterable of frames, or a ``(T, 3, H, W)`` tensor) to a video file;
+    ``writer_options`` go to :class:`VideoWriter` (``codec``, ``crf``, ``pix_fmt``, ``rotation``)."""
     with VideoWriter(path, fps=fps, **writer_options) as writer:
         for frame in _split_frames(frames):
             writer.write(frame)
@@ -305,9 +451,24 @@ def has_audio(source: PathLike) -> bool:
         return bool(container.streams.audio)
 
 
+def can_copy_audio(audio_source: PathLike, output_path: PathLike) -> bool:
+    """Whether :func:`mux_audio` can copy the first audio stream of ``audio_source`` into a file
+    named like ``output_path`` (WebM takes no AAC, GIF no audio at all). Writes nothing there."""
+    with tempfile.TemporaryDirectory() as tmp, av.open(str(audio_source)) as source:
+        probe = av.open(str(Path(tmp) / f"probe{Path(output_path).suffix}"), mode="w")
+        try:
+            probe.add_stream_from_template(source.streams.audio[0])
+            return True
+        except ValueError:
+            return False
+        finally:
+            probe.close()
+
+
 def mux_audio(video_path: PathLike, audio_source: PathLike, output_path: PathLike) -> Path:
-    """Writes ``output_path`` with the video stream of ``video_path`` and the first audio stream
-    of ``audio_source``, both copied without re-encoding."""
+    """Writes ``output_path`` with the video stream of ``video_path`` (its display rotation
+    included) and the first audio stream of ``audio_source``, both copied without re-encoding."""
+    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(video_path)) as video_in, av.open(str(audio_source)) as audio_in, \
             av.open(str(output_path), mode="w") as out:
         streams = [(video_in, video_in.streams.video[0]), (audio_in, audio_in.streams.audio[0])]
@@ -315,7 +476,9 @@ def mux_audio(video_path: PathLike, audio_source: PathLike, output_path: PathLik
         targets = [out.add_stream_from_template(stream) for _, stream in streams]
         for (container, stream), out_stream in zip(streams, targets):
             for packet in container.demux(stream):
-                if packet.dts is None:  # the demuxer's flush packet
+                # The demuxer ends with an empty flush packet. (dts None is no sign of it: Matroska
+                # leaves it out on the first keyframe; the muxer derives it from pts.)
+                if packet.size == 0:
                     continue
                 packet.stream = out_stream
                 out.mux(packet)

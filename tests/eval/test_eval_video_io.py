@@ -2,13 +2,14 @@ import av
 import numpy as np
 import pytest
 import torch
+from av.video.reformatter import ColorRange, Colorspace
 
 from lc4 import video
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = (a.double() - b.double()).pow(2).mean().item()
-    return 10 * np.log10(255**2 / mse)
+    return 10 * np.log10(255**2 / mse) if mse else float("inf")
 
 
 def test_frame_folder_round_trip_is_exact(tmp_path, bikes_frames):
@@ -85,3 +86,178 @@ def test_bad_input_names_the_argument(tmp_path):
         video.read_video(tmp_path, size=(0, 4))
     with pytest.raises(ValueError, match="start, stop, step"):
         list(video.iter_frames(tmp_path, None, 0, None, 0))
+
+
+def _moving_gradient(count: int = 6, height: int = 48, width: int = 64) -> torch.Tensor:
+    """A small smooth clip, ``(count, 3, height, width)`` uint8, that changes from frame to frame."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    frames = [torch.stack([x, y, (x + y + t / count) / 3]) * 200 + 20 for t in range(count)]
+    return torch.stack(frames).round().to(torch.uint8)
+
+
+def _write_audio(path, seconds: float = 1.0, rate: int = 16000):
+    """A mono AAC track alone: an audio source for mux_audio."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        samples = (0.2 * np.sin(np.arange(int(rate * seconds)) * 2 * np.pi * 440 / rate)).astype(np.float32)
+        for start in range(0, len(samples), 1024):
+            chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate = rate
+            container.mux(stream.encode(chunk))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _write_rotated(path, frames: torch.Tensor, degrees: int):
+    """A video whose container asks players to turn it by ``degrees``, as phones record."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[-1], frames.shape[-2], "yuv420p"
+        stream.set_display_rotation(degrees)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.permute(1, 2, 0).numpy(), format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _coded_luma(path) -> np.ndarray:
+    """The Y planes a video file stores, ``(T, H, W)`` float64: no RGB conversion involved."""
+    planes = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            plane = frame.planes[0]
+            planes.append(np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width])
+    return np.stack(planes).astype(np.float64)
+
+
+REC601, REC709 = (0.299, 0.587, 0.114), (0.2126, 0.7152, 0.0722)
+
+
+def _luma(frames: torch.Tensor, weights) -> np.ndarray:
+    """The luma of ``(T, 3, H, W)`` uint8 RGB frames under a matrix's ``weights``, in 0-255 levels."""
+    return np.einsum("c,tchw->thw", np.array(weights), frames.double().numpy())
+
+
+@pytest.mark.parametrize("output_suffix", [".mkv", ".mp4"])
+def test_muxing_audio_onto_a_matroska_video_keeps_every_frame(tmp_path, output_suffix):
+    frames = _moving_gradient(12)
+    silent = video.write_video(tmp_path / "silent.mkv", frames)
+    output = video.mux_audio(silent, _write_audio(tmp_path / "audio.mp4"), tmp_path / f"out{output_suffix}")
+    assert video.has_audio(output)
+    with av.open(str(output)) as container:
+        timestamps = [frame.pts for frame in container.decode(video=0)]
+    assert len(timestamps) == len(frames) and timestamps == sorted(set(timestamps))
+    assert torch.equal(video.read_video(output), video.read_video(silent))  # the same packets
+
+
+def test_muxing_audio_creates_the_output_folder(tmp_path):
+    silent = video.write_video(tmp_path / "silent.mp4", _moving_gradient(3))
+    output = video.mux_audio(silent, _write_audio(tmp_path / "audio.mp4"), tmp_path / "new" / "sub" / "out.mp4")
+    assert video.read_video(output).shape[0] == 3 and video.has_audio(output)
+
+
+@pytest.mark.parametrize("suffix", sorted(video.VIDEO_SUFFIXES))
+def test_every_video_suffix_is_written_and_read_back(tmp_path, suffix):
+    frames = _moving_gradient(5)
+    path = video.write_video(tmp_path / f"clip{suffix}", frames, fps=25)
+    decoded = video.read_video(path)
+    assert decoded.shape == frames.shape
+    assert video.read_fps(path) == 25
+    assert _psnr(decoded, frames) > 30  # .gif: a 256-colour palette per frame
+
+
+def test_a_codec_the_container_refuses_is_the_error_raised_and_the_file_is_closed(tmp_path, monkeypatch):
+    closed = []
+    open_container = av.open
+
+    class ClosingSpy:
+        def __init__(self, container):
+            self._container = container
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def close(self):
+            closed.append(True)
+            self._container.close()
+
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: ClosingSpy(open_container(*args, **kwargs)))
+    with pytest.raises(ValueError, match="gif"):
+        video.write_video(tmp_path / "clip.gif", _moving_gradient(2), codec="libx264")
+    assert closed == [True]
+    with pytest.raises(ValueError, match="frame: expected size"):  # an error after the first frame
+        video.write_video(tmp_path / "clip.mp4", [np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)])
+    assert closed == [True, True]
+    with pytest.raises(ValueError, match=r"path: expected a video file name .*clip\.txt'"):
+        video.write_video(tmp_path / "clip.txt", _moving_gradient(2))
+
+
+def test_float_frames_mean_zero_to_one_and_are_clamped(tmp_path):
+    values = np.array([-0.5, 0.0, 0.25, 0.5, 1.0, 2.0])
+    frame = np.broadcast_to(values[None, :, None], (2, 6, 3))
+    video.write_image(tmp_path / "floats.png", frame)
+    assert video.read_video(tmp_path)[0, 0, 0].tolist() == [0, 0, 64, 128, 255, 255]
+    gray = torch.full((3, 3, 48, 64), 0.5, dtype=torch.bfloat16)
+    decoded = video.read_video(video.write_video(tmp_path / "gray.mp4", gray))
+    assert (decoded.float() - 128).abs().max() <= 1
+    with pytest.raises(ValueError, match="dtype int32"):
+        video.write_video(tmp_path / "ints.mp4", torch.zeros(2, 3, 8, 8, dtype=torch.int32))
+
+
+def test_display_rotation_is_read_and_written_back(tmp_path):
+    frames = _moving_gradient(4)
+    phone = _write_rotated(tmp_path / "phone.mp4", frames, 90)
+    assert video.read_rotation(phone) == 90
+    assert video.read_video(phone).shape == frames.shape  # the stored pixels, not turned
+    assert video.read_rotation(video.write_video(tmp_path / "plain.mp4", frames)) == 0
+    video.write_frame_folder(tmp_path / "folder", frames)
+    assert video.read_rotation(tmp_path / "folder") == 0
+    for suffix, degrees in ((".mp4", 90), (".mov", -90), (".mkv", 180)):
+        copy = video.write_video(tmp_path / f"copy{suffix}", video.read_video(phone), rotation=degrees)
+        assert video.read_rotation(copy) % 360 == degrees % 360  # 180 may read back as -180
+    with pytest.raises(ValueError, match=r"rotation: \.avi files cannot store"):
+        video.write_video(tmp_path / "copy.avi", frames, rotation=90)
+
+
+def test_muxing_audio_keeps_the_display_rotation(tmp_path):
+    silent = video.write_video(tmp_path / "silent.mkv", _moving_gradient(4), rotation=90)
+    output = video.mux_audio(silent, _write_audio(tmp_path / "audio.mp4"), tmp_path / "out.mp4")
+    assert video.read_rotation(output) == 90
+
+
+def _write_yuv_clip(path, colorspace=None, count: int = 3, height: int = 48, width: int = 64):
+    """A yuv420p clip with a noisy luma ramp and smooth chroma (no RGB clipping); ``colorspace``
+    tags its matrix (``None``: untagged)."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if colorspace is not None:
+            stream.codec_context.colorspace = colorspace
+        for t in range(count):
+            luma = np.clip(np.linspace(20, 230, width)[None, :] + rng.normal(0, 8, (height, width)), 16, 235)
+            chroma = 128 + 24 * np.sin(np.arange(width)[None, :] / 9 + np.arange(height // 2)[:, None] / 5 + t)
+            planes = np.concatenate([luma, chroma]).round().astype(np.uint8)  # Y, then U and V
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(planes, format="yuv420p")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("colorspace, weights", [(None, REC601), (Colorspace.ITU709, REC709)])
+def test_reading_keeps_the_stored_luma(tmp_path, colorspace, weights):
+    """RGB frames read carry the file's own luma (limited range; its matrix, untagged BT.601)."""
+    path = _write_yuv_clip(tmp_path / "clip.mp4", colorspace)
+    expected = (_coded_luma(path) - 16) * 255 / 219
+    difference = _luma(video.read_video(path), weights) - expected
+    assert abs(difference.mean()) < 0.2 and np.abs(difference).mean() < 0.5  # 8-bit RGB rounding
+
+
+def test_a_lossless_read_write_round_trip_keeps_the_stored_luma(tmp_path):
+    source = _write_yuv_clip(tmp_path / "clip.mp4")
+    copy = video.write_video(tmp_path / "copy.mp4", video.read_video(source), crf=0, pix_fmt="yuv444p")
+    difference = _coded_luma(copy) - _coded_luma(source)
+    assert np.abs(difference).mean() < 0.3
+    with av.open(str(copy)) as container:  # tagged as written, so players convert it back alike
+        frame = next(container.decode(video=0))
+    assert (frame.colorspace, frame.color_range) == (Colorspace.ITU601, ColorRange.MPEG)

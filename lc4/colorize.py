@@ -4,15 +4,17 @@ INPUT is a video file or a folder of frames; OUTPUT is a video file (by its suff
 ``.mp4``) or a folder, which receives ``00000.png``, ``00001.png``, ... The model runs at
 ``--resolution`` (square; default: the model's own, 512 for SD1.5); its chroma is carried onto
 each input frame's own full-resolution luminance, so the output has the input's size, frame
-count and frame rate (and its audio track, when there is one). Input frames are read twice,
-once shrunk to the model resolution and once streamed at full resolution while writing, so a
-long video is never held in memory at full resolution. Nothing is downloaded.
+count, frame rate and display rotation (and its audio track, when the output's format can hold
+it). Input frames are read twice, once shrunk to the model resolution and once streamed at full
+resolution while writing, so a long video is never held in memory at full resolution. Nothing
+is downloaded.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import av
@@ -74,6 +76,21 @@ def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, s
     _check_input(input_path)
     _check_output(input_path, output_path)
     _check_device(device)
+    # What the output can hold is settled before the model runs: the input's display rotation
+    # (the pixels are colorized as stored) and its audio track.
+    writes_video = output_path.suffix.lower() in video_io.VIDEO_SUFFIXES
+    if writes_video:
+        video_options = dict(fps=fps or video_io.read_fps(input_path) or DEFAULT_FPS,
+                             rotation=video_io.read_rotation(input_path))
+        try:
+            video_io.VideoWriter(output_path, **video_options)  # checks suffix, codec and rotation; writes nothing
+        except ValueError as error:
+            raise ValueError(f"-o/--output: {error}") from None
+        keeps_audio = video_io.has_audio(input_path)
+        if keeps_audio and not video_io.can_copy_audio(input_path, output_path):
+            warnings.warn(f"{output_path.suffix} files cannot hold the input's audio track; writing the video "
+                          "without it", stacklevel=2)
+            keeps_audio = False
     pipeline = LC4Pipeline.from_pretrained(check_model_folder(model_dir)).to(device, DTYPES[dtype])
     if scheduler:
         pipeline.scheduler = scheduler_named(scheduler, pipeline.scheduler, argument="--scheduler")
@@ -89,15 +106,14 @@ def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, s
     colorized = (transfer_chroma_to_frames(frame, chroma[i])
                  for i, frame in enumerate(video_io.iter_frames(input_path)))
     colorized = tqdm(colorized, total=len(chroma), desc="writing", disable=not progress)
-    if output_path.suffix.lower() in video_io.VIDEO_SUFFIXES:
-        fps = fps or video_io.read_fps(input_path) or DEFAULT_FPS
-        if video_io.has_audio(input_path):
+    if writes_video:
+        if keeps_audio:
             with tempfile.TemporaryDirectory() as tmp:
                 silent = Path(tmp) / f"video{output_path.suffix}"
-                video_io.write_video(silent, colorized, fps=fps)
+                video_io.write_video(silent, colorized, **video_options)
                 video_io.mux_audio(silent, input_path, output_path)
         else:
-            video_io.write_video(output_path, colorized, fps=fps)
+            video_io.write_video(output_path, colorized, **video_options)
     else:
         video_io.write_frame_folder(output_path, colorized)
     return output_path

@@ -106,6 +106,29 @@ def test_audio_track_is_copied(gray_bikes, tiny_model_dir, tmp_path):
         assert container.streams.audio[0].codec_context.name == "aac"
 
 
+def test_audio_the_output_format_cannot_hold_is_left_out_with_a_warning(gray_bikes, tiny_model_dir, tmp_path):
+    source = tmp_path / "with_audio.mp4"
+    _with_audio(video_io.read_video(gray_bikes, max_frames=6), source)
+    output = tmp_path / "out.webm"  # WebM takes no AAC
+    with pytest.warns(UserWarning, match=".webm files cannot hold the input's audio track"):
+        assert main(colorize_args(source, output, tiny_model_dir)) == 0
+    assert not video_io.has_audio(output) and video_io.read_video(output).shape[0] == 6
+
+
+def test_the_display_rotation_is_kept(gray_bikes, tiny_model_dir, tmp_path, capsys):
+    rotated = tmp_path / "rotated.mp4"
+    video_io.write_video(rotated, video_io.read_video(gray_bikes, max_frames=4), rotation=90)
+    assert video_io.read_rotation(rotated) == 90
+    output = tmp_path / "out.mp4"
+    assert main(colorize_args(rotated, output, tiny_model_dir)) == 0
+    assert video_io.read_rotation(output) == 90
+    assert video_io.read_video(output).shape[-2:] == video_io.read_video(rotated).shape[-2:]
+    # A format without a display matrix is refused before the model runs.
+    assert main(colorize_args(rotated, tmp_path / "out.avi", tiny_model_dir)) == 2
+    assert "-o/--output: rotation: .avi files cannot store a display rotation" in capsys.readouterr().err
+    assert not (tmp_path / "out.avi").exists()
+
+
 def test_cli_errors(gray_bikes, tiny_model_dir, tmp_path, capsys):
     output = tmp_path / "out.mp4"
     assert main(colorize_args(gray_bikes, output, tmp_path / "no_model")) == 2

@@ -119,24 +119,40 @@ def _json_safe(value):
     return value
 
 
-def list_sources(folder: Path) -> dict[str, Path]:
-    """Video files and frame folders directly in ``folder``, by name without suffix."""
+def list_sources(folder: Path) -> dict[str, list[Path]]:
+    """Video files and frame folders directly in ``folder``, by name without suffix (a name with
+    more than one entry, e.g. ``a.mp4`` and ``a/``, lists them all)."""
     if not folder.is_dir():
         raise ValueError(f"folder: expected a directory of videos or frame folders, got {str(folder)!r}")
-    sources: dict[str, Path] = {}
+    sources: dict[str, list[Path]] = {}
     for entry in sorted(folder.iterdir()):
         if video.is_video_file(entry) or entry.is_dir():
-            sources.setdefault(entry.stem if entry.is_file() else entry.name, entry)
+            sources.setdefault(entry.stem if entry.is_file() else entry.name, []).append(entry)
     return sources
 
 
 def match_sources(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[dict[str, str]]]:
-    """Pairs PRED and GT entries by name; the rest are reported as unmatched."""
+    """Pairs PRED and GT entries by name; the rest (unmatched, or a name with two entries on one
+    side) are reported."""
     pred, gt = list_sources(pred_dir), list_sources(gt_dir)
-    pairs = [(name, pred[name], gt[name]) for name in sorted(pred.keys() & gt.keys())]
-    unmatched = [{"name": n, "reason": "in PRED only, no match in GT"} for n in sorted(pred.keys() - gt.keys())]
-    unmatched += [{"name": n, "reason": "in GT only, no match in PRED"} for n in sorted(gt.keys() - pred.keys())]
-    return pairs, unmatched
+    if not pred or not gt:
+        empty, folder = ("PRED", pred_dir) if not pred else ("GT", gt_dir)
+        images = sorted(p.name for p in folder.iterdir() if video.is_image_file(p)) if folder.is_dir() else []
+        hint = (f"; it holds {len(images)} image files directly: put each video's frames in a folder of its own"
+                if images else "")
+        raise ValueError(f"{empty}: no video files or frame folders in {str(folder)!r}{hint}")
+    pairs, skipped = [], []
+    for name in sorted(pred.keys() & gt.keys()):
+        both = [(side, entries) for side, entries in (("PRED", pred[name]), ("GT", gt[name])) if len(entries) > 1]
+        if both:
+            side, entries = both[0]
+            skipped.append({"name": name, "reason": f"{side} has {len(entries)} entries of this name "
+                                                    f"({', '.join(e.name for e in entries)}): keep one"})
+        else:
+            pairs.append((name, pred[name][0], gt[name][0]))
+    skipped += [{"name": n, "reason": "in PRED only, no match in GT"} for n in sorted(pred.keys() - gt.keys())]
+    skipped += [{"name": n, "reason": "in GT only, no match in PRED"} for n in sorted(gt.keys() - pred.keys())]
+    return pairs, skipped
 
 
 class _Metric(abc.ABC):
@@ -178,7 +194,10 @@ class _CDC(_Metric):
         self.values.append(metrics.channel_histograms(pred).cpu())
 
     def end_video(self):
-        return 1000.0 * metrics.cdc_from_histograms(torch.cat(self.values)).item()
+        histograms = torch.cat(self.values)
+        if histograms.shape[0] < 2:  # no frame pairs: the video's other metrics still count
+            return None
+        return 1000.0 * metrics.cdc_from_histograms(histograms).item()
 
 
 class _FVD(_Metric):
@@ -281,15 +300,25 @@ def _score_video(name: str, pred: Path, gt: Path, built: dict, options: EvalOpti
     scores = {key: metric.end_video() for key, metric in built.items()}
     for metric in built.values():
         metric.commit_video()
+    if "cdc" in built and scores["cdc"] is None:
+        notes.append("one frame: not in CDC")
     if "fvd" in built and built["fvd"].video_features[0].numel() == 0:
         notes.append(f"shorter than one FVD clip ({options.fvd_clip_length} frames): not in FVD")
     return VideoResult(name, frames, {k: v for k, v in scores.items() if v is not None}, notes)
+
+
+def _check_device(device: str) -> None:
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # an unknown name, or a device this torch cannot use
+        raise ValueError(f"device: cannot use {device!r} here ({error})") from None
 
 
 def evaluate(pred_dir, gt_dir, options: EvalOptions | None = None, progress: bool = True) -> EvalReport:
     """Scores every matching PRED/GT pair; unmatched and unreadable entries are skipped and listed."""
     options = options or EvalOptions()
     pairs, skipped = match_sources(Path(pred_dir), Path(gt_dir))
+    _check_device(options.device)
     built = _build_metrics(options)
     results: list[VideoResult] = []
     bar = tqdm(pairs, desc="lc4 eval", unit="video", file=sys.stderr, disable=not progress)

@@ -103,6 +103,10 @@ def _load_cached(path: Path) -> LPIPS:
     return model.requires_grad_(False).eval()
 
 
+# AlexNet's strided convolution and three max-pools leave nothing of a smaller frame.
+MIN_SIZE = 31
+
+
 def load_lpips(weights: str | os.PathLike | None = None) -> LPIPS:
     """Loads LPIPS from ``weights`` (or ``$LC4_LPIPS_WEIGHTS``); cached per path.
 
@@ -126,6 +130,9 @@ def lpips(
     pred = as_frames(pred, "pred")
     target = as_frames(target, "target")
     check_same_shape(pred, target)
+    if min(pred.shape[-2:]) < MIN_SIZE:
+        raise ValueError(f"pred, target: LPIPS's AlexNet needs frames of at least {MIN_SIZE}x{MIN_SIZE} pixels, "
+                         f"got {tuple(pred.shape[-2:])}")
     model = model if model is not None else load_lpips(weights)
     device = next(model.parameters()).device
     with torch.no_grad():

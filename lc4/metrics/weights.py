@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -36,7 +37,11 @@ def require_file(path: Path, what: str) -> Path:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Loads a tensor-only checkpoint (``weights_only``: no code runs from the file)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'truncated?'})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

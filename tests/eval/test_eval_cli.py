@@ -120,6 +120,43 @@ def test_frame_count_and_size_mismatches(tmp_path, bikes_frames, capsys):
     assert "frame sizes differ" in report["skipped"][0]["reason"]
 
 
+def test_a_one_frame_video_keeps_its_other_scores(tmp_path, bikes_frames):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    for name, frames in (("long", bikes_frames[:4]), ("single", bikes_frames[:1])):
+        video.write_frame_folder(pred / name, degrade(frames))
+        video.write_frame_folder(gt / name, frames)
+    only_psnr = evaluate(pred, gt, EvalOptions(metrics=("psnr",), size=None), progress=False)
+    with_cdc = evaluate(pred, gt, EvalOptions(metrics=("psnr", "cdc"), size=None), progress=False)
+    assert [r.name for r in with_cdc.videos] == ["long", "single"] and not with_cdc.skipped
+    assert with_cdc.mean["psnr"] == only_psnr.mean["psnr"]
+    single = with_cdc.videos[1]
+    assert "cdc" not in single.scores and single.notes == ["one frame: not in CDC"]
+    assert with_cdc.mean["cdc"] == with_cdc.videos[0].scores["cdc"]
+
+
+def test_ambiguous_names_empty_folders_and_bad_inputs_are_reported(folders, tmp_path, bikes_frames, capsys):
+    pred, gt = folders
+    video.write_video(pred / "bikes_degraded.mp4", bikes_frames)  # beside the frame folder bikes_degraded/
+    report = evaluate(pred, gt, EvalOptions(metrics=("psnr",), size=(32, 32)), progress=False)
+    assert [r.name for r in report.videos] == ["bikes_clean"]
+    reasons = {entry["name"]: entry["reason"] for entry in report.skipped}
+    assert reasons["bikes_degraded"] == "PRED has 2 entries of this name (bikes_degraded, bikes_degraded.mp4): keep one"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", str(empty), str(gt), "--no-progress"]) == 2
+    assert "PRED: no video files or frame folders" in capsys.readouterr().err
+    video.write_frame_folder(tmp_path / "flat", bikes_frames[:2])
+    assert main(["eval", str(tmp_path / "flat"), str(gt), "--no-progress"]) == 2
+    assert "holds 2 image files directly" in capsys.readouterr().err
+    assert main(["eval", str(pred), str(gt), "--metrics", "psnr", "--device", "nonsense", "--no-progress"]) == 2
+    assert "device: cannot use 'nonsense'" in capsys.readouterr().err
+    (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    assert main(["eval", str(pred), str(gt), "--metrics", "lpips", "--lpips-weights", str(tmp_path / "truncated.pt"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable PyTorch weights file" in err and "Traceback" not in err
+
+
 def test_too_few_clips_for_fvd_is_reported_not_fatal(folders, tmp_path):
     torch.save(InceptionI3d().state_dict(), tmp_path / "i3d.pt")
     pred, gt = folders

@@ -94,3 +94,6 @@ def test_bad_input():
         lpips(frames, frames[:1], model=model)
     with pytest.raises(ValueError, match=r"pred: expected RGB frames of shape \(N, 3, H, W\)"):
         lpips(frames[:, :1], frames[:, :1], model=model)
+    with pytest.raises(ValueError, match=r"at least 31x31 pixels, got \(30, 32\)"):
+        lpips(frames[..., :30, :], frames[..., :30, :], model=model)
+    assert lpips(frames[..., :31, :31], frames[..., :31, :31], model=model).shape == (2,)

@@ -61,3 +61,7 @@ def test_bad_input():
         ssim(frames[0], frames[0])
     with pytest.raises(ValueError, match="larger than 11x11"):
         ssim(frames[..., :8, :8], frames[..., :8, :8])
+    with_nan = frames.clone()
+    with_nan[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="pred: expected RGB values in 0-255, got NaN"):
+        psnr(with_nan, frames)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SHARDING = ("none", "fsdp")
 FSDP_STRATEGIES = ("SHARD_GRAD_OP", "FULL_SHARD")
+# The keys that hold paths: relative ones in a config file are relative to its folder.
+PATH_KEYS = ("model.path", "data.source", "data.encoding_cache_file", "output_dir", "validation.video")
 # FSDP units (module class names): every ResNet block and transformer of the UNet and of the
 # luminance encoder; the rest (embeddings, up/down-samplers, conv_in/out) is the root unit.
 FSDP_WRAP = ("ResnetBlock2D", "Transformer2DModel")
@@ -320,6 +323,25 @@ class TrainConfig:
             raise ValueError(f"snr_gamma: expected a positive number or null, got {self.snr_gamma}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps: expected >= 1, got {self.max_steps}")
+        for name, value in (("epochs", self.epochs), ("checkpointing.keep_last", self.checkpointing.keep_last)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: expected >= 1 or null, got {value}")
+        for name, value in (("data.num_workers", data.num_workers), ("data.max_skips", data.max_skips),
+                            ("optimizer.lr_warmup_steps", self.optimizer.lr_warmup_steps),
+                            ("optimizer.lr", self.optimizer.lr), ("optimizer.weight_decay", self.optimizer.weight_decay),
+                            ("validation.every_steps", self.validation.every_steps)):
+            if value < 0:
+                raise ValueError(f"{name}: expected >= 0, got {value}")
+        if not 0 <= self.ema.decay < 1:
+            raise ValueError(f"ema.decay: expected a value in [0, 1), got {self.ema.decay}")
+        if not all(0 <= beta < 1 for beta in self.optimizer.betas):
+            raise ValueError(f"optimizer.betas: expected two values in [0, 1), got {list(self.optimizer.betas)}")
+        if self.optimizer.max_grad_norm is not None and not self.optimizer.max_grad_norm > 0:
+            raise ValueError(f"optimizer.max_grad_norm: expected > 0 or null, got {self.optimizer.max_grad_norm}")
+        if self.validation.num_inference_steps < 1:
+            raise ValueError(f"validation.num_inference_steps: expected >= 1, got {self.validation.num_inference_steps}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"seed: expected an integer in [0, 2**32), got {self.seed}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -340,31 +362,68 @@ def _build(cls, values: dict, prefix: str = ""):
         default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value or {}, f"{prefix}{name}.")
-        elif name == "betas":
-            kwargs[name] = tuple(float(b) for b in value)
         else:
             kwargs[name] = _coerce(value, hints[name], prefix + name)
     return cls(**kwargs)
 
 
+def _describe(kind) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a text"}.get(kind, str(kind))
+
+
+def _coerce_scalar(value, kind, name: str):
+    """``value`` as ``kind`` (bool, int, float or str), or a ValueError naming the key. YAML 1.1
+    reads ``1e-5`` (no dot) as a string, so numbers may come as text."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind in (int, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if kind is float:
+                return float(number)
+            if float(number).is_integer():
+                return int(number)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ValueError(f"{name}: expected {_describe(kind)}, got {value!r}")
+
+
 def _coerce(value, hint, name: str):
-    """YAML 1.1 reads ``1e-5`` (no dot) as a string: numbers are converted to the field's type."""
+    """``value`` checked against the field's type hint (bool, int, float, str, a list of them, a
+    tuple, each possibly Optional); a ValueError naming the key when it does not fit."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [arg for arg in args if arg is not type(None)]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name}: expected a list, got {value!r}")
+        if origin is tuple and len(value) != len(args):
+            raise ValueError(f"{name}: expected {len(args)} values, got {value!r}")
+        kinds = args if origin is tuple else args * len(value)
+        return origin(_coerce_scalar(item, kind, name) for item, kind in zip(value, kinds))
     if value is None:
-        return None
-    wanted = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
-    if isinstance(value, str) and (float in wanted or int in wanted):
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{name}: expected a number, got {value!r}") from None
-        return int(number) if int in wanted and float not in wanted and number.is_integer() else number
-    return value
+        raise ValueError(f"{name}: expected {_describe(hint)}, got null")
+    return _coerce_scalar(value, hint, name)
 
 
 def _set_dotted(values: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents):
         values = values.setdefault(key, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"--set {dotted}: {'.'.join(parents[:depth + 1])} is a value, not a section")
     values[leaf] = value
 
 
@@ -400,7 +459,7 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
     if path is not None:
         values = read_config_file(path)
         base = Path(path).parent
-        for dotted in ("model.path", "data.source", "data.encoding_cache_file", "output_dir", "validation.video"):
+        for dotted in PATH_KEYS:
             *parents, leaf = dotted.split(".")
             section = values
             for key in parents:
@@ -413,8 +472,17 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
 
 
 def dump_config(config: TrainConfig, path: str | Path) -> None:
+    """Writes the config as YAML that :func:`load_config` reads back to the same run: its paths
+    absolute (relative ones were relative to the working folder, not to the file's)."""
     import yaml
 
     data = config.to_dict()
     data["optimizer"]["betas"] = list(data["optimizer"]["betas"])
+    for dotted in PATH_KEYS:
+        *parents, leaf = dotted.split(".")
+        section = data
+        for key in parents:
+            section = section[key]
+        if section[leaf]:
+            section[leaf] = os.path.abspath(section[leaf])
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -24,6 +24,7 @@ logged warning and the next one is taken in its place; a run stops only after
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import math
@@ -54,10 +55,12 @@ class VideoItem:
     segmentation: Optional[Path] = None  # a folder of per-frame label maps
 
 
-def _pick(row: dict, keys: tuple[str, ...], what: str, where: str) -> str:
+def _pick(row: dict, keys: tuple[str, ...], what: str, where: str, allow_empty: bool = False) -> str:
     for key in keys:
         if row.get(key) not in (None, ""):
             return str(row[key])
+    if allow_empty and any(row.get(key) == "" for key in keys):
+        return ""
     raise ValueError(f"{where}: no {what} column/key (expected one of {', '.join(keys)}), got {sorted(row)}")
 
 
@@ -65,7 +68,8 @@ def _items_from_rows(rows, base: Path, where: str) -> list[VideoItem]:
     items = []
     for number, row in enumerate(rows, start=1):
         path = Path(_pick(row, VIDEO_KEYS, "video", f"{where} row {number}"))
-        caption = _pick(row, CAPTION_KEYS, "caption", f"{where} row {number}")
+        # An empty caption is the unconditional one, as an empty NAME.txt is in a folder source.
+        caption = _pick(row, CAPTION_KEYS, "caption", f"{where} row {number}", allow_empty=True)
         labels = Path(row["segmentation"]) if row.get("segmentation") else None
         if labels is not None and not labels.is_absolute():
             labels = base / labels
@@ -82,7 +86,7 @@ def list_videos(source: str | Path) -> list[VideoItem]:
         items = []
         for caption_file in sorted(source.glob("*.txt")):
             stem = caption_file.with_suffix("")
-            candidates = [p for p in sorted(source.glob(f"{stem.name}.*")) if p.suffix.lower() in video_io.VIDEO_SUFFIXES]
+            candidates = [p for p in sorted(source.glob(f"{glob.escape(stem.name)}.*")) if p.suffix.lower() in video_io.VIDEO_SUFFIXES]
             if stem.is_dir():
                 candidates.append(stem)
             if candidates:

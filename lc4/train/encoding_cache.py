@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .. import video as video_io
 from ..luminance import LuminanceEncoder, LuminanceFeatures
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ FILE_FORMAT = "1"
 def cache_fingerprint(vae: nn.Module, luminance_encoder: nn.Module, paths: Sequence[str | os.PathLike],
                       resolution: int) -> str:
     """What the cached values depend on besides the frame key: both encoders' weights and
-    configs, their dtype and device type, the data's items (each path with its size and
-    modification time, so regenerated data does not match) and the resolution."""
+    configs, their dtype and device type, the data's items (each video file, or each frame of a
+    frame folder, with its size and modification time, so regenerated data does not match) and
+    the resolution."""
     digest = hashlib.sha256(f"lc4 encoding cache {FILE_FORMAT} resolution {resolution}".encode())
     for name, module in (("vae", vae), ("luminance_encoder", luminance_encoder)):
         parameter = next(module.parameters())
@@ -43,8 +45,11 @@ def cache_fingerprint(vae: nn.Module, luminance_encoder: nn.Module, paths: Seque
             digest.update(f"{key} {tuple(tensor.shape)} {tensor.dtype}".encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{os.fspath(path)} {stat.st_size} {stat.st_mtime_ns}".encode())
+        # A frame folder's own stat does not change when its frames are rewritten in place.
+        files = video_io.list_frame_files(path) if os.path.isdir(path) else [path]
+        for file in files:
+            stat = os.stat(file)
+            digest.update(f"{os.fspath(file)} {stat.st_size} {stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 

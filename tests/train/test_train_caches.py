@@ -211,6 +211,22 @@ def test_cache_fingerprint_follows_weights_data_and_resolution(components, tmp_p
     assert len({base, *others}) == len(others) + 1
 
 
+def test_cache_fingerprint_follows_frames_rewritten_in_a_frame_folder(components, tmp_path):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"{index:05d}.png").write_bytes(b"frame")
+    os.utime(folder, ns=(0, 1))
+
+    def fingerprint():
+        return cache_fingerprint(components.vae, components.luminance_encoder, [folder], 32)
+
+    base = fingerprint()
+    os.utime(folder / "00001.png", ns=(0, 12345))  # one frame rewritten in place
+    os.utime(folder, ns=(0, 1))  # the folder's own stat unchanged
+    assert fingerprint() != base
+
+
 def test_a_later_stage_reads_the_encodings_its_predecessor_wrote(tiny_model_dir, tmp_path, monkeypatch):
     # 4 clips of 2 frames, whole clips: the first stage encodes every frame in its first epoch.
     source = make_dataset(tmp_path / "data", count=4, num_frames=2)

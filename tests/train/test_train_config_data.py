@@ -2,13 +2,16 @@
 clips, luminance, determinism of samples."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from lc4.cmpf import without_color_words
 from lc4.color import rgb_to_luma
-from lc4.train.config import TrainConfig, load_config
+from lc4.train.config import TrainConfig, dump_config, load_config
 from lc4.train.data import ClipSampler, TextVideoDataset, list_videos
 from train_helpers import CAPTIONS, make_dataset
 
@@ -46,10 +49,63 @@ def test_config_files_relative_paths_and_overrides(tmp_path, suffix):
     ({"data": {"resolution": 250}}, "multiple of 8"),
     ({"mixed_precision": "fp8"}, "mixed_precision"),
     ({"data": {"color_word_dropout": 1.5}}, "data.color_word_dropout: expected a probability, got 1.5"),
+    ({"data": {"resolution": 32.5}}, "data.resolution: expected an integer, got 32.5"),
+    ({"batch_size": 2.5}, "batch_size: expected an integer, got 2.5"),
+    ({"seed": 1.5}, "seed: expected an integer, got 1.5"),
+    ({"seed": -1}, "seed: expected an integer in [0, 2**32), got -1"),
+    ({"ema": {"enabled": "false"}}, "ema.enabled: expected true or false, got 'false'"),
+    ({"data": {"random_crop": "maybe"}}, "data.random_crop: expected true or false, got 'maybe'"),
+    ({"optimizer": {"betas": 0.9}}, "optimizer.betas: expected a list, got 0.9"),
+    ({"optimizer": {"betas": [0.9, 1.5]}}, "optimizer.betas: expected two values in [0, 1), got [0.9, 1.5]"),
+    ({"model": {"path": 3}}, "model.path: expected a text, got 3"),
+    ({"trainable": "unet"}, "trainable: expected a list, got 'unet'"),
+    ({"epochs": 0}, "epochs: expected >= 1 or null, got 0"),
+    ({"checkpointing": {"keep_last": -1}}, "checkpointing.keep_last: expected >= 1 or null, got -1"),
+    ({"ema": {"decay": 2}}, "ema.decay: expected a value in [0, 1), got 2"),
+    ({"data": {"num_workers": -1}}, "data.num_workers: expected >= 0, got -1"),
+    ({"optimizer": {"lr_warmup_steps": -3}}, "optimizer.lr_warmup_steps: expected >= 0, got -3"),
+    ({"data": {"resolution": None}}, "data.resolution: expected an integer, got null"),
 ])
 def test_config_errors(values, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         load_config(values=values)
+
+
+def test_config_values_of_the_right_kind_are_converted():
+    config = load_config(values={"data": {"resolution": 32.0}, "optimizer": {"lr": "1e-4", "betas": [0, 1e-1]},
+                                 "max_steps": "100"})
+    assert config.data.resolution == 32 and isinstance(config.data.resolution, int)
+    assert config.optimizer.lr == 1e-4 and config.optimizer.betas == (0.0, 0.1) and config.max_steps == 100
+    with pytest.raises(ValueError, match=re.escape("--set data.source.x: data.source is a value, not a section")):
+        load_config(values={"data": {"source": "videos"}}, overrides=["data.source.x=1"])
+
+
+def test_the_dumped_config_loads_back_to_the_same_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "run.yaml").write_text("model: {path: ../model}\ndata: {source: ../videos}\n"
+                                                   "output_dir: ../runs/a\n")
+    config = load_config("configs/run.yaml", ["validation.video=held_out.mp4"])  # both relative
+    (tmp_path / "runs").mkdir()
+    dump_config(config, tmp_path / "runs" / "dumped.yaml")
+    again = load_config(tmp_path / "runs" / "dumped.yaml")
+    for key in ("model.path", "data.source", "output_dir", "validation.video"):
+        section, leaf = key.rsplit(".", 1) if "." in key else (None, key)
+        first = getattr(getattr(config, section), leaf) if section else getattr(config, leaf)
+        second = getattr(getattr(again, section), leaf) if section else getattr(again, leaf)
+        assert Path(second).resolve() == Path(first).resolve(), key
+
+
+def test_empty_captions_and_bracketed_names(tmp_path):
+    rows = tmp_path / "data.jsonl"
+    rows.write_text('{"video": "a.mp4", "caption": ""}\n{"video": "b.mp4", "caption": "a red car"}\n')
+    assert [item.caption for item in list_videos(rows)] == ["", "a red car"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("My video [dQw4w9WgXcQ]", "plain"):
+        (folder / f"{name}.mp4").write_bytes(b"clip")
+        (folder / f"{name}.txt").write_text(f"caption of {name}")
+    assert sorted(item.path.name for item in list_videos(folder)) == ["My video [dQw4w9WgXcQ].mp4", "plain.mp4"]
 
 
 @pytest.mark.parametrize("layout", ["folder", "csv", "jsonl"])

@@ -20,6 +20,7 @@ from typing import Optional
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 TEMP_PREFIX = ".tmp-"
+CUSTOM_STATE_PATTERN = re.compile(r"^custom_checkpoint_\d+\.pkl$")  # accelerate's name for a registered object
 TRAINED_FOLDERS = {"unet": "unet", "tda": "tda", "luminance_encoder": "luminance_encoder", "cmpf": "cmpf",
                    "text_encoder": "text_encoder"}
 
@@ -49,6 +50,32 @@ def resolve_resume(resume: Optional[str], folder: str | Path) -> Optional[Path]:
     if not path.is_dir():
         raise FileNotFoundError(f"--resume: no checkpoint folder at {resume!r} (or say 'latest')")
     return path
+
+
+def refuse_fresh_run_over_checkpoints(checkpoints_dir: str | Path, output_dir: str | Path) -> None:
+    """A fresh run must not share a folder with another run's checkpoints: rotation would delete
+    its own first, the logs would mix and ``--resume latest`` would continue the other run."""
+    checkpoints = list_checkpoints(checkpoints_dir)
+    if checkpoints:
+        raise ValueError(f"output_dir {str(output_dir)!r} already holds the checkpoints of an earlier run (the newest "
+                         f"{checkpoints[-1][1].name}): pass --resume latest to continue that run, or choose another "
+                         f"output_dir (or remove its checkpoints) to start afresh")
+
+
+def check_ema_matches(checkpoint: str | Path, with_ema: bool) -> None:
+    """The checkpoint holds the states this run registers with accelerate: the EMA (with
+    ``ema.enabled``) and the progress. Else accelerate fails with a count that names neither."""
+    saved = len([p for p in Path(checkpoint).iterdir() if CUSTOM_STATE_PATTERN.match(p.name)])
+    expected = 2 if with_ema else 1
+    if saved == expected:
+        return
+    if saved in (1, 2):
+        written = "with" if saved == 2 else "without"
+        raise ValueError(f"--resume: the checkpoint {str(checkpoint)!r} was written {written} EMA (ema.enabled: "
+                         f"{str(saved == 2).lower()}), but the config now says ema.enabled: {str(with_ema).lower()}; "
+                         f"resume with the setting the run started with, or start afresh in another output_dir")
+    raise ValueError(f"--resume: {str(checkpoint)!r} is not an lc4 train checkpoint: it holds {saved} custom states, "
+                     f"expected {expected}")
 
 
 def save_checkpoint(accelerator, folder: str | Path, step: int, keep_last: Optional[int] = None) -> Path:

@@ -23,7 +23,8 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import resolve_resume, save_checkpoint, save_model_folder
+from .checkpoint import (check_ema_matches, refuse_fresh_run_over_checkpoints, resolve_resume, save_checkpoint,
+                         save_model_folder)
 from .config import TrainConfig
 from .data import (ClipSampler, TextVideoDataset, VideoItem, collate, list_videos, split_holdout,
                    validation_clip)
@@ -153,6 +154,49 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
 
 
+class LossWindow:
+    """The losses and clips of the optimizer steps since the last logged record. A step's loss
+    is the mean over the micro-batches it had (an epoch's last step may have fewer than
+    gradient_accumulation_steps); a record's, the mean over the steps in its window (after a
+    resume the first window holds only the steps this run made)."""
+
+    def __init__(self):
+        self.step_sums, self.micro_batches = {}, 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums, self.steps, self.clips, self.start = {}, 0, 0, time.perf_counter()
+
+    def add_micro_batch(self, losses: dict[str, float], clips: int) -> None:
+        for name, value in losses.items():
+            self.step_sums[name] = self.step_sums.get(name, 0.0) + value
+        self.micro_batches += 1
+        self.clips += clips
+
+    def end_step(self) -> None:
+        for name, total in self.step_sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + total / self.micro_batches
+        self.step_sums, self.micro_batches = {}, 0
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.steps for name, total in self.sums.items()}
+
+    def clips_per_second(self) -> float:
+        return self.clips / max(time.perf_counter() - self.start, 1e-9)
+
+
+def _resume_point(config: TrainConfig, resume: Optional[str], checkpoints_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from (None: start afresh), refusing what would mix two runs or
+    fail inside accelerate."""
+    resume_path = resolve_resume(resume, checkpoints_dir)
+    if resume is None:
+        refuse_fresh_run_over_checkpoints(checkpoints_dir, config.output_dir)
+    if resume_path is not None:
+        check_ema_matches(resume_path, config.ema.enabled)
+    return resume_path
+
+
 def train(config: TrainConfig, resume: Optional[str] = None, stop_after: Optional[int] = None) -> TrainResult:
     """Runs (or resumes, ``resume="latest"`` or a checkpoint path) one training stage.
     ``stop_after``: leave the loop after that many optimizer steps in total, as a killed run
@@ -170,6 +214,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     from ..tda import set_tda_backend
 
     output_dir = Path(config.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+    resume_path = _resume_point(config, resume, checkpoints_dir)
     mixed_precision = _mixed_precision(config.mixed_precision)
     log_with = None
     if config.logging.tensorboard:
@@ -270,16 +316,15 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     if config.ema.enabled:
         from diffusers.training_utils import EMAModel
         ema = EMAModel(params, decay=config.ema.decay)
-        ema.to(device)
         accelerator.register_for_checkpointing(ema)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
 
-    checkpoints_dir = output_dir / "checkpoints"
-    resume_path = resolve_resume(resume, checkpoints_dir)
     if resume_path is not None:
         accelerator.load_state(str(resume_path))
         accelerator.print(f"resumed from {resume_path} at step {progress.step}")
+    if ema is not None:  # accelerate loads it onto the CPU, and EMAModel keeps the tensors it is given
+        ema.to(device)
     if accelerator.is_main_process:
         accelerator.init_trackers("lc4-train", config={"stage": config.stage, "lr": optim.lr,
                                                        "resolution": config.data.resolution})
@@ -308,8 +353,7 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
     last_stop = min(max_steps, stop_after) if stop_after else max_steps
     bar = tqdm(total=max_steps, initial=step, desc=f"stage {config.stage}", unit="step",
                disable=not (accelerator.is_local_main_process and config.logging.progress_bar))
-    window_loss, window_segmentation, window_grounding = 0.0, 0.0, 0.0
-    window_clips, window_start = 0, time.perf_counter()
+    window = LossWindow()
     while step < last_stop:
         sampler.set_epoch_seed(epoch)
         loader = accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
@@ -322,17 +366,20 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.uses_cmpf,
                                       snr_gamma=config.snr_gamma, train_text_encoder=train_text_encoder,
                                       encodings=encodings, boundary_weight=config.segmentation.boundary_weight)
+                logged = {}
                 if segmentation_heads is not None:
                     segmentation_loss = segmentation_heads.loss(batch["segmentation"].flatten(0, 1))
-                    window_segmentation += segmentation_loss.detach().float().item() / config.gradient_accumulation_steps
+                    logged["segmentation_loss"] = segmentation_loss.detach().float().item()
                     loss = loss + config.segmentation.weight * segmentation_loss
                 if grounding is not None:
                     labels = batch["segmentation"]
                     token_ids = tokenize_captions(components.tokenizer, batch["captions"], device)[0]
                     grounding_loss = grounding.loss(labels.flatten(0, 1),
                                                     token_ids.repeat_interleave(labels.shape[1], dim=0))
-                    window_grounding += grounding_loss.detach().float().item() / config.gradient_accumulation_steps
+                    logged["grounding_loss"] = grounding_loss.detach().float().item()
                     loss = loss + config.grounding.weight * grounding_loss
+                # accelerate divides every micro-batch's loss by gradient_accumulation_steps, also in
+                # an epoch's short last step: every clip weighs the same in the sum of the updates.
                 accelerator.backward(loss)
                 # Gradient checkpointing reruns the hooks in the backward: drop what they recorded.
                 if segmentation_heads is not None:
@@ -344,32 +391,26 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            window_loss += loss.detach().float().item() / config.gradient_accumulation_steps
-            window_clips += batch["pixel_values"].shape[0] * accelerator.num_processes
+            window.add_micro_batch({"loss": loss.detach().float().item(), **logged},
+                                   clips=batch["pixel_values"].shape[0] * accelerator.num_processes)
             if not accelerator.sync_gradients:
                 continue
+            window.end_step()
             step += 1
             progress.step = step
             if ema is not None:
                 ema.step(params)
             bar.update(1)
             if step % config.logging.every_steps == 0 or step == last_stop:
-                steps_in_window = (step - 1) % config.logging.every_steps + 1
-                mean_loss = accelerator.reduce(torch.tensor(window_loss / steps_in_window, device=device), "mean").item()
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0],
-                          "clips_per_s": window_clips / max(elapsed, 1e-9), "memory_gib": _peak_memory_gib(device)}
-                if segmentation_heads is not None:  # "loss" includes it, weighted
-                    record["segmentation_loss"] = accelerator.reduce(
-                        torch.tensor(window_segmentation / steps_in_window, device=device), "mean").item()
-                if grounding is not None:  # "loss" includes it, weighted
-                    record["grounding_loss"] = accelerator.reduce(
-                        torch.tensor(window_grounding / steps_in_window, device=device), "mean").item()
+                # "loss" includes segmentation_loss and grounding_loss, weighted
+                means = {name: accelerator.reduce(torch.tensor(mean, device=device), "mean").item()
+                         for name, mean in window.means().items()}
+                record = {"step": step, "epoch": epoch, "loss": means.pop("loss"), "lr": lr_scheduler.get_last_lr()[0],
+                          "clips_per_s": window.clips_per_second(), "memory_gib": _peak_memory_gib(device), **means}
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 metrics.write(record)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{record['lr']:.2e}")
-                window_loss, window_segmentation, window_grounding = 0.0, 0.0, 0.0
-                window_clips, window_start = 0, time.perf_counter()
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                window.reset()
             if step % config.checkpointing.every_steps == 0 or step == last_stop:
                 save_checkpoint(accelerator, checkpoints_dir, step, config.checkpointing.keep_last)
             if config.validation.every_steps and step % config.validation.every_steps == 0:

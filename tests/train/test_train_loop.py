@@ -40,6 +40,12 @@ def weights(module: torch.nn.Module) -> dict:
     return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
 
 
+def logged_losses(output_dir: Path) -> dict[int, float]:
+    """``{step: loss}`` of the run's ``logs/metrics.jsonl``."""
+    records = [json.loads(line) for line in (output_dir / "logs/metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in records}
+
+
 def test_stage1_loss_goes_down(tiny_model_dir, video_folder, tmp_path):
     config = load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=30))
     batch = eval_batch(video_folder)
@@ -143,7 +149,8 @@ def test_denoiser_with_a_text_encoder_wants_token_ids(tiny_model_dir):
 def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_model_dir, video_folder, tmp_path):
     # 4 clips, accumulation 2: 2 optimizer steps per epoch, so step 3 stops inside epoch 1.
     common = dict(max_steps=5, gradient_accumulation_steps=2, deterministic=True, ema__enabled=True,
-                  ema__decay=0.9, optimizer__lr_scheduler="linear", optimizer__lr_warmup_steps=2)
+                  ema__decay=0.9, optimizer__lr_scheduler="linear", optimizer__lr_warmup_steps=2,
+                  logging__every_steps=2)
     whole = train(load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "whole", **common)))
 
     interrupted = load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "cut", **common))
@@ -160,9 +167,31 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_model_dir, video
     saved_whole, saved_resumed = load_components(whole.model_dir), load_components(resumed.model_dir)
     assert all(torch.equal(v, weights(saved_resumed.unet)[k]) for k, v in weights(saved_whole.unet).items())
     assert not torch.equal(weights(saved_whole.unet)["conv_in.weight"], expected["unet.conv_in.weight"])
-    log_whole = (tmp_path / "whole/logs/metrics.jsonl").read_text().splitlines()
-    log_cut = (tmp_path / "cut/logs/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["loss"] for r in log_whole] == [json.loads(r)["loss"] for r in log_cut]
+    # The same records where the windows coincide; the stop at step 3 splits the window of steps 3-4.
+    log_whole, log_cut = logged_losses(tmp_path / "whole"), logged_losses(tmp_path / "cut")
+    assert list(log_whole) == [2, 4, 5] and list(log_cut) == [2, 3, 4, 5]
+    assert log_cut[2] == log_whole[2] and log_cut[5] == log_whole[5]
+    assert (log_cut[3] + log_cut[4]) / 2 == pytest.approx(log_whole[4], rel=1e-6)
+
+
+def test_each_logged_step_is_the_mean_of_its_own_micro_batches(tiny_model_dir, video_folder, tmp_path, monkeypatch):
+    import lc4.train.loop
+
+    losses = []
+
+    def recorded_loss(*args, **kwargs):
+        loss = diffusion_loss(*args, **kwargs)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(lc4.train.loop, "diffusion_loss", recorded_loss)
+    # 4 clips, accumulation 3: step 1 has three micro-batches, step 2 (the epoch's last) one.
+    train(load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=2,
+                                                gradient_accumulation_steps=3)))
+    assert len(losses) == 4
+    logged = logged_losses(tmp_path / "run")
+    assert logged[1] == pytest.approx(sum(losses[:3]) / 3, rel=1e-6)
+    assert logged[2] == pytest.approx(losses[3], rel=1e-6)
 
 
 def test_a_corrupt_and_a_short_video_are_skipped_and_reported(tiny_model_dir, tmp_path, caplog):

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from . import video as video_io
+from .devices import check_device
 from .init_model import check_model_folder
 
 DEFAULT_FPS = 25
@@ -50,13 +51,6 @@ def _check_output(input_path: Path, output_path: Path) -> None:
                          "output is written, so give another path")
 
 
-def _check_device(device: str) -> None:
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:  # an unknown name, or a device this torch cannot use
-        raise ValueError(f"--device: cannot use {device!r} here ({error})") from None
-
-
 def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, steps: int = 25,
              guidance_scale: float = 7.5, guidance_rescale: float = 0.0, scheduler: str | None = None, eta: float = 0.0,
              seed: int | None = 0, frames_per_clip: int = 8,
@@ -75,7 +69,7 @@ def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, s
     input_path, output_path = Path(input_path), Path(output_path)
     _check_input(input_path)
     _check_output(input_path, output_path)
-    _check_device(device)
+    check_device(device)
     # What the output can hold is settled before the model runs: the input's display rotation
     # (the pixels are colorized as stored) and its audio track.
     writes_video = output_path.suffix.lower() in video_io.VIDEO_SUFFIXES

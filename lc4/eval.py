@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import metrics, video
+from .devices import check_device
 from .metrics.fvd import DEFAULT_CLIP_LENGTH, DEFAULT_INPUT_SIZE
 from .metrics.fvd import ENV_VAR as I3D_ENV_VAR
 from .metrics.lpips import ENV_VAR as LPIPS_ENV_VAR
@@ -307,18 +308,11 @@ def _score_video(name: str, pred: Path, gt: Path, built: dict, options: EvalOpti
     return VideoResult(name, frames, {k: v for k, v in scores.items() if v is not None}, notes)
 
 
-def _check_device(device: str) -> None:
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:  # an unknown name, or a device this torch cannot use
-        raise ValueError(f"device: cannot use {device!r} here ({error})") from None
-
-
 def evaluate(pred_dir, gt_dir, options: EvalOptions | None = None, progress: bool = True) -> EvalReport:
     """Scores every matching PRED/GT pair; unmatched and unreadable entries are skipped and listed."""
     options = options or EvalOptions()
     pairs, skipped = match_sources(Path(pred_dir), Path(gt_dir))
-    _check_device(options.device)
+    check_device(options.device, argument="device")
     built = _build_metrics(options)
     results: list[VideoResult] = []
     bar = tqdm(pairs, desc="lc4 eval", unit="video", file=sys.stderr, disable=not progress)

@@ -32,13 +32,8 @@ def _coordinates(points: torch.Tensor, under_autocast: bool) -> torch.Tensor:
     return points.float() if under_autocast and points.dtype in (torch.float16, torch.bfloat16) else points
 
 
-def _attention_device(q) -> Optional[torch.device]:
-    return q.device if isinstance(q, torch.Tensor) else None
-
-
 def _autocast_attention_inputs(q, k, v):
-    device = _attention_device(q)
-    cast = None if device is None else _autocast_dtype(device)
+    cast = _autocast_dtype(q.device) if isinstance(q, torch.Tensor) else None  # else validation names q
     return (*_autocast(cast, q, k, v), cast is not None)
 
 

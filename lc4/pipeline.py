@@ -38,7 +38,7 @@ from .cmpf import CrossModalityPreFusion, color_token_mask
 from .color import merge_luma_chroma, rgb_to_luma, rgb_to_ycbcr, to_unit, to_uint8
 from .luminance import LuminanceEncoder, decode_latents, luminance_input
 from .tda import set_tda_backend
-from .unet import TDAAdapter, insert_tda, runs_tda, tda_removed, temporal_kwargs
+from .unet import TDAAdapter, has_tda, insert_tda, runs_tda, tda_removed, temporal_kwargs
 
 VideoInput = Union[str, os.PathLike, torch.Tensor, np.ndarray, Sequence[np.ndarray]]
 CLIP_MODES = ("skip", "sliding", "disjoint")
@@ -152,14 +152,17 @@ class LC4Pipeline(DiffusionPipeline):
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
         if name in ("unet", "tda"):
-            self._run_own_tda()
+            self._run_own_tda(bypassed_too=True)
 
-    def _run_own_tda(self) -> None:
-        """Puts this pipeline's ``tda`` layers into its ``unet`` unless they are there already:
-        on construction, when either is replaced, and before each call (a UNet shared with
-        another pipeline, as ``from_pipe`` shares it, may hold the other's)."""
+    def _run_own_tda(self, bypassed_too: bool) -> None:
+        """Puts this pipeline's ``tda`` layers into its ``unet`` unless they are there already: on
+        construction and when either is replaced; before each call only where the UNet holds
+        another adapter's (a UNet shared with another pipeline, as ``from_pipe`` shares it), not
+        where it holds none (TDA bypassed on purpose, ``tda_removed``)."""
         unet, tda = getattr(self, "unet", None), getattr(self, "tda", None)
-        if unet is not None and tda is not None and not runs_tda(unet, tda):
+        if unet is None or tda is None or runs_tda(unet, tda):
+            return
+        if bypassed_too or has_tda(unet):
             insert_tda(unet, tda)
 
     @classmethod
@@ -388,7 +391,7 @@ class LC4Pipeline(DiffusionPipeline):
         if seed is not None:
             generator = torch.Generator("cpu").manual_seed(seed)  # the same noise on every device
         step_kwargs = self._step_kwargs(eta, generator)
-        self._run_own_tda()
+        self._run_own_tda(bypassed_too=False)
         set_tda_backend(self.unet, backend)
         set_tda_backend(self.cmpf, backend)
         device = self._execution_device

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from lc4 import video as video_io
 from lc4.ccf import ClipPlan
 from lc4.pipeline import LC4Pipeline, scheduler_named
-from lc4.unet import TDAAdapter, runs_tda
+from lc4.unet import TDAAdapter, has_tda, runs_tda, tda_removed
 
 from model_helpers import randomize_, recorded_tda_calls
 
@@ -82,6 +82,11 @@ def test_the_pipeline_runs_the_tda_layers_it_is_given(tiny_model_dir):
     assert torch.equal(built(frames, "a red car", **RUN).frames, after)
     pipe.tda = other
     assert runs_tda(pipe.unet, other) and torch.equal(pipe(frames, "a red car", **RUN).frames, after)
+    # A UNet without TDA layers is a bypass on purpose (the toy evaluation's ablation): left so.
+    with tda_removed(pipe.unet):
+        bypassed = pipe(frames, "a red car", **RUN).frames
+        assert not has_tda(pipe.unet)
+    assert not torch.allclose(bypassed, after, atol=1e-4) and runs_tda(pipe.unet, other)
 
 
 def test_a_video_that_fits_one_clip_is_one_clip(pipeline):

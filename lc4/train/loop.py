@@ -141,12 +141,17 @@ def colorize_validation_clip(components: Components, item: VideoItem, config: Tr
 
 
 class MetricsLog:
-    """Appends one JSON object per logging step to ``logs/metrics.jsonl`` (main process)."""
+    """Appends one JSON object per logging step to ``logs/metrics.jsonl`` (main process). A file
+    already there keeps only its records up to ``start_step``, where this run starts (0 when
+    fresh): the later ones are of steps this run makes again."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, start_step: int):
         self.path, self.enabled = path, enabled
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
+            lines = path.read_text().splitlines() if path.exists() else []
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= start_step]
+            path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -329,7 +334,7 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
         accelerator.init_trackers("lc4-train", config={"stage": config.stage, "lr": optim.lr,
                                                        "resolution": config.data.resolution})
 
-    metrics = MetricsLog(output_dir / "logs" / "metrics.jsonl", accelerator.is_main_process)
+    metrics = MetricsLog(output_dir / "logs" / "metrics.jsonl", accelerator.is_main_process, progress.step)
     validation_outputs = []
 
     def validate(step: int) -> None:

@@ -2,6 +2,8 @@
 accelerate would fail without naming the cause; the EMA follows the model's device after loading."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,23 @@ def test_a_fresh_run_into_a_folder_holding_checkpoints_is_refused(tiny_model_dir
         train(config)
     assert folder_contents(tmp_path / "run") == before  # neither its config, logs nor checkpoints touched
     assert train(config, resume="latest").step == 2
+
+
+def logged_steps(output_dir: Path) -> list[int]:
+    lines = (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+def test_the_log_keeps_one_record_a_step_over_resumes_and_fresh_starts(tiny_model_dir, video_folder, tmp_path):
+    run = tmp_path / "run"
+    config = load_config(values=tiny_config_values(tiny_model_dir, video_folder, run, checkpointing__every_steps=2))
+    train(config, stop_after=3)  # checkpoints at steps 2 and 3, records 1-3
+    assert logged_steps(run) == [1, 2, 3]
+    train(config, resume=str(run / "checkpoints" / "step-00000002"))  # makes step 3 again
+    assert logged_steps(run) == [1, 2, 3, 4]
+    shutil.rmtree(run / "checkpoints")  # a run killed before its first checkpoint leaves only logs
+    train(two_step_config(tiny_model_dir, video_folder, run))
+    assert logged_steps(run) == [1, 2]
 
 
 @pytest.mark.parametrize("written_with_ema", [True, False])

@@ -54,16 +54,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="verify every backend against the reference first")
     parser.add_argument("--out", type=Path, default=environment.DEFAULT_RESULTS_ROOT,
                         help="results root; files go to OUT/<device-slug>/ (default: benchmarks/results)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", type=_device, help="cpu or cuda, e.g. cuda:1 (default: cuda when available)")
     parser.add_argument("--no-memory-scaling", action="store_true", help="skip the memory-scaling sweep")
     return parser.parse_args(argv)
 
 
+def _device(text: str) -> str:
+    try:
+        kind = torch.device(text).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):  # the report describes a CPU or a CUDA device, nothing else
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda (e.g. cuda:1), got {text!r}")
+    return text
+
+
 def _dtypes(spec: str) -> list[torch.dtype]:
     try:
-        return list(dict.fromkeys(DTYPES[name.strip().lower()] for name in spec.split(",") if name.strip()))
+        dtypes = list(dict.fromkeys(DTYPES[name.strip().lower()] for name in spec.split(",") if name.strip()))
     except KeyError as exc:
         raise SystemExit(f"unknown dtype {exc.args[0]!r}; choose from {', '.join(DTYPES)}")
+    if not dtypes:
+        raise SystemExit(f"--dtype: no dtypes selected in {spec!r}; choose from {', '.join(DTYPES)}")
+    return dtypes
 
 
 def default_backends() -> list[str]:
@@ -135,6 +148,7 @@ def run(settings: runner.Settings, check: bool) -> dict:
             if not result.passed:
                 rejected.setdefault(result.label, []).append(result.to_json())
         settings.backends = [b for b in settings.backends if b not in rejected]
+        settings.rejected = frozenset(rejected)
         groups = runner.plan(settings)
     total = sum(len(g.backends) + 1 for g in groups)
     total += len(settings.scaling_cases) * (len(settings.backends) + 1)
@@ -208,7 +222,9 @@ def main(argv=None) -> int:
         "environment": env,
         "settings": {"quick": args.quick, "check": args.check, "shapes": args.shapes or shapes.default_set(device.type, args.quick),
                      "dtypes": [str(d) for d in settings.dtypes], "backends_available": K.available_backends(),
-                     "backends_measured": settings.backends, "timing_policy": settings.policy.__dict__},
+                     "backends_measured": [b for b in settings.backends
+                                           if any(r["kind"] == "backend" and r["label"] == b for r in outcome["results"])],
+                     "timing_policy": settings.policy.__dict__},
         "shapes": [case.describe() for case in settings.cases],
         **outcome,
     }

@@ -32,6 +32,9 @@ class Settings:
     backends: list[str]
     policy: measure.TimingPolicy
     scaling_cases: list[Case]
+    # Labels --check rejected: backends leave `backends`; a rejected lower bound is not measured,
+    # so no ratio is taken against it.
+    rejected: frozenset[str] = frozenset()
 
 
 def unsupported_reason(name: str, device: torch.device, dtype: torch.dtype, head_dim: Optional[int]) -> Optional[str]:
@@ -110,6 +113,8 @@ def run_group(group: Group, settings: Settings, progress) -> list[dict]:
     element_size = torch.empty((), dtype=group.dtype).element_size()
     rows = []
     for workload in workloads.workloads_for(group.op, inputs, group.backends):
+        if workload.label in settings.rejected:
+            continue
         progress.set_postfix_str(f"{group.op} {group.case.name} {workload.label}", refresh=False)
         started = time.perf_counter()
         ran = None if workload.is_lower_bound else K.backend_for(

@@ -135,6 +135,39 @@ def test_check_rejects_the_wrong_backend_only(checked_run):
     assert all(c["passed"] for c in honest)
 
 
+def test_a_rejected_lower_bound_is_neither_reported_nor_a_denominator(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *args, **kwargs: sdpa(*args, **kwargs) * 1.01)
+    status = report.main(["--quick", "--check", "--shapes", "quick-4x4-d80", "--backends", "reference",
+                          "--no-memory-scaling", "--device", "cpu", "--out", str(tmp_path)])
+    doc = json.loads(next(tmp_path.glob("*/report-quick.json")).read_text())
+    assert status == 1 and set(doc["rejected"]) == {"sdpa"}
+    attention = [r for r in doc["results"] if r["op"] == "tda_attention"]
+    assert attention and all(r["label"] != "sdpa" for r in attention)
+    assert all(r["time_over_lower_bound"] == {"fwd": None, "fwd_bwd": None} for r in attention)
+
+
+def test_only_backends_that_ran_are_listed_as_measured(tmp_path):
+    # cuda cannot run here: it is skipped with its reason, not listed as measured.
+    report.main(["--quick", "--shapes", "quick-4x4-d80", "--backends", "cuda", "--no-memory-scaling",
+                 "--device", "cpu", "--out", str(tmp_path)])
+    doc = json.loads(next(tmp_path.glob("*/report-quick.json")).read_text())
+    assert doc["settings"]["backends_measured"] == ["reference"]
+    assert {s["backend"] for s in doc["skipped"]} == {"cuda"}
+
+
+@pytest.mark.parametrize("argv, message", [(["--device", "meta"], "expected cpu or cuda"),
+                                           (["--device", "gpu"], "expected cpu or cuda"),
+                                           (["--dtype", ","], "--dtype: no dtypes selected")])
+def test_bad_options_are_refused_before_measuring(tmp_path, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--quick", "--out", str(tmp_path), *argv])
+    assert message in str(exit_info.value.code) + capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_results_of_another_device_are_never_overwritten(tmp_path):
     me = environment.device_info(torch.device("cpu"))
     other = tmp_path / me["slug"] / "report-quick.json"

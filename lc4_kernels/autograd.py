@@ -10,6 +10,11 @@ backward ops behind two entry points.
   and at the 32x32 layer that call is bound by its host time on an H200. Inside
   ``torch.compile`` or ``torch.export``, and for tensor subclasses (fake, functional), the
   registered op runs instead.
+
+A backward under ``create_graph=True`` (double backward: gradient penalties, Hessian-vector
+products) differentiates the reference formula instead of running the hand-written kernels, whose
+gradients a second backward would see as constants. It is exact, and as the reference it
+allocates the Nq x Nk scores.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
+
+from . import reference
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
@@ -39,15 +45,40 @@ def _save_attention_inputs(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, points, out, lse)
 
 
+def _differentiable_grads(formula, inputs, needs_grad, grad_out) -> tuple:
+    """The gradients of ``formula`` at ``inputs`` against ``grad_out``, themselves differentiable
+    w.r.t. the inputs and ``grad_out``; None where ``needs_grad`` says no."""
+    wanted = [t for t, need in zip(inputs, needs_grad) if need]
+    with torch.enable_grad():
+        out = formula(*inputs)
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, materialize_grads=True))
+    return tuple(next(grads) if need else None for need in needs_grad)
+
+
+def _sample_grads(launcher, ctx, grad_out) -> tuple:
+    value, points = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        return _differentiable_grads(reference.trilinear_sample, (value, points), ctx.needs_input_grad[:2], grad_out)
+    return tuple(launcher(grad_out.contiguous(), value, points))
+
+
+def _attention_grads(launcher, ctx, grad_out) -> tuple:
+    q, k, v, points, out, lse = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        formula = lambda *t: reference.tda_attention(*t, ctx.scale)  # noqa: E731
+        grads = _differentiable_grads(formula, (q, k, v, points), ctx.needs_input_grad[:4], grad_out)
+    else:
+        grads = launcher(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
+    return (*grads, None)
+
+
 def register(sample_op, sample_backward_op, attention_op, attention_backward_op) -> None:
     """Autograd of the registered ops ``sample_op`` and ``attention_op`` through their backward ops."""
     def sample_backward(ctx, grad_out):
-        value, points = ctx.saved_tensors
-        return tuple(sample_backward_op(grad_out.contiguous(), value, points))
+        return _sample_grads(sample_backward_op, ctx, grad_out)
 
     def attention_backward(ctx, grad_out, grad_lse):
-        q, k, v, points, out, lse = ctx.saved_tensors
-        return (*attention_backward_op(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale), None)
+        return _attention_grads(attention_backward_op, ctx, grad_out)
 
     torch.library.register_autograd(sample_op, sample_backward, setup_context=_save_sample_inputs)
     torch.library.register_autograd(attention_op, attention_backward, setup_context=_save_attention_inputs)
@@ -81,10 +112,8 @@ class Kernels:
                 return launchers.sample(value, points)
 
             @staticmethod
-            @once_differentiable
             def backward(ctx, grad_out):
-                value, points = ctx.saved_tensors
-                return tuple(launchers.sample_backward(grad_out.contiguous(), value, points))
+                return _sample_grads(launchers.sample_backward, ctx, grad_out)
 
         class Attention(torch.autograd.Function):
             @staticmethod
@@ -95,11 +124,8 @@ class Kernels:
                 return out
 
             @staticmethod
-            @once_differentiable
             def backward(ctx, grad_out):
-                q, k, v, points, out, lse = ctx.saved_tensors
-                grads = launchers.attention_backward(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
-                return (*grads, None)
+                return _attention_grads(launchers.attention_backward, ctx, grad_out)
 
         self._sample, self._attention = Sample, Attention
 

@@ -4,6 +4,8 @@ ops; ``KERNELS`` is what the backend runs (see ``lc4_kernels.autograd``). Kernel
 imported on the first call, after ``TRITON_INTERPRET`` has been read."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -15,21 +17,33 @@ def _kernels():
     return attention, sampling
 
 
+def _device_of(tensor: Tensor):
+    """Triton launches on the current CUDA device's stream: make it the tensors' device (as the
+    CUDA backend's device guard does), for inputs on another GPU than the current one."""
+    if tensor.device.type == "cuda" and tensor.device.index != torch.cuda.current_device():
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
 def _sample(value: Tensor, points: Tensor) -> Tensor:
-    return _kernels()[1].sample(value, points)
+    with _device_of(value):
+        return _kernels()[1].sample(value, points)
 
 
 def _sample_backward(grad_out: Tensor, value: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
-    (grad_value,), grad_points = _kernels()[1].sample_backward([grad_out], [value], points)
+    with _device_of(value):
+        (grad_value,), grad_points = _kernels()[1].sample_backward([grad_out], [value], points)
     return grad_value, grad_points
 
 
 def _attention(q, k, v, points, scale):
-    return _kernels()[0].attention_forward(q, k, v, points, scale)
+    with _device_of(q):
+        return _kernels()[0].attention_forward(q, k, v, points, scale)
 
 
 def _attention_backward(grad_out, q, k, v, points, out, lse, scale):
-    return _kernels()[0].attention_backward(grad_out, q, k, v, points, out, lse, scale)
+    with _device_of(q):
+        return _kernels()[0].attention_backward(grad_out, q, k, v, points, out, lse, scale)
 
 
 @torch.library.custom_op("lc4_triton::trilinear_sample", mutates_args=())

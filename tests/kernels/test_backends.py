@@ -169,6 +169,21 @@ def test_strided_inputs(backend, device):
     assert_close(lc4_kernels.tda_attention(q_odd, k, v, points, backend=backend), expected, torch.float32, "out")
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("backend", sorted({name for name, device in BACKENDS_F32 if device == "cuda"}))
+def test_inputs_on_another_gpu_than_the_current_one(backend):
+    torch.cuda.set_device(0)
+    inputs = attention_inputs(Nq=40, Nk=30, heads=2, d=16, device="cuda:1")
+    expected_out, expected_grads = run_with_grads(_attention("reference"), inputs)
+    out, grads = run_with_grads(_attention(backend), inputs)
+    torch.cuda.synchronize("cuda:1")
+    assert out.device == torch.device("cuda:1") and torch.cuda.current_device() == 0
+    assert_close(out, expected_out, torch.float32, "out")
+    for name, grad, expected in zip(("q", "k", "v", "points"), grads, expected_grads):
+        assert grad.device == torch.device("cuda:1")
+        assert_close(grad, expected, torch.float32, f"grad {name}")
+
+
 def test_tolerance_table_covers_every_dtype_a_backend_declares():
     for name in lc4_kernels.available_backends():
         assert set(lc4_kernels.get_backend(name).dtypes) <= set(TOLERANCES)

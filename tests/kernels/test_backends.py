@@ -1,5 +1,7 @@
 """Every compiled backend against the reference path: forward, all four gradients, float64
 gradcheck, edge coordinates, determinism, empty queries, strided inputs."""
+import math
+
 import pytest
 import torch
 
@@ -187,3 +189,86 @@ def test_inputs_on_another_gpu_than_the_current_one(backend):
 def test_tolerance_table_covers_every_dtype_a_backend_declares():
     for name in lc4_kernels.available_backends():
         assert set(lc4_kernels.get_backend(name).dtypes) <= set(TOLERANCES)
+
+
+def _other_memory_order(t: torch.Tensor, dim0: int, dim1: int) -> torch.Tensor:
+    """t's values with dims dim0 and dim1 swapped in memory: not contiguous."""
+    return t.transpose(dim0, dim1).contiguous().transpose(dim0, dim1)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_strided_inputs_and_incoming_gradients(backend, device):
+    # Every input and the gradient that comes back in another memory order, q with a last stride
+    # that is not 1: the kernels see them only through the backend's glue, which must hand over
+    # what they read (or read the strides). Forward and all gradients against the reference.
+    q, k, v, points = attention_inputs(Nq=20, Nk=9, heads=2, d=8, G=2, device=device)
+    strided = [_other_memory_order(q, 2, 3), _other_memory_order(k, 2, 3), _other_memory_order(v, 4, 5),
+               _other_memory_order(points, 1, 2)]
+    assert strided[0].stride(-1) != 1 and not any(t.is_contiguous() for t in strided)
+    grad_out = _other_memory_order(torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(device), 1, 2)
+    leaves = [t.detach().requires_grad_(True) for t in strided]
+    out = lc4_kernels.tda_attention(*leaves, backend=backend)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_leaves = [t.double().contiguous().requires_grad_(True) for t in (q, k, v, points)]
+    ref_out = lc4_kernels.tda_attention(*ref_leaves, backend="reference")
+    ref_grads = torch.autograd.grad(ref_out, ref_leaves, grad_out.double())
+    assert_close(out, ref_out.float(), torch.float32, "out")
+    for name, g, ref_g in zip(("dq", "dk", "dv", "dpoints"), grads, ref_grads):
+        assert_close(g, ref_g.float(), torch.float32, name)
+
+    value, sample_points = sample_inputs(B=2, P=13, G=2, C=5, device=device)
+    strided = [_other_memory_order(value, 2, 3), _other_memory_order(sample_points, 1, 2)]
+    grad_out = _other_memory_order(torch.randn(2, 13, 2, 5, generator=torch.Generator().manual_seed(2)).to(device), 2, 3)
+    assert not any(t.is_contiguous() for t in (*strided, grad_out))
+    leaves = [t.detach().requires_grad_(True) for t in strided]
+    out = lc4_kernels.trilinear_sample(*leaves, backend=backend)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    ref_leaves = [t.double().contiguous().requires_grad_(True) for t in (value, sample_points)]
+    ref_out = lc4_kernels.trilinear_sample(*ref_leaves, backend="reference")
+    ref_grads = torch.autograd.grad(ref_out, ref_leaves, grad_out.double())
+    assert_close(out, ref_out.float(), torch.float32, "sample")
+    for name, g, ref_g in zip(("dvalue", "dpoints"), grads, ref_grads):
+        assert_close(g, ref_g.float(), torch.float32, name)
+
+
+def _outside_corner_cases(T, H, W):
+    """(batch, group, point) with one coordinate half a voxel outside the volume, below it in
+    batch 1 and group 1, beyond it in batch 0 and group 0; the others between voxels."""
+    cases = []
+    for axis, size in enumerate((W, H, T)):
+        for b, g, coord in ((1, 1, -0.5), (0, 0, size - 0.5)):
+            point = [1.25, 1.5, 0.75]
+            point[axis] = coord
+            cases.append((b, g, point))
+    return cases
+
+
+def _in_volume_corners(point, T, H, W):
+    axes = []
+    for coord, size in zip(point, (W, H, T)):
+        lower = math.floor(coord)
+        axes.append([i for i in (lower, lower + 1) if 0 <= i < size])
+    return [(t, y, x) for x in axes[0] for y in axes[1] for t in axes[2]]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS_F32)
+def test_corners_outside_the_volume_read_nothing(backend, device):
+    # The address of an out-of-volume corner is a real voxel's: x = -1 on row y is x = W - 1 on
+    # row y - 1, t = T in batch 0 is t = 0 in batch 1. Here every voxel but the point's own
+    # in-volume corners is inf, so a kernel that read one, even with weight 0, would return NaN
+    # where the reference's sample and gradients are finite. The other rows' points are NaN.
+    B, T, H, W, G, C = 2, 3, 4, 5, 2, 3
+    gen = torch.Generator().manual_seed(8)
+    for b, g, point in _outside_corner_cases(T, H, W):
+        value = torch.full((B, T, H, W, G, C), math.inf)
+        for t, y, x in _in_volume_corners(point, T, H, W):
+            value[b, t, y, x, g] = torch.randn(C, generator=gen)
+        points = torch.full((B, 1, G, 3), math.nan)
+        points[b, 0, g] = torch.tensor(point)
+        inputs = (value.to(device), points.to(device))
+        out, grads = run_with_grads(_sample(backend), inputs)
+        ref_out, ref_grads = run_with_grads(_sample("reference"), [t.double() for t in inputs])
+        assert torch.isfinite(ref_out).all() and all(torch.isfinite(r).all() for r in ref_grads)
+        assert_close(out, ref_out.float(), torch.float32, f"sample at {point} in batch {b}, group {g}")
+        for name, got, want in zip(("dvalue", "dpoints"), grads, ref_grads):
+            assert_close(got, want.float(), torch.float32, f"{name} at {point} in batch {b}, group {g}")

@@ -29,6 +29,15 @@ ATTENTION_ERRORS = [
     (dict(points=torch.randn(1, 4, 3, 3)), r"G dividing heads=4"),
     (dict(q=torch.randint(0, 3, (1, 5, 4, 8))), r"q must be a floating tensor"),
     (dict(points=torch.randn(1, 4, 2, 3, device="meta")), r"points must be on the same device as q"),
+    (dict(q=torch.randn(1, 5, 4, 8, 1)), r"q must be \(B, Nq, heads, d\)"),
+    (dict(k=torch.randn(2, 3, 5, 6, 4, 8), v=torch.randn(2, 3, 5, 6, 4, 8)),
+     r"k must be \(B, T, H, W, heads, d\) with B=1, heads=4, d=8"),
+    (dict(k=torch.randn(1, 3, 5, 6, 2, 8), v=torch.randn(1, 3, 5, 6, 2, 8)),
+     r"k must be \(B, T, H, W, heads, d\) with B=1, heads=4, d=8"),
+    (dict(k=torch.randn(1, 3, 5, 6, 4, 8, dtype=torch.float64)), r"q, k and v must share one dtype"),
+    (dict(points=torch.randn(1, 4, 0, 3)), r"points must be \(B, Nk, G, 3\) with G dividing heads=4; got G=0"),
+    (dict(points=torch.randint(0, 3, (1, 4, 2, 3))), r"points must be a floating tensor"),
+    (dict(v=torch.randn(1, 3, 5, 6, 4, 8, device="meta")), r"v must be on the same device as q"),
 ]
 
 
@@ -46,6 +55,12 @@ SAMPLE_ERRORS = [
     (torch.randn(1, 3, 4, 5, 2, 2), torch.randn(1, 6, 2, 2), r"coordinate axis of size 3"),
     (torch.randn(1, 3, 4, 5, 2, 2), torch.randn(1, 6, 3, 3), r"points must be \(B, P, G, 3\) with B=1, G=2"),
     (torch.randn(1, 3, 0, 5, 2), torch.randn(1, 6, 3), r"value must have non-empty T, H, W"),
+    (torch.randn(1, 3, 4, 0, 2), torch.randn(1, 6, 3), r"value must have non-empty T, H, W"),
+    (torch.randn(1, 3, 4, 5, 2, 2), torch.randn(2, 6, 2, 3), r"points must be \(B, P, G, 3\) with B=1, G=2"),
+    (torch.randn(1, 3, 4, 5, 2), torch.randn(2, 6, 3), r"points must be \(B, P, 3\) with B=1 to match"),
+    (torch.randn(1, 3, 4, 5, 2), torch.randn(1, 6, 3, device="meta"), r"points must be on the same device as value"),
+    (torch.randn(1, 3, 4, 5, 2), torch.randint(0, 3, (1, 6, 3)), r"points must be a floating tensor"),
+    (torch.randint(0, 3, (1, 3, 4, 5, 2)), torch.randn(1, 6, 3), r"value must be a floating tensor"),
 ]
 
 

@@ -165,6 +165,9 @@ def test_attention_matches_eq3(G):
     expected = eq3_literal(q, k, v, points, d ** -0.5)
     torch.testing.assert_close(lc4_kernels.tda_attention(q, k, v, points, backend="reference"), expected)
     torch.testing.assert_close(reference.tda_attention(q, k, v, points, 0.3), eq3_literal(q, k, v, points, 0.3))
+    # An explicit scale reaches the backend through the public op.
+    torch.testing.assert_close(lc4_kernels.tda_attention(q, k, v, points, 0.3, backend="reference"),
+                               eq3_literal(q, k, v, points, 0.3))
 
 
 def test_attention_projection_commutes_with_sampling():
@@ -178,3 +181,55 @@ def test_attention_projection_commutes_with_sampling():
     project_then_sample = reference.trilinear_sample((hidden @ w_k).reshape(B, T, H, W, 1, heads * d), points)[:, :, 0]
     torch.testing.assert_close(sample_then_project, project_then_sample)
     assert not math.isnan(sample_then_project.sum().item())
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2], ids=["x", "y", "t"])
+def test_an_out_of_volume_corner_adds_nothing_even_to_an_infinite_voxel(axis):
+    # A corner outside the volume on one axis has its index clamped onto the in-volume corner of
+    # that axis; Eq. 2 leaves it out of the sum, so the sample is g * inf = inf, never the NaN of
+    # 0 * inf. Each axis on its own, below the volume and beyond it.
+    T, H, W = 2, 3, 4
+    value = torch.zeros(1, T, H, W, 1, 1, dtype=torch.float64)
+    value[0, 0, 0, 0] = math.inf
+    value[0, T - 1, H - 1, W - 1] = math.inf
+    below, beyond = [0.0, 0.0, 0.0], [W - 1.0, H - 1.0, T - 1.0]
+    below[axis] -= 0.5  # corners -1 (outside, clamped to 0) and 0, g = 1/2 each
+    beyond[axis] += 0.5  # corners n - 1 and n (outside, clamped to n - 1)
+    points = torch.tensor([below, beyond], dtype=torch.float64).reshape(1, 2, 1, 3)
+    out = reference.trilinear_sample(value, points)
+    assert torch.isinf(out).all() and (out > 0).all(), out.flatten()
+
+
+def _within_one_ulp(actual, exact, dtype, what):
+    """actual (of dtype) is exact rounded to dtype, give or take one unit in the last place."""
+    rounded = exact.to(dtype)
+    ulp = (torch.nextafter(rounded.abs(), torch.tensor(math.inf, dtype=dtype)) - rounded.abs()).double()
+    error = (actual.double() - exact).abs()
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype}, expected {dtype}"
+    assert (error <= ulp).all(), f"{what}: {(error / ulp).max().item():.0f} ulps from the formula"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_sampling_is_eq2_rounded_once(dtype):
+    # Weights and sums run in float32 whatever the value's (and the coordinates') dtype: only the
+    # result is rounded. Coordinates on a 1/8 grid, exact in both half types.
+    gen = torch.Generator().manual_seed(6)
+    value = torch.randn(2, 3, 4, 5, 2, 16, dtype=torch.float64, generator=gen).to(dtype)
+    points = random_points(2, 60, 2, 3, 4, 5, dtype=torch.float64, generator=gen, special_fraction=0)
+    points = ((points * 8).round() / 8).to(dtype)
+    _within_one_ulp(reference.trilinear_sample(value, points), eq2_literal(value.double(), points.double()), dtype,
+                    "sample")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_attention_is_eq3_rounded_once(dtype):
+    # Scores, softmax and products run in float32 (sampled k~, v~ are not rounded to the inputs'
+    # dtype either); only the output is rounded.
+    gen = torch.Generator().manual_seed(7)
+    B, Nq, Nk, heads, d, T, H, W = 2, 11, 40, 4, 16, 3, 4, 5
+    q = torch.randn(B, Nq, heads, d, dtype=torch.float64, generator=gen).to(dtype)
+    k = torch.randn(B, T, H, W, heads, d, dtype=torch.float64, generator=gen).to(dtype)
+    v = torch.randn(B, T, H, W, heads, d, dtype=torch.float64, generator=gen).to(dtype)
+    points = random_points(B, Nk, 2, T, H, W, dtype=torch.float64, generator=gen, special_fraction=0).float()
+    expected = eq3_literal(q.double(), k.double(), v.double(), points.double(), 0.25)
+    _within_one_ulp(reference.tda_attention(q, k, v, points, 0.25), expected, dtype, "attention")

@@ -12,11 +12,13 @@ needs_extension = pytest.mark.skipif(lc4_kernels.extension_error is not None,
 
 
 @needs_extension
-def test_opcheck_attention_and_sample_ops():
-    q, k, v, points = attention_inputs(Nq=9, Nk=7, heads=2, d=4, G=1, special_fraction=0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_attention_and_sample_ops(dtype):
+    # float64 too: the fake kernels must give the log-sum-exp the dtype the kernel gives it.
+    q, k, v, points = attention_inputs(Nq=9, Nk=7, heads=2, d=4, G=1, special_fraction=0, dtype=dtype)
     args = [t.requires_grad_(True) for t in (q, k, v, points)]
     torch.library.opcheck(torch.ops.lc4.tda_attention.default, (*args, 0.5))
-    value, sample_points = sample_inputs(B=1, P=5, G=1, C=3, special_fraction=0)
+    value, sample_points = sample_inputs(B=1, P=5, G=1, C=3, special_fraction=0, dtype=dtype)
     torch.library.opcheck(torch.ops.lc4.trilinear_sample.default,
                           (value.requires_grad_(True), sample_points.requires_grad_(True)))
 
@@ -91,3 +93,16 @@ def test_autocast_casts_mixed_precision_inputs_first_and_leaves_float64_alone():
         assert lc4_kernels.tda_attention(*double).dtype == torch.float64
         assert lc4_kernels.trilinear_sample(double[1], double[3]).dtype == torch.float64
     torch.testing.assert_close(lc4_kernels.tda_attention(*double), lc4_kernels.tda_attention(*double, backend="reference"))
+
+
+def test_autocast_keeps_attention_coordinates_float32():
+    # One key: the output is v sampled at its point. v(x) = x - 100 in every channel, so the
+    # output is x - 100; bfloat16 coordinates would move x = 100.3 to 100.5.
+    W = 128
+    ramp = (torch.arange(W, dtype=torch.float32) - 100).reshape(1, 1, 1, W, 1, 1).expand(1, 2, 3, W, 2, 8).contiguous()
+    q = torch.randn(1, 4, 2, 8, generator=torch.Generator().manual_seed(0))
+    points = torch.tensor([[[[100.3, 1.0, 0.5]]]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lc4_kernels.tda_attention(q, torch.zeros_like(ramp), ramp, points)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), torch.full(out.shape, 0.3), rtol=0, atol=1e-2)

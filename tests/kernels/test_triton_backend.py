@@ -223,12 +223,14 @@ def test_auto_picks_triton_on_the_gpu_for_half_precision(backend, device):
     assert lc4_kernels.backend_for("tda_attention", *inputs) in ("triton", "cuda")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("backend,device", ANY_DEVICE)
-def test_opcheck_triton_ops(backend, device):
-    q, k, v, points = attention_inputs(Nq=9, Nk=7, heads=2, d=4, G=1, device=device, special_fraction=0)
+def test_opcheck_triton_ops(backend, device, dtype):
+    # float16 too: the fake kernel's log-sum-exp is float32 whatever the inputs' dtype, as the kernel's.
+    q, k, v, points = attention_inputs(Nq=9, Nk=7, heads=2, d=4, G=1, device=device, special_fraction=0, dtype=dtype)
     args = [t.requires_grad_(True) for t in (q, k, v, points)]
     torch.library.opcheck(torch.ops.lc4_triton.tda_attention.default, (*args, 0.5))
-    value, sample_points = sample_inputs(B=1, P=5, G=1, C=3, device=device, special_fraction=0)
+    value, sample_points = sample_inputs(B=1, P=5, G=1, C=3, device=device, special_fraction=0, dtype=dtype)
     torch.library.opcheck(torch.ops.lc4_triton.trilinear_sample.default,
                           (value.requires_grad_(True), sample_points.requires_grad_(True)))
 

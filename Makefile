@@ -15,7 +15,7 @@ $(STAMP): $(BUILD_INPUTS)
 # The second process runs the kernel equivalence tests for the triton backend in Triton's CPU
 # interpreter (TRITON_INTERPRET must be set before any kernel is defined, hence a new process).
 TRITON_INTERPRETER_TESTS := tests/kernels/test_backends.py tests/kernels/test_sweep.py tests/kernels/test_autograd.py \
-	tests/kernels/test_backward_memory.py tests/kernels/test_dispatch.py \
+	tests/kernels/test_backward_memory.py tests/kernels/test_dispatch.py tests/kernels/test_kernel_corner_cases.py \
 	tests/kernels/test_registration.py tests/kernels/test_errors.py tests/kernels/test_triton_backend.py
 
 test: setup

@@ -1,7 +1,10 @@
 // Warp-collective host implementation of the nvcuda::wmma calls the kernels use (16x16x16 tiles
-// of __half or __nv_bfloat16 inputs with float accumulators). The layout is this file's own, as
-// the API allows: lane L holds elements 8L..8L+7 of the tile in logical row-major order. A
-// product exchanges the tiles through the warp's scratch between two barriers of the warp.
+// of __half or __nv_bfloat16 inputs with float accumulators). WMMA leaves the fragments' layout
+// unspecified; this file uses the sm_80 mma.m16n8k16 one (lane L = 4g + t holds, of an A or
+// accumulator tile, rows g and g + 8 at columns 2t, 2t + 1, 2t + 8, 2t + 9; of a B tile, those
+// rows of k at columns n = g and g + 8), so that a kernel that assumed a simpler one (a lane's
+// elements in one row, say) fails here as it would on the GPU. A product exchanges the tiles
+// through the warp's scratch between two barriers of the warp.
 #pragma once
 
 namespace lc4::emu::wmma {
@@ -27,9 +30,24 @@ inline float as_float(float v) { return v; }
 inline float as_float(__half v) { return __half2float(v); }
 inline float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// Logical (row, column) of element i of this lane.
-inline int element_row(int i) { return (lane_id() * kPerLane + i) / kTile; }
-inline int element_col(int i) { return (lane_id() * kPerLane + i) % kTile; }
+// Logical (row, column) of element i of this lane, in a fragment of Use.
+template <typename Use>
+int element_row(int i) {
+  const int g = lane_id() / 4, t = lane_id() % 4;
+  if constexpr (std::is_same_v<Use, matrix_b>) return 2 * t + (i & 1) + 8 * ((i >> 1) & 1);
+  return g + 8 * ((i >> 1) & 1);
+}
+
+template <typename Use>
+int element_col(int i) {
+  const int g = lane_id() / 4, t = lane_id() % 4;
+  if constexpr (std::is_same_v<Use, matrix_b>) return g + 8 * (i >> 2);
+  return 2 * t + (i & 1) + 8 * (i >> 2);
+}
+
+// Position of element i of this lane in a row-major 16x16 tile.
+template <typename Use>
+int element_index(int i) { return element_row<Use>(i) * kTile + element_col<Use>(i); }
 
 // What the hardware requires of a load or store (CUDA C++ Programming Guide, WMMA): a 256-bit
 // aligned pointer and ldm a multiple of 16 bytes. The GPU faults or misreads otherwise; the
@@ -52,7 +70,7 @@ void load_matrix_sync(fragment<Use, kTile, kTile, kTile, T, Layout>& f, const T*
   check_matrix_address(p, ldm, sizeof(T), "load_matrix_sync");
   constexpr bool row = std::is_same_v<Layout, row_major>;
   for (int i = 0; i < kPerLane; ++i) {
-    const int r = element_row(i), c = element_col(i);
+    const int r = element_row<Use>(i), c = element_col<Use>(i);
     f.x[i] = row ? p[r * ldm + c] : p[c * ldm + r];
   }
 }
@@ -61,7 +79,7 @@ inline void load_matrix_sync(fragment<accumulator, kTile, kTile, kTile, float>& 
                              layout_t layout) {
   check_matrix_address(p, ldm, sizeof(float), "load_matrix_sync");
   for (int i = 0; i < kPerLane; ++i) {
-    const int r = element_row(i), c = element_col(i);
+    const int r = element_row<accumulator>(i), c = element_col<accumulator>(i);
     f.x[i] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
   }
 }
@@ -70,7 +88,7 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, kTile, kTile
                               layout_t layout) {
   check_matrix_address(p, ldm, sizeof(float), "store_matrix_sync");
   for (int i = 0; i < kPerLane; ++i) {
-    const int r = element_row(i), c = element_col(i);
+    const int r = element_row<accumulator>(i), c = element_col<accumulator>(i);
     (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[i];
   }
 }
@@ -82,16 +100,15 @@ void mma_sync(fragment<accumulator, kTile, kTile, kTile, float>& d,
               const fragment<accumulator, kTile, kTile, kTile, float>& c) {
   Warp& warp = this_warp();
   float(&tiles)[3][256] = warp.mma_scratch;
-  const int first = lane_id() * kPerLane;
   for (int i = 0; i < kPerLane; ++i) {
-    tiles[0][first + i] = as_float(a.x[i]);
-    tiles[1][first + i] = as_float(b.x[i]);
-    tiles[2][first + i] = c.x[i];
+    tiles[0][element_index<matrix_a>(i)] = as_float(a.x[i]);
+    tiles[1][element_index<matrix_b>(i)] = as_float(b.x[i]);
+    tiles[2][element_index<accumulator>(i)] = c.x[i];
   }
   warp.barrier.arrive_and_wait();
   for (int i = 0; i < kPerLane; ++i) {
-    const int r = element_row(i), col = element_col(i);
-    float sum = tiles[2][first + i];
+    const int r = element_row<accumulator>(i), col = element_col<accumulator>(i);
+    float sum = tiles[2][r * kTile + col];
     for (int k = 0; k < kTile; ++k) sum += tiles[0][r * kTile + k] * tiles[1][k * kTile + col];
     d.x[i] = sum;
   }

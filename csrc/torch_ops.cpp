@@ -235,9 +235,16 @@ struct KernelsOn {
   }
 };
 
+// LC4_CUDA_FORCE_SM70=1 makes a newer GPU (and the emulation) take the paths a V100 takes (no
+// bfloat16), so that they can be tested there.
+bool forced_sm70() {
+  const char* forced = std::getenv("LC4_CUDA_FORCE_SM70");
+  return forced && std::string(forced) == "1";
+}
+
 struct HostEmulation {
   static constexpr const char* name = "cuda_emu";
-  static int arch(const at::Tensor&) { return 90; }
+  static int arch(const at::Tensor&) { return forced_sm70() ? 70 : 90; }
   static cudaStream_t stream() { return nullptr; }
   static void check_launch() {}  // the emulation aborts on a bad launch itself
 };
@@ -258,13 +265,7 @@ int device_arch(c10::DeviceIndex device) {
 
 struct CudaDevice {
   static constexpr const char* name = "cuda";
-  // LC4_CUDA_FORCE_SM70=1 makes a newer GPU take the paths a V100 takes (no bfloat16), so that
-  // they can be tested there.
-  static int arch(const at::Tensor& t) {
-    const char* forced = std::getenv("LC4_CUDA_FORCE_SM70");
-    if (forced && std::string(forced) == "1") return 70;
-    return device_arch(t.get_device());
-  }
+  static int arch(const at::Tensor& t) { return forced_sm70() ? 70 : device_arch(t.get_device()); }
   static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
   static void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 };

@@ -90,12 +90,19 @@ def _cuda_unavailable_reason():
     return None
 
 
+def _forced_sm70_check(device: torch.device, dtype: torch.dtype):
+    """bfloat16 is off on the sm_70 paths, which a newer GPU or the emulation takes when forced."""
+    if dtype == torch.bfloat16 and os.environ.get(FORCE_SM70_ENV) == "1":
+        return f"bfloat16 is off on the sm_70 paths ({FORCE_SM70_ENV}=1)"
+    return None
+
+
 def _cuda_device_check(device: torch.device, dtype: torch.dtype):
     """bfloat16 needs sm_80 on the device that runs the call (and is off on the sm_70 paths)."""
     if dtype != torch.bfloat16:
         return None
-    if os.environ.get(FORCE_SM70_ENV) == "1":
-        return f"bfloat16 is off on the sm_70 paths ({FORCE_SM70_ENV}=1)"
+    if forced := _forced_sm70_check(device, dtype):
+        return forced
     if torch.cuda.get_device_capability(device) < (8, 0):
         return f"bfloat16 needs compute capability 8.0, {device} has {torch.cuda.get_device_capability(device)}"
     return None
@@ -130,6 +137,7 @@ def _register_backends() -> None:
         priority=1,
         device_types=frozenset({"cpu"}),
         dtypes=frozenset({torch.float32, torch.float16, torch.bfloat16}),
+        device_check=_forced_sm70_check,
         trilinear_sample=emu_kernels.trilinear_sample,
         tda_attention=emu_kernels.tda_attention,
         max_head_dim=CUDA_MAX_HEAD_DIM,

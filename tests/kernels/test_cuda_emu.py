@@ -87,3 +87,22 @@ def test_deterministic_mode_gives_identical_bits_and_agrees_with_the_atomic_path
         for a, b, c in zip([run_a[0], *run_a[1]], [run_b[0], *run_b[1]], [run_atomic[0], *run_atomic[1]]):
             assert torch.equal(a, b)
             assert_close(a, c, dtype, "deterministic vs atomic")
+
+
+def test_forced_sm70_paths_refuse_bfloat16_and_run_float16(monkeypatch):
+    # LC4_CUDA_FORCE_SM70=1 puts a newer GPU, and the emulation, on the V100's paths: the backend
+    # declines bfloat16 (Python side), the op itself refuses it (C++ side, which a GPU without
+    # sm_80 reaches), and float16 runs as on the default paths.
+    monkeypatch.setenv("LC4_CUDA_FORCE_SM70", "1")
+    q, k, v, points = attention_inputs(Nq=20, Nk=9, heads=2, d=16, G=1)
+    half = [t.bfloat16() for t in (q, k, v)]
+    with pytest.raises(ValueError, match=r"backend 'cuda_emu' cannot run these inputs: bfloat16 is off on the sm_70"):
+        lc4_kernels.tda_attention(*half, points, backend="cuda_emu")
+    with pytest.raises(ValueError, match="runs bfloat16 on sm_80 and newer only"):
+        torch.ops.lc4_emu.tda_attention(*half, points, 0.25)
+    value, sample_points = sample_inputs()
+    with pytest.raises(ValueError, match="runs bfloat16 on sm_80 and newer only"):
+        torch.ops.lc4_emu.trilinear_sample(value.bfloat16(), sample_points)
+    check_attention([t.half() for t in (q, k, v)] + [points], torch.float16)
+    monkeypatch.delenv("LC4_CUDA_FORCE_SM70")
+    assert torch.ops.lc4_emu.tda_attention(*half, points, 0.25)[0].dtype == torch.bfloat16

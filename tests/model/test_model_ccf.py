@@ -82,3 +82,14 @@ def test_bad_plans_are_errors():
         ClipPlan([(0,)], 1, fusion="median")
     with pytest.raises(ValueError, match=r"x: expected \(B, 4, \.\.\.\)"):
         ClipPlan([(0, 1, 2, 3)], 4).fuse(torch.randn(1, 5, 2), lambda c: c)
+
+
+def test_sliding_and_disjoint_clips_for_ten_frames_worked_by_hand():
+    """The ablations: sliding windows every half clip by default, disjoint consecutive clips;
+    a last clip that would run past the end is moved back to end at the last frame."""
+    assert ClipPlan.sliding_windows(10, frames_per_clip=4).clips == [
+        (0, 1, 2, 3), (2, 3, 4, 5), (4, 5, 6, 7), (6, 7, 8, 9)]
+    assert ClipPlan.sliding_windows(10, frames_per_clip=4, stride=3).clips == [
+        (0, 1, 2, 3), (3, 4, 5, 6), (6, 7, 8, 9)]
+    assert ClipPlan.disjoint(10, frames_per_clip=4).clips == [(0, 1, 2, 3), (4, 5, 6, 7), (6, 7, 8, 9)]
+    assert ClipPlan.disjoint(3, frames_per_clip=4).clips == [(0, 1, 2)]

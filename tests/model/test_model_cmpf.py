@@ -120,3 +120,70 @@ def test_toy_captions_without_colour_words_are_the_generators_own():
     for seed in range(200):
         spec = sample_spec(np.random.default_rng(seed), split="train" if seed % 2 else "heldout")
         assert without_color_words(caption_for(spec)) == caption_for(spec, with_colors=False)
+
+
+def test_fusion_block_equals_equations_4_to_6_written_out():
+    """Eq. 4: LN(MSA(y) + y); Eq. 5: LN(M * MCA(y, y_lum) + y), the colour tokens' MCA zeroed;
+    Eq. 6: LN(FFN(y) + y)."""
+    from lc4.cmpf import FusionBlock
+
+    torch.manual_seed(0)
+    block = FusionBlock(dim=32, num_heads=4).double().eval()
+    with torch.no_grad():  # non-trivial layer norms
+        for norm in (block.norm1, block.norm2, block.norm3):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.1)
+    text, visual = torch.randn(2, 9, 32, dtype=torch.float64), torch.randn(2, 12, 32, dtype=torch.float64)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0, 2], mask[1, 5:7] = True, True
+    with torch.no_grad():
+        y = block.norm1(block.self_attn(text, text, text)[0] + text)
+        context = block.cross_attn(y, visual, visual)[0] * (~mask[..., None]).double()
+        y = block.norm2(context + y)
+        expected = block.norm3(block.ffn(y) + y)
+        assert torch.allclose(block(text, visual, mask), expected, atol=1e-12)
+        assert not torch.allclose(block(text, visual, None), expected, atol=1e-6)  # the mask matters
+
+
+def test_visual_prompt_is_the_tda_compression_of_the_luminance_features():
+    """``y_lum`` ``(B*F, C, h, w)`` -> clips ``(B, F, h, w, C)`` (channels last, rows of h) -> W
+    to the text width -> TDA compression; checked on a non-square feature map."""
+    cmpf = randomize_(CrossModalityPreFusion(text_dim=32, num_layers=1, num_heads=4, luminance_channels=8,
+                                             spatial_stride=2, temporal_stride=2)).double()
+    videos, frames, h, w = 2, 4, 6, 10
+    lum = torch.randn(videos * frames, 8, h, w, dtype=torch.float64)
+    clips = lum.view(videos, frames, 8, h, w).permute(0, 1, 3, 4, 2)
+    with torch.no_grad():
+        expected = cmpf.visual_tda.compress(cmpf.visual_in(clips))
+        assert torch.allclose(cmpf.visual_prompt(lum, frames), expected, atol=1e-12)
+
+
+def test_each_prompt_attends_to_its_own_video(components):
+    """Prompts with a video each (``B_v = B``): the n-th output is the call for prompt n and video
+    n alone, and another video changes it."""
+    tokenizer = components["tokenizer"]
+    cmpf = randomize_(components["cmpf"])
+    ids = tokenize(tokenizer, ["a red car", "a blue sky"])
+    mask = color_token_mask(tokenizer, ids)
+    text = torch.randn(2, ids.shape[1], 32)
+    lum = torch.randn(2 * 4, 8, 16, 16)
+    with torch.no_grad():
+        batch = cmpf(text, lum, 4, mask)
+        for n in range(2):
+            alone = cmpf(text[n:n + 1], lum[4 * n:4 * n + 4], 4, mask[n:n + 1])
+            assert torch.allclose(batch[n], alone[0], atol=1e-5)
+        swapped = cmpf(text, torch.cat([lum[4:], lum[:4]]), 4, mask)
+    assert not torch.allclose(swapped, batch, atol=1e-4)
+
+
+def test_cmpf_in_float64_takes_float32_inputs(components):
+    """Inputs are cast to the module's dtype; the output keeps the text embeddings' dtype."""
+    cmpf = randomize_(components["cmpf"]).double()
+    text, lum = torch.randn(2, 77, 32), torch.randn(4, 8, 16, 16)
+    mask = torch.zeros(2, 77, dtype=torch.bool)
+    mask[:, 3] = True
+    with torch.no_grad():
+        out = cmpf(text, lum, 4, mask)
+        expected = cmpf(text.double(), lum.double(), 4, mask)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, expected.float(), atol=1e-5)

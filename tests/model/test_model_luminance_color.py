@@ -102,3 +102,62 @@ def test_decoding_moves_an_offloaded_vae_as_vae_decode_does(components):
         assert moves == [vae]  # what vae.decode does
         decode_latents(vae, latents)
     assert moves == [vae, vae]
+
+
+def test_chroma_axes_follow_jfif():
+    """Cb = B - Y and Cr = R - Y, scaled to [-0.5, 0.5] (JFIF / ITU-T T.871): pure blue has
+    Cb = 0.5, pure red Cr = 0.5; round trips without gamut fitting too."""
+    pure = torch.eye(3, dtype=torch.float64).view(3, 3, 1, 1)  # red, green, blue pixels
+    ycbcr = rgb_to_ycbcr(pure).flatten(1)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+    expected_cb = (torch.eye(3, dtype=torch.float64)[:, 2] - luma) / (2 * (1 - 0.114))
+    expected_cr = (torch.eye(3, dtype=torch.float64)[:, 0] - luma) / (2 * (1 - 0.299))
+    assert torch.allclose(ycbcr[:, 1], expected_cb, atol=1e-8)
+    assert torch.allclose(ycbcr[:, 2], expected_cr, atol=1e-8)
+    rgb = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    assert torch.allclose(ycbcr_to_rgb(rgb_to_ycbcr(rgb), fit_gamut=False), rgb, atol=1e-12)
+
+
+def test_merged_chroma_is_upsampled_smoothly():
+    """Low-resolution chroma is interpolated (bilinear), not repeated in blocks."""
+    luma = torch.full((1, 1, 1, 16), 0.5, dtype=torch.float64)
+    chroma = torch.zeros(1, 2, 1, 2, dtype=torch.float64)
+    chroma[0, 0, 0] = torch.tensor([-0.1, 0.1])  # a Cb ramp from left to right
+    cb = rgb_to_ycbcr(merge_luma_chroma(luma, chroma))[0, 1, 0]
+    assert (cb.diff() >= -1e-12).all() and cb.min() >= -0.1 - 1e-6 and cb.max() <= 0.1 + 1e-6
+    assert len(set(cb.round(decimals=6).tolist())) > 4  # intermediate values, not two blocks
+
+
+def test_integer_frames_are_scaled_by_their_full_range():
+    from lc4.color import to_unit
+    eight = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_unit(eight), eight.float() / 255)
+    sixteen = torch.tensor([0, 257, 32768, 65535], dtype=torch.int32).to(torch.uint16)
+    assert to_unit(sixteen)[-1] == 1.0 and to_unit(sixteen)[0] == 0.0
+    assert to_unit(sixteen)[1] == to_unit(torch.tensor([1], dtype=torch.uint8))[0]
+
+
+def test_skips_come_from_the_deepest_encoder_stage_of_their_size(components):
+    """Per decoder up block, the luminance encoder's features of the same size (conv_in, a down
+    block or the mid block; the deepest where two have one size) through its 1x1 projection."""
+    encoder = randomize_(components["luminance_encoder"])
+    stages, handles = [], []
+    inner = encoder.encoder
+    for module in (inner.conv_in, *inner.down_blocks, inner.mid_block):
+        handles.append(module.register_forward_hook(lambda m, args, out: stages.append(out)))
+    luma = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        skips = encoder(luma).skips
+        for handle in handles:
+            handle.remove()
+        assert len(stages) == len(inner.down_blocks) + 2
+        for level, skip in enumerate(skips):
+            same_size = [s for s in stages if s.shape[-2:] == skip.shape[-2:]]
+            assert same_size, level
+            torch.testing.assert_close(skip, encoder.skip_projs[level](same_size[-1]), rtol=0, atol=0)
+
+
+def test_the_encoder_input_maps_luma_to_the_vae_pixel_range():
+    from lc4.luminance import luminance_input
+    luma = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    assert torch.equal(luminance_input(luma), torch.tensor([-1.0, -0.5, 0.0, 1.0]))

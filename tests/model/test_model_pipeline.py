@@ -528,3 +528,122 @@ def test_decoding_keeps_to_decode_batch_size_frames_a_call(pipeline, monkeypatch
         parts = pipeline(frames, ["a red car"], **run, decode_batch_size=batch_size).frames
         assert sizes == expected, (batch_size, sizes)
         torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "EulerDiscreteScheduler"])  # Euler: sigma > 1, scaled input
+def test_each_step_feeds_the_unet_the_scaled_latents_plus_the_luminance_residual(pipeline, trained_conditioning,
+                                                                                 name, monkeypatch):
+    """UNet input at step k: ``scale_model_input(z_k, t_k) + conv(y_lum)``, ``z_0`` the noise times
+    the scheduler's ``init_noise_sigma``, ``y_lum`` from luma in [-1, 1]; one copy per guidance
+    group; the UNet is called at the scheduler's timesteps."""
+    from lc4.pipeline import load_luma
+
+    monkeypatch.setattr(pipeline, "scheduler", scheduler_named(name, pipeline.scheduler))
+    frames = gray_frames(frames=4)
+    noise = torch.randn(4, pipeline.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(4))
+    calls, after_step = [], []
+    unet_forward = pipeline.unet.forward
+
+    def recording_forward(sample, timestep, *args, **kwargs):
+        calls.append((sample.clone(), timestep))
+        return unet_forward(sample, timestep, *args, **kwargs)
+
+    def keep_latents(pipe, step, timestep, tensors):
+        after_step.append(tensors["latents"].clone())
+        return {}
+
+    monkeypatch.setattr(pipeline.unet, "forward", recording_forward)
+    pipeline(frames, "a red car", **RUN, latents=noise, callback_on_step_end=keep_latents, output_type="latent")
+
+    def fresh_scheduler():
+        scheduler = scheduler_named(name, pipeline.scheduler)
+        scheduler.set_timesteps(RUN["num_inference_steps"])
+        return scheduler
+
+    with torch.no_grad():
+        residual = pipeline.luminance_encoder(load_luma(frames, size=(16, 16)) * 2 - 1).latent_residual
+    assert residual.abs().sum() > 0
+    timesteps = fresh_scheduler().timesteps
+    assert len(calls) == len(timesteps) == RUN["num_inference_steps"]
+    latents = noise * fresh_scheduler().init_noise_sigma
+    for (sample, timestep), t, after in zip(calls, timesteps, after_step):
+        assert float(timestep) == float(t)
+        expected = fresh_scheduler().scale_model_input(latents, t) + residual  # fresh: the step found by t
+        torch.testing.assert_close(sample, torch.cat([expected] * 2), rtol=1e-5, atol=1e-5)
+        latents = after
+    if name == "EulerDiscreteScheduler":
+        assert fresh_scheduler().init_noise_sigma > 1.5  # the scaling shows
+
+
+def test_guidance_pairs_the_negative_prompt_with_the_first_half(pipeline, trained_conditioning, monkeypatch):
+    """Under classifier-free guidance the UNet batch is (negative prompt, prompt), each with the
+    embeddings a call with that text alone (no guidance) gives; the guidance takes the first half
+    as the unconditional prediction."""
+    seen = []
+    unet_forward = pipeline.unet.forward
+
+    def recording_forward(*args, **kwargs):
+        seen.append(kwargs["encoder_hidden_states"].clone())
+        return unet_forward(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.unet, "forward", recording_forward)
+    frames, run = gray_frames(frames=4), {**RUN, "num_inference_steps": 1}
+    pipeline(frames, "a red car", **{**run, "guidance_scale": 1.0})
+    pipeline(frames, "a blue car", **{**run, "guidance_scale": 1.0})
+    pipeline(frames, "a red car", **run, negative_prompt="a blue car")
+    red, blue, guided = seen
+    assert not torch.allclose(red, blue, atol=1e-4)
+    torch.testing.assert_close(guided, torch.cat([blue, red]), rtol=0, atol=1e-6)
+
+
+def test_the_visual_prompt_is_frames_spread_over_the_whole_video(pipeline, monkeypatch):
+    """CMPF sees the luminance features of ``frames_per_clip`` frames, first and last included,
+    evenly spaced (a single one: the middle frame)."""
+    from lc4.pipeline import evenly_spaced, load_luma
+
+    seen = []
+    cmpf_forward = pipeline.cmpf.forward
+
+    def recording_forward(text, luminance_features, num_frames, *args, **kwargs):
+        seen.append((luminance_features.clone(), num_frames))
+        return cmpf_forward(text, luminance_features, num_frames, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.cmpf, "forward", recording_forward)
+    frames = gray_frames(frames=10, height=16, width=16)
+    pipeline(frames, "a red car", **{**RUN, "num_inference_steps": 1})  # frames_per_clip 4
+    (features, count), = seen
+    picked = np.round(np.linspace(0, 9, RUN["frames_per_clip"])).astype(int).tolist()
+    with torch.no_grad():
+        expected = pipeline.luminance_encoder(load_luma(frames, size=(16, 16)) * 2 - 1, return_skips=False).features
+    assert count == len(picked) and not torch.allclose(expected[picked], expected[:len(picked)])
+    torch.testing.assert_close(features, expected[picked], rtol=0, atol=1e-6)
+    assert evenly_spaced(1, 9) == [4] and evenly_spaced(8, 3) == [0, 1, 2]
+
+
+def test_outputs_are_the_final_latents_decoded_with_the_luminance_skips(pipeline, trained_conditioning):
+    """frames: VAE decode of the final latents with the luminance skips, mapped from [-1, 1] to
+    [0, 1]; chroma: their Cb, Cr; full_resolution_frames: that chroma on the input's own luma."""
+    from lc4.color import rgb_to_luma, rgb_to_ycbcr
+    from lc4.luminance import decode_latents
+    from lc4.pipeline import load_luma
+
+    frames = gray_frames(frames=4)
+    latents = pipeline(frames, "a red car", **RUN, output_type="latent").frames
+    out = pipeline(frames, "a red car", **RUN)
+    with torch.no_grad():
+        skips = pipeline.luminance_encoder(load_luma(frames, size=(16, 16)) * 2 - 1).skips
+        decoded = decode_latents(pipeline.vae, latents, skips)
+        assert not torch.allclose(decoded, decode_latents(pipeline.vae, latents), atol=1e-4)  # skips matter
+    torch.testing.assert_close(out.frames, ((decoded + 1) / 2).clamp(0, 1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.chroma, rgb_to_ycbcr(out.frames)[:, 1:], rtol=0, atol=1e-6)
+    assert out.chroma.abs().max() > 1e-3
+    torch.testing.assert_close(rgb_to_luma(out.full_resolution_frames), load_luma(frames), rtol=0, atol=1e-5)
+
+
+def test_frames_are_resized_to_the_model_resolution_by_area_averaging():
+    from lc4.color import rgb_to_luma
+    from lc4.pipeline import load_luma
+
+    frames = torch.randint(0, 256, (2, 3, 32, 48), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    expected = torch.nn.functional.avg_pool2d(rgb_to_luma(frames.double() / 255), 2).float()
+    torch.testing.assert_close(load_luma(frames, size=(16, 24)), expected, rtol=0, atol=1e-6)

@@ -126,3 +126,72 @@ def test_bad_inputs_name_the_argument_and_shape():
         tda(torch.randn(4, 35, 16, dtype=torch.float64), TemporalContext(4, (6, 6)))
     with pytest.raises(ValueError, match="offset_groups"):
         TemporallyDeformableAttention(16, num_heads=4, offset_groups=3)
+
+
+def test_deformed_points_are_the_grid_plus_alpha_tanh_of_each_points_offsets():
+    """Step (ii) point by point: the reference point ``(ix * Nrs, iy * Nrs, it * Nrt)`` (t-major
+    order) plus ``alpha * tanh`` of the offset conv's (dx, dy, dt) at that point, per group."""
+    ss, st, alpha, groups = 3, 2, 3.0, 2
+    tda = randomize_(make_tda(offset_groups=groups, spatial_stride=ss, temporal_stride=st, alpha=alpha))
+    B, Fr, H, W = 2, 5, 7, 8
+    x = torch.randn(B, Fr, H, W, 16, dtype=torch.float64)
+    raw = tda.offset_out(tda.offset_act(tda.offset_conv(tda.to_offset_features(x).permute(0, 4, 1, 2, 3))))
+    fp, hp, wp = math.ceil(Fr / st), math.ceil(H / ss), math.ceil(W / ss)
+    assert raw.shape == (B, 3 * groups, fp, hp, wp)
+    assert 0.05 < raw.abs().max() < 1  # offsets in tanh's curved range, not saturated
+    expected = torch.empty(B, fp * hp * wp, groups, 3, dtype=torch.float64)
+    for it in range(fp):
+        for iy in range(hp):
+            for ix in range(wp):
+                j = (it * hp + iy) * wp + ix
+                for g in range(groups):
+                    dx, dy, dt = raw[:, 3 * g:3 * g + 3, it, iy, ix].unbind(1)
+                    expected[:, j, g, 0] = ix * ss + alpha * torch.tanh(dx)
+                    expected[:, j, g, 1] = iy * ss + alpha * torch.tanh(dy)
+                    expected[:, j, g, 2] = it * st + alpha * torch.tanh(dt)
+    assert torch.allclose(tda.deformed_points(x), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("height, width", [(5, 7), (7, 5)])
+def test_forward_is_the_residual_plus_attention_of_each_video_laid_out_as_h_by_w(height, width):
+    """``(B*F, H*W, C)``: video-major frames, row-major tokens; TDA runs per video of F frames."""
+    tda = randomize_(make_tda())
+    videos, frames = 3, 4
+    hidden = torch.randn(videos * frames, height * width, 16, dtype=torch.float64)
+    out = tda(hidden, TemporalContext(frames, (height, width)))
+    x = hidden.view(videos, frames, height, width, 16)
+    expected = torch.stack([x[v:v + 1] + tda.attend(x[v:v + 1]) for v in range(videos)])
+    assert torch.allclose(out, expected.reshape_as(hidden), atol=1e-12)
+
+
+@pytest.mark.parametrize("latent", [(13, 7), (9, 16), (8, 8)])
+def test_level_sizes_follow_the_unet_downsampling(latent):
+    """Each UNet level is what diffusers' stride-2 3x3 conv (padding 1) makes of the one above."""
+    conv = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1)
+    sample = torch.zeros(1, 1, *latent)
+    context = TemporalContext(1, latent)
+    for _ in range(3):
+        height, width = sample.shape[-2:]
+        assert context.level_size(height * width) == (height, width)
+        sample = conv(sample)
+
+
+def test_compress_is_the_layer_output_at_the_reference_points():
+    """CMPF's TDA(y_lum): the queries are the features at the reference points, so the tokens are
+    the full layer's output (residual included) there, with distinct spatial and temporal strides."""
+    tda = randomize_(make_tda(spatial_stride=3, temporal_stride=2))
+    x = torch.randn(2, 5, 7, 8, 16, dtype=torch.float64)
+    full = x + tda.attend(x)
+    expected = full[:, ::2, ::3, ::3].reshape(2, -1, 16)
+    assert torch.allclose(tda.compress(x), expected, atol=1e-12)
+
+
+def test_half_precision_layers_keep_point_coordinates_in_float32():
+    """bfloat16 holds integers exactly only up to 256: a point at x = 257 would move."""
+    tda = make_tda(spatial_stride=1, temporal_stride=1).to(torch.bfloat16)
+    x = torch.randn(1, 2, 2, 260, 16, dtype=torch.bfloat16)
+    points = tda.deformed_points(x)
+    assert points.dtype == torch.float32
+    grid = reference_grid(2, 2, 260, (1, 1, 1))  # float32
+    assert grid[:, 0].max() == 259
+    assert torch.equal(points, grid[None, :, None].expand_as(points))  # fresh: zero offsets

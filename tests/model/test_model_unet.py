@@ -174,3 +174,42 @@ def test_clip_plan_reaches_every_tda_block(components):
         unet(sample, t, text, cross_attention_kwargs=temporal_kwargs(sample, frames, plan))
     assert max(call["k"][1] for call in calls) <= 3  # clips, never the whole video
     assert all(call["k"][0] <= plan.clips_per_batch for call in calls)
+
+
+def test_temporal_kwargs_describe_frames_and_latent_height_width():
+    sample = torch.zeros(2 * 3, 4, 6, 10)
+    temporal = temporal_kwargs(sample, 3)["temporal"]
+    assert temporal.num_frames == 3 and temporal.latent_size == (6, 10)
+
+
+def test_text_attention_mask_reaches_the_cross_attention(components):
+    """``encoder_attention_mask`` masks text tokens in the cross-attention with TDA inserted as
+    in the plain UNet (a fresh TDA changes nothing)."""
+    unet = components["unet"]
+    sample, t, text = unet_inputs(unet)
+    mask = torch.ones(text.shape[:2], dtype=torch.bool)
+    mask[:, 3:] = False
+    with torch.no_grad():
+        plain = unet(sample, t, text, encoder_attention_mask=mask).sample
+        assert not torch.allclose(plain, unet(sample, t, text).sample, atol=1e-4)  # the mask matters
+        insert_tda(unet, components["tda"])
+        with_tda = unet(sample, t, text, encoder_attention_mask=mask,
+                        cross_attention_kwargs=temporal_kwargs(sample, FRAMES)).sample
+    assert torch.equal(with_tda, plain)
+
+
+def test_fresh_tda_keeps_each_blocks_own_layer_norms(components):
+    """The block's norm1, norm2 and norm3 stay before attn1, attn2 and ff (fresh layer norms are
+    all alike, so they are given distinct affine weights here, as a trained UNet has)."""
+    unet = components["unet"]
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "transformer_blocks" in name and ".norm" in name:
+                param.copy_(param + 0.3 * torch.randn(param.shape, generator=generator))
+    sample, t, text = unet_inputs(unet)
+    with torch.no_grad():
+        plain = unet(sample, t, text).sample
+        insert_tda(unet, components["tda"])
+        with_tda = unet(sample, t, text, cross_attention_kwargs=temporal_kwargs(sample, FRAMES)).sample
+    assert torch.equal(with_tda, plain)

@@ -8,6 +8,8 @@ import torch
 def _check_range(tensor: torch.Tensor, name: str) -> None:
     if tensor.dtype == torch.uint8 or tensor.numel() == 0:
         return
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.float64)  # min/max exist for no unsigned type but uint8
     if torch.isnan(tensor).any():
         raise ValueError(f"{name}: expected RGB values in 0-255, got NaN")
     low, high = tensor.min().item(), tensor.max().item()

@@ -43,6 +43,21 @@ def test_histograms_are_normalised_counts():
     assert torch.allclose(hist.sum(-1), torch.ones(1, 3, dtype=torch.float64))
 
 
+def test_float_frames_are_rounded_to_the_nearest_level():
+    frame = torch.zeros(1, 3, 2, 2)
+    frame[0, 0] = torch.tensor([[0.4, 0.6], [1.4, 254.6]])
+    hist = channel_histograms(frame)
+    assert hist[0, 0, 0] == 0.25 and hist[0, 0, 1] == 0.5 and hist[0, 0, 255] == 0.25
+
+
+def test_float_frames_match_the_independent_implementation_of_their_rounded_levels(bikes_frames):
+    clip = degrade(bikes_frames)
+    jitter = 0.8 * (torch.rand(clip.shape, generator=torch.Generator().manual_seed(1)) - 0.5)  # within +-0.4
+    floats = (clip.float() + jitter).clamp(0, 255)
+    expected = _independent_cdc(clip.permute(0, 2, 3, 1).numpy())
+    assert cdc(floats.unsqueeze(0), scale=1.0).item() == pytest.approx(expected, rel=1e-9)
+
+
 def test_js_divergence_by_hand():
     p = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
     q = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
@@ -90,3 +105,5 @@ def test_bad_input():
         cdc(torch.zeros(1, 1, 3, 8, 8))
     with pytest.raises(ValueError, match="dilations"):
         cdc(torch.zeros(1, 4, 3, 8, 8), dilations=(0,))
+    with pytest.raises(ValueError, match="at least one video of one frame"):
+        cdc(torch.zeros(1, 0, 3, 8, 8))

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lc4.metrics import ClipFeatures, MissingWeightsError, frechet_distance, fvd, i3d_features, load_i3d
 from lc4.metrics.fvd import ENV_VAR
-from lc4.metrics.i3d import InceptionI3d
+from lc4.metrics.i3d import InceptionI3d, Unit3D
 
 SMALL = dict(clip_length=8, input_size=32)  # the real setting is 16 frames at 224x224
 
@@ -70,6 +71,73 @@ def test_clip_features_shapes_and_streaming(random_i3d, bikes_frames):
     assert two_videos.shape == (2, 400)
 
 
+def test_clips_are_resized_bilinearly_and_scaled_to_minus_one_one(random_i3d, bikes_frames):
+    frames = bikes_frames[:8, :, :64, :64]
+    # Halving the size bilinearly with half-pixel centres (no antialiasing) averages 2x2 blocks.
+    halved = frames.double().view(8, 3, 32, 2, 32, 2).mean(dim=(3, 5))
+    clip = (halved / 127.5 - 1).permute(1, 0, 2, 3).unsqueeze(0).float()  # (1, 3, T, H, W) in [-1, 1]
+    with torch.no_grad():
+        expected = random_i3d(clip)[0].double()
+    features = i3d_features(frames.unsqueeze(0), random_i3d, **SMALL)
+    assert torch.allclose(features[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_new_video_starts_a_new_clip(random_i3d, bikes_frames):
+    clips = ClipFeatures(random_i3d, **SMALL)
+    clips.add(bikes_frames[:11])  # one clip, and three frames that end_video drops
+    assert clips.end_video().shape == (1, 400)
+    clips.add(bikes_frames[4:12])
+    expected = i3d_features(bikes_frames[4:12].unsqueeze(0), random_i3d, **SMALL)
+    assert torch.allclose(clips.end_video(), expected, atol=1e-5)
+
+
+def test_unit3d_is_a_tf_same_convolution_then_batch_norm_with_eps_1e_3():
+    torch.manual_seed(0)
+    unit = Unit3D(2, 3, kernel=(3, 3, 3), stride=(2, 2, 2)).eval()
+    bn = unit.bn
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.005, 0.02)  # small: eps matters
+    bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(1, 2, 5, 6, 7)
+    # TF 'SAME', stride 2: total padding max(k - s, 0) for even sizes, max(k - size % s, 0) for odd
+    # ones, the odd pixel at the end: T 5 -> (1, 1), H 6 -> (0, 1), W 7 -> (1, 1).
+    conv = F.conv3d(F.pad(x, (1, 1, 0, 1, 1, 1)), unit.conv3d.weight, stride=2)
+    def per_channel(t):
+        return t.view(1, 3, 1, 1, 1)
+
+    expected = torch.relu((conv - per_channel(bn.running_mean)) / per_channel(torch.sqrt(bn.running_var + 1e-3))
+                          * per_channel(bn.weight) + per_channel(bn.bias))
+    with torch.no_grad():
+        out = unit(x)
+    assert out.shape == (1, 3, 3, 3, 4)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_logits_pool_two_frames_at_stride_one_then_average_over_time(random_i3d):
+    """As the PyTorch port: AvgPool3d((2, 7, 7), stride 1) before the 1x1x1 logits layer; the
+    logits are then averaged over time. At 32 frames of 32x32, Mixed_5c is 4 x 1 x 1."""
+    captured = {}
+    handle = random_i3d.Mixed_5c.register_forward_hook(lambda module, inputs, output: captured.update(x=output))
+    clip = torch.rand(1, 3, 32, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    try:
+        with torch.no_grad():
+            logits = random_i3d(clip)[0]
+    finally:
+        handle.remove()
+    x = captured["x"][0, :, :, 0, 0]
+    assert x.shape == (1024, 4)
+    # the mean of the three two-frame windows (x0+x1)/2, (x1+x2)/2, (x2+x3)/2
+    pooled = (x[:, 0] + 2 * x[:, 1] + 2 * x[:, 2] + x[:, 3]) / 6
+    weight, bias = random_i3d.logits.conv3d.weight[:, :, 0, 0, 0], random_i3d.logits.conv3d.bias
+    assert torch.allclose(logits, weight @ pooled + bias, rtol=1e-4, atol=1e-4)
+
+
+def test_an_explicit_path_wins_over_the_environment_and_wrapped_state_dicts_load(tmp_path, monkeypatch, random_i3d):
+    torch.save({"state_dict": random_i3d.state_dict()}, tmp_path / "wrapped.pt")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "elsewhere.pt"))  # does not exist
+    loaded = load_i3d(tmp_path / "wrapped.pt")
+    assert torch.equal(loaded.logits.conv3d.weight, random_i3d.logits.conv3d.weight)
+
+
 def test_fvd_of_a_set_with_itself_is_zero_and_degrading_raises_it(small_i3d, bikes_frames):
     clips = bikes_frames[:12].unfold(0, 8, 2).permute(0, 4, 1, 2, 3)  # (3, 8, 3, H, W) overlapping clips
     noisy = (clips.float() + 60 * torch.randn(clips.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 255)
@@ -110,5 +178,7 @@ def test_bad_input(random_i3d):
         i3d_features(torch.zeros(1, 4, 3, 32, 32), random_i3d, **SMALL)
     with pytest.raises(ValueError, match=r"videos: expected RGB videos of shape \(B, T, 3, H, W\)"):
         i3d_features(torch.zeros(8, 3, 32, 32), random_i3d, **SMALL)
+    with pytest.raises(ValueError, match="at least one video of one frame"):
+        i3d_features(torch.zeros(1, 0, 3, 32, 32), random_i3d, **SMALL)
     with pytest.raises(ValueError, match="N >= 2"):
         frechet_distance(np.zeros((1, 4)), np.zeros((3, 4)))

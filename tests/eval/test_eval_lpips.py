@@ -16,7 +16,8 @@ def _published_style_files(folder, seed=0):
     for index, (out_c, in_c, k) in _CONVS.items():
         backbone[f"features.{index}.weight"] = torch.randn(out_c, in_c, k, k, generator=generator) * (2 / (in_c * k * k)) ** 0.5
         backbone[f"features.{index}.bias"] = torch.randn(out_c, generator=generator) * 0.01
-    backbone["classifier.1.weight"] = torch.randn(8, 8, generator=generator)  # present in the real file, unused
+    for key in ("classifier.1.weight", "classifier.4.weight", "classifier.6.bias"):  # in the real file, unused
+        backbone[key] = torch.randn(8, 8, generator=generator)
     linear = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=generator)
               for i, c in enumerate((64, 192, 384, 256, 256))}
     folder.mkdir(exist_ok=True)

@@ -65,3 +65,19 @@ def test_bad_input():
     with_nan[0, 0, 0, 0] = math.nan
     with pytest.raises(ValueError, match="pred: expected RGB values in 0-255, got NaN"):
         psnr(with_nan, frames)
+    with pytest.raises(ValueError, match="pred: expected at least one frame"):
+        psnr(frames[:0], frames[:0])
+    over = frames.clone()
+    over[0, 0, 0, 0] = 255.5
+    with pytest.raises(ValueError, match=r"pred: expected RGB values in 0-255, got the range \[0, 255.5\]"):
+        psnr(over, frames)
+    negative = torch.zeros(2, 3, 16, 16, dtype=torch.int32)  # integers other than uint8 are checked too
+    negative[0, 0, 0, 0] = -1
+    with pytest.raises(ValueError, match=r"pred: expected RGB values in 0-255, got the range \[-1, 0\]"):
+        ssim(negative, frames)
+    wide = torch.zeros(2, 3, 16, 16, dtype=torch.uint16)  # a 16-bit frame on its own scale
+    wide[0, 0, 0, 0] = 1000
+    with pytest.raises(ValueError, match=r"pred: expected RGB values in 0-255, got the range \[0, 1000\]"):
+        psnr(wide, frames)
+    wide[0, 0, 0, 0] = 255
+    torch.testing.assert_close(psnr(wide, frames.to(torch.uint16)), psnr(wide.float(), frames))

@@ -12,7 +12,7 @@ import torch
 from lc4.cmpf import without_color_words
 from lc4.color import rgb_to_luma
 from lc4.train.config import TrainConfig, dump_config, load_config
-from lc4.train.data import ClipSampler, TextVideoDataset, list_videos
+from lc4.train.data import ClipSampler, TextVideoDataset, list_videos, resized_size, split_holdout
 from train_helpers import CAPTIONS, make_dataset
 
 
@@ -65,6 +65,12 @@ def test_config_files_relative_paths_and_overrides(tmp_path, suffix):
     ({"data": {"num_workers": -1}}, "data.num_workers: expected >= 0, got -1"),
     ({"optimizer": {"lr_warmup_steps": -3}}, "optimizer.lr_warmup_steps: expected >= 0, got -3"),
     ({"data": {"resolution": None}}, "data.resolution: expected an integer, got null"),
+    ({"data": {"resolution": 0}}, "data.resolution: expected a positive multiple of 8, got 0"),
+    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps: expected >= 1, got 0"),
+    ({"max_steps": 0}, "max_steps: expected >= 1, got 0"),
+    ({"ema": {"decay": 1.0}}, "ema.decay: expected a value in [0, 1), got 1.0"),
+    ({"seed": 2 ** 32}, "seed: expected an integer in [0, 2**32), got 4294967296"),
+    ({"data": {"caption_dropout": -0.1}}, "data.caption_dropout: expected a probability, got -0.1"),
 ])
 def test_config_errors(values, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -170,3 +176,35 @@ def test_captions_lose_their_colour_words_at_the_share_asked_for(video_folder):
     assert all(caption in colorless for caption, s in zip(full, stripped) if not s)
     assert 0.45 < np.mean(stripped) < 0.55
     assert all(caption in colorless for caption in kept if caption)
+
+
+def test_clip_starts_and_crops_cover_exactly_their_ranges(video_folder, tmp_path):
+    """A 12-frame 40x48 video, shorter side resized to 32 (32x38, 48 * 32 / 40 = 38.4 rounded):
+    8-frame clips start at 0..4, stride-2 clips of 4 frames (span 7) at 0..5; crops start at top
+    0 and left 0..6; a video of exactly a clip's span is used, not skipped; ``index`` is the item asked for."""
+    assert resized_size(40, 48, 32) == (32, 38) and resized_size(40, 47, 32) == (32, 38)
+    items = list_videos(video_folder)
+    for frames, stride, starts in ((8, 1, range(5)), (4, 2, range(6))):
+        dataset = TextVideoDataset(items, resolution=32, num_frames=frames, frame_stride=stride, cache_frames=True)
+        keys = torch.stack([dataset[(1, seed)]["frame_keys"] for seed in range(300)])
+        assert (keys[:, :, 0] == 1).all()
+        first = keys[:, 0, 1]
+        assert sorted(set(first.tolist())) == list(starts)
+        assert torch.equal(keys[:, :, 1], first[:, None] + stride * torch.arange(frames))
+        assert set(keys[:, 0, 2].tolist()) == {0} and sorted(set(keys[:, 0, 3].tolist())) == list(range(7))
+    dataset = TextVideoDataset(items, resolution=32, num_frames=8, random_crop=False)
+    for index, item in enumerate(items):
+        sample = dataset[(index, 5)]
+        assert sample["index"] == index and sample["caption"] in ("", item.caption)
+        assert sample["frame_keys"][0, 2:].tolist() == [0, 3]  # centred: (38 - 32) // 2
+    exact = make_dataset(tmp_path / "exact", count=1, num_frames=7)
+    for frames, stride in ((7, 1), (4, 2)):  # both span all its 7 frames
+        sample = TextVideoDataset(list_videos(exact), resolution=32, num_frames=frames, frame_stride=stride)[(0, 3)]
+        assert sample["pixel_values"].shape == (frames, 3, 32, 32)
+
+
+def test_the_held_out_clip_is_not_trained_on(video_folder):
+    items = list_videos(video_folder)
+    training, held_out = split_holdout(items, holdout=True)
+    assert held_out == items[-1] and training == items[:-1] and held_out not in training
+    assert split_holdout(items, holdout=False) == (items, None)

@@ -395,3 +395,75 @@ def test_stage1_trains_on_cuda(tiny_model_dir, video_folder, tmp_path, mixed_pre
     assert next(trained.unet.parameters()).dtype == torch.float32
     after = fixed_noise_loss(LC4Denoiser(trained.unet, trained.luminance_encoder).eval(), trained, batch)
     assert after < 0.8 * before, f"fixed-noise loss {before:.4f} -> {after:.4f}"
+
+
+def test_each_clip_gets_one_timestep_drawn_from_the_whole_schedule(tiny_model_dir):
+    """Timesteps uniform over 0..T-1 (both ends drawn in 6000 seeded draws), one per clip, shared
+    by its frames; the denoiser sees sqrt(a_t) z0 + sqrt(1 - a_t) noise at the clip's own t."""
+    import torch.nn as nn
+
+    from lc4.train.models import encode_frames
+
+    class Recorder(nn.Module):
+        def forward(self, noisy, timesteps, *args, **kwargs):
+            seen.append((noisy.detach(), timesteps.detach()))
+            return torch.zeros_like(noisy)
+
+    components = load_components(tiny_model_dir)
+    steps = components.noise_scheduler.config.num_train_timesteps
+    pixels = torch.rand(2000, 2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = {"pixel_values": pixels, "luminance": pixels.mean(2, keepdim=True), "captions": [""] * 2000}
+    seen, drawn = [], []
+    with torch.no_grad():
+        for seed in range(3):
+            diffusion_loss(Recorder(), components, batch, generator=torch.Generator().manual_seed(seed))
+            timesteps = seen[-1][1]
+            assert torch.equal(timesteps[0::2], timesteps[1::2])  # both frames of a clip
+            drawn.append(timesteps[0::2])
+    drawn = torch.cat(drawn)
+    assert drawn.min() == 0 and drawn.max() == steps - 1
+    # The noisy latents of two clips at different timesteps, recomputed.
+    seen.clear()
+    small = {key: value[:2] for key, value in batch.items()}
+    with torch.no_grad():
+        diffusion_loss(Recorder(), components, small, generator=torch.Generator().manual_seed(1),
+                       timesteps=torch.tensor([100, 800]))
+        generator = torch.Generator().manual_seed(1)
+        latents = encode_frames(components.vae, small["pixel_values"].flatten(0, 1), generator)
+        noise = torch.randn(latents.shape, generator=generator)
+    alphas = components.noise_scheduler.alphas_cumprod[torch.tensor([100, 100, 800, 800])].view(-1, 1, 1, 1)
+    torch.testing.assert_close(seen[0][0], alphas.sqrt() * latents + (1 - alphas).sqrt() * noise)
+    assert seen[0][1].tolist() == [100, 100, 800, 800]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_each_clip_by_its_own_timestep(tiny_model_dir, prediction_type):
+    """Two clips at t = 900 and 10 in one batch: the loss is the mean of each clip's MSE times
+    min(SNR_t, gamma) / w_t, w_t = SNR_t (epsilon) or SNR_t + 1 (v), recomputed from the noise."""
+    import dataclasses
+
+    import torch.nn as nn
+    from diffusers import DDPMScheduler
+
+    from lc4.train.models import encode_frames
+
+    class Zero(nn.Module):
+        def forward(self, noisy, *args, **kwargs):
+            return torch.zeros_like(noisy)
+
+    components = load_components(tiny_model_dir)
+    components = dataclasses.replace(components, noise_scheduler=DDPMScheduler.from_config(
+        components.scheduler_config, prediction_type=prediction_type))
+    pixels = torch.rand(2, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = {"pixel_values": pixels, "luminance": pixels.mean(2, keepdim=True), "captions": ["a red car", "a dog"]}
+    gamma, steps = 5.0, torch.tensor([900, 10])
+    loss = diffusion_loss(Zero(), components, batch, generator=torch.Generator().manual_seed(1), timesteps=steps,
+                          snr_gamma=gamma)
+    generator = torch.Generator().manual_seed(1)
+    latents = encode_frames(components.vae, pixels.flatten(0, 1), generator).unflatten(0, (2, 2))
+    noise = torch.randn(latents.shape, generator=generator)
+    a = components.noise_scheduler.alphas_cumprod[steps].view(2, 1, 1, 1, 1)
+    target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
+    snr = (a / (1 - a)).flatten()
+    weight = torch.clamp(snr, max=gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+    torch.testing.assert_close(loss, ((target ** 2).mean(dim=(1, 2, 3, 4)) * weight).mean())

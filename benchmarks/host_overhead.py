@@ -71,7 +71,7 @@ def _registered_op_workload(attention_inputs, backend: str) -> workloads.Workloa
     q, k, v, points = leaves = [t.detach().requires_grad_() for t in (attention_inputs.q, attention_inputs.k,
                                                                      attention_inputs.v, attention_inputs.points)]
     scale = attention_inputs.scale
-    return workloads.Workload(backend, False, leaves, lambda: kernels.attention_op(q, k, v, points, scale)[0],
+    return workloads.Workload(backend, False, leaves, lambda: kernels.ops.attention(q, k, v, points, scale)[0],
                               attention_inputs.grad_out)
 
 

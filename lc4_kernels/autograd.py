@@ -9,12 +9,14 @@ backward ops behind two entry points.
   the Triton backend's host time per forward+backward (``python -m benchmarks.host_overhead``),
   and at the 32x32 layer that call is bound by its host time on an H200. Inside
   ``torch.compile`` or ``torch.export``, and for tensor subclasses (fake, functional), the
-  registered op runs instead.
+  registered op runs instead. Inside ``torch.func`` transforms (grad, vmap, jvp, jacrev,
+  jacfwd, hessian) a ``setup_context`` style Function runs the registered ops, whose vmap rules
+  (``batching``) fold a mapped dimension into the batch.
 
-A backward under ``create_graph=True`` (double backward: gradient penalties, Hessian-vector
-products) differentiates the reference formula instead of running the hand-written kernels, whose
-gradients a second backward would see as constants. It is exact, and as the reference it
-allocates the Nq x Nk scores.
+The first derivative is always the hand-written backward. Under ``create_graph=True`` (double
+backward: gradient penalties, Hessian-vector products) that backward is itself a differentiable
+Function whose derivatives come from the reference formula, as does forward-mode AD (``jvp``).
+Those are exact, and as the reference they allocate the Nq x Nk scores.
 """
 from __future__ import annotations
 
@@ -28,10 +30,22 @@ from . import reference
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def _traced(*tensors: torch.Tensor) -> bool:
-    """Whether the call must go through the registered op: a compiler is tracing it, or an
-    input is a tensor subclass that dispatches by itself (fake, functional)."""
-    return torch.compiler.is_compiling() or any(type(t) not in _PLAIN_TENSORS for t in tensors)
+def _subclassed(*tensors: torch.Tensor) -> bool:
+    """Whether an input is a tensor subclass that dispatches by itself (fake, functional), which
+    the registered op serves."""
+    return any(type(t) not in _PLAIN_TENSORS for t in tensors)
+
+
+# A torch.func transform (grad, vmap, jvp, ...) is running: its tensors look plain.
+_transforms_active = torch._C._are_functorch_transforms_active
+
+
+def _eager_under_compile() -> None:
+    """A graph break where torch.compile traces a torch.func transform over the ops, so that the
+    transform runs eagerly: Dynamo ignores an autograd.Function's custom ``jvp`` (forward-mode
+    results come out silently wrong) and cannot vmap a traced Function's backward."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.graph_break()
 
 
 def _save_sample_inputs(ctx, inputs, output):
@@ -45,31 +59,145 @@ def _save_attention_inputs(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, points, out, lse)
 
 
-def _differentiable_grads(formula, inputs, needs_grad, grad_out) -> tuple:
-    """The gradients of ``formula`` at ``inputs`` against ``grad_out``, themselves differentiable
-    w.r.t. the inputs and ``grad_out``; None where ``needs_grad`` says no."""
-    wanted = [t for t, need in zip(inputs, needs_grad) if need]
-    with torch.enable_grad():
-        out = formula(*inputs)
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, materialize_grads=True))
-    return tuple(next(grads) if need else None for need in needs_grad)
+def _reference_sample_grads(grad_out, value, points):
+    return torch.func.vjp(reference.trilinear_sample, value, points)[1](grad_out)
 
 
-def _sample_grads(launcher, ctx, grad_out) -> tuple:
+def _reference_attention_grads(scale):
+    def grads(grad_out, q, k, v, points):
+        return torch.func.vjp(lambda *t: reference.tda_attention(*t, scale), q, k, v, points)[1](grad_out)
+    return grads
+
+
+def _zeros_for_none(tensors, like) -> tuple:
+    return tuple(torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like))
+
+
+def _vjp(formula, primals, cotangents) -> tuple:
+    out, pullback = torch.func.vjp(formula, *primals)
+    return pullback(_zeros_for_none(cotangents, out))
+
+
+def _jvp(formula, primals, tangents):
+    return torch.func.jvp(formula, tuple(primals), _zeros_for_none(tangents, primals))[1]
+
+
+class _SampleBackward(torch.autograd.Function):
+    """The hand-written backward of trilinear_sample, itself differentiable: its own derivatives
+    (double backward, forward-over-reverse) come from the reference formula."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(backward_op, grad_out, value, points):
+        return tuple(backward_op(grad_out.contiguous(), value, points))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[1:])
+        ctx.save_for_forward(*inputs[1:])
+
+    @staticmethod
+    def backward(ctx, *cotangents):
+        return (None, *_vjp(_reference_sample_grads, ctx.saved_tensors, cotangents))
+
+    @staticmethod
+    def jvp(ctx, _, *tangents):
+        return _jvp(_reference_sample_grads, ctx.saved_tensors, tangents)
+
+
+class _AttentionBackward(torch.autograd.Function):
+    """The hand-written backward of tda_attention, differentiable as ``_SampleBackward``. Its
+    derivatives are those of the gradients as functions of (grad_out, q, k, v, points); out and
+    lse, functions of the same, get none of their own."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(backward_op, grad_out, q, k, v, points, out, lse, scale):
+        return tuple(backward_op(grad_out.contiguous(), q, k, v, points, out, lse, scale))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.scale = inputs[-1]
+        ctx.save_for_backward(*inputs[1:6])
+        ctx.save_for_forward(*inputs[1:6])
+
+    @staticmethod
+    def backward(ctx, *cotangents):
+        grads = _vjp(_reference_attention_grads(ctx.scale), ctx.saved_tensors, cotangents)
+        return (None, *grads, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, _, *tangents):
+        return _jvp(_reference_attention_grads(ctx.scale), ctx.saved_tensors, tangents[:5])
+
+
+def _sample_grads(backward_op, ctx, grad_out) -> tuple:
     value, points = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True
-        return _differentiable_grads(reference.trilinear_sample, (value, points), ctx.needs_input_grad[:2], grad_out)
-    return tuple(launcher(grad_out.contiguous(), value, points))
+    if torch.is_grad_enabled():  # create_graph=True, or inside a torch.func transform
+        return _SampleBackward.apply(backward_op, grad_out, value, points)
+    return tuple(backward_op(grad_out.contiguous(), value, points))
 
 
-def _attention_grads(launcher, ctx, grad_out) -> tuple:
+def _attention_grads(backward_op, ctx, grad_out) -> tuple:
     q, k, v, points, out, lse = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True
-        formula = lambda *t: reference.tda_attention(*t, ctx.scale)  # noqa: E731
-        grads = _differentiable_grads(formula, (q, k, v, points), ctx.needs_input_grad[:4], grad_out)
+    if torch.is_grad_enabled():
+        grads = _AttentionBackward.apply(backward_op, grad_out, q, k, v, points, out, lse, ctx.scale)
     else:
-        grads = launcher(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
+        grads = backward_op(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
     return (*grads, None)
+
+
+class _TransformableSample(torch.autograd.Function):
+    """trilinear_sample through the registered ops in the style torch.func transforms need
+    (``setup_context``; vmap through the ops' batching rules; forward-mode from the reference)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(ops, value, points):
+        with torch.no_grad():  # this Function is the autograd (a registered op would wrap its own)
+            return ops.sample(value, points)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.backward_op = inputs[0].sample_backward
+        ctx.save_for_backward(*inputs[1:])
+        ctx.save_for_forward(*inputs[1:])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return (None, *_sample_grads(ctx.backward_op, ctx, grad_out))
+
+    @staticmethod
+    def jvp(ctx, _, *tangents):
+        return _jvp(reference.trilinear_sample, ctx.saved_tensors, tangents)
+
+
+class _TransformableAttention(torch.autograd.Function):
+    """tda_attention as ``_TransformableSample``; returns (out, lse), lse not differentiable."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(ops, q, k, v, points, scale):
+        with torch.no_grad():
+            return tuple(ops.attention(q, k, v, points, scale))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ops, q, k, v, points, scale = inputs
+        out, lse = output
+        ctx.backward_op, ctx.scale = ops.attention_backward, scale
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, points, out, lse)
+        ctx.save_for_forward(q, k, v, points)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        return (None, *_attention_grads(ctx.backward_op, ctx, grad_out))
+
+    @staticmethod
+    def jvp(ctx, _, *tangents):
+        formula = lambda *t: reference.tda_attention(*t, ctx.scale)  # noqa: E731
+        return _jvp(formula, ctx.saved_tensors, tangents[:4]), None
 
 
 def register(sample_op, sample_backward_op, attention_op, attention_backward_op) -> None:
@@ -86,7 +214,8 @@ def register(sample_op, sample_backward_op, attention_op, attention_backward_op)
 
 @dataclass(frozen=True)
 class Launchers:
-    """A backend's kernels as plain callables on contiguous tensors (no autograd)."""
+    """A backend's kernels as plain callables on contiguous tensors: its raw launchers (no
+    autograd), or its registered ops (autograd, fake kernels, vmap rules)."""
     sample: Callable  # (value6, points4) -> out
     sample_backward: Callable  # (grad_out, value6, points4) -> (grad_value, grad_points)
     attention: Callable  # (q, k, v, points, scale) -> (out, lse)
@@ -94,17 +223,17 @@ class Launchers:
 
 
 class Kernels:
-    """The callables a ``Backend`` runs: eager autograd over ``launchers``, the registered ops
-    ``sample_op`` / ``attention_op`` when traced. Inputs are made contiguous, q too unless
-    ``strided_q`` (the op reads q of any strides, e.g. a view of a fused qkv projection)."""
+    """The callables a ``Backend`` runs: eager autograd over ``launchers``; the registered ``ops``
+    when traced (torch.compile, torch.export, tensor subclasses); transformable autograd over the
+    ops inside torch.func transforms. Inputs are made contiguous, q too unless ``strided_q`` (the
+    op reads q of any strides, e.g. a view of a fused qkv projection)."""
 
-    def __init__(self, launchers: Launchers, sample_op, attention_op, strided_q: bool = False):
-        self.sample_op, self.attention_op, self.strided_q = sample_op, attention_op, strided_q
+    def __init__(self, launchers: Launchers, ops: Launchers, strided_q: bool = False):
+        self.ops, self.strided_q = ops, strided_q
 
         # forward(ctx, ...) rather than a setup_context: Function.apply binds the signature of
-        # a setup_context style Function on every call (30 us on a 2-core x86 VM). functorch
-        # transforms would need that style; the registered ops' autograd does not support them
-        # either.
+        # a setup_context style Function on every call (30 us on a 2-core x86 VM), so only
+        # torch.func transforms, which need that style, pay for it (_Transformable*).
         class Sample(torch.autograd.Function):
             @staticmethod
             def forward(ctx, value, points):
@@ -131,14 +260,20 @@ class Kernels:
 
     def trilinear_sample(self, value: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         value, points = value.contiguous(), points.contiguous()
-        if _traced(value, points):
-            return self.sample_op(value, points)
+        if _transforms_active():
+            _eager_under_compile()
+            return _TransformableSample.apply(self.ops, value, points)
+        if torch.compiler.is_compiling() or _subclassed(value, points):
+            return self.ops.sample(value, points)
         return self._sample.apply(value, points)
 
     def tda_attention(self, q, k, v, points, scale: float) -> torch.Tensor:
         if not self.strided_q:
             q = q.contiguous()
         k, v, points = k.contiguous(), v.contiguous(), points.contiguous()
-        if _traced(q, k, v, points):
-            return self.attention_op(q, k, v, points, scale)[0]
+        if _transforms_active():
+            _eager_under_compile()
+            return _TransformableAttention.apply(self.ops, q, k, v, points, scale)[0]
+        if torch.compiler.is_compiling() or _subclassed(q, k, v, points):
+            return self.ops.attention(q, k, v, points, scale)[0]
         return self._attention.apply(q, k, v, points, scale)

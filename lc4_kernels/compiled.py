@@ -1,6 +1,6 @@
 """Loads the compiled extension (``lc4_kernels._C``), which registers the ``lc4::`` ops through
 TORCH_LIBRARY, and gives those ops what torch needs around them: autograd through the
-hand-written backward ops, and fake kernels so that ``torch.compile`` traces them.
+hand-written backward ops, fake kernels so that ``torch.compile`` traces them, and vmap rules.
 
 Backends: ``cpu`` (csrc/cpu), ``cuda`` (csrc/cuda, CUDA tensors, when the extension was built
 with CUDA) and the test-only ``cuda_emu``: the same CUDA kernel sources built by the host compiler
@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from . import autograd, backends
+from . import autograd, backends, batching
 
 EXTENSION_ERROR = None
 try:
@@ -25,6 +25,10 @@ except ImportError as exc:  # pragma: no cover - exercised on installs without a
     EXTENSION_ERROR = (f"lc4_kernels._C is not built ({exc}); only the 'reference' backend is available. "
                        "Build it with `pip install -e . --no-build-isolation` (needs a C++ compiler and ninja).")
     warnings.warn(EXTENSION_ERROR, stacklevel=2)
+
+
+# The ops each namespace registers; their order is that of ``autograd.Launchers``.
+_OP_NAMES = ("trilinear_sample", "trilinear_sample_backward", "tda_attention", "tda_attention_backward")
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -54,6 +58,8 @@ def _register_op_support(namespace: str) -> None:
 
     autograd.register(f"{namespace}::trilinear_sample", ops.trilinear_sample_backward,
                       f"{namespace}::tda_attention", ops.tda_attention_backward)
+    for name in _OP_NAMES:
+        batching.register(f"{namespace}::{name}", getattr(ops, name).default)
 
 
 def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
@@ -72,10 +78,11 @@ def _below_autograd(op):
 
 def _kernels(namespace: str) -> autograd.Kernels:
     ops = getattr(torch.ops, namespace)
-    sample, attention = ops.trilinear_sample.default, ops.tda_attention.default
-    launchers = autograd.Launchers(*(_below_autograd(op) for op in (sample, ops.trilinear_sample_backward.default,
-                                                                    attention, ops.tda_attention_backward.default)))
-    return autograd.Kernels(launchers, sample, attention)
+    registered = autograd.Launchers(*(getattr(ops, name).default for name in _OP_NAMES))
+    launchers = autograd.Launchers(*(_below_autograd(op) for op in (registered.sample, registered.sample_backward,
+                                                                    registered.attention,
+                                                                    registered.attention_backward)))
+    return autograd.Kernels(launchers, registered)
 
 
 CUDA_MAX_HEAD_DIM = 256  # kCudaMaxHeadDim in csrc/cuda/launchers.h

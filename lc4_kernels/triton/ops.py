@@ -1,7 +1,7 @@
 """The Triton kernels as ``torch.ops.lc4_triton.*`` custom ops, with fake kernels (so that
-``torch.compile(fullgraph=True)`` traces them) and autograd through the hand-written backward
-ops; ``KERNELS`` is what the backend runs (see ``lc4_kernels.autograd``). Kernel modules are
-imported on the first call, after ``TRITON_INTERPRET`` has been read."""
+``torch.compile(fullgraph=True)`` traces them), autograd through the hand-written backward ops
+and vmap rules; ``KERNELS`` is what the backend runs (see ``lc4_kernels.autograd``). Kernel
+modules are imported on the first call, after ``TRITON_INTERPRET`` has been read."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from .. import autograd
+from .. import autograd, batching
 
 
 def _kernels():
@@ -92,7 +92,11 @@ def _(grad_out, q, k, v, points, out, lse, scale):
 
 
 autograd.register(trilinear_sample, trilinear_sample_backward, tda_attention, tda_attention_backward)
+for _op in (trilinear_sample, trilinear_sample_backward, tda_attention, tda_attention_backward):
+    batching.register(_op, _op)
 
 # The forward reads q of any strides.
 KERNELS = autograd.Kernels(autograd.Launchers(_sample, _sample_backward, _attention, _attention_backward),
-                           trilinear_sample, tda_attention, strided_q=True)
+                           autograd.Launchers(trilinear_sample, trilinear_sample_backward, tda_attention,
+                                              tda_attention_backward),
+                           strided_q=True)

@@ -27,10 +27,10 @@ def test_eager_path_and_registered_op_give_the_same_bits(backend, device):
     with deterministic_algorithms():  # cuda_emu's atomic scatter adds in a different order each run
         eager = _grads(lambda *t: kernels.tda_attention(*t, 0.3),
                        [t.clone().requires_grad_(True) for t in (q, k, v, points)])
-        registered = _grads(lambda *t: kernels.attention_op(*t, 0.3)[0],
+        registered = _grads(lambda *t: kernels.ops.attention(*t, 0.3)[0],
                             [t.clone().requires_grad_(True) for t in (q, k, v, points)])
         eager_sample = _grads(kernels.trilinear_sample, [t.clone().requires_grad_(True) for t in (value, sample_points)])
-        registered_sample = _grads(kernels.sample_op, [t.clone().requires_grad_(True) for t in (value, sample_points)])
+        registered_sample = _grads(kernels.ops.sample, [t.clone().requires_grad_(True) for t in (value, sample_points)])
     # The eager path is the Function, not the registered op's autograd.
     assert type(eager[0].grad_fn).__name__ == "AttentionBackward"
     assert type(eager_sample[0].grad_fn).__name__ == "SampleBackward"
@@ -55,7 +55,7 @@ def test_torch_compile_traces_the_registered_ops(backend, device):
                              backend=recording_backend)
     compiled(q, k, v, points)
     # A torch.library.custom_op (triton) is traced as its OpOverload.
-    assert getattr(kernels.attention_op, "_opoverload", kernels.attention_op) in targets
+    assert getattr(kernels.ops.attention, "_opoverload", kernels.ops.attention) in targets
 
 
 @pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32))
@@ -118,8 +118,8 @@ _PENALTIES = {"grad_out_from_output": lambda out: out.square().sum() / 2, "const
 def test_double_backward_equals_the_reference(backend, device, entry, penalty):
     kernels = _kernels(backend)
     attention = (lambda *t: kernels.tda_attention(*t, 0.4)) if entry == "eager" else (
-        lambda *t: kernels.attention_op(*t, 0.4)[0])
-    sample = kernels.trilinear_sample if entry == "eager" else kernels.sample_op
+        lambda *t: kernels.ops.attention(*t, 0.4)[0])
+    sample = kernels.trilinear_sample if entry == "eager" else kernels.ops.sample
     reference = lc4_kernels.get_backend("reference")
     q, k, v, points = attention_inputs(Nq=9, Nk=7, heads=4, d=4, G=2, device=device, special_fraction=0.1)
     value, sample_points = sample_inputs(P=11, device=device)

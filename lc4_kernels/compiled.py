@@ -59,7 +59,7 @@ def _register_op_support(namespace: str) -> None:
     autograd.register(f"{namespace}::trilinear_sample", ops.trilinear_sample_backward,
                       f"{namespace}::tda_attention", ops.tda_attention_backward)
     for name in _OP_NAMES:
-        batching.register(f"{namespace}::{name}", getattr(ops, name).default)
+        batching.register(f"{namespace}::{name}", name, getattr(ops, name).default)
 
 
 def _contiguous_like(t: torch.Tensor) -> torch.Tensor:

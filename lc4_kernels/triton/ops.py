@@ -93,7 +93,7 @@ def _(grad_out, q, k, v, points, out, lse, scale):
 
 autograd.register(trilinear_sample, trilinear_sample_backward, tda_attention, tda_attention_backward)
 for _op in (trilinear_sample, trilinear_sample_backward, tda_attention, tda_attention_backward):
-    batching.register(_op, _op)
+    batching.register(_op, _op._name, _op)
 
 # The forward reads q of any strides.
 KERNELS = autograd.Kernels(autograd.Launchers(_sample, _sample_backward, _attention, _attention_backward),

@@ -7,6 +7,7 @@ import torch
 from torch import func
 
 import lc4_kernels
+from lc4_kernels import batching
 
 from .cases import assert_close, attention_inputs, compiled_backend_cases, sample_inputs
 
@@ -158,7 +159,7 @@ def test_registered_ops_have_vmap_rules(backend, device):
     }
     for name, (op, args) in calls.items():
         tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-        for mapped in (tensors[:1], tensors):  # the first input only, then every input
+        for mapped in (tensors[:1], tensors[-1:], tensors):  # the first input, the last, every input
             stacked = [torch.stack([a * (1 + 0.25 * j) for j in range(3)]) if i in mapped else a
                        for i, a in enumerate(args)]
             in_dims = tuple(0 if i in mapped else None for i in range(len(args)))
@@ -167,6 +168,38 @@ def test_registered_ops_have_vmap_rules(backend, device):
                 looped = op(*(a[j] if i in mapped else a for i, a in enumerate(stacked)))
                 for b, e in zip(torch.utils._pytree.tree_leaves(batched), torch.utils._pytree.tree_leaves(looped)):
                     assert_close(b[j], e, torch.float32, f"{backend} {name} mapped {mapped} item {j}")
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_vmapped_query_side_shares_the_volume(backend, device):
+    """Only q (or the points) mapped, at an inner dimension: V query sets against one k/v map,
+    folded into Nq (P) without copying the volume."""
+    q, k, v, points = attention_inputs(B=2, Nq=5, Nk=4, heads=2, d=3, G=2, T=2, H=3, W=3, device=device,
+                                       special_fraction=0)
+    queries = torch.stack([q, -q, 0.5 * q], dim=2)  # (B, Nq, V, heads, d): mapped dim 2
+    out = func.vmap(_attention(backend), in_dims=(2, None, None, None))(queries, k, v, points)
+    value, sample_points = sample_inputs(B=2, P=4, G=2, C=3, device=device, special_fraction=0)
+    point_sets = torch.stack([sample_points, sample_points.flip(1), sample_points + 0.5], dim=1)
+    sampled = func.vmap(_sample(backend), in_dims=(None, 1))(value, point_sets)
+    for i in range(3):
+        assert_close(out[i], _attention("reference")(queries[:, :, i], k, v, points), torch.float32, "vmapped q")
+        assert_close(sampled[i], _sample("reference")(value, point_sets[:, i]), torch.float32, "vmapped points")
+
+
+def test_fold_rules_pass_the_volume_unrepeated():
+    calls = []
+
+    def record(*args):
+        calls.append([a.shape for a in args if isinstance(a, torch.Tensor)])
+        q = args[0]
+        return torch.zeros_like(q), torch.zeros(q.shape[0], q.shape[2], q.shape[1])
+
+    info = type("Info", (), {"batch_size": 3, "randomness": "error"})()
+    q, k, v, points = torch.zeros(3, 2, 5, 4, 8), torch.zeros(2, 2, 3, 3, 4, 8), torch.zeros(2, 2, 3, 3, 4, 8), (
+        torch.zeros(2, 6, 2, 3))
+    (out, lse), out_dims = batching._attention_rule(record)(info, (0, None, None, None, None), q, k, v, points, 1.0)
+    assert calls == [[(2, 15, 4, 8), k.shape, v.shape, points.shape]]
+    assert out.movedim(out_dims[0], 0).shape == (3, 2, 5, 4, 8) and lse.movedim(out_dims[1], 0).shape == (3, 2, 4, 5)
 
 
 @pytest.mark.parametrize("backend,device", CASES)

@@ -379,7 +379,8 @@ int path_choice(const char* variable, std::initializer_list<const char*> names) 
   int index = 0;
   for (const char* candidate : names) {
     if (name == candidate) return index;
-    expected += (index == 0 ? "" : index + 1 == static_cast<int>(names.size()) ? " or " : ", ") + std::string(candidate);
+    const char* separator = index == 0 ? "" : index + 1 == static_cast<int>(names.size()) ? " or " : ", ";
+    expected += separator + std::string(candidate);
     ++index;
   }
   TORCH_CHECK_VALUE(false, variable, " must be ", expected, ", got '", name, "'");

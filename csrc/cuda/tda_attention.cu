@@ -32,7 +32,8 @@ void tda_attention_backward_scatter(const AttentionParams& p, const AttentionScr
 
 // The corner table of the segment scatter (launchers.h, AttentionScratch): one thread per
 // (batch, key, group) writes its 8 entries.
-__global__ void __launch_bounds__(kAttentionThreads) attention_corner_table_kernel(const AttentionParams p, int64_t* keys,
+__global__ void __launch_bounds__(kAttentionThreads)
+attention_corner_table_kernel(const AttentionParams p, int64_t* keys,
                                                                                    float* weights) {
   const int64_t voxels = p.T * p.H * p.W, nothing = p.B * p.G * voxels;
   TrilinearPoint<float> tp;

@@ -117,7 +117,8 @@ inline int64_t dkv_query_splits(const AttentionParams& p, int64_t block, int64_t
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kAttentionThreads) attention_delta_kernel(const AttentionParams p, const AttentionScratch s) {
+__global__ void __launch_bounds__(kAttentionThreads)
+attention_delta_kernel(const AttentionParams p, const AttentionScratch s) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const T* grad_out = static_cast<const T*>(p.grad_out);
@@ -125,7 +126,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_delta_kernel(cons
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize; row < p.B * p.Nq * p.heads;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {  // row = (b, i, h)
     float dot = 0.f;
-    for (int64_t c = lane; c < p.d; c += kWarpSize) dot += to_float(grad_out[row * p.d + c]) * to_float(out[row * p.d + c]);
+    for (int64_t c = lane; c < p.d; c += kWarpSize)
+      dot += to_float(grad_out[row * p.d + c]) * to_float(out[row * p.d + c]);
     dot = warp_sum(dot);
     const int64_t h = row % p.heads, i = (row / p.heads) % p.Nq, b = row / (p.heads * p.Nq);
     if (lane == 0) s.delta[(b * p.heads + h) * p.Nq + i] = dot;
@@ -133,7 +135,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_delta_kernel(cons
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kAttentionThreads) attention_dkv_kernel(const AttentionParams p, const AttentionScratch s) {
+__global__ void __launch_bounds__(kAttentionThreads)
+attention_dkv_kernel(const AttentionParams p, const AttentionScratch s) {
   using Tiles = BackwardTiles<D>;
   constexpr int B = Tiles::kBlock, S = Tiles::kStride, TPR = Tiles::kThreadsPerRow;
   __shared__ float k_tile[B * S];
@@ -200,7 +203,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_kernel(const 
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kAttentionThreads) attention_dq_kernel(const AttentionParams p, const AttentionScratch s) {
+__global__ void __launch_bounds__(kAttentionThreads)
+attention_dq_kernel(const AttentionParams p, const AttentionScratch s) {
   using Tiles = BackwardTiles<D>;
   constexpr int B = Tiles::kBlock, S = Tiles::kStride, TPR = Tiles::kThreadsPerRow;
   __shared__ float k_tile[B * S];
@@ -249,7 +253,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dq_kernel(const A
 namespace {  // dtype-independent kernels: one copy per translation unit
 
 // Atomic scatter: one warp per (batch, key, head), lanes over columns.
-__global__ void __launch_bounds__(kAttentionThreads) attention_scatter_atomic_kernel(const AttentionParams p, const AttentionScratch s) {
+__global__ void __launch_bounds__(kAttentionThreads)
+attention_scatter_atomic_kernel(const AttentionParams p, const AttentionScratch s) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t voxels = p.T * p.H * p.W, per_group = p.heads / p.G;
@@ -318,7 +323,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_scatter_segments_
 // dpoints[b, n, g] = sum over the group's heads and the corners of dweight * (<dk~, k> + <dv~, v>).
 // dk~ and dv~ are read as S, as in the segment scatter.
 template <typename T, typename S>
-__global__ void __launch_bounds__(kAttentionThreads) attention_dpoints_kernel(const AttentionParams p, const AttentionScratch s) {
+__global__ void __launch_bounds__(kAttentionThreads)
+attention_dpoints_kernel(const AttentionParams p, const AttentionScratch s) {
   constexpr int kWarps = kAttentionThreads / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t voxels = p.T * p.H * p.W, per_group = p.heads / p.G;

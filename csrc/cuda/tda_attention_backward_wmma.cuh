@@ -73,7 +73,8 @@ __device__ __forceinline__ void store_key_gradients(
   __syncthreads();
   for (int idx = threadIdx.x; idx < B * DW; idx += kAttentionThreads) {
     const int j = idx / DW, c = idx % DW;
-    if (j0 + j < p.Nk && c < p.d) atomicAdd(sampled + ((b * p.heads + h) * p.Nk + j0 + j) * p.d + c, factor * staging[j * FS + c]);
+    if (j0 + j < p.Nk && c < p.d)
+      atomicAdd(sampled + ((b * p.heads + h) * p.Nk + j0 + j) * p.d + c, factor * staging[j * FS + c]);
   }
   __syncthreads();  // the staging tile is free again
 }
@@ -158,8 +159,9 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_wmma_kernel(c
         if (g < Tiles::kGradientTiles) {
           const bool dv = g >= kOutputTiles;
           const int t = g % kOutputTiles, rt = t / kColumnTiles, ct = t % kColumnTiles;
-          wmma_accumulate<T, wmma::col_major, wmma::row_major>(grad_acc[m], (dv ? p_tile : ds_tile) + rt * 16, PS,
-                                                               16 * PS, (dv ? do_tile : q_tile) + ct * 16, S, 16 * S, B);
+          wmma_accumulate<T, wmma::col_major, wmma::row_major>(
+              grad_acc[m], (dv ? p_tile : ds_tile) + rt * 16, PS, 16 * PS, (dv ? do_tile : q_tile) + ct * 16, S,
+              16 * S, B);
         }
       }
       if constexpr (kAtomicDq) {

@@ -87,7 +87,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_dkv_registers_ker
 
     Accumulator dk[Tiles::kColumnTiles], dv[Tiles::kColumnTiles];
 #pragma unroll
-    for (int ct = 0; ct < Tiles::kColumnTiles; ++ct) wmma::fill_fragment(dk[ct], 0.0f), wmma::fill_fragment(dv[ct], 0.0f);
+    for (int ct = 0; ct < Tiles::kColumnTiles; ++ct)
+      wmma::fill_fragment(dk[ct], 0.0f), wmma::fill_fragment(dv[ct], 0.0f);
 
     // The query tile at i0 (q, dO, and lse and delta of its rows) into registers: before the
     // previous tile's products (p.prefetch), or just before it is stored.

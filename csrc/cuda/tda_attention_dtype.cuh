@@ -70,7 +70,8 @@ void launch_attention_backward_sampled(const AttentionParams& p, const Attention
       dq_done = true;
     }
   }
-  if (!dq_done && p.Nq > 0) launch(attention_delta_kernel<T>, grid_for(p.B * p.Nq * p.heads, kWarps), block, stream, p, s);
+  if (!dq_done && p.Nq > 0)
+    launch(attention_delta_kernel<T>, grid_for(p.B * p.Nq * p.heads, kWarps), block, stream, p, s);
   if constexpr (std::is_same_v<T, float>) {
     constexpr int kBlock = BackwardTiles<D>::kBlock;
     const auto blocks = ceil_div(p.Nk, kBlock) * dkv_query_splits(p, kBlock, kBlock);

@@ -37,8 +37,9 @@ __device__ __forceinline__ void warp_row_scores(const T* rows, const T* keys, fl
 // accumulator fragments of 16 columns each, through the warp's float staging rows (kOutStride
 // apart). Anything the lanes wrote to shared memory before the call is visible to emit.
 template <int kColumnTiles, int kOutStride, typename Emit>
-__device__ __forceinline__ void warp_rows_out(const wmma::fragment<wmma::accumulator, 16, 16, 16, float> (&fragments)[kColumnTiles],
-                                              float* staging, int64_t rows, int64_t d, Emit&& emit) {
+__device__ __forceinline__ void warp_rows_out(
+    const wmma::fragment<wmma::accumulator, 16, 16, 16, float> (&fragments)[kColumnTiles], float* staging,
+    int64_t rows, int64_t d, Emit&& emit) {
   constexpr int kWidth = kColumnTiles * 16;
 #pragma unroll
   for (int ct = 0; ct < kColumnTiles; ++ct) {
@@ -70,7 +71,8 @@ __global__ void __launch_bounds__(kAttentionThreads) attention_forward_wmma_kern
   if constexpr (kHasWmma<T>) {
     using Tiles = WmmaForwardTiles<D>;
     constexpr int BQ = Tiles::kBlockQ, BK = Tiles::kBlockK, DW = Tiles::kWidth, S = Tiles::kStride;
-    constexpr int SS = Tiles::kScoreStride, OS = Tiles::kOutStride, PS = Tiles::kProbStride, TPR = Tiles::kThreadsPerRow;
+    constexpr int SS = Tiles::kScoreStride, OS = Tiles::kOutStride, PS = Tiles::kProbStride;
+    constexpr int TPR = Tiles::kThreadsPerRow;
     constexpr int kWarps = kAttentionThreads / kWarpSize;
     // WMMA loads and stores need 256-bit aligned addresses.
     __shared__ __align__(32) T q_tile[BQ * S];

@@ -122,7 +122,8 @@ struct RowTileFetch {
 #pragma unroll
     for (int u = 0; u < kPerThread; ++u) {
       const int idx = threadIdx.x + u * kThreads;
-      if (idx < kRows * kChunksPerRow) store16(tile + idx / kChunksPerRow * kStride + idx % kChunksPerRow * kVec, chunk[u]);
+      if (idx < kRows * kChunksPerRow)
+        store16(tile + idx / kChunksPerRow * kStride + idx % kChunksPerRow * kVec, chunk[u]);
     }
   }
 };

@@ -12,8 +12,12 @@ constexpr int kThreads = 128;
 constexpr int kWarpsPerBlock = kThreads / kWarpSize;
 constexpr int64_t kMaxBlocks = 65535;
 
-dim3 warp_grid(int64_t warps) { return dim3(static_cast<unsigned>(std::min(kMaxBlocks, ceil_div(warps, kWarpsPerBlock)))); }
-dim3 thread_grid(int64_t threads) { return dim3(static_cast<unsigned>(std::min(kMaxBlocks, ceil_div(threads, kThreads)))); }
+dim3 warp_grid(int64_t warps) {
+  return dim3(static_cast<unsigned>(std::min(kMaxBlocks, ceil_div(warps, kWarpsPerBlock))));
+}
+dim3 thread_grid(int64_t threads) {
+  return dim3(static_cast<unsigned>(std::min(kMaxBlocks, ceil_div(threads, kThreads))));
+}
 
 __device__ __forceinline__ int64_t first_warp() {
   return static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
@@ -34,7 +38,8 @@ __global__ void __launch_bounds__(kThreads) sample_forward_kernel(const SamplePa
       float sum = 0.f;
 #pragma unroll
       for (int corner = 0; corner < 8; ++corner) {
-        if (tp.valid[corner]) sum += tp.weight[corner] * to_float(value[((b * voxels + tp.voxel[corner]) * p.G + g) * p.C + c]);
+        if (tp.valid[corner])
+          sum += tp.weight[corner] * to_float(value[((b * voxels + tp.voxel[corner]) * p.G + g) * p.C + c]);
       }
       out[bpg * p.C + c] = from_float<T>(sum);
     }
@@ -89,7 +94,8 @@ __global__ void __launch_bounds__(kThreads) sample_backward_value_ordered_kernel
       trilinear_point(points[bpg * 3], points[bpg * 3 + 1], points[bpg * 3 + 2], p.T, p.H, p.W, tp);
       const float go = to_float(grad_out[bpg * p.C + c]);
       for (int corner = 0; corner < 8; ++corner) {
-        if (tp.valid[corner]) grad_value[((b * voxels + tp.voxel[corner]) * p.G + g) * p.C + c] += tp.weight[corner] * go;
+        if (tp.valid[corner])
+          grad_value[((b * voxels + tp.voxel[corner]) * p.G + g) * p.C + c] += tp.weight[corner] * go;
       }
     }
   }
@@ -106,7 +112,8 @@ void backward(const SampleParams& p, bool deterministic, cudaStream_t stream) {
   if (deterministic) {
     launch(sample_backward_points_kernel<T, false>, grid, dim3(kThreads), stream, p);
     // A zero-sized grid is a launch error on the device; without channels dvalue is empty.
-    if (p.C > 0) launch(sample_backward_value_ordered_kernel<T>, thread_grid(p.B * p.G * p.C), dim3(kThreads), stream, p);
+    if (p.C > 0)
+      launch(sample_backward_value_ordered_kernel<T>, thread_grid(p.B * p.G * p.C), dim3(kThreads), stream, p);
   } else {
     launch(sample_backward_points_kernel<T, true>, grid, dim3(kThreads), stream, p);
   }

@@ -130,7 +130,8 @@ int main() {
       std::iota(order.begin(), order.end(), int64_t{0});
       std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
       for (int64_t e = 0; e < entries; ++e) sorted_keys[e] = keys[order[e]];
-      s.corner_weights = weights.data(), s.sorted_corner_keys = sorted_keys.data(), s.sorted_corner_entries = order.data();
+      s.corner_weights = weights.data(), s.sorted_corner_keys = sorted_keys.data(),
+      s.sorted_corner_entries = order.data();
     }
     cuda_emu::tda_attention_backward_sampled(pb, s, kind, nullptr);
     cuda_emu::tda_attention_backward_scatter(pb, s, kind, nullptr);

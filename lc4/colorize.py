@@ -4,10 +4,10 @@ INPUT is a video file or a folder of frames; OUTPUT is a video file (by its suff
 ``.mp4``) or a folder, which receives ``00000.png``, ``00001.png``, ... The model runs at
 ``--resolution`` (square; default: the model's own, 512 for SD1.5); its chroma is carried onto
 each input frame's own full-resolution luminance, so the output has the input's size, frame
-count, frame rate and display rotation (and its audio track, when the output's format can hold
-it). Input frames are read twice, once shrunk to the model resolution and once streamed at full
-resolution while writing, so a long video is never held in memory at full resolution. Nothing
-is downloaded.
+count, frame rate and display transform (rotation and mirroring; and its audio track, when the
+output's format can hold it). Input frames are read twice, once shrunk to the model resolution
+and once streamed at full resolution while writing, so a long video is never held in memory at
+full resolution. Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -70,14 +70,14 @@ def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, s
     _check_input(input_path)
     _check_output(input_path, output_path)
     check_device(device)
-    # What the output can hold is settled before the model runs: the input's display rotation
-    # (the pixels are colorized as stored) and its audio track.
+    # What the output can hold is settled before the model runs: the input's display transform
+    # (rotation and mirroring; the pixels are colorized as stored) and its audio track.
     writes_video = output_path.suffix.lower() in video_io.VIDEO_SUFFIXES
     if writes_video:
         video_options = dict(fps=fps or video_io.read_fps(input_path) or DEFAULT_FPS,
-                             rotation=video_io.read_rotation(input_path))
+                             display_matrix=video_io.read_display_matrix(input_path))
         try:
-            video_io.VideoWriter(output_path, **video_options)  # checks suffix, codec and rotation; writes nothing
+            video_io.VideoWriter(output_path, **video_options)  # checks suffix, codec, transform; writes nothing
         except ValueError as error:
             raise ValueError(f"-o/--output: {error}") from None
         keeps_audio = video_io.has_audio(input_path)
@@ -85,6 +85,9 @@ def colorize(input_path, output_path, prompt: str, model_dir, resolution=None, s
             warnings.warn(f"{output_path.suffix} files cannot hold the input's audio track; writing the video "
                           "without it", stacklevel=2)
             keeps_audio = False
+    elif video_io.read_display_matrix(input_path) is not None:
+        warnings.warn("a frame folder cannot hold the input's display rotation or mirroring; the frames are "
+                      "written as stored", stacklevel=2)
     pipeline = LC4Pipeline.from_pretrained(check_model_folder(model_dir)).to(device, DTYPES[dtype])
     if scheduler:
         pipeline.scheduler = scheduler_named(scheduler, pipeline.scheduler, argument="--scheduler")

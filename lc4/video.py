@@ -9,8 +9,9 @@ Nothing here holds more than one batch of frames unless asked to (:func:`read_vi
 Colour: frames are read with each stream's own YUV matrix and range (untagged streams as BT.601
 limited range) and written as BT.601 limited range, tagged so, both through swscale's exact
 conversions; a read -> write round trip thus keeps the luma as closely as 8 bits allow.
-Rotation: frames are the stored pixels, never turned; :func:`read_rotation` gives the display
-rotation a player applies, and :class:`VideoWriter` writes it back (``rotation=``).
+Orientation: frames are the stored pixels, never turned; :func:`read_display_matrix` gives the
+display transform a player applies (rotation and mirroring, as phones record), and
+:class:`VideoWriter` writes it back (``display_matrix=``; ``rotation=`` for a plain rotation).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Iterable, Iterator, Sequence, Union
 import av
 import numpy as np
 import torch
+from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".gif"})
@@ -194,12 +196,32 @@ def read_fps(source: PathLike) -> Fraction | None:
 def read_rotation(source: PathLike) -> int:
     """The display rotation of a video file in degrees, counter-clockwise (PyAV's
     ``VideoFrame.rotation``, which :class:`VideoWriter`'s ``rotation`` takes back); 0 for a frame
-    folder, an image or a video without one. Decodes the first frame, where FFmpeg reports it."""
+    folder, an image or a video without one. Decodes the first frame, where FFmpeg reports it.
+    A mirrored video's transform is more than a rotation: copy it with :func:`read_display_matrix`."""
     if not is_video_file(source):
         return 0
     for frame in _decode(Path(source)):
         return round(frame.rotation)
     return 0
+
+
+# FFmpeg's display matrix: 3x3 int32, row-major, 16.16 fixed point but the last column 2.30.
+_IDENTITY_DISPLAY_MATRIX = (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+
+
+def read_display_matrix(source: PathLike) -> tuple[int, ...] | None:
+    """The display transform of a video file (rotation and mirroring) as FFmpeg's nine-integer
+    display matrix, which :class:`VideoWriter`'s ``display_matrix`` takes back; ``None`` for a
+    frame folder, an image or a video displayed as stored. Decodes the first frame."""
+    if not is_video_file(source):
+        return None
+    for frame in _decode(Path(source)):
+        for side_data in frame.side_data:
+            if side_data.type == SideDataType.DISPLAYMATRIX:
+                matrix = tuple(int(x) for x in np.frombuffer(bytes(side_data), dtype=np.int32))
+                return None if matrix == _IDENTITY_DISPLAY_MATRIX else matrix
+        return None
+    return None
 
 
 def _as_hwc_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -234,7 +256,7 @@ def _split_frames(frames: np.ndarray | torch.Tensor | Iterable) -> Iterator:
 _SUFFIX_CODECS = {".webm": "libvpx-vp9", ".gif": "gif"}
 _DEFAULT_CODEC = "libx264"
 # Containers whose muxers store a display matrix; the others would drop a rotation silently.
-_ROTATION_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})
+_DISPLAY_MATRIX_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})
 
 
 def _codec_for(path: Path) -> str:
@@ -247,10 +269,21 @@ def _codec_for(path: Path) -> str:
     return codec
 
 
-def _check_rotation(path: Path, rotation: int) -> None:
-    if rotation % 360 and path.suffix.lower() not in _ROTATION_SUFFIXES:
-        raise ValueError(f"rotation: {path.suffix} files cannot store a display rotation ({rotation}); "
-                         f"expected one of {sorted(_ROTATION_SUFFIXES)}")
+def _check_display_transform(path: Path, rotation: int, display_matrix) -> tuple[int, ...] | None:
+    """The display matrix to write (None: display as stored), checked against the suffix."""
+    if display_matrix is not None:
+        if rotation % 360:
+            raise ValueError(f"rotation, display_matrix: expected one of them, got {rotation} and a matrix")
+        display_matrix = tuple(int(x) for x in display_matrix)
+        if len(display_matrix) != 9:
+            raise ValueError(f"display_matrix: expected FFmpeg's 9 integers, got {len(display_matrix)}")
+        if display_matrix == _IDENTITY_DISPLAY_MATRIX:
+            display_matrix = None
+    argument = "display_matrix" if display_matrix is not None else "rotation"
+    if (display_matrix is not None or rotation % 360) and path.suffix.lower() not in _DISPLAY_MATRIX_SUFFIXES:
+        raise ValueError(f"{argument}: {path.suffix} files cannot store a display rotation or mirroring; "
+                         f"expected one of {sorted(_DISPLAY_MATRIX_SUFFIXES)}")
+    return display_matrix
 
 
 def _default_pix_fmt(codec: str, height: int, width: int) -> str:
@@ -312,10 +345,11 @@ class VideoWriter:
     The size comes from the first frame. The codec follows the suffix (libx264; ``.webm``:
     libvpx-vp9; ``.gif``: gif, a 256-colour palette per frame). ``crf`` sets libx264/libx265/
     libvpx-vp9 quality (lower is better; 0 with libx264 and ``pix_fmt="yuv444p"`` is lossless).
-    Odd sizes use ``yuv444p`` because ``yuv420p`` needs even sides. ``rotation`` (degrees,
-    counter-clockwise, as :func:`read_rotation` gives it) is written as the display rotation;
-    only .mp4, .m4v, .mov, .mkv and .webm can store one. The suffix, codec and rotation are
-    checked here, before any frame; the file is created with the first frame.
+    Odd sizes use ``yuv444p`` because ``yuv420p`` needs even sides. ``display_matrix`` (nine
+    integers, as :func:`read_display_matrix` gives them) is written as the display transform, or
+    ``rotation`` (degrees, counter-clockwise, as :func:`read_rotation` gives it) as a display
+    rotation; only .mp4, .m4v, .mov, .mkv and .webm can store one. The suffix, codec and display
+    transform are checked here, before any frame; the file is created with the first frame.
     """
 
     def __init__(
@@ -326,13 +360,14 @@ class VideoWriter:
         crf: int | None = 18,
         pix_fmt: str | None = None,
         rotation: int = 0,
+        display_matrix: Sequence[int] | None = None,
     ):
         self.path = Path(path)
         self.fps = Fraction(fps).limit_denominator(1001)
         self.codec = codec or _codec_for(self.path)
         self.crf = crf
         self.pix_fmt = pix_fmt
-        _check_rotation(self.path, rotation)
+        self.display_matrix = _check_display_transform(self.path, rotation, display_matrix)
         self.rotation = rotation
         self._container = None
         self._stream = None
@@ -355,7 +390,9 @@ class VideoWriter:
         if _is_yuv(stream.pix_fmt):
             stream.codec_context.colorspace = _WRITTEN_COLORSPACE
             stream.codec_context.color_range = _color_range(stream.pix_fmt)
-        if self.rotation % 360:
+        if self.display_matrix is not None:
+            stream.set_display_matrix(list(self.display_matrix))
+        elif self.rotation % 360:
             stream.set_display_rotation(self.rotation)
         return stream
 
@@ -398,7 +435,8 @@ class VideoWriter:
 
 def write_video(path: PathLike, frames, fps: int | float | Fraction = 25, **writer_options) -> Path:
     """Writes frames (an iterable of frames, or a ``(T, 3, H, W)`` tensor) to a video file;
-    ``writer_options`` go to :class:`VideoWriter` (``codec``, ``crf``, ``pix_fmt``, ``rotation``)."""
+    ``writer_options`` go to :class:`VideoWriter` (``codec``, ``crf``, ``pix_fmt``, ``rotation``,
+    ``display_matrix``)."""
     with VideoWriter(path, fps=fps, **writer_options) as writer:
         for frame in _split_frames(frames):
             writer.write(frame)
@@ -466,7 +504,7 @@ def can_copy_audio(audio_source: PathLike, output_path: PathLike) -> bool:
 
 
 def mux_audio(video_path: PathLike, audio_source: PathLike, output_path: PathLike) -> Path:
-    """Writes ``output_path`` with the video stream of ``video_path`` (its display rotation
+    """Writes ``output_path`` with the video stream of ``video_path`` (its display transform
     included) and the first audio stream of ``audio_source``, both copied without re-encoding."""
     Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(video_path)) as video_in, av.open(str(audio_source)) as audio_in, \

@@ -109,12 +109,13 @@ def _write_audio(path, seconds: float = 1.0, rate: int = 16000):
     return path
 
 
-def _write_rotated(path, frames: torch.Tensor, degrees: int):
-    """A video whose container asks players to turn it by ``degrees``, as phones record."""
+def _write_rotated(path, frames: torch.Tensor, degrees: int, hflip: bool = False, vflip: bool = False):
+    """A video whose container asks players to turn it by ``degrees`` and mirror it, as phones
+    record."""
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = frames.shape[-1], frames.shape[-2], "yuv420p"
-        stream.set_display_rotation(degrees)
+        stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.permute(1, 2, 0).numpy(), format="rgb24")))
         container.mux(stream.encode(None))
@@ -220,10 +221,60 @@ def test_display_rotation_is_read_and_written_back(tmp_path):
         video.write_video(tmp_path / "copy.avi", frames, rotation=90)
 
 
+# The eight EXIF orientations, each as (degrees, hflip, vflip).
+_ORIENTATIONS = [(degrees, hflip, False) for degrees in (0, 90, 180, 270) for hflip in (False, True)]
+
+
+def _display_matrix(degrees: int, hflip: bool, vflip: bool = False) -> np.ndarray:
+    """The 2x2 part (16.16 fixed point) of FFmpeg's display matrix of that orientation, worked out
+    here up to the signs of its entries (FFmpeg's y axis points down): rotation, then mirrors."""
+    theta = np.deg2rad(degrees)
+    rotate = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]])
+    mirror = np.diag([-1.0 if hflip else 1.0, -1.0 if vflip else 1.0])
+    return np.rint(rotate @ mirror * 65536).astype(np.int64)
+
+
+@pytest.mark.parametrize("degrees,hflip,vflip", _ORIENTATIONS)
+def test_display_matrix_with_mirroring_is_read_and_written_back(tmp_path, degrees, hflip, vflip):
+    frames = _moving_gradient(3)
+    phone = _write_rotated(tmp_path / "phone.mp4", frames, degrees, hflip, vflip)
+    matrix = video.read_display_matrix(phone)
+    if (degrees, hflip) == (0, False):
+        assert matrix is None
+        return
+    assert len(matrix) == 9 and matrix[8] == 1 << 30 and matrix[2] == matrix[5] == matrix[6] == matrix[7] == 0
+    linear = np.array([[matrix[0], matrix[1]], [matrix[3], matrix[4]]])
+    assert np.array_equal(np.abs(linear), np.abs(_display_matrix(degrees, hflip, vflip)))
+    # A mirror flips the orientation: the sign of the determinant tells it, whatever the rotation.
+    assert np.sign(np.linalg.det(linear)) == (-1 if hflip != vflip else 1)
+    for suffix in (".mp4", ".mkv", ".mov"):
+        copy = video.write_video(tmp_path / f"copy{suffix}", video.read_video(phone), display_matrix=matrix)
+        assert video.read_display_matrix(copy) == matrix
+        assert torch.equal(video.read_video(copy)[:, :, :1, :1], video.read_video(phone)[:, :, :1, :1])
+    with pytest.raises(ValueError, match=r"display_matrix: \.avi files cannot store"):
+        video.write_video(tmp_path / "copy.avi", frames, display_matrix=matrix)
+
+
+def test_display_matrix_argument_checks(tmp_path):
+    frames = _moving_gradient(2)
+    identity = (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+    assert video.read_display_matrix(video.write_video(tmp_path / "id.avi", frames, display_matrix=identity)) is None
+    assert video.read_display_matrix(video.write_video(tmp_path / "plain.mp4", frames)) is None
+    video.write_frame_folder(tmp_path / "folder", frames)
+    assert video.read_display_matrix(tmp_path / "folder") is None
+    with pytest.raises(ValueError, match="rotation, display_matrix: expected one of them"):
+        video.VideoWriter(tmp_path / "both.mp4", rotation=90, display_matrix=identity)
+    with pytest.raises(ValueError, match="display_matrix: expected FFmpeg's 9 integers, got 4"):
+        video.VideoWriter(tmp_path / "short.mp4", display_matrix=(1, 0, 0, 1))
+
+
 def test_muxing_audio_keeps_the_display_rotation(tmp_path):
     silent = video.write_video(tmp_path / "silent.mkv", _moving_gradient(4), rotation=90)
     output = video.mux_audio(silent, _write_audio(tmp_path / "audio.mp4"), tmp_path / "out.mp4")
     assert video.read_rotation(output) == 90
+    mirrored = _write_rotated(tmp_path / "mirrored.mp4", _moving_gradient(4), 90, hflip=True)
+    output = video.mux_audio(mirrored, _write_audio(tmp_path / "audio.mp4"), tmp_path / "mirrored_out.mkv")
+    assert video.read_display_matrix(output) == video.read_display_matrix(mirrored)
 
 
 def _write_yuv_clip(path, colorspace=None, count: int = 3, height: int = 48, width: int = 64):

@@ -115,7 +115,7 @@ def test_audio_the_output_format_cannot_hold_is_left_out_with_a_warning(gray_bik
     assert not video_io.has_audio(output) and video_io.read_video(output).shape[0] == 6
 
 
-def test_the_display_rotation_is_kept(gray_bikes, tiny_model_dir, tmp_path, capsys):
+def test_the_display_transform_is_kept(gray_bikes, tiny_model_dir, tmp_path, capsys):
     rotated = tmp_path / "rotated.mp4"
     video_io.write_video(rotated, video_io.read_video(gray_bikes, max_frames=4), rotation=90)
     assert video_io.read_rotation(rotated) == 90
@@ -123,9 +123,17 @@ def test_the_display_rotation_is_kept(gray_bikes, tiny_model_dir, tmp_path, caps
     assert main(colorize_args(rotated, output, tiny_model_dir)) == 0
     assert video_io.read_rotation(output) == 90
     assert video_io.read_video(output).shape[-2:] == video_io.read_video(rotated).shape[-2:]
+    # A mirrored recording (a front camera's): its rotation alone would turn it upside down.
+    mirror = (-1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+    mirrored = video_io.write_video(tmp_path / "mirrored.mp4", video_io.read_video(gray_bikes, max_frames=4),
+                                    display_matrix=mirror)
+    assert main(colorize_args(mirrored, tmp_path / "mirrored_out.mkv", tiny_model_dir)) == 0
+    assert video_io.read_display_matrix(tmp_path / "mirrored_out.mkv") == mirror
+    with pytest.warns(UserWarning, match="a frame folder cannot hold the input's display rotation or mirroring"):
+        assert main(colorize_args(mirrored, tmp_path / "frames", tiny_model_dir)) == 0
     # A format without a display matrix is refused before the model runs.
     assert main(colorize_args(rotated, tmp_path / "out.avi", tiny_model_dir)) == 2
-    assert "-o/--output: rotation: .avi files cannot store a display rotation" in capsys.readouterr().err
+    assert "-o/--output: display_matrix: .avi files cannot store a display rotation" in capsys.readouterr().err
     assert not (tmp_path / "out.avi").exists()
 
 

@@ -5,8 +5,9 @@
 
 A tiny case (``CASE``) makes the kernels' own time negligible, so a call's time is its host
 time. Per backend: microseconds per forward (no grad) and per forward+backward through the
-public op (the eager path), and forward+backward through the backend's registered op, the path
-``torch.compile`` traces, for comparison. SDPA on pre-sampled k~/v~ is the yardstick: one fused
+public op (the eager path), forward+backward through the backend's registered op, the path
+``torch.compile`` traces, for comparison, and the same two through ``torch.func``: the forward
+under ``vmap`` (one mapped query set) and forward+backward as ``torch.func.grad``. SDPA on pre-sampled k~/v~ is the yardstick: one fused
 PyTorch op and its backward.
 
 The Triton kernels cannot run on a CPU outside the interpreter, so on a CPU their launches are
@@ -75,6 +76,20 @@ def _registered_op_workload(attention_inputs, backend: str) -> workloads.Workloa
                               attention_inputs.grad_out)
 
 
+def _transform_calls(attention_inputs, backend: str):
+    """The forward under torch.func.vmap and forward+backward as torch.func.grad (every input)."""
+    a = attention_inputs
+    q, k, v, points = (t.detach() for t in (a.q, a.k, a.v, a.points))
+
+    def loss(*t):
+        return (K.tda_attention(*t, a.scale, backend=backend) * a.grad_out).sum()
+
+    grad = torch.func.grad(loss, argnums=(0, 1, 2, 3))
+    vmapped = torch.func.vmap(lambda q: K.tda_attention(q, k, v, points, a.scale, backend=backend))
+    queries = q.unsqueeze(0)
+    return (lambda: vmapped(queries)), (lambda: grad(q, k, v, points))
+
+
 def _microseconds(fn) -> float:
     return measure.time_callable(fn, POLICY).median_s * 1e6
 
@@ -82,13 +97,15 @@ def _microseconds(fn) -> float:
 def measure_backend(attention_inputs, backend: str | None, device: torch.device) -> dict:
     """One row: SDPA when ``backend`` is None."""
     if backend is None:
-        workload, registered = workloads.sdpa_workload(attention_inputs), None
+        workload, registered, transformed = workloads.sdpa_workload(attention_inputs), None, (None, None)
     else:
         workload = workloads.attention_workload(attention_inputs, backend)
         registered = _registered_op_workload(attention_inputs, backend) if backend != "reference" else None
+        transformed = _transform_calls(attention_inputs, backend)
     row = {"label": workload.label}
     for key, fn in (("forward_us", workload.forward), ("forward_backward_us", workload.forward_backward),
-                    ("registered_op_forward_backward_us", registered and registered.forward_backward)):
+                    ("registered_op_forward_backward_us", registered and registered.forward_backward),
+                    ("vmap_forward_us", transformed[0]), ("func_grad_us", transformed[1])):
         if fn is None:
             row[key] = None
             continue
@@ -110,8 +127,9 @@ def _backends(device: torch.device, dtype: torch.dtype) -> list[tuple[str, bool]
 def markdown(doc: dict) -> str:
     lines = environment.markdown_header("Host time of tda_attention", doc,
                                         "kernels too small to matter, a call's time is its host time")
-    lines += ["| backend | forward us | forward+backward us | forward+backward through the registered op us |",
-              "|---|---|---|---|"]
+    lines += ["| backend | forward us | forward+backward us | forward+backward through the registered op us "
+              "| forward under torch.func.vmap us | forward+backward as torch.func.grad us |",
+              "|---|---|---|---|---|---|"]
 
     def cell(value):
         return "" if value is None else f"{value:.0f}"
@@ -119,7 +137,8 @@ def markdown(doc: dict) -> str:
     for r in doc["rows"]:
         label = r["label"] + (" (launches stubbed)" if r.get("launches_stubbed") else "")
         lines.append(f"| {label} | {cell(r['forward_us'])} | {cell(r['forward_backward_us'])} | "
-                     f"{cell(r['registered_op_forward_backward_us'])} |")
+                     f"{cell(r['registered_op_forward_backward_us'])} | {cell(r.get('vmap_forward_us'))} | "
+                     f"{cell(r.get('func_grad_us'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,9 +24,12 @@ def test_rows_per_backend_with_eager_and_registered_op_paths(tmp_path, quick):
     assert "reference" in rows and rows["reference"]["registered_op_forward_backward_us"] is None
     for row in rows.values():  # times only: their order is the benchmark's to report, not a test's
         assert 0 < row["forward_us"] < float("inf") and 0 < row["forward_backward_us"] < float("inf")
+        transformed = (row["vmap_forward_us"], row["func_grad_us"])
+        assert transformed == (None, None) if row["label"] == "sdpa" else min(transformed) > 0
     if has_triton:
         assert rows["triton"]["launches_stubbed"] and rows["triton"]["registered_op_forward_backward_us"] > 0
     assert "| backend | forward us |" in written.with_suffix(".md").read_text()
+    assert "| forward+backward as torch.func.grad us |" in written.with_suffix(".md").read_text()
 
 
 @pytest.mark.skipif(not has_triton, reason="triton not installed")

@@ -7,7 +7,7 @@ import torch
 from torch import func
 
 import lc4_kernels
-from lc4_kernels import batching
+from lc4_kernels import autograd, batching
 
 from .cases import assert_close, attention_inputs, compiled_backend_cases, sample_inputs
 
@@ -133,6 +133,27 @@ def test_vmap_over_every_argument_position(backend, device):
     for i in range(3):
         expected = _attention("reference")(queries[i], keys.select(1, i), v, points)
         assert_close(out[i], expected, torch.float32, f"{backend} vmap item {i}")
+
+
+@pytest.mark.parametrize("backend,device", CASES)
+def test_vmap_alone_runs_the_registered_ops_and_their_autograd(backend, device, monkeypatch):
+    """No differentiating transform: the registered ops serve (vmap rules), and plain autograd
+    outside the vmap goes through their registered backward."""
+    def refuse(*args):
+        raise AssertionError("the torch.func Function ran under vmap alone")
+
+    q, k, v, points = attention_inputs(B=2, Nq=5, Nk=4, heads=2, d=3, G=2, T=2, H=3, W=3, device=device,
+                                       special_fraction=0)
+    queries = torch.stack([q, -q, 0.5 * q])
+    grads = {}
+    for name in (backend, "reference"):
+        if name != "reference":
+            monkeypatch.setattr(autograd._TransformableAttention, "apply", refuse)
+        leaves = [t.clone().requires_grad_(True) for t in (queries, k, v, points)]
+        out = func.vmap(_attention(name), in_dims=(0, None, None, None))(*leaves)
+        grads[name] = (out, *torch.autograd.grad(out.square().sum(), leaves))
+        monkeypatch.undo()
+    _assert_all_close(grads[backend], grads["reference"], f"{backend} vmap with autograd")
 
 
 def _op_namespace(backend):

@@ -108,6 +108,28 @@ def test_gradients_reach_every_parameter():
     assert hidden.grad.abs().sum() > 0
 
 
+def test_per_sample_gradients_with_torch_func_equal_one_backward_per_clip():
+    """functional_call + vmap(grad) over the clips of a batch (per-sample gradients, e.g. for
+    DP-SGD or influence scores) against a plain backward of each clip alone."""
+    from torch import func
+
+    tda = randomize_(make_tda())
+    tda.backend = "cpu"
+    context = TemporalContext(2, (4, 4))
+    clips = torch.randn(3, 2, 4 * 4, 16, dtype=torch.float64)  # 3 clips of (F * 1, H * W, C)
+    params = {name: p.detach() for name, p in tda.named_parameters()}
+
+    def loss(params, clip):
+        return func.functional_call(tda, params, (clip, context)).square().sum()
+
+    per_sample = func.vmap(func.grad(loss), in_dims=(None, 0))(params, clips)
+    for i, clip in enumerate(clips):
+        tda.zero_grad()
+        tda(clip, context).square().sum().backward()
+        for name, param in tda.named_parameters():
+            torch.testing.assert_close(per_sample[name][i], param.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
 def test_compress_returns_one_token_per_reference_point():
     tda = make_tda()
     x = torch.randn(2, 4, 6, 6, 16, dtype=torch.float64)

@@ -180,7 +180,8 @@ def test_registered_ops_have_vmap_rules(backend, device):
     }
     for name, (op, args) in calls.items():
         tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-        for mapped in (tensors[:1], tensors[-1:], tensors):  # the first input, the last, every input
+        # The first input, the last, both, every input.
+        for mapped in (tensors[:1], tensors[-1:], [tensors[0], tensors[-1]], tensors):
             stacked = [torch.stack([a * (1 + 0.25 * j) for j in range(3)]) if i in mapped else a
                        for i, a in enumerate(args)]
             in_dims = tuple(0 if i in mapped else None for i in range(len(args)))

@@ -140,19 +140,52 @@ class _AttentionBackward(torch.autograd.Function):
         return _jvp(_reference_attention_grads(ctx.scale), ctx.saved_tensors, tangents[:5])
 
 
+def _level_zero(t: torch.Tensor) -> torch.Tensor:
+    while torch._C._functorch.is_functorch_wrapped_tensor(t) or torch._C._functorch.is_batchedtensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
+def _backward_is_differentiated(*tensors) -> bool:
+    """Whether a backward must itself be differentiable: under create_graph=True, or when a
+    differentiating torch.func transform outside the one running this backward (grad of grad,
+    hessian) or plain autograd (tracking the inputs from outside) will differentiate its result.
+    Inside a single torch.func.grad (or a vmap of it) nothing does, and the plain kernel call
+    saves host time."""
+    if not torch.is_grad_enabled():
+        return False
+    if not _transforms_active():
+        return True
+    # The transform running this backward is the innermost level its tensors are wrapped at.
+    level = max(torch._C._functorch.maybe_get_level(t) for t in tensors)
+    return any(interpreter.key() != TransformType.Vmap and interpreter.level() < level
+               for interpreter in retrieve_all_functorch_interpreters()) or any(
+        _level_zero(t).requires_grad for t in tensors)
+
+
+def _without_graph(backward_op, *args):
+    """The backward kernels, recorded by no autograd: a plain backward runs without grad mode
+    already; inside a torch.func.grad the Triton custom op would otherwise apply its own
+    (functorch-incompatible) autograd wrapper."""
+    if not torch.is_grad_enabled():
+        return backward_op(*args)
+    with torch.no_grad():
+        return backward_op(*args)
+
+
 def _sample_grads(backward_op, ctx, grad_out) -> tuple:
     value, points = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True, or inside a torch.func transform
+    if _backward_is_differentiated(grad_out, value, points):
         return _SampleBackward.apply(backward_op, grad_out, value, points)
-    return tuple(backward_op(grad_out.contiguous(), value, points))
+    return tuple(_without_graph(backward_op, grad_out.contiguous(), value, points))
 
 
 def _attention_grads(backward_op, ctx, grad_out) -> tuple:
     q, k, v, points, out, lse = ctx.saved_tensors
-    if torch.is_grad_enabled():
+    if _backward_is_differentiated(grad_out, q, k, v, points):
         grads = _AttentionBackward.apply(backward_op, grad_out, q, k, v, points, out, lse, ctx.scale)
     else:
-        grads = backward_op(grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
+        grads = _without_graph(backward_op, grad_out.contiguous(), q, k, v, points, out, lse, ctx.scale)
     return (*grads, None)
 
 

@@ -156,6 +156,37 @@ def test_vmap_alone_runs_the_registered_ops_and_their_autograd(backend, device, 
     _assert_all_close(grads[backend], grads["reference"], f"{backend} vmap with autograd")
 
 
+@pytest.mark.parametrize("backend,device", CASES)
+def test_a_gradient_nothing_differentiates_again_skips_the_differentiable_backward(backend, device, monkeypatch):
+    """grad and vmap(grad) call the backward kernels directly (host time); the differentiable
+    backward is kept for what differentiates the gradient, which the other tests check."""
+    def refuse(*args):
+        raise AssertionError("the differentiable backward ran under a single torch.func.grad")
+
+    monkeypatch.setattr(autograd._AttentionBackward, "apply", refuse)
+    monkeypatch.setattr(autograd._SampleBackward, "apply", refuse)
+    for name in ("attention", "sample"):
+        build, inputs = _inputs(device)[name]
+        _apply("grad", build(backend), inputs)
+        _apply("vmap_grad", build(backend), inputs)
+    with pytest.raises(AssertionError, match="differentiable backward ran"):
+        _apply("grad_of_grad_norm", build(backend), inputs)
+
+
+@pytest.mark.parametrize("op_name", ["attention", "sample"])
+@pytest.mark.parametrize("backend,device", CASES)
+def test_plain_autograd_through_a_torch_func_gradient(backend, device, op_name):
+    """torch.func.grad of inputs that plain autograd tracks from outside: its result is
+    differentiated again by autograd, so the backward must be differentiable there."""
+    build, inputs = _inputs(device)[op_name]
+    results = {}
+    for name in (backend, "reference"):
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        grads = func.grad(_loss(build(name), inputs), argnums=_argnums(leaves))(*leaves)
+        results[name] = torch.autograd.grad(sum(g.square().sum() for g in grads), leaves)
+    _assert_all_close(results[backend], results["reference"], f"{backend} autograd through torch.func.grad")
+
+
 def _op_namespace(backend):
     return {"cpu": torch.ops.lc4, "cuda": torch.ops.lc4, "cuda_emu": torch.ops.lc4_emu}.get(backend) or (
         torch.ops.lc4_triton)

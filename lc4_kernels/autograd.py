@@ -9,14 +9,16 @@ backward ops behind two entry points.
   the Triton backend's host time per forward+backward (``python -m benchmarks.host_overhead``),
   and at the 32x32 layer that call is bound by its host time on an H200. Inside
   ``torch.compile`` or ``torch.export``, and for tensor subclasses (fake, functional), the
-  registered op runs instead. Inside ``torch.func`` transforms (grad, vmap, jvp, jacrev,
-  jacfwd, hessian) a ``setup_context`` style Function runs the registered ops, whose vmap rules
-  (``batching``) fold a mapped dimension into the batch.
+  registered op runs instead. Inside differentiating ``torch.func`` transforms (grad, jvp,
+  jacrev, jacfwd, hessian) a ``setup_context`` style Function runs the registered ops; under
+  vmap alone the registered ops run, their vmap rules (``batching``) folding a mapped dimension
+  into the batch.
 
-The first derivative is always the hand-written backward. Under ``create_graph=True`` (double
-backward: gradient penalties, Hessian-vector products) that backward is itself a differentiable
-Function whose derivatives come from the reference formula, as does forward-mode AD (``jvp``).
-Those are exact, and as the reference they allocate the Nq x Nk scores.
+The first derivative is always the hand-written backward. Where something differentiates it
+again (``create_graph=True``: gradient penalties, Hessian-vector products; grad of grad; plain
+autograd around a torch.func gradient) that backward is itself a differentiable Function whose
+derivatives come from the reference formula, as does forward-mode AD (``jvp``). Those are exact,
+and as the reference they allocate the Nq x Nk scores.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 from torch._C._functorch import TransformType
+from torch.autograd import forward_ad
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import reference
@@ -49,6 +50,11 @@ def _differentiating_transform() -> bool:
 
 # A torch.func transform (grad, vmap, jvp, ...) is running: its tensors look plain.
 _transforms_active = torch._C._are_functorch_transforms_active
+
+
+def _forward_ad_active() -> bool:
+    """A torch.autograd.forward_ad level is open: inputs may be dual tensors, which need a jvp."""
+    return forward_ad._current_level >= 0
 
 
 def _eager_under_compile() -> None:
@@ -90,7 +96,13 @@ def _vjp(formula, primals, cotangents) -> tuple:
 
 
 def _jvp(formula, primals, tangents):
-    return torch.func.jvp(formula, tuple(primals), _zeros_for_none(tangents, primals))[1]
+    """J t of the formula, by two reverse passes (the vjp of the vjp, linear in its cotangent):
+    torch.func.jvp would open a forward-mode level, which a plain forward_ad level around the
+    call refuses to nest."""
+    out, pullback = torch.func.vjp(formula, *primals)
+    _, pullback_of_pullback = torch.func.vjp(pullback, torch.utils._pytree.tree_map(torch.zeros_like, out))
+    (tangent,) = pullback_of_pullback(_zeros_for_none(tangents, primals))
+    return tangent
 
 
 class _SampleBackward(torch.autograd.Function):
@@ -149,11 +161,13 @@ def _level_zero(t: torch.Tensor) -> torch.Tensor:
 
 
 def _backward_is_differentiated(*tensors) -> bool:
-    """Whether a backward must itself be differentiable: under create_graph=True, or when a
-    differentiating torch.func transform outside the one running this backward (grad of grad,
-    hessian) or plain autograd (tracking the inputs from outside) will differentiate its result.
-    Inside a single torch.func.grad (or a vmap of it) nothing does, and the plain kernel call
-    saves host time."""
+    """Whether a backward must itself be differentiable: under create_graph=True or an open
+    forward-mode level (forward-over-reverse), or when a differentiating torch.func transform
+    outside the one running this backward (grad of grad, hessian) or plain autograd (tracking
+    the inputs from outside) will differentiate its result. Inside a single torch.func.grad (or
+    a vmap of it) nothing does, and the plain kernel call saves host time."""
+    if _forward_ad_active():  # forward mode differentiates whatever the grad mode
+        return True
     if not torch.is_grad_enabled():
         return False
     if not _transforms_active():
@@ -309,6 +323,8 @@ class Kernels:
             if _differentiating_transform():
                 return _TransformableSample.apply(self.ops, value, points)
             return self.ops.sample(value, points)
+        if _forward_ad_active():
+            return _TransformableSample.apply(self.ops, value, points)
         if torch.compiler.is_compiling() or _subclassed(value, points):
             return self.ops.sample(value, points)
         return self._sample.apply(value, points)
@@ -322,6 +338,8 @@ class Kernels:
             if _differentiating_transform():
                 return _TransformableAttention.apply(self.ops, q, k, v, points, scale)[0]
             return self.ops.attention(q, k, v, points, scale)[0]
+        if _forward_ad_active():
+            return _TransformableAttention.apply(self.ops, q, k, v, points, scale)[0]
         if torch.compiler.is_compiling() or _subclassed(q, k, v, points):
             return self.ops.attention(q, k, v, points, scale)[0]
         return self._attention.apply(q, k, v, points, scale)

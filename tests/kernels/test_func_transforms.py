@@ -187,6 +187,36 @@ def test_plain_autograd_through_a_torch_func_gradient(backend, device, op_name):
     _assert_all_close(results[backend], results["reference"], f"{backend} autograd through torch.func.grad")
 
 
+def _dual_tangents(op, inputs, under):
+    """Tangents of ``under(op, dual inputs)`` inside a torch.autograd.forward_ad level."""
+    import torch.autograd.forward_ad as fwAD
+
+    tangents = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i)).to(t) for i, t in enumerate(inputs)]
+    with fwAD.dual_level():
+        outputs = under(op, [fwAD.make_dual(t, d) for t, d in zip(inputs, tangents)])
+        return [fwAD.unpack_dual(out).tangent for out in outputs]
+
+
+_FORWARD_AD_CASES = {
+    "output": lambda op, duals: [op(*duals)],
+    # forward-over-reverse: the gradient's tangent, through plain autograd and through torch.func
+    "autograd_grad": lambda op, duals: torch.autograd.grad(_loss(op, duals)(*duals), duals),
+    "func_grad": lambda op, duals: func.grad(_loss(op, duals), argnums=_argnums(duals))(*duals),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FORWARD_AD_CASES))
+@pytest.mark.parametrize("op_name", ["attention", "sample"])
+@pytest.mark.parametrize("backend,device", CASES)
+def test_forward_ad_dual_tensors(backend, device, op_name, case):
+    build, inputs = _inputs(device)[op_name]
+    if case == "autograd_grad":
+        inputs = [t.clone().requires_grad_(True) for t in inputs]
+    actual, expected = (_dual_tangents(build(name), inputs, _FORWARD_AD_CASES[case]) for name in (backend, "reference"))
+    assert all(t is not None for t in actual), f"{backend} {case}: a tangent went missing"
+    _assert_all_close(actual, expected, f"{backend} forward_ad {case} {op_name}")
+
+
 def _op_namespace(backend):
     return {"cpu": torch.ops.lc4, "cuda": torch.ops.lc4, "cuda_emu": torch.ops.lc4_emu}.get(backend) or (
         torch.ops.lc4_triton)

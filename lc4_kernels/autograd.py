@@ -91,8 +91,8 @@ def _zeros_for_none(tensors, like) -> tuple:
 
 
 def _vjp(formula, primals, cotangents) -> tuple:
-    out, pullback = torch.func.vjp(formula, *primals)
-    return pullback(_zeros_for_none(cotangents, out))
+    # A Function's backward gets zeros, never None, for outputs without a gradient.
+    return torch.func.vjp(formula, *primals)[1](tuple(cotangents))
 
 
 def _jvp(formula, primals, tangents):

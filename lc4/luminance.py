@@ -25,6 +25,8 @@ from diffusers.models.autoencoders.vae import Encoder
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .latents import unscale_latents
+
 # The SD1.5 VAE's structure (block widths, depth), shared by the luminance encoder.
 SD15_VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
@@ -134,14 +136,14 @@ class LuminanceEncoder(ModelMixin, ConfigMixin):
 
 
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, skips: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-    """``vae.decode(latents / scaling_factor)`` with the luminance skips added to the decoder's
+    """``vae.decode`` of normalised latents (:func:`lc4.latents.unscale_latents`) with the luminance skips added to the decoder's
     up-block inputs; returns images in ``[-1, 1]``. ``skips=None`` is the plain VAE decode."""
     hook = getattr(vae, "_hf_hook", None)
     if hook is not None and hasattr(hook, "pre_forward"):
         # Under model CPU offload the VAE moves to the GPU when its forward or decode is called;
         # its blocks are called here one by one, so the move is asked for as vae.decode asks for it.
         hook.pre_forward(vae)
-    z = latents / vae.config.scaling_factor
+    z = unscale_latents(vae, latents)
     if vae.post_quant_conv is not None:
         z = vae.post_quant_conv(z)
     decoder = vae.decoder

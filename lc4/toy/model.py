@@ -47,6 +47,9 @@ class VAETraining:
     lr_warmup_steps: int = 100
     kl_weight: float = 1e-6
     pool_frames: int = 2048  # frames drawn once from the training clips, batches drawn from them
+    # How the latents are normalised for the denoiser (lc4.latents): one scaling_factor as SD1.5
+    # ("global"), or each channel to zero mean and unit variance ("per_channel").
+    latent_normalization: str = "global"
     seed: int = 0
 
 
@@ -118,7 +121,13 @@ def _lr_schedule(optimizer, settings: VAETraining):
 
 def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 50) -> list[dict]:
     """Trains the VAE to reconstruct toy frames (MSE + a small KL term), then sets its
-    ``scaling_factor`` so latents have unit variance, as SD1.5's 0.18215 does for its data."""
+    normalisation (``settings.latent_normalization``): a ``scaling_factor`` so latents have unit
+    variance, as SD1.5's 0.18215 does for its data, or per-channel ``latents_mean``/``latents_std``."""
+    from ..latents import normalization_stats
+
+    if settings.latent_normalization not in ("global", "per_channel"):
+        raise ValueError(f"vae.latent_normalization: expected 'global' or 'per_channel', "
+                         f"got {settings.latent_normalization!r}")
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
     pool = training_frames(listing, max(settings.pool_frames, settings.batch_size), generator)
@@ -142,7 +151,7 @@ def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 
     vae.eval()
     with torch.no_grad():
         latents = torch.cat([vae.encode(pool[i:i + 64]).latent_dist.sample() for i in range(0, len(pool), 64)])
-    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    vae.register_to_config(**normalization_stats(latents, settings.latent_normalization == "per_channel"))
     return curve
 
 
@@ -179,6 +188,7 @@ def train_luminance_encoder(vae, luminance_encoder, listing: str | Path, setting
     that the residual it adds to the noisy latent predicts the clean latent from the luma alone
     (the structure a denoiser at high noise cannot see otherwise)."""
     from ..color import rgb_to_luma
+    from ..latents import scale_latents
     from ..luminance import decode_latents, luminance_input
 
     torch.manual_seed(settings.seed)
@@ -186,13 +196,12 @@ def train_luminance_encoder(vae, luminance_encoder, listing: str | Path, setting
     pool = training_frames(listing, max(512, settings.batch_size * 16), np.random.default_rng(settings.seed))
     vae.requires_grad_(False)
     optimizer = torch.optim.AdamW(luminance_encoder.parameters(), lr=settings.lr, weight_decay=0.0)
-    scale = vae.config.scaling_factor
     curve = []
     luminance_encoder.train()
     for step in range(1, settings.steps + 1):
         batch = pool[torch.randint(len(pool), (settings.batch_size,), generator=generator)]
         with torch.no_grad():
-            latents = vae.encode(batch).latent_dist.sample(generator=generator) * scale
+            latents = scale_latents(vae, vae.encode(batch).latent_dist.sample(generator=generator))
         features = luminance_encoder(luminance_input(rgb_to_luma((batch + 1) / 2)))
         degraded = degrade_latents(latents, settings.blur_factors, settings.latent_noise, generator)
         decode_loss = F.mse_loss(decode_latents(vae, degraded, features.skips), batch)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..color import to_uint8
+from ..latents import scale_latents
 from ..unet import tda_removed
 from .evaluate import (color_accuracy, color_accuracy_by_color, color_accuracy_by_object_count, compare_cdc, mean_cdc,
                        object_color_names, swap_hue_shifts, swap_succeeded, swapped_spec)
@@ -34,7 +35,7 @@ def round_trip(pipeline, clip: ToyClip) -> np.ndarray:
 
     frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     vae = pipeline.vae
-    latents = vae.encode(frames.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+    latents = scale_latents(vae, vae.encode(frames.to(vae.dtype)).latent_dist.mean)
     features = pipeline.luminance_encoder(luminance_input(rgb_to_luma((frames + 1) / 2)))
     decoded = decode_latents(vae, latents, features.skips).float()
     return to_uint8((decoded + 1) / 2).permute(0, 2, 3, 1).numpy()

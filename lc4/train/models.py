@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cmpf import CrossModalityPreFusion, color_token_mask
+from ..latents import scale_latents
 from ..luminance import LuminanceEncoder, LuminanceFeatures
 from ..unet import TDAAdapter, load_unet_with_tda, temporal_kwargs
 
@@ -173,7 +174,7 @@ def sample_latents(vae, posterior, generator: Optional[torch.Generator] = None) 
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         posterior = DiagonalGaussianDistribution(posterior)
-    return posterior.sample(generator=generator).float() * vae.config.scaling_factor
+    return scale_latents(vae, posterior.sample(generator=generator).float())
 
 
 def boundary_cell_weights(labels: torch.Tensor, latent_size: tuple[int, int], boundary_weight: float) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lc4.color import rgb_to_luma
+from lc4.latents import scale_latents
 from lc4.luminance import decode_latents, luminance_input
 from lc4.toy.dataset import write_split
 from lc4.toy.model import LuminanceTraining, degrade_latents, train_luminance_encoder, training_frames
@@ -56,7 +57,7 @@ def test_luminance_pretraining_makes_skips_restore_the_frame(tmp_path):
 
     def losses():
         with torch.no_grad():
-            latents = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
+            latents = scale_latents(vae, vae.encode(frames).latent_dist.mean)
             blurred = degrade_latents(latents, [4], 0.0, torch.Generator().manual_seed(0))
             features = encoder(luma)
             return (F.mse_loss(decode_latents(vae, blurred), frames).item(),
@@ -114,3 +115,21 @@ def test_vae_learning_rate_schedule():
     assert cosine[-1] < 0.01 and constant[-1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="vae.lr_schedule"):
         rates("linear")
+
+
+def test_vae_training_sets_the_chosen_latent_normalization(tmp_path):
+    from lc4.toy.model import ToyModelSizes, VAETraining, toy_components, train_vae
+
+    listing = write_split(tmp_path, "train", 4, size=32, num_frames=2)
+    sizes = ToyModelSizes(vae_channels=[8, 8], latent_channels=3)
+    quick = dict(steps=2, batch_size=4, pool_frames=8, lr_warmup_steps=1)
+    vae = toy_components(sizes, resolution=32)["vae"]
+    train_vae(vae, listing, VAETraining(**quick, latent_normalization="per_channel"), log_every=1)
+    assert vae.config.scaling_factor == 1.0
+    assert len(vae.config.latents_mean) == len(vae.config.latents_std) == 3
+    assert min(vae.config.latents_std) > 0 and len(set(vae.config.latents_std)) == 3
+    vae = toy_components(sizes, resolution=32)["vae"]
+    train_vae(vae, listing, VAETraining(**quick), log_every=1)
+    assert vae.config.latents_mean is None and vae.config.scaling_factor != 1.0
+    with pytest.raises(ValueError, match="vae.latent_normalization"):
+        train_vae(vae, listing, VAETraining(**quick, latent_normalization="per-channel"))

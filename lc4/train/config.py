@@ -61,6 +61,7 @@ STAGE_EPOCHS = {1: 20, 2: 10}
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SHARDING = ("none", "fsdp")
+LATENT_CHOICES = ("sample", "mode")
 FSDP_STRATEGIES = ("SHARD_GRAD_OP", "FULL_SHARD")
 # The keys that hold paths: relative ones in a config file are relative to its folder.
 PATH_KEYS = ("model.path", "data.source", "data.encoding_cache_file", "output_dir", "validation.video")
@@ -217,6 +218,10 @@ class TrainConfig:
     # times min(SNR(t), gamma) / SNR(t), so the low-noise steps no longer dominate the gradient.
     # None: Eq. 9's plain MSE (the paper's).
     snr_gamma: Optional[float] = None
+    # Which latent of each frame's VAE posterior the denoiser learns: "sample", a draw from it
+    # (SD1.5's training), or "mode", its mean, without the posterior's noise (a VAE trained with a
+    # small KL weight can leave much of its latents' variance in that noise).
+    latents: str = "sample"
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     seed: int = 0
@@ -319,6 +324,8 @@ class TrainConfig:
         if grounding.weight > 0 and "unet" not in self.trainable_parts:
             raise ValueError("grounding.weight: the loss teaches the UNet's cross-attentions; trainable must "
                              "include unet")
+        if self.latents not in LATENT_CHOICES:
+            raise ValueError(f"latents: expected one of {LATENT_CHOICES}, got {self.latents!r}")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma: expected a positive number or null, got {self.snr_gamma}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -370,7 +370,8 @@ def _train(config: TrainConfig, resume: Optional[str], stop_after: Optional[int]
                                      "data.source must give every clip a segmentation folder of label maps")
                 loss = diffusion_loss(denoiser, components, batch, with_cmpf=config.uses_cmpf,
                                       snr_gamma=config.snr_gamma, train_text_encoder=train_text_encoder,
-                                      encodings=encodings, boundary_weight=config.segmentation.boundary_weight)
+                                      encodings=encodings, boundary_weight=config.segmentation.boundary_weight,
+                                      latents_from_mode=config.latents == "mode")
                 logged = {}
                 if segmentation_heads is not None:
                     segmentation_loss = segmentation_heads.loss(batch["segmentation"].flatten(0, 1))

@@ -161,20 +161,23 @@ def encode_captions(tokenizer, text_encoder, captions: list[str], device) -> tup
 
 
 @torch.no_grad()
-def encode_frames(vae, pixel_values: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def encode_frames(vae, pixel_values: torch.Tensor, generator: Optional[torch.Generator] = None,
+                  mode: bool = False) -> torch.Tensor:
     """``(N, 3, H, W)`` in ``[-1, 1]`` -> scaled latents ``(N, 4, H/8, W/8)`` (float32), sampled
-    from the VAE's posterior."""
-    return sample_latents(vae, vae.encode(pixel_values.to(vae.dtype)).latent_dist, generator)
+    from the VAE's posterior (its mean with ``mode``)."""
+    return sample_latents(vae, vae.encode(pixel_values.to(vae.dtype)).latent_dist, generator, mode)
 
 
-def sample_latents(vae, posterior, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_latents(vae, posterior, generator: Optional[torch.Generator] = None, mode: bool = False) -> torch.Tensor:
     """A scaled float32 latent drawn from ``posterior`` (the VAE's ``latent_dist``, or its
-    ``parameters`` as :class:`lc4.train.encoding_cache.FrozenEncodingCache` keeps them)."""
+    ``parameters`` as :class:`lc4.train.encoding_cache.FrozenEncodingCache` keeps them), or with
+    ``mode`` its mean."""
     if isinstance(posterior, torch.Tensor):
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         posterior = DiagonalGaussianDistribution(posterior)
-    return scale_latents(vae, posterior.sample(generator=generator).float())
+    latents = posterior.mode() if mode else posterior.sample(generator=generator)
+    return scale_latents(vae, latents.float())
 
 
 def boundary_cell_weights(labels: torch.Tensor, latent_size: tuple[int, int], boundary_weight: float) -> torch.Tensor:
@@ -196,7 +199,8 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
                    generator: Optional[torch.Generator] = None, timesteps: Optional[torch.Tensor] = None,
                    with_cmpf: bool = False, snr_gamma: Optional[float] = None,
                    train_text_encoder: bool = False,
-                   encodings: Optional["FrozenEncodingCache"] = None, boundary_weight: float = 0.0) -> torch.Tensor:
+                   encodings: Optional["FrozenEncodingCache"] = None, boundary_weight: float = 0.0,
+                   latents_from_mode: bool = False) -> torch.Tensor:
     """Eq. 9 on one batch of clips. Noise and timesteps come from the global RNG unless a
     ``generator`` (for a fixed evaluation loss) or ``timesteps`` ``(B,)`` are given. With
     ``snr_gamma`` each clip's MSE is weighted by Min-SNR's ``min(SNR(t), gamma)`` over the
@@ -205,19 +209,20 @@ def diffusion_loss(denoiser: nn.Module, components: Components, batch: dict,
     ``encodings`` (a :class:`lc4.train.encoding_cache.FrozenEncodingCache`) the frozen VAE's
     posterior and luminance features come from it, by the batch's ``frame_keys``. With
     ``boundary_weight`` > 0 each frame's squared errors are weighted by
-    :func:`boundary_cell_weights` of the batch's ``segmentation`` label maps."""
+    :func:`boundary_cell_weights` of the batch's ``segmentation`` label maps. With
+    ``latents_from_mode`` the denoiser learns the posterior's mean instead of a draw from it."""
     pixel_values, luminance = batch["pixel_values"], batch["luminance"]
     batch_size, num_frames = pixel_values.shape[:2]
     device = pixel_values.device
     if encodings is None:
-        latents = encode_frames(components.vae, pixel_values.flatten(0, 1), generator)
+        latents = encode_frames(components.vae, pixel_values.flatten(0, 1), generator, latents_from_mode)
         luminance = luminance.flatten(0, 1)
     else:
         if "frame_keys" not in batch:
             raise ValueError("data.cache_encodings: the batch has no frame_keys (TextVideoDataset gives them)")
         posterior, luminance = encodings.lookup(pixel_values.flatten(0, 1), luminance.flatten(0, 1),
                                                 batch["frame_keys"].flatten(0, 1))
-        latents = sample_latents(components.vae, posterior, generator)
+        latents = sample_latents(components.vae, posterior, generator, latents_from_mode)
     noise = torch.randn(latents.shape, generator=generator, device=generator.device if generator else device)
     noise = noise.to(device)
     if timesteps is None:

@@ -467,3 +467,53 @@ def test_min_snr_weights_each_clip_by_its_own_timestep(tiny_model_dir, predictio
     snr = (a / (1 - a)).flatten()
     weight = torch.clamp(snr, max=gamma) / (snr if prediction_type == "epsilon" else snr + 1)
     torch.testing.assert_close(loss, ((target ** 2).mean(dim=(1, 2, 3, 4)) * weight).mean())
+
+
+def test_mode_latents_are_the_posterior_mean_without_or_with_the_encoding_cache(tiny_model_dir):
+    """``latents: mode``: the denoiser sees sqrt(a_t) * scaled posterior mean + sqrt(1 - a_t) *
+    noise, the noise the generator's first draw (no latent is drawn), from the pixels or from
+    a cached posterior alike; ``sample`` draws a different latent for each generator."""
+    import torch.nn as nn
+
+    from lc4.latents import scale_latents
+    from lc4.train.models import sample_latents
+
+    class Recorder(nn.Module):
+        def forward(self, noisy, *args, **kwargs):
+            seen.append(noisy.detach())
+            return torch.zeros_like(noisy)
+
+    components = load_components(tiny_model_dir)
+    pixels = torch.rand(1, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = {"pixel_values": pixels, "luminance": pixels.mean(2, keepdim=True), "captions": ["a red car"]}
+    seen = []
+    with torch.no_grad():
+        diffusion_loss(Recorder(), components, batch, generator=torch.Generator().manual_seed(1),
+                       timesteps=torch.tensor([600]), latents_from_mode=True)
+        posterior = components.vae.encode(pixels.flatten(0, 1)).latent_dist
+        mean = scale_latents(components.vae, posterior.mean)
+        noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(1))
+        cached = sample_latents(components.vae, posterior.parameters, torch.Generator().manual_seed(5), mode=True)
+        draws = [sample_latents(components.vae, posterior.parameters, torch.Generator().manual_seed(s)) for s in (5, 6)]
+    alpha = components.noise_scheduler.alphas_cumprod[600]
+    torch.testing.assert_close(seen[0], alpha.sqrt() * mean + (1 - alpha).sqrt() * noise)
+    torch.testing.assert_close(cached, mean)
+    assert not torch.allclose(draws[0], draws[1]) and not torch.allclose(draws[0], mean)
+
+
+def test_training_passes_the_latents_choice_and_refuses_others(tiny_model_dir, video_folder, tmp_path, monkeypatch):
+    import lc4.train.loop
+
+    seen = []
+
+    def recorded_loss(*args, **kwargs):
+        seen.append(kwargs["latents_from_mode"])
+        return diffusion_loss(*args, **kwargs)
+
+    monkeypatch.setattr(lc4.train.loop, "diffusion_loss", recorded_loss)
+    train(load_config(values=tiny_config_values(tiny_model_dir, video_folder, tmp_path / "run", max_steps=1,
+                                                latents="mode")))
+    assert seen == [True]
+    assert load_config(values={}).latents == "sample"
+    with pytest.raises(ValueError, match=r"latents: expected one of \('sample', 'mode'\), got 'mean'"):
+        load_config(values={"latents": "mean"})

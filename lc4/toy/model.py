@@ -50,6 +50,9 @@ class VAETraining:
     # How the latents are normalised for the denoiser (lc4.latents): one scaling_factor as SD1.5
     # ("global"), or each channel to zero mean and unit variance ("per_channel").
     latent_normalization: str = "global"
+    # The latents that normalisation is measured on: those the diffusion stages learn (lc4 train's
+    # ``latents``), draws from the posterior ("sample") or its mean ("mode").
+    latents: str = "sample"
     seed: int = 0
 
 
@@ -122,12 +125,15 @@ def _lr_schedule(optimizer, settings: VAETraining):
 def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 50) -> list[dict]:
     """Trains the VAE to reconstruct toy frames (MSE + a small KL term), then sets its
     normalisation (``settings.latent_normalization``): a ``scaling_factor`` so latents have unit
-    variance, as SD1.5's 0.18215 does for its data, or per-channel ``latents_mean``/``latents_std``."""
+    variance, as SD1.5's 0.18215 does for its data, or per-channel ``latents_mean``/``latents_std``,
+    measured on the latents ``settings.latents`` names."""
     from ..latents import normalization_stats
 
     if settings.latent_normalization not in ("global", "per_channel"):
         raise ValueError(f"vae.latent_normalization: expected 'global' or 'per_channel', "
                          f"got {settings.latent_normalization!r}")
+    if settings.latents not in ("sample", "mode"):
+        raise ValueError(f"vae.latents: expected 'sample' or 'mode', got {settings.latents!r}")
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
     pool = training_frames(listing, max(settings.pool_frames, settings.batch_size), generator)
@@ -150,7 +156,8 @@ def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 
             logger.info("vae step %d loss %.5f", step, value)
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(pool[i:i + 64]).latent_dist.sample() for i in range(0, len(pool), 64)])
+        posteriors = [vae.encode(pool[i:i + 64]).latent_dist for i in range(0, len(pool), 64)]
+        latents = torch.cat([p.mode() if settings.latents == "mode" else p.sample() for p in posteriors])
     vae.register_to_config(**normalization_stats(latents, settings.latent_normalization == "per_channel"))
     return curve
 

@@ -131,5 +131,17 @@ def test_vae_training_sets_the_chosen_latent_normalization(tmp_path):
     vae = toy_components(sizes, resolution=32)["vae"]
     train_vae(vae, listing, VAETraining(**quick), log_every=1)
     assert vae.config.latents_mean is None and vae.config.scaling_factor != 1.0
+
+    def scaled_mean_latents_std(vae):  # over the pool train_vae draws
+        pool = training_frames(listing, quick["pool_frames"], np.random.default_rng(0))
+        with torch.no_grad():
+            return scale_latents(vae, vae.encode(pool).latent_dist.mean).std().item()
+
+    assert scaled_mean_latents_std(vae) < 0.9  # measured on draws, which add the posterior's noise
+    vae = toy_components(sizes, resolution=32)["vae"]
+    train_vae(vae, listing, VAETraining(**quick, latents="mode"), log_every=1)
+    assert scaled_mean_latents_std(vae) == pytest.approx(1.0, rel=1e-4)
     with pytest.raises(ValueError, match="vae.latent_normalization"):
         train_vae(vae, listing, VAETraining(**quick, latent_normalization="per-channel"))
+    with pytest.raises(ValueError, match="vae.latents"):
+        train_vae(vae, listing, VAETraining(**quick, latents="mean"))

@@ -49,7 +49,7 @@ def unscale_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 def normalization_stats(latents: torch.Tensor, per_channel: bool) -> dict:
     """The VAE config entries that make ``latents`` (raw, ``(N, C, ...)``) zero-mean unit-variance
     under :func:`scale_latents`: per channel (``latents_mean``, ``latents_std``, scaling 1) or,
-    as SD1.5 does, one ``scaling_factor`` for all (no shift, as SD1.5's latents are not centred)."""
+    as SD1.5 does, one ``scaling_factor`` for all (no shift: SD1.5 does not centre its latents)."""
     if not per_channel:
         return {"scaling_factor": float(1.0 / latents.std()), "latents_mean": None, "latents_std": None}
     flat = latents.transpose(0, 1).reshape(latents.shape[1], -1).double()

@@ -136,8 +136,9 @@ class LuminanceEncoder(ModelMixin, ConfigMixin):
 
 
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, skips: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
-    """``vae.decode`` of normalised latents (:func:`lc4.latents.unscale_latents`) with the luminance skips added to the decoder's
-    up-block inputs; returns images in ``[-1, 1]``. ``skips=None`` is the plain VAE decode."""
+    """``vae.decode`` of normalised latents (:func:`lc4.latents.unscale_latents`) with the
+    luminance skips added to the decoder's up-block inputs; returns images in ``[-1, 1]``.
+    ``skips=None`` is the plain VAE decode."""
     hook = getattr(vae, "_hf_hook", None)
     if hook is not None and hasattr(hook, "pre_forward"):
         # Under model CPU offload the VAE moves to the GPU when its forward or decode is called;

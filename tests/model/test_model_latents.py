@@ -43,7 +43,8 @@ def test_per_channel_stats_of_the_wrong_length_name_the_config_entry():
 
 
 def test_normalization_stats_give_unit_latents_globally_or_per_channel():
-    raw = torch.randn(64, 3, 8, 8) * torch.tensor([0.2, 1.0, 3.0]).view(1, 3, 1, 1) + torch.tensor([1.0, 0.0, -2.0]).view(1, 3, 1, 1)
+    spread, offset = torch.tensor([0.2, 1.0, 3.0]).view(1, 3, 1, 1), torch.tensor([1.0, 0.0, -2.0]).view(1, 3, 1, 1)
+    raw = torch.randn(64, 3, 8, 8) * spread + offset
     per_channel = tiny_vae(**normalization_stats(raw, per_channel=True))
     scaled = scale_latents(per_channel, raw)
     torch.testing.assert_close(scaled.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)

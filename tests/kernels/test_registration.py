@@ -40,8 +40,9 @@ def test_fake_kernels_give_the_strides_of_the_kernels_for_strided_inputs():
                           (value_t.requires_grad_(True), sample_points.requires_grad_(True)))
 
 
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32) + [("reference", "cpu")])
-def test_torch_compile_fullgraph_forward_and_backward(backend, device):
+def test_torch_compile_fullgraph_forward_and_backward(backend, device, compiler):
     q, k, v, points = attention_inputs(Nq=16, Nk=10, heads=2, d=8, G=2, device=device, special_fraction=0)
 
     def layer(q, k, v, points):
@@ -50,7 +51,7 @@ def test_torch_compile_fullgraph_forward_and_backward(backend, device):
         return lc4_kernels.tda_attention(q, k, v, points, backend=backend).sum() + sampled.sum()
 
     torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, backend=compiler)
     eager_inputs = [t.clone().requires_grad_(True) for t in (q, k, v, points)]
     compiled_inputs = [t.clone().requires_grad_(True) for t in (q, k, v, points)]
     expected = layer(*eager_inputs)

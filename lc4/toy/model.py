@@ -128,12 +128,13 @@ def train_vae(vae, listing: str | Path, settings: VAETraining, log_every: int = 
     variance, as SD1.5's 0.18215 does for its data, or per-channel ``latents_mean``/``latents_std``,
     measured on the latents ``settings.latents`` names."""
     from ..latents import normalization_stats
+    from ..train.config import LATENT_CHOICES
 
     if settings.latent_normalization not in ("global", "per_channel"):
         raise ValueError(f"vae.latent_normalization: expected 'global' or 'per_channel', "
                          f"got {settings.latent_normalization!r}")
-    if settings.latents not in ("sample", "mode"):
-        raise ValueError(f"vae.latents: expected 'sample' or 'mode', got {settings.latents!r}")
+    if settings.latents not in LATENT_CHOICES:
+        raise ValueError(f"vae.latents: expected one of {LATENT_CHOICES}, got {settings.latents!r}")
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
     pool = training_frames(listing, max(settings.pool_frames, settings.batch_size), generator)

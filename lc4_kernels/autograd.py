@@ -17,8 +17,9 @@ backward ops behind two entry points.
 The first derivative is always the hand-written backward. Where something differentiates it
 again (``create_graph=True``: gradient penalties, Hessian-vector products; grad of grad; plain
 autograd around a torch.func gradient) that backward is itself a differentiable Function whose
-derivatives come from the reference formula, as does forward-mode AD (``jvp``). Those are exact,
-and as the reference they allocate the Nq x Nk scores.
+derivatives come from the reference formula. Those are exact, and as the reference they allocate
+the Nq x Nk scores. Forward-mode AD (``jvp``) of the ops comes from ``forward_mode``: closed forms of Eq. 2's and
+Eq. 3's tangents, tda_attention's over chunks of queries.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from torch.autograd import forward_ad
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import reference
+from .forward_mode import attention_jvp, jvp_by_two_vjps, sample_jvp
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
@@ -86,23 +88,9 @@ def _reference_attention_grads(scale):
     return grads
 
 
-def _zeros_for_none(tensors, like) -> tuple:
-    return tuple(torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like))
-
-
 def _vjp(formula, primals, cotangents) -> tuple:
     # A Function's backward gets zeros, never None, for outputs without a gradient.
     return torch.func.vjp(formula, *primals)[1](tuple(cotangents))
-
-
-def _jvp(formula, primals, tangents):
-    """J t of the formula, by two reverse passes (the vjp of the vjp, linear in its cotangent):
-    torch.func.jvp would open a forward-mode level, which a plain forward_ad level around the
-    call refuses to nest."""
-    out, pullback = torch.func.vjp(formula, *primals)
-    _, pullback_of_pullback = torch.func.vjp(pullback, torch.utils._pytree.tree_map(torch.zeros_like, out))
-    (tangent,) = pullback_of_pullback(_zeros_for_none(tangents, primals))
-    return tangent
 
 
 class _SampleBackward(torch.autograd.Function):
@@ -125,7 +113,7 @@ class _SampleBackward(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        return _jvp(_reference_sample_grads, ctx.saved_tensors, tangents)
+        return jvp_by_two_vjps(_reference_sample_grads, ctx.saved_tensors, tangents)
 
 
 class _AttentionBackward(torch.autograd.Function):
@@ -151,7 +139,7 @@ class _AttentionBackward(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        return _jvp(_reference_attention_grads(ctx.scale), ctx.saved_tensors, tangents[:5])
+        return jvp_by_two_vjps(_reference_attention_grads(ctx.scale), ctx.saved_tensors, tangents[:5])
 
 
 def _level_zero(t: torch.Tensor) -> torch.Tensor:
@@ -227,7 +215,7 @@ class _TransformableSample(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        return _jvp(reference.trilinear_sample, ctx.saved_tensors, tangents)
+        return sample_jvp(*ctx.saved_tensors, *tangents)
 
 
 class _TransformableAttention(torch.autograd.Function):
@@ -254,8 +242,7 @@ class _TransformableAttention(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        formula = lambda *t: reference.tda_attention(*t, ctx.scale)  # noqa: E731
-        return _jvp(formula, ctx.saved_tensors, tangents[:4]), None
+        return attention_jvp(*ctx.saved_tensors, ctx.scale, tangents[:4]), None
 
 
 def register(sample_op, sample_backward_op, attention_op, attention_backward_op) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-def _axis_corners(coord: torch.Tensor, size: int):
+def axis_corners(coord: torch.Tensor, size: int):
     """The two integer neighbours of ``coord`` on an axis of ``size``, their Eq. 2 weights
     ``g(coord, r) = max(0, 1 - |coord - r|)`` and whether they count: neighbours outside
     ``[0, size)`` do not (their clamped index reads a voxel that must not enter the sum, not
@@ -42,9 +42,9 @@ def trilinear_sample(value: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     compute = torch.promote_types(torch.promote_types(value.dtype, points.dtype), torch.float32)
     points = points.to(compute)
     flat = value.reshape(B, T * H * W, G, C)
-    x_corners = _axis_corners(points[..., 0], W)
-    y_corners = _axis_corners(points[..., 1], H)
-    t_corners = _axis_corners(points[..., 2], T)
+    x_corners = axis_corners(points[..., 0], W)
+    y_corners = axis_corners(points[..., 1], H)
+    t_corners = axis_corners(points[..., 2], T)
     out = value.new_zeros(B, P, G, C, dtype=compute)
     for t_index, t_weight, t_inside in t_corners:
         for y_index, y_weight, y_inside in y_corners:

@@ -1,0 +1,139 @@
+"""The ops' forward-mode derivatives (``lc4_kernels.forward_mode``): the closed forms of Eq. 2's
+and Eq. 3's tangents (the latter over chunks of queries) against central differences of the
+formulas and against autograd's forward mode through the reference; every backend's jvp over
+several ragged chunks; the chunk setting's errors. (The memory: tests/kernels/test_memory.py.)"""
+import itertools
+
+import pytest
+import torch
+from torch import func
+
+import lc4_kernels
+from lc4_kernels import forward_mode, reference
+
+from .cases import assert_close, attention_inputs, compiled_backend_cases, sample_inputs
+
+SCALE = 0.4
+
+
+def _tangents(inputs, seed=10):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(t.shape, generator=g, dtype=torch.float64).to(t) for t in inputs)
+
+
+def _reference(q, k, v, points):
+    return reference.tda_attention(q, k, v, points, SCALE)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """``chunk(inputs)`` sets the chunk so that the queries of ``inputs`` come in chunks of three,
+    the last one ragged."""
+    def chunk(inputs):
+        q, _, _, points = inputs
+        batch, num_queries, heads, _ = q.shape
+        assert num_queries > 3 and num_queries % 3, "the shapes must give several chunks, the last ragged"
+        monkeypatch.setenv(forward_mode.CHUNK_ENV, str(3 * batch * heads * points.shape[1]))
+    return chunk
+
+
+def test_closed_form_equals_central_differences_of_eq3(small_chunks):
+    q, k, v, _ = attention_inputs(Nq=10, Nk=7, heads=2, d=5, G=1, T=3, H=4, W=5, dtype=torch.float64)
+    # Points away from the voxel centres and the border, where Eq. 2 has kinks that central
+    # differences would straddle: inside the volume and in the zero-padded band around it.
+    g = torch.Generator().manual_seed(2)
+    points = torch.rand(1, 7, 1, 3, generator=g, dtype=torch.float64) * torch.tensor([5.8, 4.8, 3.8]) - 0.9
+    points = torch.where((points - points.round()).abs() < 0.05, points + 0.1, points)
+    inputs = (q, k, v, points)
+    small_chunks(inputs)
+    tangents = _tangents(inputs)
+    eps = 1e-6
+    plus = _reference(*(x + eps * t for x, t in zip(inputs, tangents)))
+    minus = _reference(*(x - eps * t for x, t in zip(inputs, tangents)))
+    expected = (plus - minus) / (2 * eps)
+    actual = forward_mode.attention_jvp(*inputs, SCALE, tangents)
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("with_tangent", list(itertools.product([True, False], repeat=4)),
+                         ids=lambda flags: "".join("qkvp"[i] if f else "-" for i, f in enumerate(flags)))
+def test_closed_form_equals_forward_mode_through_the_reference(small_chunks, with_tangent):
+    # Grouped heads (4 heads over 2 point groups), NaN, infinite and far points among them.
+    inputs = attention_inputs(B=2, Nq=11, Nk=7, heads=4, d=3, G=2, T=2, H=3, W=4, dtype=torch.float64,
+                              special_fraction=0.2)
+    small_chunks(inputs)
+    tangents = tuple(t if flag else None for t, flag in zip(_tangents(inputs), with_tangent))
+    expected_tangents = tuple(torch.zeros_like(x) if t is None else t for x, t in zip(inputs, tangents))
+    _, expected = func.jvp(_reference, inputs, expected_tangents)
+    actual = forward_mode.attention_jvp(*inputs, SCALE, tangents)
+    assert actual.dtype == inputs[0].dtype and torch.isfinite(actual).all()
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_half_precision_queries_get_a_tangent_of_their_dtype(small_chunks):
+    inputs = attention_inputs(Nq=10, Nk=7, heads=2, d=4, G=1, dtype=torch.bfloat16, special_fraction=0)
+    small_chunks(inputs)
+    tangents = _tangents(inputs)
+    actual = forward_mode.attention_jvp(*inputs, SCALE, tangents)
+    wide = [x.double() for x in inputs]
+    _, expected = func.jvp(_reference, tuple(wide), tuple(t.double() for t in tangents))
+    assert actual.dtype == torch.bfloat16
+    assert_close(actual, expected.to(torch.bfloat16), torch.bfloat16, "bfloat16 jvp")
+
+
+def test_no_queries_give_an_empty_tangent():
+    q, k, v, points = attention_inputs(Nq=0, Nk=4, heads=2, d=3, G=1)
+    tangent = forward_mode.attention_jvp(q, k, v, points, SCALE, (torch.zeros_like(q), k, v, points))
+    assert tangent.shape == q.shape
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "many", "1.5"])
+def test_a_bad_chunk_setting_is_named(monkeypatch, text):
+    monkeypatch.setenv(forward_mode.CHUNK_ENV, text)
+    with pytest.raises(ValueError, match=forward_mode.CHUNK_ENV):
+        forward_mode.chunk_elements()
+
+
+@pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32))
+def test_every_backend_jvp_over_ragged_chunks_equals_the_reference(small_chunks, backend, device):
+    inputs = attention_inputs(B=2, Nq=11, Nk=7, heads=2, d=4, G=1, T=2, H=3, W=4, device=device)
+    small_chunks(inputs)
+    tangents = _tangents(inputs)
+
+    def run(name):
+        def op(q, k, v, points):
+            return lc4_kernels.tda_attention(q, k, v, points, SCALE, backend=name)
+        return func.jvp(op, inputs, tangents)
+
+    (out, tangent), (expected_out, expected_tangent) = run(backend), run("reference")
+    assert_close(out, expected_out, torch.float32, f"{backend} jvp output")
+    assert_close(tangent, expected_tangent, torch.float32, f"{backend} jvp tangent")
+
+
+def _sample_inputs(special_fraction):
+    return sample_inputs(B=2, P=13, G=2, C=3, T=3, H=4, W=5, dtype=torch.float64, special_fraction=special_fraction)
+
+
+def test_sample_closed_form_equals_central_differences_of_eq2():
+    value, _ = _sample_inputs(0)
+    g = torch.Generator().manual_seed(4)
+    # Away from the voxel centres and the border (Eq. 2's kinks), inside and in the padded band.
+    points = torch.rand(2, 13, 2, 3, generator=g, dtype=torch.float64) * torch.tensor([5.8, 4.8, 3.8]) - 0.9
+    points = torch.where((points - points.round()).abs() < 0.05, points + 0.1, points)
+    tangents = _tangents((value, points))
+    eps = 1e-6
+    expected = (reference.trilinear_sample(value + eps * tangents[0], points + eps * tangents[1])
+                - reference.trilinear_sample(value - eps * tangents[0], points - eps * tangents[1])) / (2 * eps)
+    torch.testing.assert_close(forward_mode.sample_jvp(value, points, *tangents), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("with_tangent", [(True, True), (True, False), (False, True)], ids=["both", "value", "points"])
+def test_sample_closed_form_equals_forward_mode_through_the_reference(with_tangent):
+    # Voxel centres, borders, NaN, infinite and far points among them (special_fraction).
+    inputs = _sample_inputs(0.3)
+    tangents = tuple(t if flag else None for t, flag in zip(_tangents(inputs), with_tangent))
+    _, expected = func.jvp(reference.trilinear_sample, inputs,
+                           tuple(torch.zeros_like(x) if t is None else t for x, t in zip(inputs, tangents)))
+    actual = forward_mode.sample_jvp(*inputs, *tangents)
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)

@@ -17,7 +17,8 @@ $(STAMP): $(BUILD_INPUTS)
 TRITON_INTERPRETER_TESTS := tests/kernels/test_backends.py tests/kernels/test_sweep.py tests/kernels/test_autograd.py \
 	tests/kernels/test_backward_memory.py tests/kernels/test_dispatch.py tests/kernels/test_kernel_corner_cases.py \
 	tests/kernels/test_registration.py tests/kernels/test_errors.py tests/kernels/test_triton_backend.py \
-	tests/kernels/test_func_transforms.py tests/kernels/test_export.py tests/kernels/test_forward_mode.py
+	tests/kernels/test_func_transforms.py tests/kernels/test_export.py tests/kernels/test_forward_mode.py \
+	tests/kernels/test_second_order.py
 
 test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider

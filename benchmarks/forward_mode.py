@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import lc4_kernels as K
-from lc4_kernels import forward_mode
+from lc4_kernels import query_chunks
 
 from . import environment, inputs, measure, shapes
 from .report import DTYPES
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     rows = [row for case in cases for row in measure_case(case, device, dtype)]
     env = environment.environment(device, sys.argv[1:] if argv is None else list(argv),
                                   program="benchmarks.forward_mode")
-    doc = {"environment": env, "dtype": str(dtype), "chunk_elements": forward_mode.chunk_elements(),
+    doc = {"environment": env, "dtype": str(dtype), "chunk_elements": query_chunks.chunk_elements(),
            "cases": [case.describe() for case in cases], "rows": rows}
     environment.write_results(args.out, doc, "forward-mode", markdown(doc))
     return 0

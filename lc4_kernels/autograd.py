@@ -17,9 +17,10 @@ backward ops behind two entry points.
 The first derivative is always the hand-written backward. Where something differentiates it
 again (``create_graph=True``: gradient penalties, Hessian-vector products; grad of grad; plain
 autograd around a torch.func gradient) that backward is itself a differentiable Function whose
-derivatives come from the reference formula. Those are exact, and as the reference they allocate
-the Nq x Nk scores. Forward-mode AD (``jvp``) of the ops comes from ``forward_mode``: closed forms of Eq. 2's and
-Eq. 3's tangents, tda_attention's over chunks of queries.
+derivatives come from the reference formula: exact, and for tda_attention taken over chunks of
+queries (``second_order``), so they never hold the whole Nq x Nk scores. Forward-mode AD
+(``jvp``) of the ops comes from ``forward_mode``: closed forms of Eq. 2's and Eq. 3's tangents,
+tda_attention's over chunks of queries.
 """
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch._C._functorch import TransformType
+from torch._C._functorch import TransformType, _unwrap_for_grad, _wrap_for_grad
 from torch.autograd import forward_ad
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import reference
 from .forward_mode import attention_jvp, jvp_by_two_vjps, sample_jvp
+from .second_order import attention_backward_jvp, attention_backward_vjp
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
@@ -82,15 +84,30 @@ def _reference_sample_grads(grad_out, value, points):
     return torch.func.vjp(reference.trilinear_sample, value, points)[1](grad_out)
 
 
-def _reference_attention_grads(scale):
-    def grads(grad_out, q, k, v, points):
-        return torch.func.vjp(lambda *t: reference.tda_attention(*t, scale), q, k, v, points)[1](grad_out)
-    return grads
-
-
 def _vjp(formula, primals, cotangents) -> tuple:
     # A Function's backward gets zeros, never None, for outputs without a gradient.
     return torch.func.vjp(formula, *primals)[1](tuple(cotangents))
+
+
+def _tracked_by_outer_levels(rule, saved: tuple, tangents: tuple):
+    """``rule(saved, tangents)``, a Function's jvp, so that an outer forward-mode level
+    differentiates it (forward over forward: jvp of jvp, jacfwd of jacfwd). torch.func runs a jvp
+    rule with forward AD off at every level, so under an outer jvp the tangent would be a constant
+    there and the second-order term silently lost. Under nested jvp levels the rule runs one level
+    down, on the tensors unwrapped from this one, with forward AD on; its result is wrapped back."""
+    interpreters = retrieve_all_functorch_interpreters()
+    current = interpreters[-1] if interpreters else None
+    if current is None or current.key() != TransformType.Jvp or not any(
+            i.key() == TransformType.Jvp for i in interpreters[:-1]):
+        return rule(saved, tangents)
+    level = current.level()
+
+    def unwrap(t):
+        return _unwrap_for_grad(t, level) if isinstance(t, torch.Tensor) else t
+
+    with forward_ad._set_fwd_grad_enabled(True), current.lower():
+        result = rule(tuple(map(unwrap, saved)), tuple(map(unwrap, tangents)))
+    return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: _wrap_for_grad(t, level), result)
 
 
 class _SampleBackward(torch.autograd.Function):
@@ -113,7 +130,8 @@ class _SampleBackward(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        return jvp_by_two_vjps(_reference_sample_grads, ctx.saved_tensors, tangents)
+        return _tracked_by_outer_levels(lambda saved, tangents: jvp_by_two_vjps(
+            _reference_sample_grads, saved, tangents), ctx.saved_tensors, tangents)
 
 
 class _AttentionBackward(torch.autograd.Function):
@@ -134,12 +152,13 @@ class _AttentionBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *cotangents):
-        grads = _vjp(_reference_attention_grads(ctx.scale), ctx.saved_tensors, cotangents)
+        grads = attention_backward_vjp(*ctx.saved_tensors, ctx.scale, cotangents)
         return (None, *grads, None, None, None)
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        return jvp_by_two_vjps(_reference_attention_grads(ctx.scale), ctx.saved_tensors, tangents[:5])
+        return _tracked_by_outer_levels(lambda saved, tangents: attention_backward_jvp(
+            *saved, ctx.scale, tangents), ctx.saved_tensors, tangents[:5])
 
 
 def _level_zero(t: torch.Tensor) -> torch.Tensor:
@@ -215,7 +234,8 @@ class _TransformableSample(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        return sample_jvp(*ctx.saved_tensors, *tangents)
+        return _tracked_by_outer_levels(lambda saved, tangents: sample_jvp(*saved, *tangents),
+                                        ctx.saved_tensors, tangents)
 
 
 class _TransformableAttention(torch.autograd.Function):
@@ -242,7 +262,8 @@ class _TransformableAttention(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        return attention_jvp(*ctx.saved_tensors, ctx.scale, tangents[:4]), None
+        return _tracked_by_outer_levels(lambda saved, tangents: attention_jvp(*saved, ctx.scale, tangents),
+                                        ctx.saved_tensors, tangents[:4]), None
 
 
 def register(sample_op, sample_backward_op, attention_op, attention_backward_op) -> None:

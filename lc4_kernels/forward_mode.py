@@ -1,61 +1,41 @@
-"""Forward-mode derivatives (``jvp``) of the two ops, shared by every backend.
+"""Forward-mode derivatives (``jvp``) of the two ops, shared by every backend: closed forms of
+Eq. 2's and Eq. 3's tangents, so that forward mode (``torch.func.jvp``, ``jacfwd``, ``forward_ad``
+dual tensors: the JVPs of consistency-model and flow-map training) never holds the ``Nq x Nk``
+scores of the whole call (tda_attention's tangent is taken over chunks of queries,
+:mod:`.query_chunks`) nor the reference's value-sized buffer per corner (trilinear_sample's).
 
-trilinear_sample's tangent is the reference formula's, taken as two reverse passes
-(:func:`jvp_by_two_vjps`); its tensors are the size of its output.
-
-tda_attention's tangent is computed in closed form, one chunk of queries at a time, so that
-forward mode (``torch.func.jvp``, ``jacfwd``, ``forward_ad`` dual tensors: the JVPs of
-consistency-model and flow-map training) never holds the ``Nq x Nk`` scores of the whole call.
 With ``K``, ``V`` the keys and values sampled at the points (Eq. 2), ``S = scale q K^T``,
 ``P = softmax(S)`` and ``O = P V`` (Eq. 3), and ``dK``, ``dV`` their tangents (sampling is
 linear in the map and differentiable in the points)::
 
     dS = scale (dq K^T + q dK^T)
     dO = P dV + (P * dS) V - rowsum(P * dS) O
-
-Queries are independent rows, so the chunks give exactly the whole call's tangent. A chunk holds
-at most ``LC4_JVP_CHUNK_ELEMENTS`` (default 2**22) score elements over batch and heads; its
-few score-sized tensors are the working memory.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 
 from . import reference
-
-CHUNK_ENV = "LC4_JVP_CHUNK_ELEMENTS"
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+from .query_chunks import over_query_chunks, rows_per_chunk
 
 
 def zeros_for_none(tensors, like) -> tuple:
     return tuple(torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like))
 
 
-def jvp_by_two_vjps(formula, primals, tangents):
-    """J t of the formula, by two reverse passes (the vjp of the vjp, linear in its cotangent):
-    torch.func.jvp would open a forward-mode level, which a plain forward_ad level around the
-    call refuses to nest."""
+def value_and_jvp(formula, primals, tangents):
+    """formula(*primals) and its tangent along ``tangents`` (None: zero), by two reverse passes
+    (the vjp of the vjp, linear in its cotangent): torch.func.jvp would open a forward-mode level,
+    which a plain forward_ad level around the call refuses to nest."""
     out, pullback = torch.func.vjp(formula, *primals)
     _, pullback_of_pullback = torch.func.vjp(pullback, torch.utils._pytree.tree_map(torch.zeros_like, out))
     (tangent,) = pullback_of_pullback(zeros_for_none(tangents, primals))
-    return tangent
+    return out, tangent
 
 
-def chunk_elements() -> int:
-    """Score elements (over batch and heads) a chunk of queries may hold: ``LC4_JVP_CHUNK_ELEMENTS``
-    or the default."""
-    text = os.environ.get(CHUNK_ENV, "").strip()
-    if not text:
-        return DEFAULT_CHUNK_ELEMENTS
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{CHUNK_ENV}: expected a positive number of score elements, got {text!r}")
-    return value
+def jvp_by_two_vjps(formula, primals, tangents):
+    """The tangent of :func:`value_and_jvp`."""
+    return value_and_jvp(formula, primals, tangents)[1]
 
 
 def sample_jvp(value, points, value_tangent, points_tangent) -> torch.Tensor:
@@ -118,22 +98,12 @@ def attention_jvp(q, k, v, points, scale: float, tangents) -> torch.Tensor:
     keys, dkeys = _sampled_with_tangent(k.to(compute), per_head_points, as_compute(dk), per_head_tangent)
     values, dvalues = _sampled_with_tangent(v.to(compute), per_head_points, as_compute(dv), per_head_tangent)
 
-    rows = max(1, chunk_elements() // max(1, batch * heads * keys.shape[1]))
-    if rows >= num_queries:
-        return _chunk_tangent(q, dq, keys, dkeys, values, dvalues, scale, compute).to(q.dtype)
-    result = None
-    for start in range(0, num_queries, rows):
-        chunk = slice(start, start + rows)
-        tangent = _chunk_tangent(q[:, chunk], None if dq is None else dq[:, chunk], keys, dkeys, values, dvalues,
-                                 scale, compute)
-        # One buffer for all chunks, made from a chunk's tangent so that it is batched or dual
-        # as the tangents are under vmap (jacfwd) or nested forward mode. Chunks appended to a
-        # list would sit between the freed score-sized temporaries and keep malloc's heap from
-        # reusing them (the resident memory grew by one chunk's scores a chunk on glibc).
-        if result is None:
-            result = tangent.new_empty((batch, num_queries, *tangent.shape[2:]), dtype=q.dtype)
-        result[:, chunk] = tangent
-    return result
+    def chunk_tangent(chunk: slice):
+        return (_chunk_tangent(q[:, chunk], None if dq is None else dq[:, chunk], keys, dkeys, values, dvalues,
+                               scale, compute).to(q.dtype),)
+
+    rows = rows_per_chunk(batch, heads, keys.shape[1])
+    return over_query_chunks(chunk_tangent, num_queries, rows, per_query=(True,))[0]
 
 
 def _chunk_tangent(q, dq, keys, dkeys, values, dvalues, scale: float, compute: torch.dtype) -> torch.Tensor:

@@ -8,6 +8,7 @@ import os
 import torch
 
 import lc4_kernels
+from lc4_kernels import query_chunks
 
 # (rtol, atol) of a compiled backend against the reference, per dtype of the inputs.
 TOLERANCES = {
@@ -110,3 +111,12 @@ def deterministic_algorithms(enabled: bool = True):
         yield
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def chunks_of_three_queries(monkeypatch, inputs) -> None:
+    """Sets the derivatives' query chunks (``lc4_kernels.query_chunks``) so that the queries of the
+    attention ``inputs`` (q, k, v, points) come three a chunk, the last chunk ragged."""
+    q, _, _, points = inputs
+    batch, num_queries, heads, _ = q.shape
+    assert num_queries > 3 and num_queries % 3, "the shapes must give several chunks, the last ragged"
+    monkeypatch.setenv(query_chunks.CHUNK_ENV, str(3 * batch * heads * points.shape[1]))

@@ -9,9 +9,9 @@ import torch
 from torch import func
 
 import lc4_kernels
-from lc4_kernels import forward_mode, reference
+from lc4_kernels import forward_mode, query_chunks, reference
 
-from .cases import assert_close, attention_inputs, compiled_backend_cases, sample_inputs
+from .cases import assert_close, attention_inputs, chunks_of_three_queries, compiled_backend_cases, sample_inputs
 
 SCALE = 0.4
 
@@ -27,14 +27,7 @@ def _reference(q, k, v, points):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """``chunk(inputs)`` sets the chunk so that the queries of ``inputs`` come in chunks of three,
-    the last one ragged."""
-    def chunk(inputs):
-        q, _, _, points = inputs
-        batch, num_queries, heads, _ = q.shape
-        assert num_queries > 3 and num_queries % 3, "the shapes must give several chunks, the last ragged"
-        monkeypatch.setenv(forward_mode.CHUNK_ENV, str(3 * batch * heads * points.shape[1]))
-    return chunk
+    return lambda inputs: chunks_of_three_queries(monkeypatch, inputs)
 
 
 def test_closed_form_equals_central_differences_of_eq3(small_chunks):
@@ -89,9 +82,9 @@ def test_no_queries_give_an_empty_tangent():
 
 @pytest.mark.parametrize("text", ["0", "-5", "many", "1.5"])
 def test_a_bad_chunk_setting_is_named(monkeypatch, text):
-    monkeypatch.setenv(forward_mode.CHUNK_ENV, text)
-    with pytest.raises(ValueError, match=forward_mode.CHUNK_ENV):
-        forward_mode.chunk_elements()
+    monkeypatch.setenv(query_chunks.CHUNK_ENV, text)
+    with pytest.raises(ValueError, match=query_chunks.CHUNK_ENV):
+        query_chunks.chunk_elements()
 
 
 @pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32))
@@ -137,3 +130,38 @@ def test_sample_closed_form_equals_forward_mode_through_the_reference(with_tange
     actual = forward_mode.sample_jvp(*inputs, *tangents)
     assert torch.isfinite(actual).all()
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+NESTED = {
+    # vmap over the chunked jvp: the chunk buffers are batched
+    "jacfwd": lambda op, inputs: func.jacfwd(op, argnums=tuple(range(len(inputs))))(*inputs),
+    # forward over forward: the inner jvp rule differentiated by the outer level
+    "jvp_of_jvp": lambda op, inputs: func.jvp(
+        lambda x: func.jvp(lambda y: op(y, *inputs[1:]).square().sum(), (x,), (_tangents(inputs)[0],))[1],
+        (inputs[0],), (_tangents(inputs, seed=20)[0],)),
+    "hessian_by_jacfwd_of_jacfwd": lambda op, inputs: func.jacfwd(func.jacfwd(
+        lambda x: op(x, *inputs[1:]).square().sum()))(inputs[0]),
+    "hessian_of_points_by_jacfwd_of_jacfwd": lambda op, inputs: func.jacfwd(func.jacfwd(
+        lambda p: op(*inputs[:-1], p).square().sum()))(inputs[-1]),
+}
+
+
+def _op(op_name, backend):
+    if op_name == "sample":
+        return lambda value, points: lc4_kernels.trilinear_sample(value, points, backend=backend)
+    return lambda q, k, v, points: lc4_kernels.tda_attention(q, k, v, points, SCALE, backend=backend)
+
+
+@pytest.mark.parametrize("op_name", ["attention", "sample"])
+@pytest.mark.parametrize("name", sorted(NESTED))
+@pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32))
+def test_nested_forward_mode_equals_the_reference(small_chunks, backend, device, name, op_name):
+    if op_name == "attention":  # over ragged chunks of queries
+        inputs = attention_inputs(B=1, Nq=7, Nk=5, heads=2, d=3, G=1, T=2, H=3, W=3, device=device,
+                                  special_fraction=0)
+        small_chunks(inputs)
+    else:
+        inputs = sample_inputs(B=1, P=5, G=1, C=2, T=2, H=3, W=3, device=device, special_fraction=0)
+    actual, expected = (NESTED[name](_op(op_name, b), inputs) for b in (backend, "reference"))
+    for a, e in zip(torch.utils._pytree.tree_leaves(actual), torch.utils._pytree.tree_leaves(expected)):
+        assert_close(a, e, torch.float32, f"{backend} {name} {op_name}")

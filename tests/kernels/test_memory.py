@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lc4_kernels
-from lc4_kernels import forward_mode
+from lc4_kernels import query_chunks
 from benchmarks.measure import peak_memory
 
 NQ, NK, HEADS, D = 8192, 1024, 8, 40
@@ -60,7 +60,7 @@ def _jvp_peak_bytes(backend: str, num_queries: int = NQ) -> int:
 
 @pytest.mark.skipif("cpu" not in lc4_kernels.available_backends(), reason="compiled cpu backend not built")
 def test_forward_mode_holds_chunks_of_scores_not_all_of_them(monkeypatch):
-    monkeypatch.setenv(forward_mode.CHUNK_ENV, str(JVP_CHUNK_ELEMENTS))
+    monkeypatch.setenv(query_chunks.CHUNK_ENV, str(JVP_CHUNK_ELEMENTS))
     assert _jvp_peak_bytes("reference") > 2 * SCORE_BYTES
     # The output and its tangent, per query: what forward mode must return.
     returned = 2 * HEADS * D * 4
@@ -73,3 +73,34 @@ def test_forward_mode_holds_chunks_of_scores_not_all_of_them(monkeypatch):
     # Twice the queries: the same working memory, where whole scores would take 2 x SCORE_BYTES more.
     assert doubled - working < SCORE_BYTES / 8, (
         f"forward-mode working memory grew from {working / 2**20:.1f} to {doubled / 2**20:.1f} MiB with Nq")
+
+
+def _gradient_penalty_peak_bytes(backend: str, num_queries: int = NQ) -> int:
+    gen = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(1, num_queries, HEADS, D, generator=gen).requires_grad_(),
+              torch.randn(1, 8, 32, 32, HEADS, D, generator=gen).requires_grad_(),
+              torch.randn(1, 8, 32, 32, HEADS, D, generator=gen).requires_grad_(),
+              (torch.rand(1, NK, 1, 3, generator=gen) * torch.tensor([31.0, 31.0, 7.0])).requires_grad_()]
+    weight = torch.randn(1, num_queries, HEADS, D, generator=gen)
+
+    def penalty():  # the gradients' squared norm, differentiated again (create_graph=True)
+        out = lc4_kernels.tda_attention(*leaves, backend=backend)
+        grads = torch.autograd.grad((out * weight).sum(), leaves, create_graph=True)
+        torch.autograd.grad(sum(g.square().sum() for g in grads), leaves)
+
+    penalty()
+    return peak_memory(penalty, torch.device("cpu")).bytes
+
+
+@pytest.mark.skipif("cpu" not in lc4_kernels.available_backends(), reason="compiled cpu backend not built")
+def test_double_backward_holds_chunks_of_scores_not_all_of_them(monkeypatch):
+    monkeypatch.setenv(query_chunks.CHUNK_ENV, str(JVP_CHUNK_ELEMENTS))
+    whole = _gradient_penalty_peak_bytes("reference")
+    working = _gradient_penalty_peak_bytes("cpu")
+    doubled = _gradient_penalty_peak_bytes("cpu", 2 * NQ)
+    # About 3 GiB for the reference, 0.4 for the cpu backend: the maps' sampling pullbacks and
+    # a dozen Nq-sized tensors (inputs, first and second gradients) besides a chunk's scores.
+    assert whole > 4 * working, f"double backward: reference {whole / 2**20:.0f} MiB, cpu {working / 2**20:.0f} MiB"
+    # Twice the queries add their Nq-sized tensors (about 90 MiB), not another 2 x SCORE_BYTES.
+    assert doubled - working < SCORE_BYTES / 2, (
+        f"double-backward memory grew from {working / 2**20:.1f} to {doubled / 2**20:.1f} MiB with Nq")

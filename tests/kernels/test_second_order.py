@@ -1,0 +1,100 @@
+"""Derivatives of tda_attention's backward (``lc4_kernels.second_order``) over chunks of queries:
+the chunked vjp and jvp of the backward against those of the whole backward through the
+reference formula, and every backend's second derivatives (a gradient penalty under
+create_graph, forward-over-reverse, a Hessian) over several ragged chunks against the reference
+backend's. (The memory: tests/kernels/test_memory.py.)"""
+import pytest
+import torch
+from torch import func
+
+import lc4_kernels
+from lc4_kernels import reference, second_order
+
+from .cases import assert_close, attention_inputs, chunks_of_three_queries, compiled_backend_cases
+
+SCALE = 0.4
+
+
+def _inputs(device="cpu", dtype=torch.float64, special_fraction=0.2):
+    # Grouped heads (4 heads over 2 point groups); NaN, infinite and far points among them.
+    return attention_inputs(B=2, Nq=11, Nk=7, heads=4, d=3, G=2, T=2, H=3, W=4, dtype=dtype, device=device,
+                            special_fraction=special_fraction)
+
+
+def _random_like(tensors, seed):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(t.shape, generator=g, dtype=torch.float64).to(t) for t in tensors)
+
+
+def _whole_backward(grad_out, q, k, v, points):
+    return func.vjp(lambda *t: reference.tda_attention(*t, SCALE), q, k, v, points)[1](grad_out)
+
+
+def test_chunked_vjp_of_the_backward_equals_the_whole_backwards(monkeypatch):
+    q, k, v, points = inputs = _inputs()
+    chunks_of_three_queries(monkeypatch, inputs)
+    primals = (*_random_like([q], 1), q, k, v, points)
+    cotangents = _random_like([q, k, v, points], 2)
+    expected = func.vjp(_whole_backward, *primals)[1](cotangents)
+    actual = second_order.attention_backward_vjp(*primals, SCALE, cotangents)
+    assert len(actual) == 5
+    for a, e, name in zip(actual, expected, ["grad_out", "q", "k", "v", "points"]):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("missing", [None, 0, 1, 4])
+def test_chunked_jvp_of_the_backward_equals_the_whole_backwards(monkeypatch, missing):
+    q, k, v, points = inputs = _inputs()
+    chunks_of_three_queries(monkeypatch, inputs)
+    primals = (*_random_like([q], 1), q, k, v, points)
+    tangents = list(_random_like(primals, 3))
+    if missing is not None:
+        tangents[missing] = None
+    _, expected = func.jvp(_whole_backward, primals,
+                           tuple(torch.zeros_like(p) if t is None else t for p, t in zip(primals, tangents)))
+    actual = second_order.attention_backward_jvp(*primals, SCALE, tuple(tangents))
+    assert len(actual) == 4
+    for a, e, name in zip(actual, expected, ["dq", "dk", "dv", "dpoints"]):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def _gradient_penalty(op, inputs):
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    weight = _random_like([inputs[0]], 5)[0]
+    grads = torch.autograd.grad((op(*leaves) * weight).sum(), leaves, create_graph=True)
+    return torch.autograd.grad(sum(g.square().sum() for g in grads), leaves)
+
+
+def _forward_over_reverse(op, inputs):
+    import torch.autograd.forward_ad as fwAD
+
+    weight = _random_like([inputs[0]], 5)[0]
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(t, d) for t, d in zip(leaves, _random_like(inputs, 6))]
+        grads = torch.autograd.grad((op(*duals) * weight).sum(), duals)
+        return [fwAD.unpack_dual(g).tangent for g in grads]
+
+
+def _hessian_of_queries(op, inputs):
+    q, k, v, points = inputs
+    weight = _random_like([q], 5)[0]
+    return func.hessian(lambda x: (op(x, k, v, points) * weight).sum() + op(x, k, v, points).square().sum())(q)
+
+
+SECOND_ORDER = {"gradient_penalty": _gradient_penalty, "forward_over_reverse": _forward_over_reverse,
+                "hessian_of_queries": _hessian_of_queries}
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_ORDER))
+@pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32))
+def test_every_backend_second_order_over_ragged_chunks_equals_the_reference(monkeypatch, backend, device, name):
+    inputs = attention_inputs(B=1, Nq=7, Nk=5, heads=2, d=3, G=1, T=2, H=3, W=3, device=device, special_fraction=0)
+    chunks_of_three_queries(monkeypatch, inputs)
+
+    def op(backend_name):
+        return lambda q, k, v, points: lc4_kernels.tda_attention(q, k, v, points, SCALE, backend=backend_name)
+
+    actual, expected = (SECOND_ORDER[name](op(b), inputs) for b in (backend, "reference"))
+    for a, e in zip(torch.utils._pytree.tree_leaves(actual), torch.utils._pytree.tree_leaves(expected)):
+        assert_close(a, e, torch.float32, f"{backend} {name}")

@@ -75,7 +75,7 @@ def sample_jvp(value, points, value_tangent, points_tangent) -> torch.Tensor:
     return out.to(value.dtype)
 
 
-def _sampled_with_tangent(volume, points, volume_tangent, points_tangent):
+def sampled_with_tangent(volume, points, volume_tangent, points_tangent):
     """Eq. 2 of ``volume`` at ``points`` and its tangent; None when neither input has one."""
     sampled = reference.trilinear_sample(volume, points)
     if volume_tangent is None and points_tangent is None:
@@ -95,8 +95,8 @@ def attention_jvp(q, k, v, points, scale: float, tangents) -> torch.Tensor:
     per_head_points = points.repeat_interleave(repeat, dim=2)
     per_head_tangent = None if dpoints is None else dpoints.repeat_interleave(repeat, dim=2)
     as_compute = lambda t: None if t is None else t.to(compute)  # noqa: E731
-    keys, dkeys = _sampled_with_tangent(k.to(compute), per_head_points, as_compute(dk), per_head_tangent)
-    values, dvalues = _sampled_with_tangent(v.to(compute), per_head_points, as_compute(dv), per_head_tangent)
+    keys, dkeys = sampled_with_tangent(k.to(compute), per_head_points, as_compute(dk), per_head_tangent)
+    values, dvalues = sampled_with_tangent(v.to(compute), per_head_points, as_compute(dv), per_head_tangent)
 
     def chunk_tangent(chunk: slice):
         return (_chunk_tangent(q[:, chunk], None if dq is None else dq[:, chunk], keys, dkeys, values, dvalues,

@@ -69,7 +69,13 @@ def tda_attention(q, k, v, points, scale: float) -> torch.Tensor:
     per_head_points = points.repeat_interleave(heads // groups, dim=2)  # (B, Nk, heads, 3)
     k_sampled = trilinear_sample(k.to(compute), per_head_points)  # (B, Nk, heads, d)
     v_sampled = trilinear_sample(v.to(compute), per_head_points)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q.to(compute), k_sampled) * scale
+    return attention_on_sampled(q, k_sampled, v_sampled, scale)
+
+
+def attention_on_sampled(q, k_sampled, v_sampled, scale: float) -> torch.Tensor:
+    """Eq. 3's softmax attention of q ``(B, Nq, heads, d)`` over keys and values already sampled,
+    ``(B, Nk, heads, d)`` in the compute dtype; the result in q's dtype."""
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.to(k_sampled.dtype), k_sampled) * scale
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v_sampled)
     return out.to(q.dtype)

@@ -82,8 +82,18 @@ def _hessian_of_queries(op, inputs):
     return func.hessian(lambda x: (op(x, k, v, points) * weight).sum() + op(x, k, v, points).square().sum())(q)
 
 
+def _third_order(op, inputs):
+    """The gradient of a gradient penalty's gradient norm: the chunked second derivatives
+    differentiated once more."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    weight = _random_like([inputs[0]], 5)[0]
+    grads = torch.autograd.grad((op(*leaves) * weight).sum(), leaves, create_graph=True)
+    second = torch.autograd.grad(sum(g.square().sum() for g in grads), leaves, create_graph=True)
+    return torch.autograd.grad(sum(g.square().sum() for g in second), leaves)
+
+
 SECOND_ORDER = {"gradient_penalty": _gradient_penalty, "forward_over_reverse": _forward_over_reverse,
-                "hessian_of_queries": _hessian_of_queries}
+                "hessian_of_queries": _hessian_of_queries, "third_order": _third_order}
 
 
 @pytest.mark.parametrize("name", sorted(SECOND_ORDER))

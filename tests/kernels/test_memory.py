@@ -101,6 +101,8 @@ def test_double_backward_holds_chunks_of_scores_not_all_of_them(monkeypatch):
     # About 3 GiB for the reference, 0.4 for the cpu backend: the maps' sampling pullbacks and
     # a dozen Nq-sized tensors (inputs, first and second gradients) besides a chunk's scores.
     assert whole > 4 * working, f"double backward: reference {whole / 2**20:.0f} MiB, cpu {working / 2**20:.0f} MiB"
-    # Twice the queries add their Nq-sized tensors (about 90 MiB), not another 2 x SCORE_BYTES.
-    assert doubled - working < SCORE_BYTES / 2, (
+    # Twice the queries add their Nq-sized tensors (inputs, weights, first and second gradients:
+    # a dozen of 10.5 MiB; 90 to 140 MiB measured with the resident mark's noise), less than one
+    # score tensor; whole scores would add at least two (scores and probabilities).
+    assert doubled - working < SCORE_BYTES, (
         f"double-backward memory grew from {working / 2**20:.1f} to {doubled / 2**20:.1f} MiB with Nq")

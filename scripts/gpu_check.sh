@@ -5,7 +5,8 @@
 # memcheck over a small forward+backward, the model layer's GPU tests (pipeline and training on
 # the tiny model), and then, alone on the GPU, the parallel compile of the
 # Triton autotune candidates (benchmarks/triton_warmup.py), the host time per call
-# (benchmarks/host_overhead.py), forward mode's time and memory (benchmarks/forward_mode.py), a
+# (benchmarks/host_overhead.py), forward mode's and double backward's time and memory
+# (benchmarks/higher_order.py), a
 # profile of the largest layers (benchmarks/profile.py) and the benchmark report.
 # Everything goes under benchmarks/results/<device>/.
 #
@@ -132,8 +133,9 @@ fi
 if wanted profile; then
   # Host time per call on a tiny case (kernels negligible): launches, autograd, allocations.
   LC4_TRITON_AUTOTUNE=0 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.host_overhead > /dev/null || status=1
-  # Forward mode (torch.func.jvp) per backend against the reference's, at the 512 px levels.
-  LC4_TRITON_AUTOTUNE=0 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.forward_mode > /dev/null || status=1
+  # Forward mode (torch.func.jvp) and a gradient penalty (double backward) per backend against the
+  # reference's, at the 512 px levels.
+  LC4_TRITON_AUTOTUNE=0 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.higher_order > /dev/null || status=1
   for case in sd15-512px-64x64 sd15-512px-32x32; do
     limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile --case $case > /dev/null || status=1
     LC4_TRITON_QUERY_SPLITS=1 limited "${TEST_TIME_LIMIT:-}" "$PY" -m benchmarks.profile \

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     rows = [row for case in cases for row in measure_case(case, device, dtype)]
     env = environment.environment(device, sys.argv[1:] if argv is None else list(argv),
                                   program="benchmarks.higher_order")
-    doc = {"environment": env, "dtype": str(dtype), "chunk_elements": query_chunks.chunk_elements(),
+    doc = {"environment": env, "dtype": str(dtype), "chunk_elements": query_chunks.chunk_elements(device),
            "cases": [case.describe() for case in cases], "rows": rows}
     environment.write_results(args.out, doc, "higher-order", markdown(doc))
     return 0

@@ -32,8 +32,9 @@ from torch._C._functorch import TransformType, _unwrap_for_grad, _wrap_for_grad
 from torch.autograd import forward_ad
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from . import reference
-from .forward_mode import attention_jvp, jvp_by_two_vjps, sample_jvp
+from . import sample_derivatives
+from .forward_mode import attention_jvp
+from .sample_derivatives import sample_jvp
 from .second_order import attention_backward_jvp, attention_backward_vjp
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -80,15 +81,6 @@ def _save_attention_inputs(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, points, out, lse)
 
 
-def _reference_sample_grads(grad_out, value, points):
-    return torch.func.vjp(reference.trilinear_sample, value, points)[1](grad_out)
-
-
-def _vjp(formula, primals, cotangents) -> tuple:
-    # A Function's backward gets zeros, never None, for outputs without a gradient.
-    return torch.func.vjp(formula, *primals)[1](tuple(cotangents))
-
-
 def _tracked_by_outer_levels(rule, saved: tuple, tangents: tuple):
     """``rule(saved, tangents)``, a Function's jvp, so that an outer forward-mode level
     differentiates it (forward over forward: jvp of jvp, jacfwd of jacfwd). torch.func runs a jvp
@@ -112,7 +104,7 @@ def _tracked_by_outer_levels(rule, saved: tuple, tangents: tuple):
 
 class _SampleBackward(torch.autograd.Function):
     """The hand-written backward of trilinear_sample, itself differentiable: its own derivatives
-    (double backward, forward-over-reverse) come from the reference formula."""
+    (double backward, forward-over-reverse) are the closed forms of ``sample_derivatives``."""
     generate_vmap_rule = True
 
     @staticmethod
@@ -125,13 +117,22 @@ class _SampleBackward(torch.autograd.Function):
         ctx.save_for_forward(*inputs[1:])
 
     @staticmethod
-    def backward(ctx, *cotangents):
-        return (None, *_vjp(_reference_sample_grads, ctx.saved_tensors, cotangents))
+    def backward(ctx, value_cotangent, points_cotangent):
+        grad_out, value, points = ctx.saved_tensors
+        corners = sample_derivatives.Corners(points, value.shape[1:4], sample_derivatives.compute_dtype(value, points))
+        grads = sample_derivatives.pullback_vjp(corners, grad_out, value, value_cotangent, points_cotangent)
+        return (None, *(torch.zeros_like(x) if g is None else g.to(x.dtype)
+                        for g, x in zip(grads, (grad_out, value, points))))
 
     @staticmethod
     def jvp(ctx, _, *tangents):
-        return _tracked_by_outer_levels(lambda saved, tangents: jvp_by_two_vjps(
-            _reference_sample_grads, saved, tangents), ctx.saved_tensors, tangents)
+        def rule(saved, tangents):
+            grad_out, value, points = saved
+            corners = sample_derivatives.Corners(points, value.shape[1:4],
+                                                 sample_derivatives.compute_dtype(value, points))
+            dvalue, dpoints = sample_derivatives.pullback_jvp(corners, grad_out, value, tangents)
+            return dvalue.to(value.dtype), dpoints.to(points.dtype)
+        return _tracked_by_outer_levels(rule, ctx.saved_tensors, tangents)
 
 
 class _AttentionBackward(torch.autograd.Function):

@@ -2,7 +2,7 @@
 Eq. 2's and Eq. 3's tangents, so that forward mode (``torch.func.jvp``, ``jacfwd``, ``forward_ad``
 dual tensors: the JVPs of consistency-model and flow-map training) never holds the ``Nq x Nk``
 scores of the whole call (tda_attention's tangent is taken over chunks of queries,
-:mod:`.query_chunks`) nor the reference's value-sized buffer per corner (trilinear_sample's).
+:mod:`.query_chunks`); the sampling's tangents are :mod:`.sample_derivatives`'.
 
 With ``K``, ``V`` the keys and values sampled at the points (Eq. 2), ``S = scale q K^T``,
 ``P = softmax(S)`` and ``O = P V`` (Eq. 3), and ``dK``, ``dV`` their tangents (sampling is
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
 from .query_chunks import over_query_chunks, rows_per_chunk
+from .sample_derivatives import Corners, per_head, sampled_with_tangent
 
 
 def zeros_for_none(tensors, like) -> tuple:
@@ -38,51 +38,6 @@ def jvp_by_two_vjps(formula, primals, tangents):
     return value_and_jvp(formula, primals, tangents)[1]
 
 
-def sample_jvp(value, points, value_tangent, points_tangent) -> torch.Tensor:
-    """The tangent of Eq. 2, ``trilinear_sample(value, points)``, along ``value_tangent`` and
-    ``points_tangent`` (either may be None: no tangent), in closed form: the eight corners'
-    weights times the value tangent, plus their derivatives along the points' tangent times the
-    value (the right-hand derivative at a voxel centre, zero where a coordinate is non-finite or
-    far away, as the reference's autograd gives). Gathers only: the reference's autograd would
-    scatter into a value-sized buffer per corner. Layouts as the reference's."""
-    B, T, H, W, G, C = value.shape
-    P = points.shape[1]
-    compute = torch.promote_types(torch.promote_types(value.dtype, points.dtype), torch.float32)
-    points = points.to(compute)
-    flat = value.reshape(B, T * H * W, G, C)
-    flat_tangent = None if value_tangent is None else value_tangent.reshape(B, T * H * W, G, C)
-    axes = [reference.axis_corners(points[..., axis], size) for axis, size in ((0, W), (1, H), (2, T))]
-    # d weight / d coordinate of each axis's two corners: -1 and +1 where the corner counts.
-    slopes = [(-inside0.to(compute), inside1.to(compute)) for (_, _, inside0), (_, _, inside1) in axes]
-    moves = None if points_tangent is None else points_tangent.to(compute).unbind(-1)
-    out = value.new_zeros(B, P, G, C, dtype=compute)
-    for t_corner in range(2):
-        for y_corner in range(2):
-            for x_corner in range(2):
-                corner = (x_corner, y_corner, t_corner)
-                (x_index, x_weight, x_inside), (y_index, y_weight, y_inside), (t_index, t_weight, t_inside) = (
-                    axes[axis][c] for axis, c in enumerate(corner))
-                voxel = ((t_index * H + y_index) * W + x_index).unsqueeze(-1).expand(B, P, G, C)
-                counts = (t_inside & y_inside & x_inside).unsqueeze(-1)
-                weights = (x_weight, y_weight, t_weight)
-                if flat_tangent is not None:
-                    gathered = torch.where(counts, flat_tangent.gather(1, voxel), 0)
-                    out = out + (x_weight * y_weight * t_weight).unsqueeze(-1) * gathered
-                if moves is not None:
-                    moved = sum(slopes[axis][corner[axis]] * moves[axis]
-                                * weights[(axis + 1) % 3] * weights[(axis + 2) % 3] for axis in range(3))
-                    out = out + moved.unsqueeze(-1) * torch.where(counts, flat.gather(1, voxel), 0)
-    return out.to(value.dtype)
-
-
-def sampled_with_tangent(volume, points, volume_tangent, points_tangent):
-    """Eq. 2 of ``volume`` at ``points`` and its tangent; None when neither input has one."""
-    sampled = reference.trilinear_sample(volume, points)
-    if volume_tangent is None and points_tangent is None:
-        return sampled, None
-    return sampled, sample_jvp(volume, points, volume_tangent, points_tangent)
-
-
 def attention_jvp(q, k, v, points, scale: float, tangents) -> torch.Tensor:
     """The tangent of ``tda_attention(q, k, v, points, scale)`` along ``tangents`` = (dq, dk, dv,
     dpoints), each a tensor like its input or None (no tangent). Inputs in the grouped layouts:
@@ -91,18 +46,16 @@ def attention_jvp(q, k, v, points, scale: float, tangents) -> torch.Tensor:
     dq, dk, dv, dpoints = tangents
     batch, num_queries, heads, _ = q.shape
     compute = torch.promote_types(q.dtype, torch.float32)
-    repeat = heads // points.shape[2]
-    per_head_points = points.repeat_interleave(repeat, dim=2)
-    per_head_tangent = None if dpoints is None else dpoints.repeat_interleave(repeat, dim=2)
-    as_compute = lambda t: None if t is None else t.to(compute)  # noqa: E731
-    keys, dkeys = sampled_with_tangent(k.to(compute), per_head_points, as_compute(dk), per_head_tangent)
-    values, dvalues = sampled_with_tangent(v.to(compute), per_head_points, as_compute(dv), per_head_tangent)
+    corners = Corners(points, k.shape[1:4], torch.promote_types(compute, points.dtype))
+    keys, dkeys = sampled_with_tangent(corners, k, dk, dpoints)
+    values, dvalues = sampled_with_tangent(corners, v, dv, dpoints)
+    keys, dkeys, values, dvalues = (per_head(t, heads, compute) for t in (keys, dkeys, values, dvalues))
 
     def chunk_tangent(chunk: slice):
         return (_chunk_tangent(q[:, chunk], None if dq is None else dq[:, chunk], keys, dkeys, values, dvalues,
                                scale, compute).to(q.dtype),)
 
-    rows = rows_per_chunk(batch, heads, keys.shape[1])
+    rows = rows_per_chunk(batch, heads, keys.shape[1], q.device)
     return over_query_chunks(chunk_tangent, num_queries, rows, per_query=(True,))[0]
 
 

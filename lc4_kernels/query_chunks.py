@@ -3,8 +3,10 @@
 Queries are independent rows of Eq. 3, so a derivative of tda_attention taken one chunk of
 queries at a time is exactly the whole call's: per-query results are put side by side, results
 over the shared map (k, v, points) summed. A chunk holds at most ``LC4_SCORE_CHUNK_ELEMENTS``
-(default 2**22) score elements over batch and heads, so the ``Nq x Nk`` scores of the whole call
-never exist at once.
+score elements over batch and heads, so the ``Nq x Nk`` scores of the whole call never exist at
+once. The default is 2**20 on a CPU, where smaller chunks took the same time or less and half the
+peak memory of 2**22 (``python -m benchmarks.higher_order``), and 2**22 on other devices, where
+each chunk costs a few dozen kernel launches.
 """
 from __future__ import annotations
 
@@ -14,15 +16,16 @@ from typing import Callable, Sequence
 import torch
 
 CHUNK_ENV = "LC4_SCORE_CHUNK_ELEMENTS"
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
+DEFAULT_CHUNK_ELEMENTS = {"cpu": 1 << 20}
+OTHER_DEVICES_CHUNK_ELEMENTS = 1 << 22
 
 
-def chunk_elements() -> int:
-    """Score elements (over batch and heads) a chunk of queries may hold: ``LC4_SCORE_CHUNK_ELEMENTS``
-    or the default."""
+def chunk_elements(device: torch.device | str = "cpu") -> int:
+    """Score elements (over batch and heads) a chunk of queries on ``device`` may hold:
+    ``LC4_SCORE_CHUNK_ELEMENTS`` or the device's default."""
     text = os.environ.get(CHUNK_ENV, "").strip()
     if not text:
-        return DEFAULT_CHUNK_ELEMENTS
+        return DEFAULT_CHUNK_ELEMENTS.get(torch.device(device).type, OTHER_DEVICES_CHUNK_ELEMENTS)
     try:
         value = int(text)
     except ValueError:
@@ -32,8 +35,8 @@ def chunk_elements() -> int:
     return value
 
 
-def rows_per_chunk(batch: int, heads: int, num_keys: int) -> int:
-    return max(1, chunk_elements() // max(1, batch * heads * num_keys))
+def rows_per_chunk(batch: int, heads: int, num_keys: int, device: torch.device) -> int:
+    return max(1, chunk_elements(device) // max(1, batch * heads * num_keys))
 
 
 def over_query_chunks(fn: Callable[[slice], Sequence[torch.Tensor]], num_queries: int, rows: int,

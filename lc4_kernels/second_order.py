@@ -7,8 +7,8 @@ computes it, it is two stages: Eq. 3's backward on the sampled keys and values `
 chunk of queries at a time, :mod:`.query_chunks`: a query's grad_out and q enter its own dq row
 and, summed over the queries, ``dK`` and ``dV``), then the pullback of Eq. 2's sampling from
 (``dK``, ``dV``) to (dk, dv, dpoints). Their derivatives are taken stage by stage: the attention
-stage's chunk by chunk, the sampling stage's once (its tensors are the size of the maps and the
-points). What a further derivative records (a third order) keeps every chunk's tensors, as any
+stage's chunk by chunk, the sampling stage's once, in closed form (:mod:`.sample_derivatives`:
+one scatter per map-sized result; its tensors are the size of the maps and the points). What a further derivative records (a third order) keeps every chunk's tensors, as any
 autograd would.
 """
 from __future__ import annotations
@@ -16,29 +16,61 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .forward_mode import sampled_with_tangent, value_and_jvp, zeros_for_none
+from .forward_mode import value_and_jvp, zeros_for_none
 from .query_chunks import over_query_chunks, rows_per_chunk
+from .sample_derivatives import (Corners, grouped, per_head, pullback, pullback_jvp, pullback_vjp, sample,
+                                 sampled_with_tangent)
 
 
 class _Stages:
     """The backward's two stages at one (k, v, points) and ``scale``, in at least float32 as the
-    reference computes (results in the inputs' dtypes)."""
+    reference computes (results in the inputs' dtypes). The sampling stage's derivatives are the
+    closed forms of :mod:`.sample_derivatives`, on each group's heads side by side."""
 
     def __init__(self, q, k, v, points, scale: float):
         self.scale = scale
         self.compute = torch.promote_types(q.dtype, torch.float32)
-        self.repeat = q.shape[2] // points.shape[2]
-        self.rows = rows_per_chunk(q.shape[0], q.shape[2], points.shape[1])
+        self.heads, self.groups = q.shape[2], points.shape[2]
+        self.rows = rows_per_chunk(q.shape[0], q.shape[2], points.shape[1], q.device)
+        self.corners = Corners(points, k.shape[1:4], torch.promote_types(self.compute, points.dtype))
+        self.k, self.v, self.points = k, v, points
 
-    def sample(self, k, v, points):
+    def sample(self):
         """(K, V): k and v sampled at each head's points, ``(B, Nk, heads, d)``."""
-        per_head = points.repeat_interleave(self.repeat, dim=2)
-        return (reference.trilinear_sample(k.to(self.compute), per_head),
-                reference.trilinear_sample(v.to(self.compute), per_head))
+        return tuple(per_head(sample(self.corners, grouped(m, self.groups)), self.heads, self.compute)
+                     for m in (self.k, self.v))
 
-    def sample_pullback(self, k, v, points, dkeys, dvalues):
+    def sample_pullback(self, dkeys, dvalues):
         """(dk, dv, dpoints) from the sampled keys' and values' gradients."""
-        return torch.func.vjp(self.sample, k, v, points)[1]((dkeys, dvalues))
+        (dk, from_k), (dv, from_v) = (pullback(self.corners, grouped(g, self.groups), grouped(m, self.groups))
+                                      for g, m in ((dkeys, self.k), (dvalues, self.v)))
+        return self._maps(dk, dv, from_k + from_v)
+
+    def sample_pullback_vjp(self, dkeys, dvalues, cotangents):
+        """The vjp of :meth:`sample_pullback` at (k, v, points, dkeys, dvalues) along the
+        cotangents of (dk, dv, dpoints): the gradients of k, v, points, dkeys and dvalues."""
+        cot_k, cot_v, cot_points = cotangents
+        (cot_keys, grad_k, from_k), (cot_values, grad_v, from_v) = (
+            pullback_vjp(self.corners, grouped(g, self.groups), grouped(m, self.groups),
+                         grouped(c, self.groups), cot_points)
+            for g, m, c in ((dkeys, self.k, cot_k), (dvalues, self.v, cot_v)))
+        grad_k, grad_v, grad_points = self._maps(*zeros_for_none((grad_k, grad_v), (self.k, self.v)), from_k + from_v)
+        return (grad_k, grad_v, grad_points, per_head(cot_keys, self.heads, self.compute),
+                per_head(cot_values, self.heads, self.compute))
+
+    def sample_pullback_jvp(self, dkeys, dvalues, tangents):
+        """The tangents of :meth:`sample_pullback`'s (dk, dv, dpoints) along ``tangents`` of (k,
+        v, points, dkeys, dvalues)."""
+        tan_k, tan_v, tan_points, tan_dkeys, tan_dvalues = tangents
+        (tan_dk, from_k), (tan_dv, from_v) = (
+            pullback_jvp(self.corners, grouped(g, self.groups), grouped(m, self.groups),
+                         (grouped(tg, self.groups), grouped(tm, self.groups), tan_points))
+            for g, m, tg, tm in ((dkeys, self.k, tan_dkeys, tan_k), (dvalues, self.v, tan_dvalues, tan_v)))
+        return self._maps(tan_dk, tan_dv, from_k + from_v)
+
+    def _maps(self, dk, dv, dpoints):
+        return dk.reshape(self.k.shape).to(self.k.dtype), dv.reshape(self.v.shape).to(self.v.dtype), \
+            dpoints.to(self.points.dtype)
 
     def attention_backward(self, grad_out, q, keys, values):
         """(dq, dK, dV) of a chunk of queries."""
@@ -51,15 +83,15 @@ def attention_backward_vjp(grad_out, q, k, v, points, scale: float, cotangents) 
     dpoints): the gradients of grad_out, q, k, v and points."""
     stages = _Stages(q, k, v, points, scale)
     cot_q, cot_k, cot_v, cot_points = cotangents
-    keys, values = stages.sample(k, v, points)  # recorded where a third order differentiates this
+    keys, values = stages.sample()  # recorded where a third order differentiates this
     num_queries = q.shape[1]
 
     def sampled_grads(chunk: slice):
         return stages.attention_backward(grad_out[:, chunk], q[:, chunk], keys, values)[1:]
 
     dkeys, dvalues = over_query_chunks(sampled_grads, num_queries, stages.rows, per_query=(False, False))
-    from_k, from_v, from_points, cot_keys, cot_values = torch.func.vjp(
-        stages.sample_pullback, k, v, points, dkeys, dvalues)[1]((cot_k, cot_v, cot_points))
+    from_k, from_v, from_points, cot_keys, cot_values = stages.sample_pullback_vjp(
+        dkeys, dvalues, (cot_k, cot_v, cot_points))
 
     def chunk_vjp(chunk: slice):
         return torch.func.vjp(stages.attention_backward, grad_out[:, chunk], q[:, chunk], keys, values)[1](
@@ -67,7 +99,7 @@ def attention_backward_vjp(grad_out, q, k, v, points, scale: float, cotangents) 
 
     grad_grad_out, grad_q, grad_keys, grad_values = over_query_chunks(
         chunk_vjp, num_queries, stages.rows, per_query=(True, True, False, False))
-    through_k, through_v, through_points = stages.sample_pullback(k, v, points, grad_keys, grad_values)
+    through_k, through_v, through_points = stages.sample_pullback(grad_keys, grad_values)
     return grad_grad_out, grad_q, from_k + through_k, from_v + through_v, from_points + through_points
 
 
@@ -76,10 +108,10 @@ def attention_backward_jvp(grad_out, q, k, v, points, scale: float, tangents) ->
     (None: no tangent): the tangents of dq, dk, dv and dpoints."""
     stages = _Stages(q, k, v, points, scale)
     tan_out, tan_q, tan_k, tan_v, tan_points = zeros_for_none(tangents, (grad_out, q, k, v, points))
-    per_head, per_head_tangent = (p.repeat_interleave(stages.repeat, dim=2) for p in (points, tan_points))
-    compute = stages.compute
-    keys, tan_keys = sampled_with_tangent(k.to(compute), per_head, tan_k.to(compute), per_head_tangent)
-    values, tan_values = sampled_with_tangent(v.to(compute), per_head, tan_v.to(compute), per_head_tangent)
+    keys, tan_keys = sampled_with_tangent(stages.corners, k, tan_k, tan_points)
+    values, tan_values = sampled_with_tangent(stages.corners, v, tan_v, tan_points)
+    keys, tan_keys, values, tan_values = (per_head(t, stages.heads, stages.compute)
+                                          for t in (keys, tan_keys, values, tan_values))
 
     def chunk_jvp(chunk: slice):
         (_, dkeys, dvalues), (tan_dq, tan_dkeys, tan_dvalues) = value_and_jvp(
@@ -89,6 +121,6 @@ def attention_backward_jvp(grad_out, q, k, v, points, scale: float, tangents) ->
 
     tan_dq, dkeys, dvalues, tan_dkeys, tan_dvalues = over_query_chunks(
         chunk_jvp, q.shape[1], stages.rows, per_query=(True, False, False, False, False))
-    _, (tan_dk, tan_dv, tan_dpoints) = value_and_jvp(stages.sample_pullback, (k, v, points, dkeys, dvalues),
-                                                      (tan_k, tan_v, tan_points, tan_dkeys, tan_dvalues))
+    tan_dk, tan_dv, tan_dpoints = stages.sample_pullback_jvp(
+        dkeys, dvalues, (tan_k, tan_v, tan_points, tan_dkeys, tan_dvalues))
     return tan_dq, tan_dk, tan_dv, tan_dpoints

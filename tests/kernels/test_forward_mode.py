@@ -1,7 +1,7 @@
-"""The ops' forward-mode derivatives (``lc4_kernels.forward_mode``): the closed forms of Eq. 2's
-and Eq. 3's tangents (the latter over chunks of queries) against central differences of the
-formulas and against autograd's forward mode through the reference; every backend's jvp over
-several ragged chunks; the chunk setting's errors. (The memory: tests/kernels/test_memory.py.)"""
+"""The ops' forward-mode derivatives (``lc4_kernels.forward_mode``): the closed form of Eq. 3's
+tangent over chunks of queries against central differences of the formula and against autograd's
+forward mode through the reference; every backend's jvp over several ragged chunks; the chunk
+setting's errors. (Eq. 2's tangent: tests/kernels/test_sample_derivatives.py.) (The memory: tests/kernels/test_memory.py.)"""
 import itertools
 
 import pytest
@@ -87,6 +87,14 @@ def test_a_bad_chunk_setting_is_named(monkeypatch, text):
         query_chunks.chunk_elements()
 
 
+def test_the_default_chunks_are_the_devices(monkeypatch):
+    monkeypatch.delenv(query_chunks.CHUNK_ENV, raising=False)
+    assert query_chunks.chunk_elements("cpu") == 1 << 20
+    assert query_chunks.chunk_elements(torch.device("cuda", 0)) == 1 << 22
+    monkeypatch.setenv(query_chunks.CHUNK_ENV, "4096")
+    assert query_chunks.chunk_elements("cuda") == query_chunks.chunk_elements("cpu") == 4096
+
+
 @pytest.mark.parametrize("backend,device", compiled_backend_cases(torch.float32))
 def test_every_backend_jvp_over_ragged_chunks_equals_the_reference(small_chunks, backend, device):
     inputs = attention_inputs(B=2, Nq=11, Nk=7, heads=2, d=4, G=1, T=2, H=3, W=4, device=device)
@@ -101,35 +109,6 @@ def test_every_backend_jvp_over_ragged_chunks_equals_the_reference(small_chunks,
     (out, tangent), (expected_out, expected_tangent) = run(backend), run("reference")
     assert_close(out, expected_out, torch.float32, f"{backend} jvp output")
     assert_close(tangent, expected_tangent, torch.float32, f"{backend} jvp tangent")
-
-
-def _sample_inputs(special_fraction):
-    return sample_inputs(B=2, P=13, G=2, C=3, T=3, H=4, W=5, dtype=torch.float64, special_fraction=special_fraction)
-
-
-def test_sample_closed_form_equals_central_differences_of_eq2():
-    value, _ = _sample_inputs(0)
-    g = torch.Generator().manual_seed(4)
-    # Away from the voxel centres and the border (Eq. 2's kinks), inside and in the padded band.
-    points = torch.rand(2, 13, 2, 3, generator=g, dtype=torch.float64) * torch.tensor([5.8, 4.8, 3.8]) - 0.9
-    points = torch.where((points - points.round()).abs() < 0.05, points + 0.1, points)
-    tangents = _tangents((value, points))
-    eps = 1e-6
-    expected = (reference.trilinear_sample(value + eps * tangents[0], points + eps * tangents[1])
-                - reference.trilinear_sample(value - eps * tangents[0], points - eps * tangents[1])) / (2 * eps)
-    torch.testing.assert_close(forward_mode.sample_jvp(value, points, *tangents), expected, rtol=1e-6, atol=1e-7)
-
-
-@pytest.mark.parametrize("with_tangent", [(True, True), (True, False), (False, True)], ids=["both", "value", "points"])
-def test_sample_closed_form_equals_forward_mode_through_the_reference(with_tangent):
-    # Voxel centres, borders, NaN, infinite and far points among them (special_fraction).
-    inputs = _sample_inputs(0.3)
-    tangents = tuple(t if flag else None for t, flag in zip(_tangents(inputs), with_tangent))
-    _, expected = func.jvp(reference.trilinear_sample, inputs,
-                           tuple(torch.zeros_like(x) if t is None else t for x, t in zip(inputs, tangents)))
-    actual = forward_mode.sample_jvp(*inputs, *tangents)
-    assert torch.isfinite(actual).all()
-    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
 
 
 NESTED = {

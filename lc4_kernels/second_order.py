@@ -1,21 +1,21 @@
 """Derivatives of tda_attention's hand-written backward (double backward, forward-over-reverse),
-shared by every backend: the reference formula's, exact, without the whole call's ``Nq x Nk``
-scores.
+shared by every backend: exact, in closed form, without the whole call's ``Nq x Nk`` scores.
 
 The backward maps (grad_out, q, k, v, points) to (dq, dk, dv, dpoints). Written as the reference
 computes it, it is two stages: Eq. 3's backward on the sampled keys and values ``K``, ``V`` (one
 chunk of queries at a time, :mod:`.query_chunks`: a query's grad_out and q enter its own dq row
 and, summed over the queries, ``dK`` and ``dV``), then the pullback of Eq. 2's sampling from
 (``dK``, ``dV``) to (dk, dv, dpoints). Their derivatives are taken stage by stage: the attention
-stage's chunk by chunk, the sampling stage's once, in closed form (:mod:`.sample_derivatives`:
-one scatter per map-sized result; its tensors are the size of the maps and the points). What a further derivative records (a third order) keeps every chunk's tensors, as any
-autograd would.
+stage's chunk by chunk (FlashAttention's backward formulas and their vjp, a handful of
+score-sized tensors a chunk where autograd through autograd kept dozens), the sampling stage's
+once (:mod:`.sample_derivatives`: one scatter per map-sized result). Everything is
+differentiable torch, so a further derivative (a third order) is autograd's, keeping every
+chunk's tensors as any autograd would.
 """
 from __future__ import annotations
 
 import torch
 
-from . import reference
 from .forward_mode import value_and_jvp, zeros_for_none
 from .query_chunks import over_query_chunks, rows_per_chunk
 from .sample_derivatives import (Corners, grouped, per_head, pullback, pullback_jvp, pullback_vjp, sample,
@@ -74,8 +74,57 @@ class _Stages:
 
     def attention_backward(self, grad_out, q, keys, values):
         """(dq, dK, dV) of a chunk of queries."""
-        attention = lambda *t: reference.attention_on_sampled(*t, self.scale)  # noqa: E731
-        return torch.func.vjp(attention, q, keys, values)[1](grad_out)
+        return attention_on_sampled_backward(grad_out, q, keys, values, self.scale)
+
+    def attention_backward_vjp(self, grad_out, q, keys, values, cotangents):
+        """The vjp of :meth:`attention_backward` along cotangents of (dq, dK, dV): the gradients
+        of grad_out, q, keys and values."""
+        return attention_on_sampled_backward_vjp(grad_out, q, keys, values, self.scale, cotangents)
+
+
+def _scores_and_grads(grad_out, q, keys, values, scale: float):
+    """P = softmax(scale q K^T), dP = dO V^T and dS = P * (dP - rowsum(P * dP)), ``(B, heads, Nq,
+    Nk)``, with q and dO in the keys' (compute) dtype."""
+    q, grad_out = q.to(keys.dtype), grad_out.to(keys.dtype)
+    probs = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, keys) * scale, dim=-1)
+    dprobs = torch.einsum("bqhd,bkhd->bhqk", grad_out, values)
+    dscores = probs * (dprobs - (probs * dprobs).sum(-1, keepdim=True))
+    return q, grad_out, probs, dprobs, dscores
+
+
+def attention_on_sampled_backward(grad_out, q, keys, values, scale: float) -> tuple:
+    """Eq. 3's backward on sampled keys and values (``reference.attention_on_sampled``'s), in
+    closed form: dq = scale dS K, dK = scale dS^T q, dV = P^T dO; dq in q's dtype."""
+    q_c, grad_out, probs, _, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
+    return (scale * torch.einsum("bhqk,bkhd->bqhd", dscores, keys)).to(q.dtype), \
+        scale * torch.einsum("bhqk,bqhd->bkhd", dscores, q_c), torch.einsum("bhqk,bqhd->bkhd", probs, grad_out)
+
+
+def attention_on_sampled_backward_vjp(grad_out, q, keys, values, scale: float, cotangents) -> tuple:
+    """The vjp of :func:`attention_on_sampled_backward` at (dO, q, K, V) along cotangents (cq,
+    cK, cV) of (dq, dK, dV), in closed form. With G = scale (cq K^T + q cK^T), the cotangent
+    of dS, and r = rowsum(G * P)::
+
+        d/d dP = P * (G - r)
+        d/d P  = dO cV^T + G * (dP - rowsum(P * dP)) - r * dP,   d/d S = P * (d/d P - rowsum(P * d/d P))
+        dO: P cV + (d/d dP) V        q: scale (dS cK + (d/d S) K)
+        K:  scale (dS^T cq + (d/d S)^T q)                        V: (d/d dP)^T dO
+    """
+    cot_q, cot_keys, cot_values = (c.to(keys.dtype) for c in cotangents)
+    q_c, grad_out_c, probs, dprobs, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
+    cot_scores = scale * (torch.einsum("bqhd,bkhd->bhqk", cot_q, keys) + torch.einsum("bqhd,bkhd->bhqk", q_c, cot_keys))
+    weighted = (cot_scores * probs).sum(-1, keepdim=True)
+    cot_dprobs = probs * (cot_scores - weighted)
+    cot_probs = (torch.einsum("bqhd,bkhd->bhqk", grad_out_c, cot_values)
+                 + cot_scores * (dprobs - (probs * dprobs).sum(-1, keepdim=True)) - weighted * dprobs)
+    del cot_scores, dprobs
+    cot_logits = probs * (cot_probs - (probs * cot_probs).sum(-1, keepdim=True))
+    del cot_probs
+    grad_grad_out = torch.einsum("bhqk,bkhd->bqhd", probs, cot_values) + torch.einsum("bhqk,bkhd->bqhd", cot_dprobs, values)
+    grad_q = scale * (torch.einsum("bhqk,bkhd->bqhd", dscores, cot_keys) + torch.einsum("bhqk,bkhd->bqhd", cot_logits, keys))
+    grad_keys = scale * (torch.einsum("bhqk,bqhd->bkhd", dscores, cot_q) + torch.einsum("bhqk,bqhd->bkhd", cot_logits, q_c))
+    grad_values = torch.einsum("bhqk,bqhd->bkhd", cot_dprobs, grad_out_c)
+    return grad_grad_out.to(grad_out.dtype), grad_q.to(q.dtype), grad_keys, grad_values
 
 
 def attention_backward_vjp(grad_out, q, k, v, points, scale: float, cotangents) -> tuple:
@@ -94,8 +143,8 @@ def attention_backward_vjp(grad_out, q, k, v, points, scale: float, cotangents) 
         dkeys, dvalues, (cot_k, cot_v, cot_points))
 
     def chunk_vjp(chunk: slice):
-        return torch.func.vjp(stages.attention_backward, grad_out[:, chunk], q[:, chunk], keys, values)[1](
-            (cot_q[:, chunk], cot_keys, cot_values))
+        return stages.attention_backward_vjp(grad_out[:, chunk], q[:, chunk], keys, values,
+                                             (cot_q[:, chunk], cot_keys, cot_values))
 
     grad_grad_out, grad_q, grad_keys, grad_values = over_query_chunks(
         chunk_vjp, num_queries, stages.rows, per_query=(True, True, False, False))

@@ -98,8 +98,9 @@ def test_double_backward_holds_chunks_of_scores_not_all_of_them(monkeypatch):
     whole = _gradient_penalty_peak_bytes("reference")
     working = _gradient_penalty_peak_bytes("cpu")
     doubled = _gradient_penalty_peak_bytes("cpu", 2 * NQ)
-    # About 3 GiB for the reference, 0.4 for the cpu backend: the maps' sampling pullbacks and
-    # a dozen Nq-sized tensors (inputs, first and second gradients) besides a chunk's scores.
+    # About 3 GiB for the reference, 0.27 for the cpu backend (0.4 before the closed forms of
+    # second_order and sample_derivatives): a few map-sized tensors of the sampling stage and a
+    # dozen Nq-sized ones (inputs, first and second gradients) besides a chunk's scores.
     assert whole > 4 * working, f"double backward: reference {whole / 2**20:.0f} MiB, cpu {working / 2**20:.0f} MiB"
     # Twice the queries add their Nq-sized tensors (inputs, weights, first and second gradients:
     # a dozen of 10.5 MiB; 90 to 140 MiB measured with the resident mark's noise), less than one

@@ -1,6 +1,7 @@
 """Derivatives of tda_attention's backward (``lc4_kernels.second_order``) over chunks of queries:
-the chunked vjp and jvp of the backward against those of the whole backward through the
-reference formula, and every backend's second derivatives (a gradient penalty under
+the attention stage's closed forms against central differences and autograd through the
+reference; the chunked vjp and jvp of the backward against those of the whole backward through
+the reference formula, and every backend's second derivatives (a gradient penalty under
 create_graph, forward-over-reverse, a Hessian) over several ragged chunks against the reference
 backend's. (The memory: tests/kernels/test_memory.py.)"""
 import pytest
@@ -28,6 +29,54 @@ def _random_like(tensors, seed):
 
 def _whole_backward(grad_out, q, k, v, points):
     return func.vjp(lambda *t: reference.tda_attention(*t, SCALE), q, k, v, points)[1](grad_out)
+
+
+def _sampled(seed=5, num_queries=6, num_keys=5, heads=3, dim=4):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(2, num_queries, heads, dim), (2, num_queries, heads, dim), (2, num_keys, heads, dim), (2, num_keys, heads, dim)]
+    return tuple(torch.randn(shape, generator=g, dtype=torch.float64) for shape in shapes)  # dO, q, K, V
+
+
+def test_attention_stage_closed_forms_equal_central_differences():
+    """Eq. 3's backward on sampled keys against differences of the formula, and its vjp
+    against differences of the backward: d/de <backward(x + e t), c> = <t, vjp(c)>."""
+    grad_out, q, keys, values = primals = _sampled()
+    eps = 1e-6
+    t_q, t_keys, t_values = _random_like((q, keys, values), 6)
+
+    def attention(step):
+        out = reference.attention_on_sampled(q + step * t_q, keys + step * t_keys, values + step * t_values, SCALE)
+        return (out * grad_out).sum()
+
+    backward = second_order.attention_on_sampled_backward(*primals, SCALE)
+    torch.testing.assert_close(sum((g * t).sum() for g, t in zip(backward, (t_q, t_keys, t_values))),
+                               (attention(eps) - attention(-eps)) / (2 * eps), rtol=1e-7, atol=1e-8)
+
+    tangents = _random_like(primals, 7)
+    cotangents = _random_like((q, keys, values), 8)
+
+    def paired(step):
+        moved = [x + step * t for x, t in zip(primals, tangents)]
+        return sum((g * c).sum() for g, c in zip(second_order.attention_on_sampled_backward(*moved, SCALE), cotangents))
+
+    vjp = second_order.attention_on_sampled_backward_vjp(*primals, SCALE, cotangents)
+    torch.testing.assert_close(sum((g * t).sum() for g, t in zip(vjp, tangents)),
+                               (paired(eps) - paired(-eps)) / (2 * eps), rtol=1e-6, atol=1e-7)
+
+
+def test_attention_stage_closed_forms_equal_autograd_through_the_reference():
+    grad_out, q, keys, values = primals = _sampled()
+
+    def through_reference(grad_out, q, keys, values):
+        return func.vjp(lambda *t: reference.attention_on_sampled(*t, SCALE), q, keys, values)[1](grad_out)
+
+    for a, e in zip(second_order.attention_on_sampled_backward(*primals, SCALE), through_reference(*primals)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    cotangents = _random_like((q, keys, values), 8)
+    expected = func.vjp(through_reference, *primals)[1](cotangents)
+    actual = second_order.attention_on_sampled_backward_vjp(*primals, SCALE, cotangents)
+    for a, e, name in zip(actual, expected, ["grad_out", "q", "keys", "values"]):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_chunked_vjp_of_the_backward_equals_the_whole_backwards(monkeypatch):

@@ -2,7 +2,7 @@
 
     python -m benchmarks.higher_order [--device cpu|cuda] [--dtype float32] [--shapes SPEC] [--out DIR]
 
-Two workloads per case and backend, each timed (milliseconds per call) with its peak memory
+Three workloads per case and backend, each timed (milliseconds per call) with its peak memory
 measured as the kernel report measures memory:
 
 - ``jvp``: ``torch.func.jvp`` along every input (q, k, v, points), the JVP of consistency-model
@@ -12,9 +12,12 @@ measured as the kernel report measures memory:
   whole ``Nq x Nk`` scores and their tangents.
 - ``gradient penalty``: the forward, the four inputs' gradients with ``create_graph=True``, then
   the gradients of the squared norm of those gradients (double backward, as in WGAN-GP or R1).
-  Every backend's first gradient comes from its backward kernels and their derivatives from
-  ``lc4_kernels.second_order`` over chunks of queries; the reference backend's from autograd
-  through the whole formula.
+- ``hessian-vector product``: ``torch.func.jvp`` of ``torch.func.grad`` along every input
+  (forward over reverse, as Newton-type optimisers and curvature probes take it).
+
+In the last two every backend's first gradient comes from its backward kernels and their
+derivatives from ``lc4_kernels.second_order`` over chunks of queries; the reference backend's
+from autograd through the whole formula.
 
 Defaults: the CPU performance case (``cpu-32x32-nk1024``) on a CPU, the 512 px SD1.5 levels on
 CUDA. Writes ``<out>/<device-slug>/higher-order.{md,json}``.
@@ -35,7 +38,7 @@ from .report import DTYPES
 
 POLICY = measure.TimingPolicy(min_repeats=3, min_total_s=1.0, block_s=0.05, warmup_calls=1)
 DEFAULT_SHAPES = {"cpu": shapes.ISSUE2_CPU_CASE.name, "cuda": "sd15-512"}
-WORKLOADS = ("jvp", "gradient penalty")
+WORKLOADS = ("jvp", "gradient penalty", "hessian-vector product")
 
 
 def _backends(device: torch.device, dtype: torch.dtype, head_dim: int) -> list[str]:
@@ -59,8 +62,10 @@ def measure_case(case: shapes.Case, device: torch.device, dtype: torch.dtype) ->
 
             if workload == "jvp":
                 call = lambda op=op: torch.func.jvp(op, primals, tangents)  # noqa: E731
-            else:
+            elif workload == "gradient penalty":
                 call = lambda op=op: gradient_penalty(op, primals, weight)  # noqa: E731
+            else:
+                call = lambda op=op: hessian_vector_product(op, primals, weight, tangents)  # noqa: E731
             row = {"case": case.name, "workload": workload, "backend": backend, "nq": case.nq, "nk": case.nk}
             try:
                 measure.warm_up(call, device, POLICY)
@@ -73,6 +78,14 @@ def measure_case(case: shapes.Case, device: torch.device, dtype: torch.dtype) ->
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
+
+
+def hessian_vector_product(op, primals, weight, tangents) -> tuple[torch.Tensor, ...]:
+    """The Hessian of <op(...), weight> w.r.t. all inputs times ``tangents``, forward over
+    reverse (``torch.func.jvp`` of ``torch.func.grad``), with the gradient."""
+    def loss(*inputs):
+        return (op(*inputs) * weight).sum()
+    return torch.func.jvp(torch.func.grad(loss, argnums=tuple(range(len(primals)))), primals, tangents)
 
 
 def gradient_penalty(op, primals, weight) -> tuple[torch.Tensor, ...]:
@@ -89,7 +102,8 @@ def markdown(doc: dict) -> str:
              "", f"- {doc['dtype'].removeprefix('torch.')}; heads and head dims per case in the JSON; the fused "
              f"backends' derivatives in chunks of at most {doc['chunk_elements']} score elements",
              "- jvp: `torch.func.jvp` along q, k, v and points; gradient penalty: the four inputs' gradients "
-             "with `create_graph=True`, then the gradients of their squared norm",
+             "with `create_graph=True`, then the gradients of their squared norm; hessian-vector product: "
+             "`torch.func.jvp` of `torch.func.grad` along all four",
              f"- torch {env['torch']}, Triton {env['triton'] or 'not installed'}; commit {env['commit'] or 'unknown'}; "
              f"{env['date']}", f"- Command: `{env['command']}`", ""]
     lines += ["| case | Nq | Nk | workload | backend | ms | peak MiB | vs reference: time | vs reference: memory |",

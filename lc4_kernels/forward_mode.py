@@ -23,21 +23,6 @@ def zeros_for_none(tensors, like) -> tuple:
     return tuple(torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like))
 
 
-def value_and_jvp(formula, primals, tangents):
-    """formula(*primals) and its tangent along ``tangents`` (None: zero), by two reverse passes
-    (the vjp of the vjp, linear in its cotangent): torch.func.jvp would open a forward-mode level,
-    which a plain forward_ad level around the call refuses to nest."""
-    out, pullback = torch.func.vjp(formula, *primals)
-    _, pullback_of_pullback = torch.func.vjp(pullback, torch.utils._pytree.tree_map(torch.zeros_like, out))
-    (tangent,) = pullback_of_pullback(zeros_for_none(tangents, primals))
-    return out, tangent
-
-
-def jvp_by_two_vjps(formula, primals, tangents):
-    """The tangent of :func:`value_and_jvp`."""
-    return value_and_jvp(formula, primals, tangents)[1]
-
-
 def attention_jvp(q, k, v, points, scale: float, tangents) -> torch.Tensor:
     """The tangent of ``tda_attention(q, k, v, points, scale)`` along ``tangents`` = (dq, dk, dv,
     dpoints), each a tensor like its input or None (no tangent). Inputs in the grouped layouts:

@@ -6,8 +6,8 @@ computes it, it is two stages: Eq. 3's backward on the sampled keys and values `
 chunk of queries at a time, :mod:`.query_chunks`: a query's grad_out and q enter its own dq row
 and, summed over the queries, ``dK`` and ``dV``), then the pullback of Eq. 2's sampling from
 (``dK``, ``dV``) to (dk, dv, dpoints). Their derivatives are taken stage by stage: the attention
-stage's chunk by chunk (FlashAttention's backward formulas and their vjp, a handful of
-score-sized tensors a chunk where autograd through autograd kept dozens), the sampling stage's
+stage's chunk by chunk (FlashAttention's backward formulas, their vjp and their jvp, a handful
+of score-sized tensors a chunk where autograd through autograd kept dozens), the sampling stage's
 once (:mod:`.sample_derivatives`: one scatter per map-sized result). Everything is
 differentiable torch, so a further derivative (a third order) is autograd's, keeping every
 chunk's tensors as any autograd would.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .forward_mode import value_and_jvp, zeros_for_none
+from .forward_mode import zeros_for_none
 from .query_chunks import over_query_chunks, rows_per_chunk
 from .sample_derivatives import (Corners, grouped, per_head, pullback, pullback_jvp, pullback_vjp, sample,
                                  sampled_with_tangent)
@@ -127,6 +127,32 @@ def attention_on_sampled_backward_vjp(grad_out, q, keys, values, scale: float, c
     return grad_grad_out.to(grad_out.dtype), grad_q.to(q.dtype), grad_keys, grad_values
 
 
+def attention_on_sampled_backward_jvp(grad_out, q, keys, values, scale: float, tangents) -> tuple:
+    """:func:`attention_on_sampled_backward`'s (dq, dK, dV) and their tangents along tangents
+    (tdO, tq, tK, tV) of (dO, q, K, V), in closed form::
+
+        tS = scale (tq K^T + q tK^T),   tP = P * (tS - rowsum(P * tS)),   tdP = tdO V^T + dO tV^T
+        tdS = tP * (dP - rowsum(P * dP)) + P * (tdP - rowsum(tP * dP + P * tdP))
+        tdq = scale (tdS K + dS tK),    tdK = scale (tdS^T q + dS^T tq),  tdV = tP^T dO + P^T tdO
+    """
+    tan_out, tan_q, tan_keys, tan_values = (t.to(keys.dtype) for t in tangents)
+    q_c, grad_out_c, probs, dprobs, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
+    tan_scores = scale * (torch.einsum("bqhd,bkhd->bhqk", tan_q, keys) + torch.einsum("bqhd,bkhd->bhqk", q_c, tan_keys))
+    tan_probs = probs * (tan_scores - (probs * tan_scores).sum(-1, keepdim=True))
+    del tan_scores
+    tan_dprobs = torch.einsum("bqhd,bkhd->bhqk", tan_out, values) + torch.einsum("bqhd,bkhd->bhqk", grad_out_c, tan_values)
+    tan_delta = (tan_probs * dprobs + probs * tan_dprobs).sum(-1, keepdim=True)
+    tan_dscores = tan_probs * (dprobs - (probs * dprobs).sum(-1, keepdim=True)) + probs * (tan_dprobs - tan_delta)
+    del tan_dprobs, dprobs
+    backward = ((scale * torch.einsum("bhqk,bkhd->bqhd", dscores, keys)).to(q.dtype),
+                scale * torch.einsum("bhqk,bqhd->bkhd", dscores, q_c), torch.einsum("bhqk,bqhd->bkhd", probs, grad_out_c))
+    tangent = ((scale * (torch.einsum("bhqk,bkhd->bqhd", tan_dscores, keys)
+                         + torch.einsum("bhqk,bkhd->bqhd", dscores, tan_keys))).to(q.dtype),
+               scale * (torch.einsum("bhqk,bqhd->bkhd", tan_dscores, q_c) + torch.einsum("bhqk,bqhd->bkhd", dscores, tan_q)),
+               torch.einsum("bhqk,bqhd->bkhd", tan_probs, grad_out_c) + torch.einsum("bhqk,bqhd->bkhd", probs, tan_out))
+    return backward, tangent
+
+
 def attention_backward_vjp(grad_out, q, k, v, points, scale: float, cotangents) -> tuple:
     """The vjp of the backward at (grad_out, q, k, v, points) along ``cotangents`` (of dq, dk, dv,
     dpoints): the gradients of grad_out, q, k, v and points."""
@@ -163,9 +189,8 @@ def attention_backward_jvp(grad_out, q, k, v, points, scale: float, tangents) ->
                                           for t in (keys, tan_keys, values, tan_values))
 
     def chunk_jvp(chunk: slice):
-        (_, dkeys, dvalues), (tan_dq, tan_dkeys, tan_dvalues) = value_and_jvp(
-            stages.attention_backward, (grad_out[:, chunk], q[:, chunk], keys, values),
-            (tan_out[:, chunk], tan_q[:, chunk], tan_keys, tan_values))
+        (_, dkeys, dvalues), (tan_dq, tan_dkeys, tan_dvalues) = attention_on_sampled_backward_jvp(
+            grad_out[:, chunk], q[:, chunk], keys, values, scale, (tan_out[:, chunk], tan_q[:, chunk], tan_keys, tan_values))
         return tan_dq, dkeys, dvalues, tan_dkeys, tan_dvalues
 
     tan_dq, dkeys, dvalues, tan_dkeys, tan_dvalues = over_query_chunks(

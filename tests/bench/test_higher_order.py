@@ -23,7 +23,7 @@ def test_rows_per_workload_and_backend_with_the_reference_last(tmp_path, quick):
         assert row["case"] == "quick-8x8" and row["ms"] > 0 and row["peak_mib"] > 0
     text = written.with_suffix(".md").read_text()
     assert "| case | Nq | Nk | workload | backend | ms | peak MiB |" in text and "x less" in text
-    assert "| gradient penalty | reference |" in text
+    assert "| gradient penalty | reference |" in text and "| hessian-vector product | reference |" in text
 
 
 def test_the_gradient_penalty_is_the_gradient_of_the_squared_gradient_norm():
@@ -36,6 +36,16 @@ def test_the_gradient_penalty_is_the_gradient_of_the_squared_gradient_norm():
     torch.testing.assert_close(dx, 2 * w.square() * x)
     torch.testing.assert_close(dy, 2 * w.square() * y)
     assert not x.requires_grad  # the caller's tensors are left alone
+
+
+def test_the_hessian_vector_product_is_the_gradients_tangent():
+    """For f(x, y) = <x * y, w> the gradient is (w y, w x) and its tangent along (tx, ty) is
+    (w ty, w tx)."""
+    gen = torch.Generator().manual_seed(0)
+    x, y, w, tx, ty = (torch.randn(5, 3, generator=gen, dtype=torch.float64) for _ in range(5))
+    (gx, gy), (hx, hy) = higher_order.hessian_vector_product(lambda a, b: a * b, (x, y), w, (tx, ty))
+    for actual, expected in ((gx, w * y), (gy, w * x), (hx, w * ty), (hy, w * tx)):
+        torch.testing.assert_close(actual, expected)
 
 
 def test_a_bad_dtype_is_named():

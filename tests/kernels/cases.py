@@ -120,3 +120,13 @@ def chunks_of_three_queries(monkeypatch, inputs) -> None:
     batch, num_queries, heads, _ = q.shape
     assert num_queries > 3 and num_queries % 3, "the shapes must give several chunks, the last ragged"
     monkeypatch.setenv(query_chunks.CHUNK_ENV, str(3 * batch * heads * points.shape[1]))
+
+
+def jvp_by_two_vjps(formula, primals, tangents):
+    """The tangent of ``formula`` at ``primals`` along ``tangents`` (None: zero) by two reverse
+    passes through autograd (the vjp of the vjp, linear in its cotangent): the oracle of the
+    closed-form jvps of backward formulas."""
+    out, pullback = torch.func.vjp(formula, *primals)
+    _, pullback_of_pullback = torch.func.vjp(pullback, torch.utils._pytree.tree_map(torch.zeros_like, out))
+    (tangent,) = pullback_of_pullback(tuple(torch.zeros_like(p) if t is None else t for p, t in zip(primals, tangents)))
+    return tangent

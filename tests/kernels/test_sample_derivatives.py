@@ -10,9 +10,8 @@ from torch import func
 import lc4_kernels
 from benchmarks.measure import peak_memory
 from lc4_kernels import reference, sample_derivatives
-from lc4_kernels.forward_mode import jvp_by_two_vjps
 
-from .cases import sample_inputs
+from .cases import jvp_by_two_vjps, sample_inputs
 
 SHAPE = dict(B=2, P=13, G=2, C=3, T=3, H=4, W=5)
 SUBSETS = {"both": (True, True), "first": (True, False), "second": (False, True)}

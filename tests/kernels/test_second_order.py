@@ -1,6 +1,6 @@
 """Derivatives of tda_attention's backward (``lc4_kernels.second_order``) over chunks of queries:
-the attention stage's closed forms against central differences and autograd through the
-reference; the chunked vjp and jvp of the backward against those of the whole backward through
+the attention stage's closed forms (backward, its vjp and jvp) against central differences and
+autograd through the reference; the chunked vjp and jvp of the backward against those of the whole backward through
 the reference formula, and every backend's second derivatives (a gradient penalty under
 create_graph, forward-over-reverse, a Hessian) over several ragged chunks against the reference
 backend's. (The memory: tests/kernels/test_memory.py.)"""
@@ -11,7 +11,7 @@ from torch import func
 import lc4_kernels
 from lc4_kernels import reference, second_order
 
-from .cases import assert_close, attention_inputs, chunks_of_three_queries, compiled_backend_cases
+from .cases import assert_close, attention_inputs, chunks_of_three_queries, compiled_backend_cases, jvp_by_two_vjps
 
 SCALE = 0.4
 
@@ -59,9 +59,11 @@ def test_attention_stage_closed_forms_equal_central_differences():
         moved = [x + step * t for x, t in zip(primals, tangents)]
         return sum((g * c).sum() for g, c in zip(second_order.attention_on_sampled_backward(*moved, SCALE), cotangents))
 
+    expected = (paired(eps) - paired(-eps)) / (2 * eps)
     vjp = second_order.attention_on_sampled_backward_vjp(*primals, SCALE, cotangents)
-    torch.testing.assert_close(sum((g * t).sum() for g, t in zip(vjp, tangents)),
-                               (paired(eps) - paired(-eps)) / (2 * eps), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sum((g * t).sum() for g, t in zip(vjp, tangents)), expected, rtol=1e-6, atol=1e-7)
+    _, jvp = second_order.attention_on_sampled_backward_jvp(*primals, SCALE, tangents)
+    torch.testing.assert_close(sum((g * c).sum() for g, c in zip(jvp, cotangents)), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_attention_stage_closed_forms_equal_autograd_through_the_reference():
@@ -76,6 +78,12 @@ def test_attention_stage_closed_forms_equal_autograd_through_the_reference():
     expected = func.vjp(through_reference, *primals)[1](cotangents)
     actual = second_order.attention_on_sampled_backward_vjp(*primals, SCALE, cotangents)
     for a, e, name in zip(actual, expected, ["grad_out", "q", "keys", "values"]):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
+    tangents = _random_like(primals, 9)
+    backward, tangent = second_order.attention_on_sampled_backward_jvp(*primals, SCALE, tangents)
+    for a, e in zip(backward, through_reference(*primals)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    for a, e, name in zip(tangent, jvp_by_two_vjps(through_reference, primals, tangents), ["dq", "dK", "dV"]):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
 
 

@@ -119,8 +119,8 @@ class _SampleBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, value_cotangent, points_cotangent):
         grad_out, value, points = ctx.saved_tensors
-        corners = sample_derivatives.Corners(points, value.shape[1:4], sample_derivatives.compute_dtype(value, points))
-        grads = sample_derivatives.pullback_vjp(corners, grad_out, value, value_cotangent, points_cotangent)
+        grads = sample_derivatives.pullback_vjp(sample_derivatives.Corners.of(value, points), grad_out, value,
+                                                value_cotangent, points_cotangent)
         return (None, *(torch.zeros_like(x) if g is None else g.to(x.dtype)
                         for g, x in zip(grads, (grad_out, value, points))))
 
@@ -128,9 +128,8 @@ class _SampleBackward(torch.autograd.Function):
     def jvp(ctx, _, *tangents):
         def rule(saved, tangents):
             grad_out, value, points = saved
-            corners = sample_derivatives.Corners(points, value.shape[1:4],
-                                                 sample_derivatives.compute_dtype(value, points))
-            dvalue, dpoints = sample_derivatives.pullback_jvp(corners, grad_out, value, tangents)
+            dvalue, dpoints = sample_derivatives.pullback_jvp(sample_derivatives.Corners.of(value, points), grad_out,
+                                                              value, tangents)
             return dvalue.to(value.dtype), dpoints.to(points.dtype)
         return _tracked_by_outer_levels(rule, ctx.saved_tensors, tangents)
 

@@ -66,6 +66,12 @@ class Corners:
         self.mixed = torch.stack([stacked(lambda x, y, t, a=a: product(x, y, t, {0, 1, 2} - {a}))
                                   for a in range(3)], dim=-1)
 
+    @classmethod
+    def of(cls, value: torch.Tensor, points: torch.Tensor) -> "Corners":
+        """The corners of ``points`` in the map ``value`` ``(B, T, H, W, G, C)``, computed in the
+        wider of the two dtypes and at least float32."""
+        return cls(points, value.shape[1:4], compute_dtype(value, points))
+
     def _at(self, flat: torch.Tensor, corner: int) -> torch.Tensor:
         """The flattened map's values ``(B, T*H*W, G, C)`` at one corner of every point, zero where
         that corner does not count (its clamped index reads a voxel that must not enter, not
@@ -130,18 +136,22 @@ def sample(corners: Corners, volume: torch.Tensor) -> torch.Tensor:
     return corners.weighted_sum(volume, corners.weight)
 
 
+def _tangent(corners: Corners, volume, volume_tangent, points_tangent):
+    """Eq. 2's tangent along the map's and the points' tangents (None: none), in the compute
+    dtype; None when neither is given."""
+    tangent = None if volume_tangent is None else sample(corners, volume_tangent)
+    if points_tangent is not None:
+        tangent = _add(tangent, corners.weighted_sum(volume, corners.along(points_tangent)))
+    return tangent
+
+
 def sample_jvp(value, points, value_tangent, points_tangent) -> torch.Tensor:
     """The tangent of ``trilinear_sample(value, points)`` along ``value_tangent`` and
     ``points_tangent`` (either may be None: no tangent), in value's dtype."""
-    compute = compute_dtype(value, points)
-    corners = Corners(points, value.shape[1:4], compute)
-    tangent = None
-    if value_tangent is not None:
-        tangent = sample(corners, value_tangent)
-    if points_tangent is not None:
-        tangent = _add(tangent, corners.weighted_sum(value, corners.along(points_tangent)))
+    corners = Corners.of(value, points)
+    tangent = _tangent(corners, value, value_tangent, points_tangent)
     if tangent is None:
-        tangent = value.new_zeros(*points.shape[:3], value.shape[-1], dtype=compute)
+        tangent = value.new_zeros(*points.shape[:3], value.shape[-1])
     return tangent.to(value.dtype)
 
 
@@ -151,13 +161,7 @@ def sampled_with_tangent(corners: Corners, maps, maps_tangent, points_tangent):
     ``(B, P, G, heads / G * d)`` in the compute dtype (:func:`per_head` splits the heads again)."""
     groups = corners.voxel.shape[-1]
     volume = grouped(maps, groups)
-    sampled = sample(corners, volume)
-    if maps_tangent is None and points_tangent is None:
-        return sampled, None
-    tangent = None if maps_tangent is None else sample(corners, grouped(maps_tangent, groups))
-    if points_tangent is not None:
-        tangent = _add(tangent, corners.weighted_sum(volume, corners.along(points_tangent)))
-    return sampled, tangent
+    return sample(corners, volume), _tangent(corners, volume, grouped(maps_tangent, groups), points_tangent)
 
 
 def grouped(maps: torch.Tensor, groups: int) -> torch.Tensor:

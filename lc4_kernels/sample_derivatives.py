@@ -157,11 +157,16 @@ def sample_jvp(value, points, value_tangent, points_tangent) -> torch.Tensor:
 
 def sampled_with_tangent(corners: Corners, maps, maps_tangent, points_tangent):
     """Eq. 2 of per-head ``maps`` ``(B, T, H, W, heads, d)`` at the corners' grouped points (head
-    ``h`` at group ``h // (heads / G)``) and its tangent (None when neither tangent is given), each
+    ``h`` at group ``h // (heads / G)``) and its tangent (:func:`sampled_tangent`), each
     ``(B, P, G, heads / G * d)`` in the compute dtype (:func:`per_head` splits the heads again)."""
+    return sample(corners, grouped(maps, corners.voxel.shape[-1])), sampled_tangent(
+        corners, maps, maps_tangent, points_tangent)
+
+
+def sampled_tangent(corners: Corners, maps, maps_tangent, points_tangent):
+    """The tangent of :func:`sampled_with_tangent`'s sample (None when neither tangent is given)."""
     groups = corners.voxel.shape[-1]
-    volume = grouped(maps, groups)
-    return sample(corners, volume), _tangent(corners, volume, grouped(maps_tangent, groups), points_tangent)
+    return _tangent(corners, grouped(maps, groups), grouped(maps_tangent, groups), points_tangent)
 
 
 def grouped(maps: torch.Tensor, groups: int) -> torch.Tensor:
@@ -188,7 +193,8 @@ def pullback(corners: Corners, grad_out, value) -> tuple[torch.Tensor, torch.Ten
     return dvalue, dpoints
 
 
-def pullback_vjp(corners: Corners, grad_out, value, value_cotangent, points_cotangent) -> tuple:
+def pullback_vjp(corners: Corners, grad_out, value, value_cotangent, points_cotangent,
+                 with_grad_out: bool = True) -> tuple:
     """The vjp of :func:`pullback` at (grad_out, value, points) along the cotangents of dvalue and
     dpoints (either may be None): the gradients of grad_out, value and points, in the compute
     dtype (value's is None when no points cotangent reaches it)::
@@ -196,16 +202,18 @@ def pullback_vjp(corners: Corners, grad_out, value, value_cotangent, points_cota
         grad_out: sum_c w_c cv[n_c] + sum_c (grad w_c . cp) value[n_c]
         value:    scatter of (grad w_c . cp) grad_out onto n_c
         points:   sum_c grad w_c <cv[n_c], grad_out> + sum_c (Hess w_c cp) <value[n_c], grad_out>
+
+    grad_out's is Eq. 2's tangent along (cv, cp) and does not depend on grad_out: a caller that
+    took it before grad_out was known passes ``with_grad_out=False`` (None in its place).
     """
     compute = corners.weight.dtype
     grad_out = grad_out.to(compute)
-    grad_grad_out = grad_value = grad_points = None
+    grad_grad_out = _tangent(corners, value, value_cotangent, points_cotangent) if with_grad_out else None
+    grad_value = grad_points = None
     if value_cotangent is not None:
-        grad_grad_out = corners.weighted_sum(value_cotangent, corners.weight)
         grad_points = _slope_sum(corners.slope, corners.inner(value_cotangent, grad_out))
     if points_cotangent is not None:
         along = corners.along(points_cotangent)
-        grad_grad_out = _add(grad_grad_out, corners.weighted_sum(value, along))
         grad_value = corners.scatter(along.unsqueeze(-1) * grad_out.unsqueeze(2))
         grad_points = _add(grad_points, _slope_sum(corners.curvature(points_cotangent), corners.inner(value, grad_out)))
     return grad_grad_out, grad_value, grad_points

@@ -19,7 +19,7 @@ import torch
 from .forward_mode import zeros_for_none
 from .query_chunks import over_query_chunks, rows_per_chunk
 from .sample_derivatives import (Corners, grouped, per_head, pullback, pullback_jvp, pullback_vjp, sample,
-                                 sampled_with_tangent)
+                                 sampled_tangent, sampled_with_tangent)
 
 
 class _Stages:
@@ -46,17 +46,23 @@ class _Stages:
                                       for g, m in ((dkeys, self.k), (dvalues, self.v)))
         return self._maps(dk, dv, from_k + from_v)
 
-    def sample_pullback_vjp(self, dkeys, dvalues, cotangents):
-        """The vjp of :meth:`sample_pullback` at (k, v, points, dkeys, dvalues) along the
-        cotangents of (dk, dv, dpoints): the gradients of k, v, points, dkeys and dvalues."""
+    def sampled_cotangents(self, cotangents):
+        """The sampling stage's vjp along cotangents of (dk, dv, dpoints), its part on the sampled
+        keys' and values' gradients (dK, dV): Eq. 2's tangents along them, which do not depend on
+        dK and dV, per head."""
         cot_k, cot_v, cot_points = cotangents
-        (cot_keys, grad_k, from_k), (cot_values, grad_v, from_v) = (
+        return tuple(per_head(sampled_tangent(self.corners, m, c, cot_points), self.heads, self.compute)
+                     for m, c in ((self.k, cot_k), (self.v, cot_v)))
+
+    def sample_pullback_vjp(self, dkeys, dvalues, cotangents):
+        """The rest of the sampling stage's vjp at (k, v, points, dkeys, dvalues): the gradients of
+        k, v and points."""
+        cot_k, cot_v, cot_points = cotangents
+        (_, grad_k, from_k), (_, grad_v, from_v) = (
             pullback_vjp(self.corners, grouped(g, self.groups), grouped(m, self.groups),
-                         grouped(c, self.groups), cot_points)
+                         grouped(c, self.groups), cot_points, with_grad_out=False)
             for g, m, c in ((dkeys, self.k, cot_k), (dvalues, self.v, cot_v)))
-        grad_k, grad_v, grad_points = self._maps(*zeros_for_none((grad_k, grad_v), (self.k, self.v)), from_k + from_v)
-        return (grad_k, grad_v, grad_points, per_head(cot_keys, self.heads, self.compute),
-                per_head(cot_values, self.heads, self.compute))
+        return self._maps(*zeros_for_none((grad_k, grad_v), (self.k, self.v)), from_k + from_v)
 
     def sample_pullback_jvp(self, dkeys, dvalues, tangents):
         """The tangents of :meth:`sample_pullback`'s (dk, dv, dpoints) along ``tangents`` of (k,
@@ -77,7 +83,7 @@ class _Stages:
         return attention_on_sampled_backward(grad_out, q, keys, values, self.scale)
 
     def attention_backward_vjp(self, grad_out, q, keys, values, cotangents):
-        """The vjp of :meth:`attention_backward` along cotangents of (dq, dK, dV): the gradients
+        """:meth:`attention_backward` and its vjp along cotangents of (dq, dK, dV): the gradients
         of grad_out, q, keys and values."""
         return attention_on_sampled_backward_vjp(grad_out, q, keys, values, self.scale, cotangents)
 
@@ -101,8 +107,8 @@ def attention_on_sampled_backward(grad_out, q, keys, values, scale: float) -> tu
 
 
 def attention_on_sampled_backward_vjp(grad_out, q, keys, values, scale: float, cotangents) -> tuple:
-    """The vjp of :func:`attention_on_sampled_backward` at (dO, q, K, V) along cotangents (cq,
-    cK, cV) of (dq, dK, dV), in closed form. With G = scale (cq K^T + q cK^T), the cotangent
+    """:func:`attention_on_sampled_backward`'s (dq, dK, dV) at (dO, q, K, V) and its vjp along
+    cotangents (cq, cK, cV) of those, in closed form, sharing P, dP and dS. With G = scale (cq K^T + q cK^T), the cotangent
     of dS, and r = rowsum(G * P)::
 
         d/d dP = P * (G - r)
@@ -112,6 +118,8 @@ def attention_on_sampled_backward_vjp(grad_out, q, keys, values, scale: float, c
     """
     cot_q, cot_keys, cot_values = (c.to(keys.dtype) for c in cotangents)
     q_c, grad_out_c, probs, dprobs, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
+    backward = ((scale * torch.einsum("bhqk,bkhd->bqhd", dscores, keys)).to(q.dtype),
+                scale * torch.einsum("bhqk,bqhd->bkhd", dscores, q_c), torch.einsum("bhqk,bqhd->bkhd", probs, grad_out_c))
     cot_scores = scale * (torch.einsum("bqhd,bkhd->bhqk", cot_q, keys) + torch.einsum("bqhd,bkhd->bhqk", q_c, cot_keys))
     weighted = (cot_scores * probs).sum(-1, keepdim=True)
     cot_dprobs = probs * (cot_scores - weighted)
@@ -124,7 +132,7 @@ def attention_on_sampled_backward_vjp(grad_out, q, keys, values, scale: float, c
     grad_q = scale * (torch.einsum("bhqk,bkhd->bqhd", dscores, cot_keys) + torch.einsum("bhqk,bkhd->bqhd", cot_logits, keys))
     grad_keys = scale * (torch.einsum("bhqk,bqhd->bkhd", dscores, cot_q) + torch.einsum("bhqk,bqhd->bkhd", cot_logits, q_c))
     grad_values = torch.einsum("bhqk,bqhd->bkhd", cot_dprobs, grad_out_c)
-    return grad_grad_out.to(grad_out.dtype), grad_q.to(q.dtype), grad_keys, grad_values
+    return backward, (grad_grad_out.to(grad_out.dtype), grad_q.to(q.dtype), grad_keys, grad_values)
 
 
 def attention_on_sampled_backward_jvp(grad_out, q, keys, values, scale: float, tangents) -> tuple:
@@ -155,25 +163,21 @@ def attention_on_sampled_backward_jvp(grad_out, q, keys, values, scale: float, t
 
 def attention_backward_vjp(grad_out, q, k, v, points, scale: float, cotangents) -> tuple:
     """The vjp of the backward at (grad_out, q, k, v, points) along ``cotangents`` (of dq, dk, dv,
-    dpoints): the gradients of grad_out, q, k, v and points."""
+    dpoints): the gradients of grad_out, q, k, v and points. One pass over the chunks: the
+    sampling stage passes on cotangents of dK and dV that do not depend on them."""
     stages = _Stages(q, k, v, points, scale)
     cot_q, cot_k, cot_v, cot_points = cotangents
     keys, values = stages.sample()  # recorded where a third order differentiates this
-    num_queries = q.shape[1]
-
-    def sampled_grads(chunk: slice):
-        return stages.attention_backward(grad_out[:, chunk], q[:, chunk], keys, values)[1:]
-
-    dkeys, dvalues = over_query_chunks(sampled_grads, num_queries, stages.rows, per_query=(False, False))
-    from_k, from_v, from_points, cot_keys, cot_values = stages.sample_pullback_vjp(
-        dkeys, dvalues, (cot_k, cot_v, cot_points))
+    cot_keys, cot_values = stages.sampled_cotangents((cot_k, cot_v, cot_points))
 
     def chunk_vjp(chunk: slice):
-        return stages.attention_backward_vjp(grad_out[:, chunk], q[:, chunk], keys, values,
-                                             (cot_q[:, chunk], cot_keys, cot_values))
+        (_, dkeys, dvalues), grads = stages.attention_backward_vjp(
+            grad_out[:, chunk], q[:, chunk], keys, values, (cot_q[:, chunk], cot_keys, cot_values))
+        return dkeys, dvalues, *grads
 
-    grad_grad_out, grad_q, grad_keys, grad_values = over_query_chunks(
-        chunk_vjp, num_queries, stages.rows, per_query=(True, True, False, False))
+    dkeys, dvalues, grad_grad_out, grad_q, grad_keys, grad_values = over_query_chunks(
+        chunk_vjp, q.shape[1], stages.rows, per_query=(False, False, True, True, False, False))
+    from_k, from_v, from_points = stages.sample_pullback_vjp(dkeys, dvalues, (cot_k, cot_v, cot_points))
     through_k, through_v, through_points = stages.sample_pullback(grad_keys, grad_values)
     return grad_grad_out, grad_q, from_k + through_k, from_v + through_v, from_points + through_points
 

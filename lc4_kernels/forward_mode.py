@@ -19,10 +19,6 @@ from .query_chunks import over_query_chunks, rows_per_chunk
 from .sample_derivatives import Corners, per_head, sampled_with_tangent
 
 
-def zeros_for_none(tensors, like) -> tuple:
-    return tuple(torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like))
-
-
 def attention_jvp(q, k, v, points, scale: float, tangents) -> torch.Tensor:
     """The tangent of ``tda_attention(q, k, v, points, scale)`` along ``tangents`` = (dq, dk, dv,
     dpoints), each a tensor like its input or None (no tangent). Inputs in the grouped layouts:

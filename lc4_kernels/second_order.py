@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from .forward_mode import zeros_for_none
 from .query_chunks import over_query_chunks, rows_per_chunk
 from .sample_derivatives import (Corners, grouped, per_head, pullback, pullback_jvp, pullback_vjp, sample,
                                  sampled_tangent, sampled_with_tangent)
@@ -78,32 +77,33 @@ class _Stages:
         return dk.reshape(self.k.shape).to(self.k.dtype), dv.reshape(self.v.shape).to(self.v.dtype), \
             dpoints.to(self.points.dtype)
 
-    def attention_backward(self, grad_out, q, keys, values):
-        """(dq, dK, dV) of a chunk of queries."""
-        return attention_on_sampled_backward(grad_out, q, keys, values, self.scale)
 
-    def attention_backward_vjp(self, grad_out, q, keys, values, cotangents):
-        """:meth:`attention_backward` and its vjp along cotangents of (dq, dK, dV): the gradients
-        of grad_out, q, keys and values."""
-        return attention_on_sampled_backward_vjp(grad_out, q, keys, values, self.scale, cotangents)
+def zeros_for_none(tensors, like) -> tuple:
+    return tuple(torch.zeros_like(p) if t is None else t for t, p in zip(tensors, like))
 
 
 def _scores_and_grads(grad_out, q, keys, values, scale: float):
-    """P = softmax(scale q K^T), dP = dO V^T and dS = P * (dP - rowsum(P * dP)), ``(B, heads, Nq,
-    Nk)``, with q and dO in the keys' (compute) dtype."""
+    """P = softmax(scale q K^T), dP = dO V^T, its row weights delta = rowsum(P * dP) and
+    dS = P * (dP - delta), score-sized ``(B, heads, Nq, Nk)``, with q and dO in the keys'
+    (compute) dtype."""
     q, grad_out = q.to(keys.dtype), grad_out.to(keys.dtype)
     probs = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, keys) * scale, dim=-1)
     dprobs = torch.einsum("bqhd,bkhd->bhqk", grad_out, values)
-    dscores = probs * (dprobs - (probs * dprobs).sum(-1, keepdim=True))
-    return q, grad_out, probs, dprobs, dscores
+    delta = (probs * dprobs).sum(-1, keepdim=True)
+    return q, grad_out, probs, dprobs, delta, probs * (dprobs - delta)
+
+
+def _backward(q, grad_out, probs, dscores, keys, scale: float, q_dtype: torch.dtype) -> tuple:
+    """dq = scale dS K (in ``q_dtype``), dK = scale dS^T q, dV = P^T dO."""
+    return ((scale * torch.einsum("bhqk,bkhd->bqhd", dscores, keys)).to(q_dtype),
+            scale * torch.einsum("bhqk,bqhd->bkhd", dscores, q), torch.einsum("bhqk,bqhd->bkhd", probs, grad_out))
 
 
 def attention_on_sampled_backward(grad_out, q, keys, values, scale: float) -> tuple:
     """Eq. 3's backward on sampled keys and values (``reference.attention_on_sampled``'s), in
     closed form: dq = scale dS K, dK = scale dS^T q, dV = P^T dO; dq in q's dtype."""
-    q_c, grad_out, probs, _, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
-    return (scale * torch.einsum("bhqk,bkhd->bqhd", dscores, keys)).to(q.dtype), \
-        scale * torch.einsum("bhqk,bqhd->bkhd", dscores, q_c), torch.einsum("bhqk,bqhd->bkhd", probs, grad_out)
+    q_c, grad_out_c, probs, _, _, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
+    return _backward(q_c, grad_out_c, probs, dscores, keys, scale, q.dtype)
 
 
 def attention_on_sampled_backward_vjp(grad_out, q, keys, values, scale: float, cotangents) -> tuple:
@@ -117,14 +117,13 @@ def attention_on_sampled_backward_vjp(grad_out, q, keys, values, scale: float, c
         K:  scale (dS^T cq + (d/d S)^T q)                        V: (d/d dP)^T dO
     """
     cot_q, cot_keys, cot_values = (c.to(keys.dtype) for c in cotangents)
-    q_c, grad_out_c, probs, dprobs, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
-    backward = ((scale * torch.einsum("bhqk,bkhd->bqhd", dscores, keys)).to(q.dtype),
-                scale * torch.einsum("bhqk,bqhd->bkhd", dscores, q_c), torch.einsum("bhqk,bqhd->bkhd", probs, grad_out_c))
+    q_c, grad_out_c, probs, dprobs, delta, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
+    backward = _backward(q_c, grad_out_c, probs, dscores, keys, scale, q.dtype)
     cot_scores = scale * (torch.einsum("bqhd,bkhd->bhqk", cot_q, keys) + torch.einsum("bqhd,bkhd->bhqk", q_c, cot_keys))
     weighted = (cot_scores * probs).sum(-1, keepdim=True)
     cot_dprobs = probs * (cot_scores - weighted)
     cot_probs = (torch.einsum("bqhd,bkhd->bhqk", grad_out_c, cot_values)
-                 + cot_scores * (dprobs - (probs * dprobs).sum(-1, keepdim=True)) - weighted * dprobs)
+                 + cot_scores * (dprobs - delta) - weighted * dprobs)
     del cot_scores, dprobs
     cot_logits = probs * (cot_probs - (probs * cot_probs).sum(-1, keepdim=True))
     del cot_probs
@@ -144,16 +143,15 @@ def attention_on_sampled_backward_jvp(grad_out, q, keys, values, scale: float, t
         tdq = scale (tdS K + dS tK),    tdK = scale (tdS^T q + dS^T tq),  tdV = tP^T dO + P^T tdO
     """
     tan_out, tan_q, tan_keys, tan_values = (t.to(keys.dtype) for t in tangents)
-    q_c, grad_out_c, probs, dprobs, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
+    q_c, grad_out_c, probs, dprobs, delta, dscores = _scores_and_grads(grad_out, q, keys, values, scale)
     tan_scores = scale * (torch.einsum("bqhd,bkhd->bhqk", tan_q, keys) + torch.einsum("bqhd,bkhd->bhqk", q_c, tan_keys))
     tan_probs = probs * (tan_scores - (probs * tan_scores).sum(-1, keepdim=True))
     del tan_scores
     tan_dprobs = torch.einsum("bqhd,bkhd->bhqk", tan_out, values) + torch.einsum("bqhd,bkhd->bhqk", grad_out_c, tan_values)
     tan_delta = (tan_probs * dprobs + probs * tan_dprobs).sum(-1, keepdim=True)
-    tan_dscores = tan_probs * (dprobs - (probs * dprobs).sum(-1, keepdim=True)) + probs * (tan_dprobs - tan_delta)
+    tan_dscores = tan_probs * (dprobs - delta) + probs * (tan_dprobs - tan_delta)
     del tan_dprobs, dprobs
-    backward = ((scale * torch.einsum("bhqk,bkhd->bqhd", dscores, keys)).to(q.dtype),
-                scale * torch.einsum("bhqk,bqhd->bkhd", dscores, q_c), torch.einsum("bhqk,bqhd->bkhd", probs, grad_out_c))
+    backward = _backward(q_c, grad_out_c, probs, dscores, keys, scale, q.dtype)
     tangent = ((scale * (torch.einsum("bhqk,bkhd->bqhd", tan_dscores, keys)
                          + torch.einsum("bhqk,bkhd->bqhd", dscores, tan_keys))).to(q.dtype),
                scale * (torch.einsum("bhqk,bqhd->bkhd", tan_dscores, q_c) + torch.einsum("bhqk,bqhd->bkhd", dscores, tan_q)),
@@ -171,8 +169,8 @@ def attention_backward_vjp(grad_out, q, k, v, points, scale: float, cotangents) 
     cot_keys, cot_values = stages.sampled_cotangents((cot_k, cot_v, cot_points))
 
     def chunk_vjp(chunk: slice):
-        (_, dkeys, dvalues), grads = stages.attention_backward_vjp(
-            grad_out[:, chunk], q[:, chunk], keys, values, (cot_q[:, chunk], cot_keys, cot_values))
+        (_, dkeys, dvalues), grads = attention_on_sampled_backward_vjp(
+            grad_out[:, chunk], q[:, chunk], keys, values, scale, (cot_q[:, chunk], cot_keys, cot_values))
         return dkeys, dvalues, *grads
 
     dkeys, dvalues, grad_grad_out, grad_q, grad_keys, grad_values = over_query_chunks(

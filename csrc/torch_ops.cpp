@@ -103,8 +103,13 @@ AttentionParams attention_params(const at::Tensor& q, const at::Tensor& k, const
 
 // Checked before anything is allocated.
 void check_cpu_dtype(at::ScalarType dtype, const char* name) {
-  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble, name,
-                    ": the cpu backend supports float32 and float64, got ", dtype);
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, name,
+                    ": the cpu backend supports float32, float64, float16 and bfloat16, got ", dtype);
+}
+
+// A zeroed buffer of t's shape in the accumulation type, for the kernels to scatter into.
+at::Tensor zeroed_accumulator_for(const at::Tensor& t) {
+  return at::zeros(t.sizes(), t.options().dtype(accumulation_type(t.scalar_type())));
 }
 
 #define LC4_DISPATCH_CPU(dtype, NAME, ...)                                                      \
@@ -114,6 +119,12 @@ void check_cpu_dtype(at::ScalarType dtype, const char* name) {
       __VA_ARGS__();                                                                            \
     } else if ((dtype) == at::kDouble) {                                                        \
       using scalar_t = double;                                                                  \
+      __VA_ARGS__();                                                                            \
+    } else if ((dtype) == at::kHalf) {                                                          \
+      using scalar_t = cpu::float16_t;                                                          \
+      __VA_ARGS__();                                                                            \
+    } else if ((dtype) == at::kBFloat16) {                                                      \
+      using scalar_t = c10::BFloat16;                                                           \
       __VA_ARGS__();                                                                            \
     } else {                                                                                    \
       TORCH_INTERNAL_ASSERT(false, NAME, ": dtype not checked by check_cpu_dtype");           \
@@ -142,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor> trilinear_sample_backward_cpu(const at::Tenso
   TORCH_CHECK_VALUE(go.dim() == 4 && go.size(0) == value.size(0) && go.size(1) == points.size(1) &&
                         go.size(2) == value.size(4) && go.size(3) == value.size(5),
                     "grad_out must be (B, P, G, C), got ", grad_out.sizes());
-  auto grad_value = at::zeros_like(value);
+  auto grad_value = zeroed_accumulator_for(value);
   auto grad_points = at::empty_like(points);
   SampleParams p = sample_params(value, points);
   p.grad_out = go.data_ptr();
@@ -150,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor> trilinear_sample_backward_cpu(const at::Tenso
   p.grad_points = grad_points.data_ptr();
   LC4_DISPATCH_CPU(value.scalar_type(), "trilinear_sample_backward",
                    [&] { cpu::trilinear_sample_backward<scalar_t>(p); });
-  return {grad_value, grad_points.to(points_in.scalar_type())};
+  return {grad_value.to(value.scalar_type()), grad_points.to(points_in.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor> tda_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
@@ -178,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   const auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const auto acc = accumulation_type(q.scalar_type());
   const auto points = points_in.to(acc).contiguous();
-  const auto out = out_in.contiguous();
+  const auto out = out_in.to(q.scalar_type()).contiguous();
   const auto lse = lse_in.to(acc).contiguous();
   const auto go = grad_out.to(q.scalar_type()).contiguous();
   TORCH_CHECK_VALUE(go.sizes() == q.sizes() && out.sizes() == q.sizes(), "grad_out and out must have q's shape ",
@@ -186,8 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(2) && lse.size(2) == q.size(1),
                     "lse must be (B, heads, Nq), got ", lse.sizes());
   auto grad_q = at::empty_like(q);
-  auto grad_k = at::zeros_like(k);
-  auto grad_v = at::zeros_like(v);
+  auto grad_k = zeroed_accumulator_for(k);
+  auto grad_v = zeroed_accumulator_for(v);
   auto grad_points = at::empty_like(points);
   AttentionParams p = attention_params(q, k, v, points, scale);
   p.out = const_cast<void*>(out.data_ptr());
@@ -198,7 +209,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tda_attention_backwar
   p.grad_v = grad_v.data_ptr();
   p.grad_points = grad_points.data_ptr();
   LC4_DISPATCH_CPU(q.scalar_type(), "tda_attention_backward", [&] { cpu::tda_attention_backward<scalar_t>(p); });
-  return {grad_q, grad_k, grad_v, grad_points.to(points_in.scalar_type())};
+  const auto dtype = q.scalar_type();
+  return {grad_q, grad_k.to(dtype), grad_v.to(dtype), grad_points.to(points_in.scalar_type())};
 }
 
 // ---- CUDA kernels (real, or emulated on the host) ----------------------------------------

@@ -121,7 +121,7 @@ def _register_backends() -> None:
         name="cpu",
         priority=10,
         device_types=frozenset({"cpu"}),
-        dtypes=frozenset({torch.float32, torch.float64}),
+        dtypes=frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16}),
         trilinear_sample=kernels.trilinear_sample,
         tda_attention=kernels.tda_attention,
     ))

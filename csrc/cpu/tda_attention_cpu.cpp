@@ -11,6 +11,10 @@
 // result has the same bits on every run whatever the thread count. dk~/dv~ are then scattered
 // into dk/dv through the trilinear weights (tasks own disjoint heads), and dpoints is reduced
 // from dk~/dv~ and the corner values.
+//
+// Half-precision inputs are read as stored and computed in float: the sampled keys and values,
+// the tiles of queries and incoming gradients (converted a block at a time), the tile products,
+// the softmax and every sum are float; out and dq are written back in the inputs' dtype.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -42,38 +46,55 @@ at::Tensor tile(const T* data, int64_t rows, int64_t cols, int64_t row_stride) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+// A (rows x d) tile of rows `row_stride` elements apart, in the accumulation type: a view when the
+// storage is that type already, otherwise a converted copy in `buffer` (at least rows * d).
+template <typename T, typename A>
+at::Tensor rows_as(const T* first, int64_t rows, int64_t d, int64_t row_stride, std::vector<A>& buffer) {
+  if constexpr (std::is_same_v<T, A>) {
+    return tile(first, rows, d, row_stride);
+  } else {
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* row = first + i * row_stride;
+      A* converted = buffer.data() + i * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) converted[c] = static_cast<A>(row[c]);
+    }
+    return tile(buffer.data(), rows, d, d);
+  }
+}
+
 // Scratch memory comes from the torch allocator, so that memory profilers see it.
 template <typename T>
 at::Tensor scratch(int64_t elements) {
   return at::zeros({elements}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// Samples k and v at every key point into (B, heads, Nk, d) buffers.
-template <typename T>
-void sample_keys_values(const AttentionParams& p, T* k_sampled, T* v_sampled) {
+// Samples k and v at every key point into zeroed (B, heads, Nk, d) buffers of the accumulation type.
+template <typename T, typename A = acc_t<T>>
+void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
   const auto* k = static_cast<const T*>(p.k);
   const auto* v = static_cast<const T*>(p.v);
-  const auto* points = static_cast<const T*>(p.points);
+  const auto* points = static_cast<const A*>(p.points);
   const int64_t voxels = p.T * p.H * p.W, d = p.d, Nk = p.Nk, heads = p.heads;
   const int64_t per_group = heads / p.G;
   at::parallel_for(0, p.B * Nk, 16, [&](int64_t begin, int64_t end) {
-    TrilinearPoint<T> tp;
+    TrilinearPoint<A> tp;
     for (int64_t bn = begin; bn < end; ++bn) {
       const int64_t b = bn / Nk, n = bn % Nk;
       for (int64_t g = 0; g < p.G; ++g) {
-        const T* xyt = points + (bn * p.G + g) * 3;
+        const A* xyt = points + (bn * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
         for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
-          T* k_row = k_sampled + ((b * heads + h) * Nk + n) * d;
-          T* v_row = v_sampled + ((b * heads + h) * Nk + n) * d;
+          A* k_row = k_sampled + ((b * heads + h) * Nk + n) * d;
+          A* v_row = v_sampled + ((b * heads + h) * Nk + n) * d;
           for (int corner = 0; corner < 8; ++corner) {
             if (!tp.valid[corner]) continue;
-            const T w = tp.weight[corner];
+            const A w = tp.weight[corner];
             const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
 #pragma omp simd
             for (int64_t c = 0; c < d; ++c) {
-              k_row[c] += w * k[offset + c];
-              v_row[c] += w * v[offset + c];
+              k_row[c] += w * static_cast<A>(k[offset + c]);
+              v_row[c] += w * static_cast<A>(v[offset + c]);
             }
           }
         }
@@ -86,57 +107,58 @@ void sample_keys_values(const AttentionParams& p, T* k_sampled, T* v_sampled) {
 
 template <typename T>
 void tda_attention_forward(const AttentionParams& p) {
+  using A = acc_t<T>;
   const int64_t sampled_size = p.B * p.heads * p.Nk * p.d;
-  const at::Tensor sampled = scratch<T>(2 * sampled_size);
-  const T* k_sampled = sampled.data_ptr<T>();
-  const T* v_sampled = k_sampled + sampled_size;
-  sample_keys_values(p, sampled.data_ptr<T>(), sampled.data_ptr<T>() + sampled_size);
+  const at::Tensor sampled = scratch<A>(2 * sampled_size);
+  const A* k_sampled = sampled.data_ptr<A>();
+  const A* v_sampled = k_sampled + sampled_size;
+  sample_keys_values<T>(p, sampled.data_ptr<A>(), sampled.data_ptr<A>() + sampled_size);
   const auto* q = static_cast<const T*>(p.q);
   auto* out = static_cast<T*>(p.out);
-  auto* lse = static_cast<T*>(p.lse);
+  auto* lse = static_cast<A*>(p.lse);
   const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, row_stride = heads * d;
   const int64_t q_blocks = (Nq + kForwardBlockQ - 1) / kForwardBlockQ;
-  const T scale = static_cast<T>(p.scale);
+  const A scale = static_cast<A>(p.scale);
 
   at::parallel_for(0, p.B * heads * q_blocks, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlasScope sequential_blas;
-    std::vector<T> acc(kForwardBlockQ * d), scores(kForwardBlockQ * kForwardBlockK);
-    std::vector<T> row_max(kForwardBlockQ), row_sum(kForwardBlockQ);
+    std::vector<A> acc(kForwardBlockQ * d), scores(kForwardBlockQ * kForwardBlockK), q_rows(kForwardBlockQ * d);
+    std::vector<A> row_max(kForwardBlockQ), row_sum(kForwardBlockQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, b = bh / heads, h = bh % heads;
       const int64_t i0 = (task % q_blocks) * kForwardBlockQ, nq = std::min(kForwardBlockQ, Nq - i0);
       const T* q_first = q + ((b * Nq + i0) * heads + h) * d;
-      const at::Tensor q_tile = tile(q_first, nq, d, row_stride);
+      const at::Tensor q_tile = rows_as(q_first, nq, d, row_stride, q_rows);
       at::Tensor acc_tile = tile(acc.data(), nq, d, d);
-      std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<T>::infinity());
-      std::fill(row_sum.begin(), row_sum.end(), T(0));
+      std::fill(acc.begin(), acc.end(), A(0));
+      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<A>::infinity());
+      std::fill(row_sum.begin(), row_sum.end(), A(0));
 
       for (int64_t j0 = 0; j0 < Nk; j0 += kForwardBlockK) {
         const int64_t nk = std::min(kForwardBlockK, Nk - j0);
-        const T* k_first = k_sampled + (bh * Nk + j0) * d;
-        const T* v_first = v_sampled + (bh * Nk + j0) * d;
+        const A* k_first = k_sampled + (bh * Nk + j0) * d;
+        const A* v_first = v_sampled + (bh * Nk + j0) * d;
         at::Tensor score_tile = tile(scores.data(), nq, nk, nk);
         // beta = 0: the tile's previous contents are ignored, NaN included.
         at::addmm_out(score_tile, score_tile, q_tile, tile(k_first, nk, d, d).t(), /*beta=*/0, /*alpha=*/scale);
         for (int64_t i = 0; i < nq; ++i) {
-          T* row = scores.data() + i * nk;
-          const T new_max = std::max(row_max[i], row_max_of(row, nk));
-          const T correction = std::exp(row_max[i] - new_max);
-          const T block_sum = exp_rows_and_sum(row, nk, T(1), new_max);
+          A* row = scores.data() + i * nk;
+          const A new_max = std::max(row_max[i], row_max_of(row, nk));
+          const A correction = std::exp(row_max[i] - new_max);
+          const A block_sum = exp_rows_and_sum(row, nk, A(1), new_max);
           row_sum[i] = row_sum[i] * correction + block_sum;
           row_max[i] = new_max;
-          T* a = acc.data() + i * d;
+          A* a = acc.data() + i * d;
 #pragma omp simd
           for (int64_t c = 0; c < d; ++c) a[c] *= correction;
         }
         acc_tile.addmm_(score_tile, tile(v_first, nk, d, d));
       }
       for (int64_t i = 0; i < nq; ++i) {
-        const T inv = T(1) / row_sum[i];
+        const A inv = A(1) / row_sum[i];
         T* o = out + ((b * Nq + i0 + i) * heads + h) * d;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) o[c] = acc[i * d + c] * inv;
+        for (int64_t c = 0; c < d; ++c) o[c] = static_cast<T>(acc[i * d + c] * inv);
         lse[bh * Nq + i0 + i] = row_max[i] + std::log(row_sum[i]);
       }
     }
@@ -145,38 +167,40 @@ void tda_attention_forward(const AttentionParams& p) {
 
 template <typename T>
 void tda_attention_backward(const AttentionParams& p) {
+  using A = acc_t<T>;
   const int64_t sampled_size = p.B * p.heads * p.Nk * p.d;
-  const at::Tensor sampled = scratch<T>(2 * sampled_size);
-  const T* k_sampled = sampled.data_ptr<T>();
-  const T* v_sampled = k_sampled + sampled_size;
-  sample_keys_values(p, sampled.data_ptr<T>(), sampled.data_ptr<T>() + sampled_size);
+  const at::Tensor sampled = scratch<A>(2 * sampled_size);
+  const A* k_sampled = sampled.data_ptr<A>();
+  const A* v_sampled = k_sampled + sampled_size;
+  sample_keys_values<T>(p, sampled.data_ptr<A>(), sampled.data_ptr<A>() + sampled_size);
   const auto* q = static_cast<const T*>(p.q);
   const auto* k = static_cast<const T*>(p.k);
   const auto* v = static_cast<const T*>(p.v);
-  const auto* points = static_cast<const T*>(p.points);
+  const auto* points = static_cast<const A*>(p.points);
   const auto* out = static_cast<const T*>(p.out);
-  const auto* lse = static_cast<const T*>(p.lse);
+  const auto* lse = static_cast<const A*>(p.lse);
   const auto* grad_out = static_cast<const T*>(p.grad_out);
   auto* grad_q = static_cast<T*>(p.grad_q);
-  auto* grad_k = static_cast<T*>(p.grad_k);
-  auto* grad_v = static_cast<T*>(p.grad_v);
-  auto* grad_points = static_cast<T*>(p.grad_points);
+  auto* grad_k = static_cast<A*>(p.grad_k);
+  auto* grad_v = static_cast<A*>(p.grad_v);
+  auto* grad_points = static_cast<A*>(p.grad_points);
   const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, BH = p.B * heads, row_stride = heads * d;
   const int64_t voxels = p.T * p.H * p.W, per_group = heads / p.G;
-  const T scale = static_cast<T>(p.scale);
+  const A scale = static_cast<A>(p.scale);
 
   const int64_t q_blocks = std::max<int64_t>(1, (Nq + kBackwardBlockQ - 1) / kBackwardBlockQ);
   const int64_t chunks = std::max<int64_t>(1, std::min(q_blocks, kBackwardTasks / std::max<int64_t>(BH, 1)));
   const int64_t blocks_per_chunk = (q_blocks + chunks - 1) / chunks;
   const int64_t partial_size = BH * chunks * Nk * d;
-  const at::Tensor partial = scratch<T>(2 * partial_size);
-  T* partial_dk = partial.data_ptr<T>();
-  T* partial_dv = partial_dk + partial_size;
+  const at::Tensor partial = scratch<A>(2 * partial_size);
+  A* partial_dk = partial.data_ptr<A>();
+  A* partial_dv = partial_dk + partial_size;
 
   at::parallel_for(0, BH * chunks, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlasScope sequential_blas;
-    std::vector<T> probs(kBackwardBlockQ * kBackwardBlockK), dscores(kBackwardBlockQ * kBackwardBlockK);
-    std::vector<T> dq(kBackwardBlockQ * d), row_lse(kBackwardBlockQ), row_delta(kBackwardBlockQ);
+    std::vector<A> probs(kBackwardBlockQ * kBackwardBlockK), dscores(kBackwardBlockQ * kBackwardBlockK);
+    std::vector<A> dq(kBackwardBlockQ * d), row_lse(kBackwardBlockQ), row_delta(kBackwardBlockQ);
+    std::vector<A> q_rows(kBackwardBlockQ * d), do_rows(kBackwardBlockQ * d);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / chunks, chunk = task % chunks, b = bh / heads, h = bh % heads;
       const int64_t first_block = chunk * blocks_per_chunk;
@@ -189,14 +213,14 @@ void tda_attention_backward(const AttentionParams& p) {
         for (int64_t i = 0; i < nq; ++i) {
           const T* go = grad_out + first_row + i * row_stride;
           const T* o = out + first_row + i * row_stride;
-          T delta = 0;
+          A delta = 0;
 #pragma omp simd reduction(+ : delta)
-          for (int64_t c = 0; c < d; ++c) delta += go[c] * o[c];
+          for (int64_t c = 0; c < d; ++c) delta += static_cast<A>(go[c]) * static_cast<A>(o[c]);
           row_delta[i] = delta;
           row_lse[i] = lse[bh * Nq + i0 + i];
         }
-        const at::Tensor q_tile = tile(q + first_row, nq, d, row_stride);
-        const at::Tensor do_tile = tile(grad_out + first_row, nq, d, row_stride);
+        const at::Tensor q_tile = rows_as(q + first_row, nq, d, row_stride, q_rows);
+        const at::Tensor do_tile = rows_as(grad_out + first_row, nq, d, row_stride, do_rows);
         at::Tensor dq_tile = tile(dq.data(), nq, d, d);
         dq_tile.zero_();
         for (int64_t j0 = 0; j0 < Nk; j0 += kBackwardBlockK) {
@@ -208,15 +232,19 @@ void tda_attention_backward(const AttentionParams& p) {
           at::mm_out(p_tile, q_tile, k_tile.t());
           at::mm_out(ds_tile, do_tile, v_tile.t());
           for (int64_t i = 0; i < nq; ++i) {
-            T* p_row = probs.data() + i * nk;
-            T* ds_row = dscores.data() + i * nk;
+            A* p_row = probs.data() + i * nk;
+            A* ds_row = dscores.data() + i * nk;
             softmax_backward_row(p_row, ds_row, nk, scale, row_lse[i], row_delta[i]);
           }
           tile(partial_dv + (task * Nk + j0) * d, nk, d, d).addmm_(p_tile.t(), do_tile);
           tile(partial_dk + (task * Nk + j0) * d, nk, d, d).addmm_(ds_tile.t(), q_tile);
           dq_tile.addmm_(ds_tile, k_tile);
         }
-        for (int64_t i = 0; i < nq; ++i) std::copy_n(dq.data() + i * d, d, grad_q + first_row + i * row_stride);
+        for (int64_t i = 0; i < nq; ++i) {
+          T* dq_row = grad_q + first_row + i * row_stride;
+#pragma omp simd
+          for (int64_t c = 0; c < d; ++c) dq_row[c] = static_cast<T>(dq[i * d + c]);
+        }
       }
     }
   });
@@ -226,11 +254,11 @@ void tda_attention_backward(const AttentionParams& p) {
     at::parallel_for(0, BH * Nk, 64, [&](int64_t begin, int64_t end) {
       for (int64_t bhn = begin; bhn < end; ++bhn) {
         const int64_t bh = bhn / Nk, n = bhn % Nk;
-        T* dk0 = partial_dk + ((bh * chunks) * Nk + n) * d;
-        T* dv0 = partial_dv + ((bh * chunks) * Nk + n) * d;
+        A* dk0 = partial_dk + ((bh * chunks) * Nk + n) * d;
+        A* dv0 = partial_dv + ((bh * chunks) * Nk + n) * d;
         for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-          const T* dk1 = partial_dk + ((bh * chunks + chunk) * Nk + n) * d;
-          const T* dv1 = partial_dv + ((bh * chunks + chunk) * Nk + n) * d;
+          const A* dk1 = partial_dk + ((bh * chunks + chunk) * Nk + n) * d;
+          const A* dv1 = partial_dv + ((bh * chunks + chunk) * Nk + n) * d;
 #pragma omp simd
           for (int64_t c = 0; c < d; ++c) {
             dk0[c] += dk1[c];
@@ -240,23 +268,23 @@ void tda_attention_backward(const AttentionParams& p) {
       }
     });
   }
-  auto sampled_grad = [&](const T* partial_grad, int64_t bh, int64_t n) {
+  auto sampled_grad = [&](const A* partial_grad, int64_t bh, int64_t n) {
     return partial_grad + ((bh * chunks) * Nk + n) * d;
   };
 
   // Scatter dk~/dv~ into dk/dv through the trilinear weights; a task owns one (batch, head).
   at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
-    TrilinearPoint<T> tp;
+    TrilinearPoint<A> tp;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / heads, h = bh % heads, g = h / per_group;
       for (int64_t n = 0; n < Nk; ++n) {
-        const T* xyt = points + ((b * Nk + n) * p.G + g) * 3;
+        const A* xyt = points + ((b * Nk + n) * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
-        const T* dk_s = sampled_grad(partial_dk, bh, n);
-        const T* dv_s = sampled_grad(partial_dv, bh, n);
+        const A* dk_s = sampled_grad(partial_dk, bh, n);
+        const A* dv_s = sampled_grad(partial_dv, bh, n);
         for (int corner = 0; corner < 8; ++corner) {
           if (!tp.valid[corner]) continue;
-          const T w = tp.weight[corner];
+          const A w = tp.weight[corner];
           const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
 #pragma omp simd
           for (int64_t c = 0; c < d; ++c) {
@@ -270,22 +298,23 @@ void tda_attention_backward(const AttentionParams& p) {
 
   // dpoints[b, n, g] = sum over the group's heads and the corners of dweight * <dk~, k> + <dv~, v>.
   at::parallel_for(0, p.B * Nk, 16, [&](int64_t begin, int64_t end) {
-    TrilinearPoint<T> tp;
+    TrilinearPoint<A> tp;
     for (int64_t bn = begin; bn < end; ++bn) {
       const int64_t b = bn / Nk, n = bn % Nk;
       for (int64_t g = 0; g < p.G; ++g) {
-        const T* xyt = points + (bn * p.G + g) * 3;
+        const A* xyt = points + (bn * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
-        T grad[3] = {0, 0, 0};
+        A grad[3] = {0, 0, 0};
         for (int corner = 0; corner < 8; ++corner) {
           if (!tp.valid[corner]) continue;
-          T dot = 0;
+          A dot = 0;
           for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
-            const T* dk_s = sampled_grad(partial_dk, b * heads + h, n);
-            const T* dv_s = sampled_grad(partial_dv, b * heads + h, n);
+            const A* dk_s = sampled_grad(partial_dk, b * heads + h, n);
+            const A* dv_s = sampled_grad(partial_dv, b * heads + h, n);
             const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
 #pragma omp simd reduction(+ : dot)
-            for (int64_t c = 0; c < d; ++c) dot += dk_s[c] * k[offset + c] + dv_s[c] * v[offset + c];
+            for (int64_t c = 0; c < d; ++c)
+              dot += dk_s[c] * static_cast<A>(k[offset + c]) + dv_s[c] * static_cast<A>(v[offset + c]);
           }
           for (int axis = 0; axis < 3; ++axis) grad[axis] += tp.dweight[corner][axis] * dot;
         }
@@ -295,9 +324,13 @@ void tda_attention_backward(const AttentionParams& p) {
   });
 }
 
-template void tda_attention_forward<float>(const AttentionParams&);
-template void tda_attention_forward<double>(const AttentionParams&);
-template void tda_attention_backward<float>(const AttentionParams&);
-template void tda_attention_backward<double>(const AttentionParams&);
+#define LC4_INSTANTIATE(T)                                           \
+  template void tda_attention_forward<T>(const AttentionParams&); \
+  template void tda_attention_backward<T>(const AttentionParams&);
+LC4_INSTANTIATE(float)
+LC4_INSTANTIATE(double)
+LC4_INSTANTIATE(float16_t)
+LC4_INSTANTIATE(c10::BFloat16)
+#undef LC4_INSTANTIATE
 
 }  // namespace lc4::cpu

@@ -1,9 +1,11 @@
 // trilinear_sample on the CPU: forward gathers 8 channel vectors per point; backward scatters
 // into grad_value in a fixed order (tasks own disjoint (batch, group, channel-chunk) slices, so
 // no atomics and the same bits on every run) and reduces grad_points over channels.
+// Half-precision values are read as stored and summed in float (see cpu_kernels.h).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "common/trilinear_math.h"
 #include "cpu/cpu_kernels.h"
@@ -15,25 +17,33 @@ constexpr int64_t kChannelChunk = 64;
 
 template <typename scalar_t>
 void trilinear_sample_forward(const SampleParams& p) {
+  using acc = acc_t<scalar_t>;
+  constexpr bool in_place = std::is_same_v<scalar_t, acc>;
   const auto* value = static_cast<const scalar_t*>(p.value);
-  const auto* points = static_cast<const scalar_t*>(p.points);
+  const auto* points = static_cast<const acc*>(p.points);
   auto* out = static_cast<scalar_t*>(p.out);
   const int64_t voxels = p.T * p.H * p.W;
   at::parallel_for(0, p.B * p.P, 16, [&](int64_t begin, int64_t end) {
-    TrilinearPoint<scalar_t> tp;
+    TrilinearPoint<acc> tp;
+    std::vector<acc> sum(in_place ? 0 : p.C);
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / p.P;
       for (int64_t g = 0; g < p.G; ++g) {
-        const scalar_t* xyt = points + (bp * p.G + g) * 3;
+        const acc* xyt = points + (bp * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
         scalar_t* o = out + (bp * p.G + g) * p.C;
-        std::fill(o, o + p.C, scalar_t(0));
+        acc* s = in_place ? reinterpret_cast<acc*>(o) : sum.data();
+        std::fill(s, s + p.C, acc(0));
         for (int corner = 0; corner < 8; ++corner) {
           if (!tp.valid[corner]) continue;
-          const scalar_t w = tp.weight[corner];
+          const acc w = tp.weight[corner];
           const scalar_t* src = value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
 #pragma omp simd
-          for (int64_t c = 0; c < p.C; ++c) o[c] += w * src[c];
+          for (int64_t c = 0; c < p.C; ++c) s[c] += w * static_cast<acc>(src[c]);
+        }
+        if constexpr (!in_place) {
+#pragma omp simd
+          for (int64_t c = 0; c < p.C; ++c) o[c] = static_cast<scalar_t>(s[c]);
         }
       }
     }
@@ -42,16 +52,17 @@ void trilinear_sample_forward(const SampleParams& p) {
 
 template <typename scalar_t>
 void trilinear_sample_backward(const SampleParams& p) {
+  using acc = acc_t<scalar_t>;
   const auto* value = static_cast<const scalar_t*>(p.value);
-  const auto* points = static_cast<const scalar_t*>(p.points);
+  const auto* points = static_cast<const acc*>(p.points);
   const auto* grad_out = static_cast<const scalar_t*>(p.grad_out);
-  auto* grad_value = static_cast<scalar_t*>(p.grad_value);
-  auto* grad_points = static_cast<scalar_t*>(p.grad_points);
+  auto* grad_value = static_cast<acc*>(p.grad_value);
+  auto* grad_points = static_cast<acc*>(p.grad_points);
   const int64_t voxels = p.T * p.H * p.W;
   const int64_t chunks = (p.C + kChannelChunk - 1) / kChannelChunk;
 
   at::parallel_for(0, p.B * p.G * chunks, 1, [&](int64_t begin, int64_t end) {
-    TrilinearPoint<scalar_t> tp;
+    TrilinearPoint<acc> tp;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t chunk = task % chunks;
       const int64_t g = (task / chunks) % p.G;
@@ -59,36 +70,36 @@ void trilinear_sample_backward(const SampleParams& p) {
       const int64_t c0 = chunk * kChannelChunk, c1 = std::min(p.C, c0 + kChannelChunk);
       for (int64_t i = 0; i < p.P; ++i) {
         const int64_t bpg = (b * p.P + i) * p.G + g;
-        const scalar_t* xyt = points + bpg * 3;
+        const acc* xyt = points + bpg * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
         const scalar_t* go = grad_out + bpg * p.C;
         for (int corner = 0; corner < 8; ++corner) {
           if (!tp.valid[corner]) continue;
-          const scalar_t w = tp.weight[corner];
-          scalar_t* dst = grad_value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
+          const acc w = tp.weight[corner];
+          acc* dst = grad_value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
 #pragma omp simd
-          for (int64_t c = c0; c < c1; ++c) dst[c] += w * go[c];
+          for (int64_t c = c0; c < c1; ++c) dst[c] += w * static_cast<acc>(go[c]);
         }
       }
     }
   });
 
   at::parallel_for(0, p.B * p.P, 16, [&](int64_t begin, int64_t end) {
-    TrilinearPoint<scalar_t> tp;
+    TrilinearPoint<acc> tp;
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / p.P;
       for (int64_t g = 0; g < p.G; ++g) {
         const int64_t bpg = bp * p.G + g;
-        const scalar_t* xyt = points + bpg * 3;
+        const acc* xyt = points + bpg * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
         const scalar_t* go = grad_out + bpg * p.C;
-        scalar_t grad[3] = {0, 0, 0};
+        acc grad[3] = {0, 0, 0};
         for (int corner = 0; corner < 8; ++corner) {
           if (!tp.valid[corner]) continue;
           const scalar_t* src = value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
-          scalar_t dot = 0;
+          acc dot = 0;
 #pragma omp simd reduction(+ : dot)
-          for (int64_t c = 0; c < p.C; ++c) dot += go[c] * src[c];
+          for (int64_t c = 0; c < p.C; ++c) dot += static_cast<acc>(go[c]) * static_cast<acc>(src[c]);
           for (int axis = 0; axis < 3; ++axis) grad[axis] += tp.dweight[corner][axis] * dot;
         }
         for (int axis = 0; axis < 3; ++axis) grad_points[bpg * 3 + axis] = grad[axis];
@@ -97,9 +108,13 @@ void trilinear_sample_backward(const SampleParams& p) {
   });
 }
 
-template void trilinear_sample_forward<float>(const SampleParams&);
-template void trilinear_sample_forward<double>(const SampleParams&);
-template void trilinear_sample_backward<float>(const SampleParams&);
-template void trilinear_sample_backward<double>(const SampleParams&);
+#define LC4_INSTANTIATE(T)                                          \
+  template void trilinear_sample_forward<T>(const SampleParams&); \
+  template void trilinear_sample_backward<T>(const SampleParams&);
+LC4_INSTANTIATE(float)
+LC4_INSTANTIATE(double)
+LC4_INSTANTIATE(float16_t)
+LC4_INSTANTIATE(c10::BFloat16)
+#undef LC4_INSTANTIATE
 
 }  // namespace lc4::cpu

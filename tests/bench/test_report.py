@@ -28,7 +28,7 @@ MODES = ("fwd", "fwd_bwd")
 
 def _test_backend(name: str, distortion: float) -> Backend:
     return Backend(name=name, priority=-100, device_types=frozenset({"cpu"}),
-                   dtypes=frozenset({torch.float32, torch.float64}), auto_selectable=False,
+                   dtypes=frozenset({torch.float32, torch.float64, torch.bfloat16}), auto_selectable=False,
                    trilinear_sample=lambda value, points: reference.trilinear_sample(value, points) * (1 + distortion),
                    tda_attention=lambda q, k, v, points, scale: reference.tda_attention(q, k, v, points, scale) * (1 + distortion))
 
@@ -78,10 +78,13 @@ def test_json_environment_fields(checked_run):
 def test_every_backend_and_lower_bound_measured_per_case(checked_run):
     _, doc, _ = checked_run
     expected = {"reference", HONEST, *MEASURED_BY_DEFAULT}
-    for case in doc["shapes"]:
-        for op, bound in (("tda_attention", "sdpa"), ("trilinear_sample", "grid_sample")):
-            labels = {r["label"] for r in doc["results"] if r["case"] == case["name"] and r["op"] == op}
-            assert labels == expected | {bound}
+    # On a CPU the default dtypes are float32 and bfloat16 (what torch.autocast("cpu") runs in).
+    for dtype in ("torch.float32", "torch.bfloat16"):
+        for case in doc["shapes"]:
+            for op, bound in (("tda_attention", "sdpa"), ("trilinear_sample", "grid_sample")):
+                labels = {r["label"] for r in doc["results"]
+                          if r["case"] == case["name"] and r["op"] == op and r["dtype"] == dtype}
+                assert labels == expected | {bound}
     for row in doc["results"]:
         assert row["error"] is None
         if row["kind"] == "backend":
@@ -177,8 +180,8 @@ def test_results_of_another_device_are_never_overwritten(tmp_path):
     gpu_report = tmp_path / "some-gpu" / "report.json"
     gpu_report.parent.mkdir()
     gpu_report.write_text(json.dumps({"environment": {"device": {"name": "Some GPU"}, "date": "2026-01-01"}}))
-    status = report.main(["--quick", "--shapes", "quick-4x4-d80", "--backends", "reference", "--no-memory-scaling",
-                          "--device", "cpu", "--out", str(tmp_path)])
+    status = report.main(["--quick", "--shapes", "quick-4x4-d80", "--backends", "reference", "--dtype", "float32",
+                          "--no-memory-scaling", "--device", "cpu", "--out", str(tmp_path)])
     assert status == 0
     assert json.loads(other.read_text()) == foreign
     written = json.loads((tmp_path / f"{me['slug']}-2" / "report-quick.json").read_text())

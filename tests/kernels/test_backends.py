@@ -12,6 +12,9 @@ from .cases import (TOLERANCES, assert_close, attention_inputs, compiled_backend
 
 BACKENDS_F32 = compiled_backend_cases(torch.float32)
 BACKENDS_F64 = compiled_backend_cases(torch.float64)
+# Each test below skips the dtypes a backend does not declare; half precision is compared with
+# its own tolerances against the float64 reference on the same (rounded) inputs.
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 ATTENTION_SHAPES = [
     dict(),                                                    # Nq, Nk not multiples of any block
     dict(B=2, Nq=130, Nk=300, heads=2, d=40, G=1),
@@ -36,7 +39,7 @@ def _sample(backend):
     return lambda value, p: lc4_kernels.trilinear_sample(value, p, backend=backend)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=_ids(ATTENTION_SHAPES))
 @pytest.mark.parametrize("backend,device", BACKENDS_F32)
 def test_attention_matches_reference(backend, device, shape, dtype):
@@ -52,7 +55,7 @@ def test_attention_matches_reference(backend, device, shape, dtype):
         assert_close(g, ref_g.to(g.dtype), dtype, name)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SAMPLE_SHAPES, ids=_ids(SAMPLE_SHAPES))
 @pytest.mark.parametrize("backend,device", BACKENDS_F32)
 def test_sample_matches_reference(backend, device, shape, dtype):
@@ -103,11 +106,14 @@ def test_non_finite_points_give_zero_samples_and_gradients(backend, device):
     assert (sampled[0, 1:5] == 0).all() and (sampled[0, 0] != 0).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend,device", BACKENDS_F32)
-def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts(backend, device):
+def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts(backend, device, dtype):
     # In deterministic mode (as PyTorch defines it) every backend must give the same bits;
     # backends with a faster atomic path use it only outside this mode.
-    inputs = attention_inputs(Nq=300, Nk=140, heads=2, d=40, G=1, device=device)
+    if (backend, device) not in compiled_backend_cases(dtype, 40):
+        pytest.skip(f"{backend} does not run {dtype} on {device}")
+    inputs = attention_inputs(Nq=300, Nk=140, heads=2, d=40, G=1, dtype=dtype, device=device)
     threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     try:

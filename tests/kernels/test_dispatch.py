@@ -20,9 +20,11 @@ def test_auto_prefers_the_fused_cpu_backend_and_falls_back_to_reference():
     q, k, v, points = attention_inputs()
     assert lc4_kernels.backend_for("tda_attention", q, k, v, points) == "cpu"
     half = [t.bfloat16() for t in (q, k, v)]
-    assert lc4_kernels.backend_for("tda_attention", *half, points) == "reference"
-    out = lc4_kernels.tda_attention(*half, points)  # auto never fails where the reference works
-    assert out.dtype == torch.bfloat16
+    assert lc4_kernels.backend_for("tda_attention", *half, points) == "cpu"
+    meta = [t.to("meta") for t in (q, k, v, points)]
+    assert lc4_kernels.backend_for("tda_attention", *meta) == "reference"
+    out = lc4_kernels.tda_attention(*meta)  # auto never fails where the reference works
+    assert out.shape == q.shape and out.device.type == "meta"
 
 
 @needs_cpu

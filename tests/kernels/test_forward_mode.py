@@ -1,6 +1,7 @@
 """The ops' forward-mode derivatives (``lc4_kernels.forward_mode``): the closed form of Eq. 3's
 tangent over chunks of queries against central differences of the formula and against autograd's
-forward mode through the reference; every backend's jvp over several ragged chunks; the chunk
+forward mode through the reference; every backend's jvp over several ragged chunks (also in
+float16/bfloat16, against the float64 reference); the chunk
 setting's errors. (Eq. 2's tangent: tests/kernels/test_sample_derivatives.py.) (The memory: tests/kernels/test_memory.py.)"""
 import itertools
 
@@ -109,6 +110,24 @@ def test_every_backend_jvp_over_ragged_chunks_equals_the_reference(small_chunks,
     (out, tangent), (expected_out, expected_tangent) = run(backend), run("reference")
     assert_close(out, expected_out, torch.float32, f"{backend} jvp output")
     assert_close(tangent, expected_tangent, torch.float32, f"{backend} jvp tangent")
+
+
+HALF_CASES = [(backend, device, dtype) for dtype in (torch.float16, torch.bfloat16)
+              for backend, device in compiled_backend_cases(dtype, 4)]
+
+
+@pytest.mark.parametrize("backend,device,dtype", HALF_CASES, ids=[f"{b}-{d}-{t}" for b, d, t in HALF_CASES])
+def test_every_backend_half_precision_jvp_equals_the_float64_reference(small_chunks, backend, device, dtype):
+    inputs = attention_inputs(B=2, Nq=11, Nk=7, heads=2, d=4, G=1, T=2, H=3, W=4, dtype=dtype, device=device)
+    small_chunks(inputs)
+    tangents = _tangents(inputs)
+    out, tangent = func.jvp(lambda q, k, v, points: lc4_kernels.tda_attention(q, k, v, points, SCALE, backend=backend),
+                            inputs, tangents)
+    expected_out, expected_tangent = func.jvp(_reference, tuple(t.double() for t in inputs),
+                                              tuple(t.double() for t in tangents))
+    assert out.dtype == tangent.dtype == dtype
+    assert_close(out, expected_out.to(dtype), dtype, f"{backend} {dtype} jvp output")
+    assert_close(tangent, expected_tangent.to(dtype), dtype, f"{backend} {dtype} jvp tangent")
 
 
 NESTED = {

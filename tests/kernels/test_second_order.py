@@ -3,7 +3,8 @@ the attention stage's closed forms (backward, its vjp and jvp) against central d
 autograd through the reference; the chunked vjp and jvp of the backward against those of the whole backward through
 the reference formula, and every backend's second derivatives (a gradient penalty under
 create_graph, forward-over-reverse, a Hessian) over several ragged chunks against the reference
-backend's. (The memory: tests/kernels/test_memory.py.)"""
+backend's, and in float16/bfloat16 against the float64 reference. (The memory:
+tests/kernels/test_memory.py.)"""
 import pytest
 import torch
 from torch import func
@@ -167,3 +168,26 @@ def test_every_backend_second_order_over_ragged_chunks_equals_the_reference(monk
     actual, expected = (SECOND_ORDER[name](op(b), inputs) for b in (backend, "reference"))
     for a, e in zip(torch.utils._pytree.tree_leaves(actual), torch.utils._pytree.tree_leaves(expected)):
         assert_close(a, e, torch.float32, f"{backend} {name}")
+
+
+HALF_CASES = [(backend, device, dtype) for dtype in (torch.float16, torch.bfloat16)
+              for backend, device in compiled_backend_cases(dtype, 3)]
+
+
+@pytest.mark.parametrize("name", ["gradient_penalty", "forward_over_reverse"])
+@pytest.mark.parametrize("backend,device,dtype", HALF_CASES, ids=[f"{b}-{d}-{t}" for b, d, t in HALF_CASES])
+def test_half_precision_second_order_equals_the_float64_reference(monkeypatch, backend, device, dtype, name):
+    # Half-precision inputs keep their dtype through the closed forms: within the dtype's
+    # tolerance of the float64 reference on the same (rounded) values.
+    inputs = attention_inputs(B=1, Nq=7, Nk=5, heads=2, d=3, G=1, T=2, H=3, W=3, dtype=dtype, device=device,
+                              special_fraction=0)
+    chunks_of_three_queries(monkeypatch, inputs)
+
+    def op(backend_name):
+        return lambda q, k, v, points: lc4_kernels.tda_attention(q, k, v, points, SCALE, backend=backend_name)
+
+    actual = SECOND_ORDER[name](op(backend), inputs)
+    expected = SECOND_ORDER[name](op("reference"), [t.double() for t in inputs])
+    for a, e, t in zip(actual, expected, inputs):
+        assert a.dtype == t.dtype and torch.isfinite(a).all()
+        assert_close(a, e.to(a.dtype), dtype, f"{backend} {name} {dtype}")

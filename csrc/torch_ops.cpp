@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/params.h"
+#include "cpu/bf16_matrix_tiles.h"
 #include "cpu/cpu_kernels.h"
 #include "cuda/launchers.h"
 
@@ -597,4 +598,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  m.def("cpu_bf16_matrix_tiles", &lc4::cpu::bf16_brgemm_enabled,
+        "Whether the cpu backend's bfloat16 forward multiplies its tiles in bfloat16 on the CPU's matrix units "
+        "(torch's oneDNN brgemm microkernel) here, given LC4_CPU_BRGEMM");
 }

@@ -19,11 +19,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "common/trilinear_math.h"
+#include "cpu/bf16_matrix_tiles.h"
 #include "cpu/cpu_kernels.h"
 #include "cpu/sequential_blas.h"
 #include "cpu/vec_math.h"
@@ -105,54 +107,179 @@ void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
 
 }  // namespace
 
-template <typename T>
-void tda_attention_forward(const AttentionParams& p) {
+namespace {
+
+// The forward's two products over one block of keys, in float32 through the BLAS behind at::mm:
+// scores = scale q K~^T and acc += P V~, on the sampled keys and values.
+template <typename T, typename A = acc_t<T>>
+class FloatTiles {
+ public:
+  FloatTiles(const AttentionParams& p, const A* k_sampled, const A* v_sampled)
+      : k_sampled_(k_sampled), v_sampled_(v_sampled), Nk_(p.Nk), d_(p.d), scale_(static_cast<A>(p.scale)),
+        q_rows_(kForwardBlockQ * p.d) {}
+
+  void load_queries(const T* first, int64_t nq, int64_t row_stride) {
+    q_tile_ = rows_as(first, nq, d_, row_stride, q_rows_);
+  }
+  void scores(int64_t bh, int64_t j0, int64_t nq, int64_t nk, A* scores) {
+    at::Tensor score_tile = tile(scores, nq, nk, nk);
+    // beta = 0: the tile's previous contents are ignored, NaN included.
+    at::addmm_out(score_tile, score_tile, q_tile_, tile(k_sampled_ + (bh * Nk_ + j0) * d_, nk, d_, d_).t(),
+                  /*beta=*/0, /*alpha=*/scale_);
+  }
+  // The scale the softmax still has to apply to the scores: none, addmm applied it.
+  A unapplied_scale() const { return A(1); }
+  void accumulate(int64_t bh, int64_t j0, int64_t nq, int64_t nk, const A* probs, A* acc) {
+    tile(acc, nq, d_, d_).addmm_(tile(probs, nq, nk, nk), tile(v_sampled_ + (bh * Nk_ + j0) * d_, nk, d_, d_));
+  }
+  void finish() {}
+
+ private:
+  const A *k_sampled_, *v_sampled_;
+  int64_t Nk_, d_;
+  A scale_;
+  std::vector<A> q_rows_;
+  at::Tensor q_tile_;
+};
+
+// The same products in bfloat16 on the CPU's matrix units (bf16_matrix_tiles.h), float32
+// accumulation: K~^T and V~ of every block of keys are rounded to bfloat16 and packed once per
+// call (the head dim and the block's keys padded to even sizes with zeros), the probabilities
+// are rounded to bfloat16 before P V~, as FlashAttention does in half precision.
+class Bf16BrgemmTiles {
+ public:
+  using BF16 = c10::BFloat16;
+
+  // The packed blocks of every (batch, head), from the float32 sampled keys and values.
+  struct Packed {
+    at::Tensor storage;
+    int64_t Nk, d, d_even, block, slot;
+    const BF16* keys(int64_t bh, int64_t j0) const { return base(bh, j0); }
+    const BF16* values(int64_t bh, int64_t j0) const { return base(bh, j0) + packed_size(d_even, block); }
+    const BF16* base(int64_t bh, int64_t j0) const {
+      const int64_t blocks = (Nk + block - 1) / block;
+      return storage.data_ptr<BF16>() + (bh * blocks + j0 / block) * slot;
+    }
+  };
+
+  static Packed pack(const AttentionParams& p, const float* k_sampled, const float* v_sampled) {
+    Packed packed{at::Tensor(), p.Nk, p.d, even(p.d), kForwardBlockK, 0};
+    packed.slot = packed_size(packed.d_even, packed.block) + packed_size(even(packed.block), p.d);
+    const int64_t blocks = (p.Nk + packed.block - 1) / packed.block, BH = p.B * p.heads;
+    packed.storage = at::empty({BH * blocks * packed.slot}, at::TensorOptions().dtype(at::kBFloat16));
+    at::parallel_for(0, BH * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<BF16> rows(packed.d_even * even(packed.block));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bh = task / blocks, j0 = (task % blocks) * packed.block;
+        const int64_t nk = std::min(packed.block, p.Nk - j0), d = p.d;
+        const float* k_first = k_sampled + (bh * p.Nk + j0) * d;
+        const float* v_first = v_sampled + (bh * p.Nk + j0) * d;
+        auto* slot = const_cast<BF16*>(packed.base(bh, j0));
+        // K~^T: (d_even x nk), a zero row where d is odd.
+        std::fill(rows.begin(), rows.end(), BF16(0.f));
+        for (int64_t j = 0; j < nk; ++j)
+          for (int64_t c = 0; c < d; ++c) rows[c * nk + j] = BF16(k_first[j * d + c]);
+        pack_rows(packed.d_even, nk, rows.data(), slot);
+        // V~: (even(nk) x d), a zero row where nk is odd.
+        std::fill(rows.begin(), rows.end(), BF16(0.f));
+        for (int64_t i = 0; i < nk * d; ++i) rows[i] = BF16(v_first[i]);
+        pack_rows(even(nk), d, rows.data(), slot + packed_size(packed.d_even, packed.block));
+      }
+      release_bf16_tiles();
+    });
+    return packed;
+  }
+
+  Bf16BrgemmTiles(const AttentionParams& p, const Packed& packed)
+      : packed_(packed), d_(p.d), scale_(static_cast<float>(p.scale)),
+        q_rows_(kForwardBlockQ * packed.d_even), p_rows_(kForwardBlockQ * even(kForwardBlockK)) {}
+
+  void load_queries(const BF16* first, int64_t nq, int64_t row_stride) {
+    const int64_t d_even = packed_.d_even;
+    for (int64_t i = 0; i < nq; ++i) {
+      std::copy_n(first + i * row_stride, d_, q_rows_.data() + i * d_even);
+      if (d_even != d_) q_rows_[i * d_even + d_] = BF16(0.f);
+    }
+  }
+  // q K~^T unscaled: the softmax applies the scale in its exponent (a pass over the scores took
+  // 12% of the forward's time).
+  void scores(int64_t bh, int64_t j0, int64_t nq, int64_t nk, float* scores) {
+    bf16_tile_product(nq, nk, packed_.d_even, q_rows_.data(), packed_.d_even, packed_.keys(bh, j0), scores, nk,
+                      /*accumulate=*/false);
+  }
+  float unapplied_scale() const { return scale_; }
+  void accumulate(int64_t bh, int64_t j0, int64_t nq, int64_t nk, const float* probs, float* acc) {
+    const int64_t width = even(nk);
+    for (int64_t i = 0; i < nq; ++i) {
+      // Rounded to nearest even with integer arithmetic, which vectorises (c10::BFloat16's
+      // conversion does not, and took 40% of the forward's time); probabilities are finite.
+      auto* row = reinterpret_cast<uint16_t*>(p_rows_.data() + i * width);
+      const float* prob = probs + i * nk;
+#pragma omp simd
+      for (int64_t j = 0; j < nk; ++j) {
+        const uint32_t bits = std::bit_cast<uint32_t>(prob[j]);
+        row[j] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+      }
+      if (width != nk) row[nk] = 0;
+    }
+    bf16_tile_product(nq, d_, width, p_rows_.data(), width, packed_.values(bh, j0), acc, d_, /*accumulate=*/true);
+  }
+  void finish() { release_bf16_tiles(); }
+
+ private:
+  const Packed& packed_;
+  int64_t d_;
+  float scale_;
+  std::vector<BF16> q_rows_, p_rows_;
+};
+
+// The online softmax over blocks of keys, one task per (batch, head, block of queries); the tile
+// products come from `make_tiles()`, one per thread.
+template <typename T, typename MakeTiles>
+void attention_forward_over_blocks(const AttentionParams& p, MakeTiles make_tiles) {
   using A = acc_t<T>;
-  const int64_t sampled_size = p.B * p.heads * p.Nk * p.d;
-  const at::Tensor sampled = scratch<A>(2 * sampled_size);
-  const A* k_sampled = sampled.data_ptr<A>();
-  const A* v_sampled = k_sampled + sampled_size;
-  sample_keys_values<T>(p, sampled.data_ptr<A>(), sampled.data_ptr<A>() + sampled_size);
   const auto* q = static_cast<const T*>(p.q);
   auto* out = static_cast<T*>(p.out);
   auto* lse = static_cast<A*>(p.lse);
   const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, row_stride = heads * d;
   const int64_t q_blocks = (Nq + kForwardBlockQ - 1) / kForwardBlockQ;
-  const A scale = static_cast<A>(p.scale);
 
   at::parallel_for(0, p.B * heads * q_blocks, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlasScope sequential_blas;
-    std::vector<A> acc(kForwardBlockQ * d), scores(kForwardBlockQ * kForwardBlockK), q_rows(kForwardBlockQ * d);
+    auto tiles = make_tiles();
+    const A scale = tiles.unapplied_scale();
+    std::vector<A> acc(kForwardBlockQ * d), scores(kForwardBlockQ * kForwardBlockK);
     std::vector<A> row_max(kForwardBlockQ), row_sum(kForwardBlockQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, b = bh / heads, h = bh % heads;
       const int64_t i0 = (task % q_blocks) * kForwardBlockQ, nq = std::min(kForwardBlockQ, Nq - i0);
-      const T* q_first = q + ((b * Nq + i0) * heads + h) * d;
-      const at::Tensor q_tile = rows_as(q_first, nq, d, row_stride, q_rows);
-      at::Tensor acc_tile = tile(acc.data(), nq, d, d);
+      tiles.load_queries(q + ((b * Nq + i0) * heads + h) * d, nq, row_stride);
       std::fill(acc.begin(), acc.end(), A(0));
       std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<A>::infinity());
       std::fill(row_sum.begin(), row_sum.end(), A(0));
 
       for (int64_t j0 = 0; j0 < Nk; j0 += kForwardBlockK) {
         const int64_t nk = std::min(kForwardBlockK, Nk - j0);
-        const A* k_first = k_sampled + (bh * Nk + j0) * d;
-        const A* v_first = v_sampled + (bh * Nk + j0) * d;
-        at::Tensor score_tile = tile(scores.data(), nq, nk, nk);
-        // beta = 0: the tile's previous contents are ignored, NaN included.
-        at::addmm_out(score_tile, score_tile, q_tile, tile(k_first, nk, d, d).t(), /*beta=*/0, /*alpha=*/scale);
+        tiles.scores(bh, j0, nq, nk, scores.data());
         for (int64_t i = 0; i < nq; ++i) {
           A* row = scores.data() + i * nk;
-          const A new_max = std::max(row_max[i], row_max_of(row, nk));
+          // A positive scale goes into the exponent (the row's maximum scales with it); any
+          // other is applied to the scores first.
+          if (!(scale > A(0))) {
+#pragma omp simd
+            for (int64_t j = 0; j < nk; ++j) row[j] *= scale;
+          }
+          const A factor = scale > A(0) ? scale : A(1);
+          const A new_max = std::max(row_max[i], factor * row_max_of(row, nk));
           const A correction = std::exp(row_max[i] - new_max);
-          const A block_sum = exp_rows_and_sum(row, nk, A(1), new_max);
+          const A block_sum = exp_rows_and_sum(row, nk, factor, new_max);
           row_sum[i] = row_sum[i] * correction + block_sum;
           row_max[i] = new_max;
           A* a = acc.data() + i * d;
 #pragma omp simd
           for (int64_t c = 0; c < d; ++c) a[c] *= correction;
         }
-        acc_tile.addmm_(score_tile, tile(v_first, nk, d, d));
+        tiles.accumulate(bh, j0, nq, nk, scores.data(), acc.data());
       }
       for (int64_t i = 0; i < nq; ++i) {
         const A inv = A(1) / row_sum[i];
@@ -162,7 +289,28 @@ void tda_attention_forward(const AttentionParams& p) {
         lse[bh * Nq + i0 + i] = row_max[i] + std::log(row_sum[i]);
       }
     }
+    tiles.finish();
   });
+}
+
+}  // namespace
+
+template <typename T>
+void tda_attention_forward(const AttentionParams& p) {
+  using A = acc_t<T>;
+  const int64_t sampled_size = p.B * p.heads * p.Nk * p.d;
+  const at::Tensor sampled = scratch<A>(2 * sampled_size);
+  A* k_sampled = sampled.data_ptr<A>();
+  A* v_sampled = k_sampled + sampled_size;
+  sample_keys_values<T>(p, k_sampled, v_sampled);
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (bf16_brgemm_enabled()) {
+      const auto packed = Bf16BrgemmTiles::pack(p, k_sampled, v_sampled);
+      attention_forward_over_blocks<T>(p, [&] { return Bf16BrgemmTiles(p, packed); });
+      return;
+    }
+  }
+  attention_forward_over_blocks<T>(p, [&] { return FloatTiles<T>(p, k_sampled, v_sampled); });
 }
 
 template <typename T>

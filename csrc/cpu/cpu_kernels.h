@@ -4,7 +4,9 @@
 // scalar_t is the inputs' storage type: float, double, or float16_t / c10::BFloat16, which are
 // read and written as stored and computed in float (acc_t). Everything the kernels keep besides
 // the inputs and outputs (sampled keys and values, partial sums, the log-sum-exp, coordinates
-// and their gradients, and the zeroed grad_value / grad_k / grad_v they scatter into) is acc_t.
+// and their gradients, and the zeroed grad_value / grad_k / grad_v they scatter into) is acc_t;
+// bfloat16 attention on the CPU's matrix units also keeps the sampled keys and values, and the
+// tiles it multiplies, rounded to bfloat16 (bf16_attention_tiles.h).
 #pragma once
 
 #include <c10/util/BFloat16.h>

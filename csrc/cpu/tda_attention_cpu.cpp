@@ -15,6 +15,9 @@
 // Half-precision inputs are read as stored and computed in float: the sampled keys and values,
 // the tiles of queries and incoming gradients (converted a block at a time), the tile products,
 // the softmax and every sum are float; out and dq are written back in the inputs' dtype.
+// bfloat16 instead multiplies its tiles in bfloat16 on the CPU's matrix units where torch's
+// oneDNN microkernel runs (bf16_attention_tiles.h; LC4_CPU_BRGEMM=0 turns that off), with the
+// same block loops and float32 sums.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -25,7 +28,7 @@
 #include <vector>
 
 #include "common/trilinear_math.h"
-#include "cpu/bf16_matrix_tiles.h"
+#include "cpu/bf16_attention_tiles.h"
 #include "cpu/cpu_kernels.h"
 #include "cpu/sequential_blas.h"
 #include "cpu/vec_math.h"
@@ -109,6 +112,15 @@ void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
 
 namespace {
 
+// k and v sampled at every key point: (2, B, heads, Nk, d) in the accumulation type.
+template <typename T, typename A = acc_t<T>>
+at::Tensor sampled_keys_values(const AttentionParams& p) {
+  const int64_t size = p.B * p.heads * p.Nk * p.d;
+  at::Tensor sampled = scratch<A>(2 * size);
+  sample_keys_values<T>(p, sampled.data_ptr<A>(), sampled.data_ptr<A>() + size);
+  return sampled;
+}
+
 // The forward's two products over one block of keys, in float32 through the BLAS behind at::mm:
 // scores = scale q K~^T and acc += P V~, on the sampled keys and values.
 template <typename T, typename A = acc_t<T>>
@@ -140,97 +152,6 @@ class FloatTiles {
   A scale_;
   std::vector<A> q_rows_;
   at::Tensor q_tile_;
-};
-
-// The same products in bfloat16 on the CPU's matrix units (bf16_matrix_tiles.h), float32
-// accumulation: K~^T and V~ of every block of keys are rounded to bfloat16 and packed once per
-// call (the head dim and the block's keys padded to even sizes with zeros), the probabilities
-// are rounded to bfloat16 before P V~, as FlashAttention does in half precision.
-class Bf16BrgemmTiles {
- public:
-  using BF16 = c10::BFloat16;
-
-  // The packed blocks of every (batch, head), from the float32 sampled keys and values.
-  struct Packed {
-    at::Tensor storage;
-    int64_t Nk, d, d_even, block, slot;
-    const BF16* keys(int64_t bh, int64_t j0) const { return base(bh, j0); }
-    const BF16* values(int64_t bh, int64_t j0) const { return base(bh, j0) + packed_size(d_even, block); }
-    const BF16* base(int64_t bh, int64_t j0) const {
-      const int64_t blocks = (Nk + block - 1) / block;
-      return storage.data_ptr<BF16>() + (bh * blocks + j0 / block) * slot;
-    }
-  };
-
-  static Packed pack(const AttentionParams& p, const float* k_sampled, const float* v_sampled) {
-    Packed packed{at::Tensor(), p.Nk, p.d, even(p.d), kForwardBlockK, 0};
-    packed.slot = packed_size(packed.d_even, packed.block) + packed_size(even(packed.block), p.d);
-    const int64_t blocks = (p.Nk + packed.block - 1) / packed.block, BH = p.B * p.heads;
-    packed.storage = at::empty({BH * blocks * packed.slot}, at::TensorOptions().dtype(at::kBFloat16));
-    at::parallel_for(0, BH * blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<BF16> rows(packed.d_even * even(packed.block));
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t bh = task / blocks, j0 = (task % blocks) * packed.block;
-        const int64_t nk = std::min(packed.block, p.Nk - j0), d = p.d;
-        const float* k_first = k_sampled + (bh * p.Nk + j0) * d;
-        const float* v_first = v_sampled + (bh * p.Nk + j0) * d;
-        auto* slot = const_cast<BF16*>(packed.base(bh, j0));
-        // K~^T: (d_even x nk), a zero row where d is odd.
-        std::fill(rows.begin(), rows.end(), BF16(0.f));
-        for (int64_t j = 0; j < nk; ++j)
-          for (int64_t c = 0; c < d; ++c) rows[c * nk + j] = BF16(k_first[j * d + c]);
-        pack_rows(packed.d_even, nk, rows.data(), slot);
-        // V~: (even(nk) x d), a zero row where nk is odd.
-        std::fill(rows.begin(), rows.end(), BF16(0.f));
-        for (int64_t i = 0; i < nk * d; ++i) rows[i] = BF16(v_first[i]);
-        pack_rows(even(nk), d, rows.data(), slot + packed_size(packed.d_even, packed.block));
-      }
-      release_bf16_tiles();
-    });
-    return packed;
-  }
-
-  Bf16BrgemmTiles(const AttentionParams& p, const Packed& packed)
-      : packed_(packed), d_(p.d), scale_(static_cast<float>(p.scale)),
-        q_rows_(kForwardBlockQ * packed.d_even), p_rows_(kForwardBlockQ * even(kForwardBlockK)) {}
-
-  void load_queries(const BF16* first, int64_t nq, int64_t row_stride) {
-    const int64_t d_even = packed_.d_even;
-    for (int64_t i = 0; i < nq; ++i) {
-      std::copy_n(first + i * row_stride, d_, q_rows_.data() + i * d_even);
-      if (d_even != d_) q_rows_[i * d_even + d_] = BF16(0.f);
-    }
-  }
-  // q K~^T unscaled: the softmax applies the scale in its exponent (a pass over the scores took
-  // 12% of the forward's time).
-  void scores(int64_t bh, int64_t j0, int64_t nq, int64_t nk, float* scores) {
-    bf16_tile_product(nq, nk, packed_.d_even, q_rows_.data(), packed_.d_even, packed_.keys(bh, j0), scores, nk,
-                      /*accumulate=*/false);
-  }
-  float unapplied_scale() const { return scale_; }
-  void accumulate(int64_t bh, int64_t j0, int64_t nq, int64_t nk, const float* probs, float* acc) {
-    const int64_t width = even(nk);
-    for (int64_t i = 0; i < nq; ++i) {
-      // Rounded to nearest even with integer arithmetic, which vectorises (c10::BFloat16's
-      // conversion does not, and took 40% of the forward's time); probabilities are finite.
-      auto* row = reinterpret_cast<uint16_t*>(p_rows_.data() + i * width);
-      const float* prob = probs + i * nk;
-#pragma omp simd
-      for (int64_t j = 0; j < nk; ++j) {
-        const uint32_t bits = std::bit_cast<uint32_t>(prob[j]);
-        row[j] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-      }
-      if (width != nk) row[nk] = 0;
-    }
-    bf16_tile_product(nq, d_, width, p_rows_.data(), width, packed_.values(bh, j0), acc, d_, /*accumulate=*/true);
-  }
-  void finish() { release_bf16_tiles(); }
-
- private:
-  const Packed& packed_;
-  int64_t d_;
-  float scale_;
-  std::vector<BF16> q_rows_, p_rows_;
 };
 
 // The online softmax over blocks of keys, one task per (batch, head, block of queries); the tile
@@ -298,57 +219,83 @@ void attention_forward_over_blocks(const AttentionParams& p, MakeTiles make_tile
 template <typename T>
 void tda_attention_forward(const AttentionParams& p) {
   using A = acc_t<T>;
-  const int64_t sampled_size = p.B * p.heads * p.Nk * p.d;
-  const at::Tensor sampled = scratch<A>(2 * sampled_size);
+  const at::Tensor sampled = sampled_keys_values<T>(p);
   A* k_sampled = sampled.data_ptr<A>();
-  A* v_sampled = k_sampled + sampled_size;
-  sample_keys_values<T>(p, k_sampled, v_sampled);
+  A* v_sampled = k_sampled + p.B * p.heads * p.Nk * p.d;
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (bf16_brgemm_enabled()) {
-      const auto packed = Bf16BrgemmTiles::pack(p, k_sampled, v_sampled);
-      attention_forward_over_blocks<T>(p, [&] { return Bf16BrgemmTiles(p, packed); });
+      const PackedKeyBlocks packed(p, k_sampled, v_sampled, kForwardBlockK,
+                                   {KeyMatrix::keys_transposed, KeyMatrix::values});
+      attention_forward_over_blocks<T>(p, [&] { return Bf16ForwardTiles(p, packed, kForwardBlockQ, kForwardBlockK); });
       return;
     }
   }
   attention_forward_over_blocks<T>(p, [&] { return FloatTiles<T>(p, k_sampled, v_sampled); });
 }
 
-template <typename T>
-void tda_attention_backward(const AttentionParams& p) {
+namespace {
+
+// The backward's products over one block of queries and one of keys, in float32 through the
+// BLAS: raw scores q K~^T and dO V~^T; then dv~ += P^T dO and dk~ += dS^T q into the task's
+// partial sums, (Nk x d) per task, and dq += dS K~.
+template <typename T, typename A = acc_t<T>>
+class FloatBackwardTiles {
+ public:
+  static constexpr bool transposed_partials = false;
+
+  FloatBackwardTiles(const AttentionParams& p, const A* k_sampled, const A* v_sampled, A* partial_dk, A* partial_dv)
+      : k_sampled_(k_sampled), v_sampled_(v_sampled), partial_dk_(partial_dk), partial_dv_(partial_dv), Nk_(p.Nk),
+        d_(p.d), q_rows_(kBackwardBlockQ * p.d), do_rows_(kBackwardBlockQ * p.d) {}
+
+  void load_queries(const T* q_first, const T* do_first, int64_t nq, int64_t row_stride) {
+    q_tile_ = rows_as(q_first, nq, d_, row_stride, q_rows_);
+    do_tile_ = rows_as(do_first, nq, d_, row_stride, do_rows_);
+  }
+  void scores(int64_t bh, int64_t j0, int64_t nq, int64_t nk, A* probs, A* dscores) {
+    at::Tensor p_tile = tile(probs, nq, nk, nk), ds_tile = tile(dscores, nq, nk, nk);
+    at::mm_out(p_tile, q_tile_, keys(bh, j0, nk).t());
+    at::mm_out(ds_tile, do_tile_, tile(v_sampled_ + (bh * Nk_ + j0) * d_, nk, d_, d_).t());
+  }
+  void accumulate(int64_t task, int64_t bh, int64_t j0, int64_t nq, int64_t nk, const A* probs, const A* dscores,
+                  A* dq) {
+    const at::Tensor p_tile = tile(probs, nq, nk, nk), ds_tile = tile(dscores, nq, nk, nk);
+    tile(partial_dv_ + (task * Nk_ + j0) * d_, nk, d_, d_).addmm_(p_tile.t(), do_tile_);
+    tile(partial_dk_ + (task * Nk_ + j0) * d_, nk, d_, d_).addmm_(ds_tile.t(), q_tile_);
+    tile(dq, nq, d_, d_).addmm_(ds_tile, keys(bh, j0, nk));
+  }
+  void finish() {}
+
+ private:
+  at::Tensor keys(int64_t bh, int64_t j0, int64_t nk) const { return tile(k_sampled_ + (bh * Nk_ + j0) * d_, nk, d_, d_); }
+
+  const A *k_sampled_, *v_sampled_;
+  A *partial_dk_, *partial_dv_;
+  int64_t Nk_, d_;
+  std::vector<A> q_rows_, do_rows_;
+  at::Tensor q_tile_, do_tile_;
+};
+
+// dq and the per-task partial sums of dk~ and dv~: tasks own (batch, head, chunk of queries) and
+// recompute the probabilities from the log-sum-exp, block by block; the products come from
+// `make_tiles()`, one per thread.
+template <typename T, typename MakeTiles>
+void attention_backward_over_blocks(const AttentionParams& p, int64_t chunks, MakeTiles make_tiles) {
   using A = acc_t<T>;
-  const int64_t sampled_size = p.B * p.heads * p.Nk * p.d;
-  const at::Tensor sampled = scratch<A>(2 * sampled_size);
-  const A* k_sampled = sampled.data_ptr<A>();
-  const A* v_sampled = k_sampled + sampled_size;
-  sample_keys_values<T>(p, sampled.data_ptr<A>(), sampled.data_ptr<A>() + sampled_size);
   const auto* q = static_cast<const T*>(p.q);
-  const auto* k = static_cast<const T*>(p.k);
-  const auto* v = static_cast<const T*>(p.v);
-  const auto* points = static_cast<const A*>(p.points);
   const auto* out = static_cast<const T*>(p.out);
   const auto* lse = static_cast<const A*>(p.lse);
   const auto* grad_out = static_cast<const T*>(p.grad_out);
   auto* grad_q = static_cast<T*>(p.grad_q);
-  auto* grad_k = static_cast<A*>(p.grad_k);
-  auto* grad_v = static_cast<A*>(p.grad_v);
-  auto* grad_points = static_cast<A*>(p.grad_points);
   const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, BH = p.B * heads, row_stride = heads * d;
-  const int64_t voxels = p.T * p.H * p.W, per_group = heads / p.G;
   const A scale = static_cast<A>(p.scale);
-
   const int64_t q_blocks = std::max<int64_t>(1, (Nq + kBackwardBlockQ - 1) / kBackwardBlockQ);
-  const int64_t chunks = std::max<int64_t>(1, std::min(q_blocks, kBackwardTasks / std::max<int64_t>(BH, 1)));
   const int64_t blocks_per_chunk = (q_blocks + chunks - 1) / chunks;
-  const int64_t partial_size = BH * chunks * Nk * d;
-  const at::Tensor partial = scratch<A>(2 * partial_size);
-  A* partial_dk = partial.data_ptr<A>();
-  A* partial_dv = partial_dk + partial_size;
 
   at::parallel_for(0, BH * chunks, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlasScope sequential_blas;
+    auto tiles = make_tiles();
     std::vector<A> probs(kBackwardBlockQ * kBackwardBlockK), dscores(kBackwardBlockQ * kBackwardBlockK);
     std::vector<A> dq(kBackwardBlockQ * d), row_lse(kBackwardBlockQ), row_delta(kBackwardBlockQ);
-    std::vector<A> q_rows(kBackwardBlockQ * d), do_rows(kBackwardBlockQ * d);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / chunks, chunk = task % chunks, b = bh / heads, h = bh % heads;
       const int64_t first_block = chunk * blocks_per_chunk;
@@ -367,26 +314,14 @@ void tda_attention_backward(const AttentionParams& p) {
           row_delta[i] = delta;
           row_lse[i] = lse[bh * Nq + i0 + i];
         }
-        const at::Tensor q_tile = rows_as(q + first_row, nq, d, row_stride, q_rows);
-        const at::Tensor do_tile = rows_as(grad_out + first_row, nq, d, row_stride, do_rows);
-        at::Tensor dq_tile = tile(dq.data(), nq, d, d);
-        dq_tile.zero_();
+        tiles.load_queries(q + first_row, grad_out + first_row, nq, row_stride);
+        std::fill(dq.begin(), dq.end(), A(0));
         for (int64_t j0 = 0; j0 < Nk; j0 += kBackwardBlockK) {
           const int64_t nk = std::min(kBackwardBlockK, Nk - j0);
-          const at::Tensor k_tile = tile(k_sampled + (bh * Nk + j0) * d, nk, d, d);
-          const at::Tensor v_tile = tile(v_sampled + (bh * Nk + j0) * d, nk, d, d);
-          at::Tensor p_tile = tile(probs.data(), nq, nk, nk);
-          at::Tensor ds_tile = tile(dscores.data(), nq, nk, nk);
-          at::mm_out(p_tile, q_tile, k_tile.t());
-          at::mm_out(ds_tile, do_tile, v_tile.t());
-          for (int64_t i = 0; i < nq; ++i) {
-            A* p_row = probs.data() + i * nk;
-            A* ds_row = dscores.data() + i * nk;
-            softmax_backward_row(p_row, ds_row, nk, scale, row_lse[i], row_delta[i]);
-          }
-          tile(partial_dv + (task * Nk + j0) * d, nk, d, d).addmm_(p_tile.t(), do_tile);
-          tile(partial_dk + (task * Nk + j0) * d, nk, d, d).addmm_(ds_tile.t(), q_tile);
-          dq_tile.addmm_(ds_tile, k_tile);
+          tiles.scores(bh, j0, nq, nk, probs.data(), dscores.data());
+          for (int64_t i = 0; i < nq; ++i)
+            softmax_backward_row(probs.data() + i * nk, dscores.data() + i * nk, nk, scale, row_lse[i], row_delta[i]);
+          tiles.accumulate(task, bh, j0, nq, nk, probs.data(), dscores.data(), dq.data());
         }
         for (int64_t i = 0; i < nq; ++i) {
           T* dq_row = grad_q + first_row + i * row_stride;
@@ -395,7 +330,50 @@ void tda_attention_backward(const AttentionParams& p) {
         }
       }
     }
+    tiles.finish();
   });
+}
+
+}  // namespace
+
+template <typename T>
+void tda_attention_backward(const AttentionParams& p) {
+  using A = acc_t<T>;
+  const at::Tensor sampled = sampled_keys_values<T>(p);
+  A* k_sampled = sampled.data_ptr<A>();
+  A* v_sampled = k_sampled + p.B * p.heads * p.Nk * p.d;
+  const auto* k = static_cast<const T*>(p.k);
+  const auto* v = static_cast<const T*>(p.v);
+  const auto* points = static_cast<const A*>(p.points);
+  auto* grad_k = static_cast<A*>(p.grad_k);
+  auto* grad_v = static_cast<A*>(p.grad_v);
+  auto* grad_points = static_cast<A*>(p.grad_points);
+  const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, BH = p.B * heads;
+  const int64_t voxels = p.T * p.H * p.W, per_group = heads / p.G;
+
+  const int64_t q_blocks = std::max<int64_t>(1, (Nq + kBackwardBlockQ - 1) / kBackwardBlockQ);
+  const int64_t chunks = std::max<int64_t>(1, std::min(q_blocks, kBackwardTasks / std::max<int64_t>(BH, 1)));
+  const int64_t partial_size = BH * chunks * Nk * d;
+  const at::Tensor partial = scratch<A>(2 * partial_size);
+  A* partial_dk = partial.data_ptr<A>();
+  A* partial_dv = partial_dk + partial_size;
+
+  bool transposed_partials = false;
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (bf16_brgemm_enabled()) {
+      const PackedKeyBlocks packed(p, k_sampled, v_sampled, kBackwardBlockK,
+                                   {KeyMatrix::keys_transposed, KeyMatrix::values_transposed, KeyMatrix::keys});
+      attention_backward_over_blocks<T>(p, chunks, [&] {
+        return Bf16BackwardTiles(p, packed, kBackwardBlockQ, kBackwardBlockK, partial_dk, partial_dv);
+      });
+      transposed_partials = Bf16BackwardTiles::transposed_partials;
+    }
+  }
+  if (!transposed_partials) {
+    attention_backward_over_blocks<T>(p, chunks, [&] {
+      return FloatBackwardTiles<T>(p, k_sampled, v_sampled, partial_dk, partial_dv);
+    });
+  }
 
   // Reduce the chunks in a fixed order into chunk 0: dk~ and dv~ of shape (B, heads, Nk, d).
   if (chunks > 1) {
@@ -416,9 +394,32 @@ void tda_attention_backward(const AttentionParams& p) {
       }
     });
   }
-  auto sampled_grad = [&](const A* partial_grad, int64_t bh, int64_t n) {
-    return partial_grad + ((bh * chunks) * Nk + n) * d;
-  };
+  // dk~ and dv~ of (batch, head) are chunk 0's sums, (Nk x d); the matrix-unit tiles summed them
+  // transposed, (d x Nk), so those are turned back first.
+  const A* dk_sums = partial_dk;
+  const A* dv_sums = partial_dv;
+  int64_t sums_stride = chunks * Nk * d;
+  at::Tensor turned;
+  if (transposed_partials) {
+    turned = at::empty({2 * BH * Nk * d}, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
+    A* dk_turned = turned.data_ptr<A>();
+    A* dv_turned = dk_turned + BH * Nk * d;
+    at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const A* dk_t = partial_dk + bh * sums_stride;
+        const A* dv_t = partial_dv + bh * sums_stride;
+        for (int64_t n = 0; n < Nk; ++n)
+          for (int64_t c = 0; c < d; ++c) {
+            dk_turned[(bh * Nk + n) * d + c] = dk_t[c * Nk + n];
+            dv_turned[(bh * Nk + n) * d + c] = dv_t[c * Nk + n];
+          }
+      }
+    });
+    dk_sums = dk_turned;
+    dv_sums = dv_turned;
+    sums_stride = Nk * d;
+  }
+  auto sampled_grad = [&](const A* sums, int64_t bh, int64_t n) { return sums + bh * sums_stride + n * d; };
 
   // Scatter dk~/dv~ into dk/dv through the trilinear weights; a task owns one (batch, head).
   at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
@@ -428,8 +429,8 @@ void tda_attention_backward(const AttentionParams& p) {
       for (int64_t n = 0; n < Nk; ++n) {
         const A* xyt = points + ((b * Nk + n) * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
-        const A* dk_s = sampled_grad(partial_dk, bh, n);
-        const A* dv_s = sampled_grad(partial_dv, bh, n);
+        const A* dk_s = sampled_grad(dk_sums, bh, n);
+        const A* dv_s = sampled_grad(dv_sums, bh, n);
         for (int corner = 0; corner < 8; ++corner) {
           if (!tp.valid[corner]) continue;
           const A w = tp.weight[corner];
@@ -457,8 +458,8 @@ void tda_attention_backward(const AttentionParams& p) {
           if (!tp.valid[corner]) continue;
           A dot = 0;
           for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
-            const A* dk_s = sampled_grad(partial_dk, b * heads + h, n);
-            const A* dv_s = sampled_grad(partial_dv, b * heads + h, n);
+            const A* dk_s = sampled_grad(dk_sums, b * heads + h, n);
+            const A* dv_s = sampled_grad(dv_sums, b * heads + h, n);
             const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
 #pragma omp simd reduction(+ : dot)
             for (int64_t c = 0; c < d; ++c)

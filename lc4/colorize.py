@@ -157,7 +157,8 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="the model's weights and activations: float16 or bfloat16 for a GPU (half "
-                             "the weights' memory; V100s have no bfloat16); default float32")
+                             "the weights' memory; V100s have no bfloat16), bfloat16 also on a CPU; "
+                             "default float32")
     parser.add_argument("--backend", default=None, help="lc4_kernels backend (default: automatic)")
     parser.add_argument("--fps", type=float, default=None, help="output frame rate for frame-folder input")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

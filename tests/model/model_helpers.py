@@ -21,12 +21,14 @@ def randomize_(module: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torc
 
 @contextlib.contextmanager
 def recorded_tda_calls():
-    """Records the (q, k, points) shapes of every ``lc4_kernels.tda_attention`` call."""
+    """Records the (q, k, points) shapes, q's dtype and the backend asked for of every
+    ``lc4_kernels.tda_attention`` call."""
     calls = []
     original = lc4_kernels.tda_attention
 
     def recording(q, k, v, points, scale=None, *, backend=None):
-        calls.append({"q": tuple(q.shape), "k": tuple(k.shape), "points": tuple(points.shape), "backend": backend})
+        calls.append({"q": tuple(q.shape), "k": tuple(k.shape), "points": tuple(points.shape), "backend": backend,
+                      "dtype": q.dtype})
         return original(q, k, v, points, scale, backend=backend)
 
     lc4_kernels.tda_attention = recording

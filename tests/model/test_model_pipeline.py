@@ -647,3 +647,21 @@ def test_frames_are_resized_to_the_model_resolution_by_area_averaging():
     frames = torch.randint(0, 256, (2, 3, 32, 48), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     expected = torch.nn.functional.avg_pool2d(rgb_to_luma(frames.double() / 255), 2).float()
     torch.testing.assert_close(load_luma(frames, size=(16, 24)), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif("cpu" not in __import__("lc4_kernels").available_backends(), reason="compiled cpu backend not built")
+def test_bfloat16_on_the_cpu_runs_the_tda_op_on_the_cpu_backend_and_stays_near_float32(tiny_model_dir):
+    def loaded():
+        pipe = LC4Pipeline.from_pretrained(tiny_model_dir)
+        pipe.set_progress_bar_config(disable=True)
+        randomize_(pipe.tda, std=0.1)
+        return pipe
+
+    expected = loaded()(gray_frames(), "a red car", **RUN).frames
+    half = loaded().to("cpu", torch.bfloat16)
+    assert half.unet.dtype == half.vae.dtype == half.cmpf.dtype == torch.bfloat16
+    with recorded_tda_calls() as calls:
+        got = half(gray_frames(), "a red car", **RUN, backend="cpu").frames
+    assert calls and all(call["dtype"] == torch.bfloat16 and call["backend"] == "cpu" for call in calls)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=0, atol=3e-2)

@@ -223,7 +223,7 @@ void tda_attention_forward(const AttentionParams& p) {
   A* k_sampled = sampled.data_ptr<A>();
   A* v_sampled = k_sampled + p.B * p.heads * p.Nk * p.d;
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    if (bf16_brgemm_enabled()) {
+    if (p.d > 0 && bf16_brgemm_enabled()) {  // the packing takes no empty matrix
       const PackedKeyBlocks packed(p, k_sampled, v_sampled, kForwardBlockK,
                                    {KeyMatrix::keys_transposed, KeyMatrix::values});
       attention_forward_over_blocks<T>(p, [&] { return Bf16ForwardTiles(p, packed, kForwardBlockQ, kForwardBlockK); });
@@ -360,7 +360,7 @@ void tda_attention_backward(const AttentionParams& p) {
 
   bool transposed_partials = false;
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    if (bf16_brgemm_enabled()) {
+    if (p.d > 0 && bf16_brgemm_enabled()) {  // the packing takes no empty matrix
       const PackedKeyBlocks packed(p, k_sampled, v_sampled, kBackwardBlockK,
                                    {KeyMatrix::keys_transposed, KeyMatrix::values_transposed, KeyMatrix::keys});
       attention_backward_over_blocks<T>(p, chunks, [&] {

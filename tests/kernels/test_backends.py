@@ -131,17 +131,20 @@ def test_backward_is_bitwise_deterministic_across_runs_and_thread_counts(backend
 
 # Nq = 300: more than one block of queries, where the backward splits the queries into tasks.
 EMPTY_ATTENTION_SHAPES = [dict(Nq=0), dict(B=0), dict(heads=0, G=1), dict(d=0), dict(B=0, Nq=300),
-                          dict(heads=0, G=1, Nq=300)]
+                          dict(heads=0, G=1, Nq=300), dict(d=0, Nq=300)]
 EMPTY_SAMPLE_SHAPES = [dict(P=0), dict(B=0), dict(G=0), dict(C=0)]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("shape", EMPTY_ATTENTION_SHAPES, ids=_ids(EMPTY_ATTENTION_SHAPES))
 @pytest.mark.parametrize("backend,device", BACKENDS_F32)
-def test_attention_with_an_empty_dimension(backend, device, shape, deterministic):
+def test_attention_with_an_empty_dimension(backend, device, shape, deterministic, dtype):
     # Every gradient an empty dimension leaves without contributions is zero, never uninitialised
     # memory, and no kernel is launched on an empty grid (a launch error on the device).
-    inputs = attention_inputs(**shape, device=device)
+    if (backend, device) not in compiled_backend_cases(dtype, shape.get("d", 8)):
+        pytest.skip(f"{backend} does not run {dtype} on {device}")
+    inputs = attention_inputs(**shape, dtype=dtype, device=device)
     with deterministic_algorithms(deterministic):
         out, grads = run_with_grads(_attention(backend), inputs)
     ref_out, ref_grads = run_with_grads(_attention("reference"), inputs)
@@ -152,9 +155,12 @@ def test_attention_with_an_empty_dimension(backend, device, shape, deterministic
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("shape", EMPTY_SAMPLE_SHAPES, ids=_ids(EMPTY_SAMPLE_SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend,device", BACKENDS_F32)
-def test_sample_with_an_empty_dimension(backend, device, shape, deterministic):
-    inputs = sample_inputs(**shape, device=device)
+def test_sample_with_an_empty_dimension(backend, device, shape, deterministic, dtype):
+    if (backend, device) not in compiled_backend_cases(dtype):
+        pytest.skip(f"{backend} does not run {dtype} on {device}")
+    inputs = sample_inputs(**shape, dtype=dtype, device=device)
     with deterministic_algorithms(deterministic):
         out, grads = run_with_grads(_sample(backend), inputs)
     ref_out, ref_grads = run_with_grads(_sample("reference"), inputs)

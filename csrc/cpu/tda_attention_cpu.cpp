@@ -22,7 +22,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -107,10 +106,6 @@ void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
     }
   });
 }
-
-}  // namespace
-
-namespace {
 
 // k and v sampled at every key point: (2, B, heads, Nk, d) in the accumulation type.
 template <typename T, typename A = acc_t<T>>

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lc4_kernels
 from lc4 import video as video_io
 from lc4.ccf import ClipPlan
 from lc4.pipeline import LC4Pipeline, scheduler_named
@@ -649,7 +650,7 @@ def test_frames_are_resized_to_the_model_resolution_by_area_averaging():
     torch.testing.assert_close(load_luma(frames, size=(16, 24)), expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.skipif("cpu" not in __import__("lc4_kernels").available_backends(), reason="compiled cpu backend not built")
+@pytest.mark.skipif("cpu" not in lc4_kernels.available_backends(), reason="compiled cpu backend not built")
 def test_bfloat16_on_the_cpu_runs_the_tda_op_on_the_cpu_backend_and_stays_near_float32(tiny_model_dir):
     def loaded():
         pipe = LC4Pipeline.from_pretrained(tiny_model_dir)

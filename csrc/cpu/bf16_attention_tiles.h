@@ -1,8 +1,8 @@
 // The cpu backend's bfloat16 attention tiles on the CPU's matrix units (bf16_matrix_tiles.h), for
 // the block loops of tda_attention_cpu.cpp. Keys and values are sampled in float32 as on every
 // path, then rounded to bfloat16 and packed once per call; probabilities and their gradients are
-// rounded to bfloat16 before the products that take them, as FlashAttention does in half
-// precision. Every product accumulates in float32. Operands whose reduction dimension is odd get
+// written in bfloat16 by the softmax itself, for the products that take them, as FlashAttention
+// does in half precision. Every product accumulates in float32. Operands whose reduction dimension is odd get
 // a zero row or column (the packing pairs rows).
 #pragma once
 
@@ -17,6 +17,7 @@
 
 #include "common/params.h"
 #include "cpu/bf16_matrix_tiles.h"
+#include "cpu/vec_math.h"
 
 namespace lc4::cpu {
 
@@ -96,14 +97,8 @@ inline void transpose_rows_padded(const c10::BFloat16* first, int64_t rows, int6
     for (int64_t c = 0; c < d; ++c) out[c * width + rows] = c10::BFloat16(0.f);
 }
 
-// (rows x n) float rows into bfloat16 (rows_even x ld), zero padding below and to the right.
-inline void round_rows_padded(const float* in, int64_t rows, int64_t n, int64_t ld, c10::BFloat16* out) {
-  for (int64_t i = 0; i < rows; ++i) {
-    round_to_bf16(in + i * n, n, out + i * ld);
-    std::fill(out + i * ld + n, out + (i + 1) * ld, c10::BFloat16(0.f));
-  }
-  if (even(rows) != rows) std::fill(out + rows * ld, out + (rows + 1) * ld, c10::BFloat16(0.f));
-}
+// bfloat16 storage as the vectorised softmax rows (vec_math.h) write it.
+inline uint16_t* bits(c10::BFloat16* p) { return reinterpret_cast<uint16_t*>(p); }
 
 // The forward's products: scores = q K~^T (unscaled: the softmax applies the scale in its
 // exponent; a pass over the scores took 12% of the forward's time) and acc += P V~.
@@ -123,12 +118,16 @@ class Bf16ForwardTiles {
                       scores, nk, /*accumulate=*/false);
   }
   float unapplied_scale() const { return scale_; }
-  void accumulate(int64_t bh, int64_t j0, int64_t nq, int64_t nk, const float* probs, float* acc) {
+  // Row i of the block's probabilities, exp(row * factor - shift), written straight into the
+  // bfloat16 operand of P V~; returns their sum, unrounded.
+  float exponentiate_row(int64_t i, const float* row, int64_t nk, float factor, float shift) {
+    BF16* probs = p_rows_.data() + i * even(nk);
+    const float sum = exp_rows_and_sum(row, nk, factor, shift, bits(probs));
+    if (nk & 1) probs[nk] = BF16(0.f);
+    return sum;
+  }
+  void accumulate(int64_t bh, int64_t j0, int64_t nq, int64_t nk, float* acc) {
     const int64_t width = even(nk);
-    for (int64_t i = 0; i < nq; ++i) {
-      round_to_bf16(probs + i * nk, nk, p_rows_.data() + i * width);
-      if (width != nk) p_rows_[i * width + nk] = BF16(0.f);
-    }
     bf16_tile_product(nq, d_, width, p_rows_.data(), width, packed_.block(KeyMatrix::values, bh, j0), acc, d_,
                       /*accumulate=*/true);
   }
@@ -170,12 +169,22 @@ class Bf16BackwardTiles {
     bf16_tile_product(nq, nk, d_even, do_rows_.data(), d_even, packed_.block(KeyMatrix::values_transposed, bh, j0),
                       dscores, nk, /*accumulate=*/false);
   }
+  // Row i of P and dS from its raw scores and dO . v~, written straight into the bfloat16
+  // operands: P (rows nk apart) and dS (rows nk_even apart, a zero column where nk is odd).
+  void softmax_row(int64_t i, const float* scores, const float* dots, int64_t nk, float scale, float lse,
+                   float delta) {
+    BF16* probs = p_rows_.data() + i * nk;
+    BF16* dscores = ds_rows_.data() + i * even(nk);
+    softmax_backward_row(scores, dots, nk, scale, lse, delta, bits(probs), bits(dscores));
+    if (nk & 1) dscores[nk] = BF16(0.f);
+  }
   // dv~^T += dO^T P and dk~^T += q^T dS into the task's partial sums, dq += dS K~.
-  void accumulate(int64_t task, int64_t bh, int64_t j0, int64_t nq, int64_t nk, const float* probs,
-                  const float* dscores, float* dq) {
+  void accumulate(int64_t task, int64_t bh, int64_t j0, int64_t nq, int64_t nk, float* dq) {
     const int64_t nq_even = even(nq), nk_even = even(nk);
-    round_rows_padded(probs, nq, nk, nk, p_rows_.data());
-    round_rows_padded(dscores, nq, nk, nk_even, ds_rows_.data());
+    if (nq != nq_even) {  // a zero row pairs the last one in the packing
+      std::fill_n(p_rows_.data() + nq * nk, nk, BF16(0.f));
+      std::fill_n(ds_rows_.data() + nq * nk_even, nk_even, BF16(0.f));
+    }
     pack_rows(nq_even, nk, p_rows_.data(), p_packed_.data());
     pack_rows(nq_even, nk, ds_rows_.data(), ds_packed_.data(), /*ld=*/nk_even);
     const int64_t partial = task * d_ * Nk_ + j0;

@@ -67,6 +67,18 @@ at::Tensor rows_as(const T* first, int64_t rows, int64_t d, int64_t row_stride, 
   }
 }
 
+// out[c] = row[c] in the storage type; bfloat16 through the vectorised rounding (c10::BFloat16's
+// conversion is scalar).
+template <typename T, typename A>
+void store_row(const A* row, int64_t n, T* out) {
+  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>) {
+    round_to_bf16(row, n, out);
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) out[c] = static_cast<T>(row[c]);
+  }
+}
+
 // Scratch memory comes from the torch allocator, so that memory profilers see it.
 template <typename T>
 at::Tensor scratch(int64_t elements) {
@@ -117,7 +129,8 @@ at::Tensor sampled_keys_values(const AttentionParams& p) {
 }
 
 // The forward's two products over one block of keys, in float32 through the BLAS behind at::mm:
-// scores = scale q K~^T and acc += P V~, on the sampled keys and values.
+// scores = scale q K~^T and acc += P V~, on the sampled keys and values. The probabilities
+// replace the scores in place.
 template <typename T, typename A = acc_t<T>>
 class FloatTiles {
  public:
@@ -129,6 +142,7 @@ class FloatTiles {
     q_tile_ = rows_as(first, nq, d_, row_stride, q_rows_);
   }
   void scores(int64_t bh, int64_t j0, int64_t nq, int64_t nk, A* scores) {
+    probs_ = scores;
     at::Tensor score_tile = tile(scores, nq, nk, nk);
     // beta = 0: the tile's previous contents are ignored, NaN included.
     at::addmm_out(score_tile, score_tile, q_tile_, tile(k_sampled_ + (bh * Nk_ + j0) * d_, nk, d_, d_).t(),
@@ -136,8 +150,12 @@ class FloatTiles {
   }
   // The scale the softmax still has to apply to the scores: none, addmm applied it.
   A unapplied_scale() const { return A(1); }
-  void accumulate(int64_t bh, int64_t j0, int64_t nq, int64_t nk, const A* probs, A* acc) {
-    tile(acc, nq, d_, d_).addmm_(tile(probs, nq, nk, nk), tile(v_sampled_ + (bh * Nk_ + j0) * d_, nk, d_, d_));
+  // Row i of the block's probabilities, exp(row * factor - shift); returns their sum.
+  A exponentiate_row(int64_t /*i*/, A* row, int64_t nk, A factor, A shift) {
+    return exp_rows_and_sum(row, nk, factor, shift);
+  }
+  void accumulate(int64_t bh, int64_t j0, int64_t nq, int64_t nk, A* acc) {
+    tile(acc, nq, d_, d_).addmm_(tile(probs_, nq, nk, nk), tile(v_sampled_ + (bh * Nk_ + j0) * d_, nk, d_, d_));
   }
   void finish() {}
 
@@ -147,6 +165,7 @@ class FloatTiles {
   A scale_;
   std::vector<A> q_rows_;
   at::Tensor q_tile_;
+  const A* probs_ = nullptr;
 };
 
 // The online softmax over blocks of keys, one task per (batch, head, block of queries); the tile
@@ -165,7 +184,7 @@ void attention_forward_over_blocks(const AttentionParams& p, MakeTiles make_tile
     auto tiles = make_tiles();
     const A scale = tiles.unapplied_scale();
     std::vector<A> acc(kForwardBlockQ * d), scores(kForwardBlockQ * kForwardBlockK);
-    std::vector<A> row_max(kForwardBlockQ), row_sum(kForwardBlockQ);
+    std::vector<A> row_max(kForwardBlockQ), row_sum(kForwardBlockQ), new_max(kForwardBlockQ), correction(kForwardBlockQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, b = bh / heads, h = bh % heads;
       const int64_t i0 = (task % q_blocks) * kForwardBlockQ, nq = std::min(kForwardBlockQ, Nq - i0);
@@ -177,31 +196,36 @@ void attention_forward_over_blocks(const AttentionParams& p, MakeTiles make_tile
       for (int64_t j0 = 0; j0 < Nk; j0 += kForwardBlockK) {
         const int64_t nk = std::min(kForwardBlockK, Nk - j0);
         tiles.scores(bh, j0, nq, nk, scores.data());
+        // A positive scale goes into the exponent (the row's maximum scales with it); any other is
+        // applied to the scores first.
+        const A factor = scale > A(0) ? scale : A(1);
         for (int64_t i = 0; i < nq; ++i) {
           A* row = scores.data() + i * nk;
-          // A positive scale goes into the exponent (the row's maximum scales with it); any
-          // other is applied to the scores first.
           if (!(scale > A(0))) {
 #pragma omp simd
             for (int64_t j = 0; j < nk; ++j) row[j] *= scale;
           }
-          const A factor = scale > A(0) ? scale : A(1);
-          const A new_max = std::max(row_max[i], factor * row_max_of(row, nk));
-          const A correction = std::exp(row_max[i] - new_max);
-          const A block_sum = exp_rows_and_sum(row, nk, factor, new_max);
-          row_sum[i] = row_sum[i] * correction + block_sum;
-          row_max[i] = new_max;
+          new_max[i] = std::max(row_max[i], factor * row_max_of(row, nk));
+          correction[i] = row_max[i] - new_max[i];
+        }
+        // exp(old maximum - new) of every row at once: what the earlier blocks' sums shrink by.
+        exp_rows_and_sum(correction.data(), nq, A(1), A(0));
+        for (int64_t i = 0; i < nq; ++i) {
+          const A block_sum = tiles.exponentiate_row(i, scores.data() + i * nk, nk, factor, new_max[i]);
+          row_sum[i] = row_sum[i] * correction[i] + block_sum;
+          row_max[i] = new_max[i];
           A* a = acc.data() + i * d;
 #pragma omp simd
-          for (int64_t c = 0; c < d; ++c) a[c] *= correction;
+          for (int64_t c = 0; c < d; ++c) a[c] *= correction[i];
         }
-        tiles.accumulate(bh, j0, nq, nk, scores.data(), acc.data());
+        tiles.accumulate(bh, j0, nq, nk, acc.data());
       }
       for (int64_t i = 0; i < nq; ++i) {
         const A inv = A(1) / row_sum[i];
-        T* o = out + ((b * Nq + i0 + i) * heads + h) * d;
+        A* a = acc.data() + i * d;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) o[c] = static_cast<T>(acc[i * d + c] * inv);
+        for (int64_t c = 0; c < d; ++c) a[c] *= inv;
+        store_row(a, d, out + ((b * Nq + i0 + i) * heads + h) * d);
         lse[bh * Nq + i0 + i] = row_max[i] + std::log(row_sum[i]);
       }
     }
@@ -232,7 +256,7 @@ namespace {
 
 // The backward's products over one block of queries and one of keys, in float32 through the
 // BLAS: raw scores q K~^T and dO V~^T; then dv~ += P^T dO and dk~ += dS^T q into the task's
-// partial sums, (Nk x d) per task, and dq += dS K~.
+// partial sums, (Nk x d) per task, and dq += dS K~. P and dS replace the scores in place.
 template <typename T, typename A = acc_t<T>>
 class FloatBackwardTiles {
  public:
@@ -247,13 +271,18 @@ class FloatBackwardTiles {
     do_tile_ = rows_as(do_first, nq, d_, row_stride, do_rows_);
   }
   void scores(int64_t bh, int64_t j0, int64_t nq, int64_t nk, A* probs, A* dscores) {
+    probs_ = probs;
+    dscores_ = dscores;
     at::Tensor p_tile = tile(probs, nq, nk, nk), ds_tile = tile(dscores, nq, nk, nk);
     at::mm_out(p_tile, q_tile_, keys(bh, j0, nk).t());
     at::mm_out(ds_tile, do_tile_, tile(v_sampled_ + (bh * Nk_ + j0) * d_, nk, d_, d_).t());
   }
-  void accumulate(int64_t task, int64_t bh, int64_t j0, int64_t nq, int64_t nk, const A* probs, const A* dscores,
-                  A* dq) {
-    const at::Tensor p_tile = tile(probs, nq, nk, nk), ds_tile = tile(dscores, nq, nk, nk);
+  // Row i of P and dS from its raw scores and dO . v~ (the rows of scores()'s buffers).
+  void softmax_row(int64_t /*i*/, A* probs, A* dscores, int64_t nk, A scale, A lse, A delta) {
+    softmax_backward_row(probs, dscores, nk, scale, lse, delta);
+  }
+  void accumulate(int64_t task, int64_t bh, int64_t j0, int64_t nq, int64_t nk, A* dq) {
+    const at::Tensor p_tile = tile(probs_, nq, nk, nk), ds_tile = tile(dscores_, nq, nk, nk);
     tile(partial_dv_ + (task * Nk_ + j0) * d_, nk, d_, d_).addmm_(p_tile.t(), do_tile_);
     tile(partial_dk_ + (task * Nk_ + j0) * d_, nk, d_, d_).addmm_(ds_tile.t(), q_tile_);
     tile(dq, nq, d_, d_).addmm_(ds_tile, keys(bh, j0, nk));
@@ -268,6 +297,7 @@ class FloatBackwardTiles {
   int64_t Nk_, d_;
   std::vector<A> q_rows_, do_rows_;
   at::Tensor q_tile_, do_tile_;
+  const A *probs_ = nullptr, *dscores_ = nullptr;
 };
 
 // dq and the per-task partial sums of dk~ and dv~: tasks own (batch, head, chunk of queries) and
@@ -315,14 +345,10 @@ void attention_backward_over_blocks(const AttentionParams& p, int64_t chunks, Ma
           const int64_t nk = std::min(kBackwardBlockK, Nk - j0);
           tiles.scores(bh, j0, nq, nk, probs.data(), dscores.data());
           for (int64_t i = 0; i < nq; ++i)
-            softmax_backward_row(probs.data() + i * nk, dscores.data() + i * nk, nk, scale, row_lse[i], row_delta[i]);
-          tiles.accumulate(task, bh, j0, nq, nk, probs.data(), dscores.data(), dq.data());
+            tiles.softmax_row(i, probs.data() + i * nk, dscores.data() + i * nk, nk, scale, row_lse[i], row_delta[i]);
+          tiles.accumulate(task, bh, j0, nq, nk, dq.data());
         }
-        for (int64_t i = 0; i < nq; ++i) {
-          T* dq_row = grad_q + first_row + i * row_stride;
-#pragma omp simd
-          for (int64_t c = 0; c < d; ++c) dq_row[c] = static_cast<T>(dq[i * d + c]);
-        }
+        for (int64_t i = 0; i < nq; ++i) store_row(dq.data() + i * d, d, grad_q + first_row + i * row_stride);
       }
     }
     tiles.finish();

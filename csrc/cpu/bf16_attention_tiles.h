@@ -40,20 +40,20 @@ class PackedKeyBlocks {
     const int64_t BH = p.B * p.heads;
     storage_ = at::empty({BH * blocks_ * slot_}, at::TensorOptions().dtype(at::kBFloat16));
     at::parallel_for(0, BH * blocks_, 1, [&](int64_t begin, int64_t end) {
-      std::vector<BF16> rows(even(d_) * even(block_));
+      std::vector<BF16> rounded(even(block_) * d_), rows(even(d_) * block_);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bh = task / blocks_, j0 = (task % blocks_) * block_, nk = std::min(block_, Nk_ - j0);
         for (KeyMatrix m : matrices) {
           const bool from_keys = m == KeyMatrix::keys_transposed || m == KeyMatrix::keys;
-          const float* first = (from_keys ? k_sampled : v_sampled) + (bh * Nk_ + j0) * d_;
-          std::fill(rows.begin(), rows.end(), BF16(0.f));
-          if (transposed(m)) {
-            for (int64_t j = 0; j < nk; ++j)
-              for (int64_t c = 0; c < d_; ++c) rows[c * nk + j] = BF16(first[j * d_ + c]);
+          // (nk x d), rounded in one vectorised pass; a zero row where nk is odd.
+          round_to_bf16((from_keys ? k_sampled : v_sampled) + (bh * Nk_ + j0) * d_, nk * d_, rounded.data());
+          std::fill_n(rounded.data() + nk * d_, (even(nk) - nk) * d_, BF16(0.f));
+          if (transposed(m)) {  // (d x nk), a zero row where d is odd
+            transpose(rounded.data(), nk, d_, rows.data());
+            std::fill_n(rows.data() + d_ * nk, (even(d_) - d_) * nk, BF16(0.f));
             pack_rows(even(d_), nk, rows.data(), mutable_block(m, bh, j0));
           } else {
-            round_to_bf16(first, nk * d_, rows.data());
-            pack_rows(even(nk), d_, rows.data(), mutable_block(m, bh, j0));
+            pack_rows(even(nk), d_, rounded.data(), mutable_block(m, bh, j0));
           }
         }
       }
@@ -69,6 +69,16 @@ class PackedKeyBlocks {
 
  private:
   static bool transposed(KeyMatrix m) { return m == KeyMatrix::keys_transposed || m == KeyMatrix::values_transposed; }
+  // (rows x cols) into (cols x rows), 16 rows at a time so that the rows read stay in L1 (row by
+  // row, each element went to another cache line: 70% of this constructor's time).
+  static void transpose(const BF16* in, int64_t rows, int64_t cols, BF16* out) {
+    constexpr int64_t kRows = 16;
+    for (int64_t i0 = 0; i0 < rows; i0 += kRows) {
+      const int64_t n = std::min(kRows, rows - i0);
+      for (int64_t c = 0; c < cols; ++c)
+        for (int64_t i = 0; i < n; ++i) out[c * rows + i0 + i] = in[(i0 + i) * cols + c];
+    }
+  }
   BF16* mutable_block(KeyMatrix m, int64_t bh, int64_t j0) { return const_cast<BF16*>(block(m, bh, j0)); }
 
   int64_t Nk_, d_, block_, blocks_, slot_ = 0;

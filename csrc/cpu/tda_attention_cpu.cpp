@@ -85,7 +85,8 @@ at::Tensor scratch(int64_t elements) {
   return at::zeros({elements}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// Samples k and v at every key point into zeroed (B, heads, Nk, d) buffers of the accumulation type.
+// Samples k and v at every key point into (B, heads, Nk, d) buffers of the accumulation type,
+// writing every row.
 template <typename T, typename A = acc_t<T>>
 void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
   const auto* k = static_cast<const T*>(p.k);
@@ -95,23 +96,37 @@ void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
   const int64_t per_group = heads / p.G;
   at::parallel_for(0, p.B * Nk, 16, [&](int64_t begin, int64_t end) {
     TrilinearPoint<A> tp;
+    // A corner outside the map reads zeros here, not the map at weight 0 (0 * inf is NaN).
+    const std::vector<T> zeros(d, T(0));
     for (int64_t bn = begin; bn < end; ++bn) {
       const int64_t b = bn / Nk, n = bn % Nk;
       for (int64_t g = 0; g < p.G; ++g) {
         const A* xyt = points + (bn * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
         for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
+          const T* k_corner[8];
+          const T* v_corner[8];
+          A weight[8];
+          for (int corner = 0; corner < 8; ++corner) {
+            const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
+            k_corner[corner] = tp.valid[corner] ? k + offset : zeros.data();
+            v_corner[corner] = tp.valid[corner] ? v + offset : zeros.data();
+            weight[corner] = tp.valid[corner] ? tp.weight[corner] : A(0);
+          }
           A* k_row = k_sampled + ((b * heads + h) * Nk + n) * d;
           A* v_row = v_sampled + ((b * heads + h) * Nk + n) * d;
-          for (int corner = 0; corner < 8; ++corner) {
-            if (!tp.valid[corner]) continue;
-            const A w = tp.weight[corner];
-            const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
+          // The eight corners summed in registers, each row written once (a corner at a time,
+          // the rows were loaded and stored eight times).
 #pragma omp simd
-            for (int64_t c = 0; c < d; ++c) {
-              k_row[c] += w * static_cast<A>(k[offset + c]);
-              v_row[c] += w * static_cast<A>(v[offset + c]);
+          for (int64_t c = 0; c < d; ++c) {
+            A k_sum = 0, v_sum = 0;
+#pragma GCC unroll 8
+            for (int corner = 0; corner < 8; ++corner) {
+              k_sum += weight[corner] * static_cast<A>(k_corner[corner][c]);
+              v_sum += weight[corner] * static_cast<A>(v_corner[corner][c]);
             }
+            k_row[c] = k_sum;
+            v_row[c] = v_sum;
           }
         }
       }
@@ -123,7 +138,7 @@ void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
 template <typename T, typename A = acc_t<T>>
 at::Tensor sampled_keys_values(const AttentionParams& p) {
   const int64_t size = p.B * p.heads * p.Nk * p.d;
-  at::Tensor sampled = scratch<A>(2 * size);
+  at::Tensor sampled = at::empty({2 * size}, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
   sample_keys_values<T>(p, sampled.data_ptr<A>(), sampled.data_ptr<A>() + size);
   return sampled;
 }

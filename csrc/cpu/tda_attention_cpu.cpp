@@ -28,6 +28,7 @@
 
 #include "common/trilinear_math.h"
 #include "cpu/bf16_attention_tiles.h"
+#include "cpu/corner_rows.h"
 #include "cpu/cpu_kernels.h"
 #include "cpu/sequential_blas.h"
 #include "cpu/vec_math.h"
@@ -67,18 +68,6 @@ at::Tensor rows_as(const T* first, int64_t rows, int64_t d, int64_t row_stride, 
   }
 }
 
-// out[c] = row[c] in the storage type; bfloat16 through the vectorised rounding (c10::BFloat16's
-// conversion is scalar).
-template <typename T, typename A>
-void store_row(const A* row, int64_t n, T* out) {
-  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>) {
-    round_to_bf16(row, n, out);
-  } else {
-#pragma omp simd
-    for (int64_t c = 0; c < n; ++c) out[c] = static_cast<T>(row[c]);
-  }
-}
-
 // Scratch memory comes from the torch allocator, so that memory profilers see it.
 template <typename T>
 at::Tensor scratch(int64_t elements) {
@@ -96,7 +85,6 @@ void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
   const int64_t per_group = heads / p.G;
   at::parallel_for(0, p.B * Nk, 16, [&](int64_t begin, int64_t end) {
     TrilinearPoint<A> tp;
-    // A corner outside the map reads zeros here, not the map at weight 0 (0 * inf is NaN).
     const std::vector<T> zeros(d, T(0));
     for (int64_t bn = begin; bn < end; ++bn) {
       const int64_t b = bn / Nk, n = bn % Nk;
@@ -104,30 +92,9 @@ void sample_keys_values(const AttentionParams& p, A* k_sampled, A* v_sampled) {
         const A* xyt = points + (bn * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
         for (int64_t h = g * per_group; h < (g + 1) * per_group; ++h) {
-          const T* k_corner[8];
-          const T* v_corner[8];
-          A weight[8];
-          for (int corner = 0; corner < 8; ++corner) {
-            const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
-            k_corner[corner] = tp.valid[corner] ? k + offset : zeros.data();
-            v_corner[corner] = tp.valid[corner] ? v + offset : zeros.data();
-            weight[corner] = tp.valid[corner] ? tp.weight[corner] : A(0);
-          }
-          A* k_row = k_sampled + ((b * heads + h) * Nk + n) * d;
-          A* v_row = v_sampled + ((b * heads + h) * Nk + n) * d;
-          // The eight corners summed in registers, each row written once (a corner at a time,
-          // the rows were loaded and stored eight times).
-#pragma omp simd
-          for (int64_t c = 0; c < d; ++c) {
-            A k_sum = 0, v_sum = 0;
-#pragma GCC unroll 8
-            for (int corner = 0; corner < 8; ++corner) {
-              k_sum += weight[corner] * static_cast<A>(k_corner[corner][c]);
-              v_sum += weight[corner] * static_cast<A>(v_corner[corner][c]);
-            }
-            k_row[c] = k_sum;
-            v_row[c] = v_sum;
-          }
+          const int64_t first = b * voxels * heads * d + h * d, row = ((b * heads + h) * Nk + n) * d;
+          weighted_corner_sum(corner_rows(tp, k + first, heads * d, zeros.data()), d, k_sampled + row);
+          weighted_corner_sum(corner_rows(tp, v + first, heads * d, zeros.data()), d, v_sampled + row);
         }
       }
     }

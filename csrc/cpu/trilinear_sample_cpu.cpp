@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/trilinear_math.h"
+#include "cpu/corner_rows.h"
 #include "cpu/cpu_kernels.h"
 
 namespace lc4::cpu {
@@ -25,6 +26,7 @@ void trilinear_sample_forward(const SampleParams& p) {
   const int64_t voxels = p.T * p.H * p.W;
   at::parallel_for(0, p.B * p.P, 16, [&](int64_t begin, int64_t end) {
     TrilinearPoint<acc> tp;
+    const std::vector<scalar_t> zeros(p.C, scalar_t(0));
     std::vector<acc> sum(in_place ? 0 : p.C);
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / p.P;
@@ -32,18 +34,12 @@ void trilinear_sample_forward(const SampleParams& p) {
         const acc* xyt = points + (bp * p.G + g) * 3;
         trilinear_point(xyt[0], xyt[1], xyt[2], p.T, p.H, p.W, tp);
         scalar_t* o = out + (bp * p.G + g) * p.C;
-        acc* s = in_place ? reinterpret_cast<acc*>(o) : sum.data();
-        std::fill(s, s + p.C, acc(0));
-        for (int corner = 0; corner < 8; ++corner) {
-          if (!tp.valid[corner]) continue;
-          const acc w = tp.weight[corner];
-          const scalar_t* src = value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
-#pragma omp simd
-          for (int64_t c = 0; c < p.C; ++c) s[c] += w * static_cast<acc>(src[c]);
-        }
-        if constexpr (!in_place) {
-#pragma omp simd
-          for (int64_t c = 0; c < p.C; ++c) o[c] = static_cast<scalar_t>(s[c]);
+        const auto rows = corner_rows(tp, value + (b * voxels * p.G + g) * p.C, p.G * p.C, zeros.data());
+        if constexpr (in_place) {
+          weighted_corner_sum(rows, p.C, o);
+        } else {
+          weighted_corner_sum(rows, p.C, sum.data());
+          store_row(sum.data(), p.C, o);
         }
       }
     }

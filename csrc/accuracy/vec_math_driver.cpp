@@ -97,7 +97,8 @@ void check_bf16_stores() {
     if (!std::isnan(x)) xs.push_back(x);
   }
   std::vector<uint16_t> vector_out(xs.size());
-  for (size_t i = 0; i + simd::kLanes <= xs.size(); i += simd::kLanes) simd::store(vector_out.data() + i, simd::load(xs.data() + i));
+  for (size_t i = 0; i + simd::kLanes <= xs.size(); i += simd::kLanes)
+    simd::store(vector_out.data() + i, simd::load(xs.data() + i));
   for (size_t i = 0; i < xs.size(); ++i) {
     uint16_t scalar_out;
     simd::store_one(&scalar_out, xs[i]);
@@ -105,7 +106,8 @@ void check_bf16_stores() {
     if (std::isnan(xs[i]))
       check((scalar_out & 0x7F80) == 0x7F80 && (scalar_out & 0x7F), "NaN stays NaN", xs[i]);
     else
-      check(scalar_out == bf16_reference(xs[i]), "bfloat16 rounds to nearest even", xs[i], from_bits(uint32_t(scalar_out) << 16));
+      check(scalar_out == bf16_reference(xs[i]), "bfloat16 rounds to nearest even", xs[i],
+            from_bits(uint32_t(scalar_out) << 16));
   }
 }
 

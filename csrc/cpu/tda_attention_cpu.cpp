@@ -166,7 +166,8 @@ void attention_forward_over_blocks(const AttentionParams& p, MakeTiles make_tile
     auto tiles = make_tiles();
     const A scale = tiles.unapplied_scale();
     std::vector<A> acc(kForwardBlockQ * d), scores(kForwardBlockQ * kForwardBlockK);
-    std::vector<A> row_max(kForwardBlockQ), row_sum(kForwardBlockQ), new_max(kForwardBlockQ), correction(kForwardBlockQ);
+    std::vector<A> row_max(kForwardBlockQ), row_sum(kForwardBlockQ);
+    std::vector<A> new_max(kForwardBlockQ), correction(kForwardBlockQ);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, b = bh / heads, h = bh % heads;
       const int64_t i0 = (task % q_blocks) * kForwardBlockQ, nq = std::min(kForwardBlockQ, Nq - i0);

@@ -5,7 +5,8 @@
 // - the bfloat16 stores round to nearest even, flush subnormals to zero, keep infinities and
 //   NaNs, and vector and scalar stores agree bit for bit;
 // - exp_rows_and_sum and softmax_backward_row give the same values through float and bfloat16
-//   outputs (the latter the former rounded), on row lengths that leave every tail length.
+//   outputs (the latter the former rounded), on row lengths that leave every tail length;
+// - the float16 and bfloat16 vector loads and stores, whole and partial (check_half_loads_and_stores).
 // Prints "vec_math driver: ok" and exits 0, or prints the first failure and exits 1.
 #include <cmath>
 #include <cstdint>
@@ -149,6 +150,80 @@ void check_rows() {
   }
 }
 
+// Every bfloat16 (and, where the build converts float16 in vectors, every float16) loads as the
+// float it stands for; float16 stores round as a cast does; the partial loads fill the lanes past
+// n with zeros and the partial stores write the first n elements and nothing after them.
+void check_half_loads_and_stores() {
+  std::vector<uint16_t> bits(1 << 16);
+  for (uint32_t i = 0; i < bits.size(); ++i) bits[i] = static_cast<uint16_t>(i);
+  for (size_t i = 0; i < bits.size(); i += simd::kLanes) {
+    const simd::vfloat loaded = simd::load(bits.data() + i);
+    for (int lane = 0; lane < simd::kLanes; ++lane)
+      check(to_bits(loaded[lane]) == uint32_t(bits[i + lane]) << 16, "bfloat16 loads as its float", bits[i + lane]);
+  }
+  for (int n = 0; n <= simd::kLanes; ++n) {
+    const std::vector<uint16_t> row(bits.begin() + 0x3F80, bits.begin() + 0x3F80 + n);  // exactly n elements
+    const simd::vfloat loaded = simd::load_first(row.data(), n);
+    for (int lane = 0; lane < simd::kLanes; ++lane)
+      check(lane < n ? loaded[lane] == from_bits(uint32_t(row[lane]) << 16) : loaded[lane] == 0.0f,
+            "bfloat16 partial load", n, lane);
+    std::vector<float> out(simd::kLanes + 1, -7.0f), in(simd::kLanes);
+    for (int lane = 0; lane < simd::kLanes; ++lane) in[lane] = 0.5f * lane + 1;
+    simd::store_first(out.data(), simd::load(in.data()), n);
+    for (int lane = 0; lane <= simd::kLanes; ++lane)
+      check(out[lane] == (lane < n ? in[lane] : -7.0f), "float partial store writes the first n alone", n, lane);
+    const simd::vfloat first = simd::load_first(in.data(), n);
+    for (int lane = 0; lane < simd::kLanes; ++lane)
+      check(first[lane] == (lane < n ? in[lane] : 0.0f), "float partial load", n, lane);
+  }
+#if LC4_SIMD_FLOAT16
+  std::vector<_Float16> halves(1 << 16);
+  std::memcpy(halves.data(), bits.data(), bits.size() * sizeof(uint16_t));
+  for (size_t i = 0; i < halves.size(); i += simd::kLanes) {
+    const simd::vfloat loaded = simd::load(halves.data() + i);
+    for (int lane = 0; lane < simd::kLanes; ++lane) {
+      const float expected = static_cast<float>(halves[i + lane]);
+      check(std::isnan(expected) ? std::isnan(loaded[lane]) : to_bits(loaded[lane]) == to_bits(expected),
+            "float16 loads as its float", bits[i + lane]);
+    }
+  }
+  std::vector<float> xs = {0.0f, -0.0f, 1.0f, 65504.0f, 65519.0f, 65520.0f, -65520.0f, 1e-8f, 3e-8f, 6.1e-5f,
+                           std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(),
+                           1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f};  // ties: to even, down and up
+  uint32_t state = 777;
+  while (xs.size() % simd::kLanes || xs.size() < 4096) {
+    state = state * 1664525u + 1013904223u;
+    xs.push_back(from_bits((state & 0x8FFFFFFFu) | 0x30000000u));  // magnitudes around float16's range
+  }
+  std::vector<_Float16> stored(xs.size());
+  for (size_t i = 0; i < xs.size(); i += simd::kLanes) simd::store(stored.data() + i, simd::load(xs.data() + i));
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const _Float16 expected = static_cast<_Float16>(xs[i]);
+    uint16_t got_bits, expected_bits;
+    std::memcpy(&got_bits, &stored[i], 2);
+    std::memcpy(&expected_bits, &expected, 2);
+    check(std::isnan(xs[i]) ? std::isnan(static_cast<float>(stored[i])) : got_bits == expected_bits,
+          "float16 stores round as a cast does", xs[i], static_cast<float>(stored[i]));
+  }
+  for (int n = 0; n <= simd::kLanes; ++n) {
+    const std::vector<_Float16> row(halves.begin() + 0x3C00, halves.begin() + 0x3C00 + n);
+    const simd::vfloat loaded = simd::load_first(row.data(), n);
+    for (int lane = 0; lane < simd::kLanes; ++lane)
+      check(loaded[lane] == (lane < n ? static_cast<float>(row[lane]) : 0.0f), "float16 partial load", n, lane);
+    std::vector<float> in(simd::kLanes);
+    for (int lane = 0; lane < simd::kLanes; ++lane) in[lane] = 0.5f * lane + 1;
+    std::vector<_Float16> out(simd::kLanes + 1, static_cast<_Float16>(-7.0f));
+    simd::store_first(out.data(), simd::load(in.data()), n);
+    for (int lane = 0; lane <= simd::kLanes; ++lane)
+      check(static_cast<float>(out[lane]) == (lane < n ? in[lane] : -7.0f),
+            "float16 partial store writes the first n alone", n, lane);
+  }
+  std::printf("float16 and bfloat16 loads and stores: vectors of %d\n", simd::kLanes);
+#else
+  std::printf("bfloat16 loads and stores checked; this build converts float16 element by element\n");
+#endif
+}
+
 }  // namespace
 
 int main() {
@@ -156,6 +231,7 @@ int main() {
   check_exp();
   check_bf16_stores();
   check_rows();
+  check_half_loads_and_stores();
   if (failures) {
     std::printf("vec_math driver: %d failures\n", failures);
     return 1;

@@ -2,14 +2,10 @@
 // forward (trilinear_sample's output, tda_attention's sampled keys and values).
 #pragma once
 
-#include <c10/util/BFloat16.h>
-
 #include <cstdint>
-#include <type_traits>
-#include <vector>
 
 #include "common/trilinear_math.h"
-#include "cpu/bf16_matrix_tiles.h"
+#include "cpu/float_rows.h"
 
 namespace lc4::cpu {
 
@@ -38,24 +34,23 @@ CornerRows<T, A> corner_rows(const TrilinearPoint<A>& tp, const T* first, int64_
 // written once (a corner at a time, an output row was loaded and stored eight times).
 template <typename T, typename A>
 void weighted_corner_sum(const CornerRows<T, A>& rows, int64_t n, A* out) {
-#pragma omp simd
-  for (int64_t c = 0; c < n; ++c) {
-    A sum = 0;
-#pragma GCC unroll 8
-    for (int corner = 0; corner < 8; ++corner) sum += rows.weight[corner] * static_cast<A>(rows.row[corner][c]);
-    out[c] = sum;
-  }
-}
-
-// out[c] = row[c] in the storage type; bfloat16 through the vectorised rounding (c10::BFloat16's
-// conversion is scalar).
-template <typename T, typename A>
-void store_row(const A* row, int64_t n, T* out) {
-  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>) {
-    round_to_bf16(row, n, out);
+  if constexpr (kVectorPath<A, T>) {
+    const CornerRows<T, A> local = rows;  // a vector store may alias `rows`: keep it in registers
+    for (int64_t c = 0; c < n; c += simd::kLanes) {
+      const int width = lanes_from(c, n);
+      simd::vfloat sum = local.weight[0] * load_as_float(local.row[0] + c, width);
+#pragma GCC unroll 7
+      for (int corner = 1; corner < 8; ++corner) sum += local.weight[corner] * load_as_float(local.row[corner] + c, width);
+      simd::store_first(out + c, sum, width);
+    }
   } else {
 #pragma omp simd
-    for (int64_t c = 0; c < n; ++c) out[c] = static_cast<T>(row[c]);
+    for (int64_t c = 0; c < n; ++c) {
+      A sum = 0;
+#pragma GCC unroll 8
+      for (int corner = 0; corner < 8; ++corner) sum += rows.weight[corner] * static_cast<A>(rows.row[corner][c]);
+      out[c] = sum;
+    }
   }
 }
 

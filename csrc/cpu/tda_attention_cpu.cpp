@@ -30,6 +30,7 @@
 #include "cpu/bf16_attention_tiles.h"
 #include "cpu/corner_rows.h"
 #include "cpu/cpu_kernels.h"
+#include "cpu/float_rows.h"
 #include "cpu/sequential_blas.h"
 #include "cpu/vec_math.h"
 
@@ -58,12 +59,7 @@ at::Tensor rows_as(const T* first, int64_t rows, int64_t d, int64_t row_stride, 
   if constexpr (std::is_same_v<T, A>) {
     return tile(first, rows, d, row_stride);
   } else {
-    for (int64_t i = 0; i < rows; ++i) {
-      const T* row = first + i * row_stride;
-      A* converted = buffer.data() + i * d;
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) converted[c] = static_cast<A>(row[c]);
-    }
+    for (int64_t i = 0; i < rows; ++i) convert_row(first + i * row_stride, d, buffer.data() + i * d);
     return tile(buffer.data(), rows, d, d);
   }
 }
@@ -208,7 +204,7 @@ void attention_forward_over_blocks(const AttentionParams& p, MakeTiles make_tile
         A* a = acc.data() + i * d;
 #pragma omp simd
         for (int64_t c = 0; c < d; ++c) a[c] *= inv;
-        store_row(a, d, out + ((b * Nq + i0 + i) * heads + h) * d);
+        convert_row(a, d, out + ((b * Nq + i0 + i) * heads + h) * d);
         lse[bh * Nq + i0 + i] = row_max[i] + std::log(row_sum[i]);
       }
     }
@@ -314,12 +310,7 @@ void attention_backward_over_blocks(const AttentionParams& p, int64_t chunks, Ma
         if (nq == 0) continue;
         const int64_t first_row = ((b * Nq + i0) * heads + h) * d;
         for (int64_t i = 0; i < nq; ++i) {
-          const T* go = grad_out + first_row + i * row_stride;
-          const T* o = out + first_row + i * row_stride;
-          A delta = 0;
-#pragma omp simd reduction(+ : delta)
-          for (int64_t c = 0; c < d; ++c) delta += static_cast<A>(go[c]) * static_cast<A>(o[c]);
-          row_delta[i] = delta;
+          row_delta[i] = dot_row<A>(grad_out + first_row + i * row_stride, out + first_row + i * row_stride, d);
           row_lse[i] = lse[bh * Nq + i0 + i];
         }
         tiles.load_queries(q + first_row, grad_out + first_row, nq, row_stride);
@@ -331,7 +322,7 @@ void attention_backward_over_blocks(const AttentionParams& p, int64_t chunks, Ma
             tiles.softmax_row(i, probs.data() + i * nk, dscores.data() + i * nk, nk, scale, row_lse[i], row_delta[i]);
           tiles.accumulate(task, bh, j0, nq, nk, dq.data());
         }
-        for (int64_t i = 0; i < nq; ++i) store_row(dq.data() + i * d, d, grad_q + first_row + i * row_stride);
+        for (int64_t i = 0; i < nq; ++i) convert_row(dq.data() + i * d, d, grad_q + first_row + i * row_stride);
       }
     }
     tiles.finish();
@@ -465,9 +456,7 @@ void tda_attention_backward(const AttentionParams& p) {
             const A* dk_s = sampled_grad(dk_sums, b * heads + h, n);
             const A* dv_s = sampled_grad(dv_sums, b * heads + h, n);
             const int64_t offset = ((b * voxels + tp.voxel[corner]) * heads + h) * d;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t c = 0; c < d; ++c)
-              dot += dk_s[c] * static_cast<A>(k[offset + c]) + dv_s[c] * static_cast<A>(v[offset + c]);
+            dot += dot_row<A>(dk_s, k + offset, d) + dot_row<A>(dv_s, v + offset, d);
           }
           for (int axis = 0; axis < 3; ++axis) grad[axis] += tp.dweight[corner][axis] * dot;
         }

@@ -10,6 +10,7 @@
 #include "common/trilinear_math.h"
 #include "cpu/corner_rows.h"
 #include "cpu/cpu_kernels.h"
+#include "cpu/float_rows.h"
 
 namespace lc4::cpu {
 namespace {
@@ -39,7 +40,7 @@ void trilinear_sample_forward(const SampleParams& p) {
           weighted_corner_sum(rows, p.C, o);
         } else {
           weighted_corner_sum(rows, p.C, sum.data());
-          store_row(sum.data(), p.C, o);
+          convert_row(sum.data(), p.C, o);
         }
       }
     }
@@ -73,8 +74,7 @@ void trilinear_sample_backward(const SampleParams& p) {
           if (!tp.valid[corner]) continue;
           const acc w = tp.weight[corner];
           acc* dst = grad_value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
-#pragma omp simd
-          for (int64_t c = c0; c < c1; ++c) dst[c] += w * static_cast<acc>(go[c]);
+          add_scaled_row(w, go + c0, c1 - c0, dst + c0);
         }
       }
     }
@@ -93,9 +93,7 @@ void trilinear_sample_backward(const SampleParams& p) {
         for (int corner = 0; corner < 8; ++corner) {
           if (!tp.valid[corner]) continue;
           const scalar_t* src = value + ((b * voxels + tp.voxel[corner]) * p.G + g) * p.C;
-          acc dot = 0;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t c = 0; c < p.C; ++c) dot += static_cast<acc>(go[c]) * static_cast<acc>(src[c]);
+          const acc dot = dot_row<acc>(go, src, p.C);
           for (int axis = 0; axis < 3; ++axis) grad[axis] += tp.dweight[corner][axis] * dot;
         }
         for (int axis = 0; axis < 3; ++axis) grad_points[bpg * 3 + axis] = grad[axis];

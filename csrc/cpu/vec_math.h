@@ -10,7 +10,7 @@
 #include <cstring>
 #include <limits>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -62,6 +62,78 @@ inline void store_one(uint16_t* p, float x) {
   *p = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 inline vfloat splat(float x) { return vfloat{} + x; }
+
+// bfloat16 bits (uint16_t) as float: the upper half of each float's bits. (GCC widens a generic
+// 16-lane vector in two halves.)
+#if defined(__AVX512F__)
+inline vfloat widen_bf16(__m256i bits) {
+  return (vfloat)_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, bits), 16);
+}
+inline vfloat load(const uint16_t* p) { return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+#else
+inline vfloat load(const uint16_t* p) {
+  vuint16 bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return (vfloat)(__builtin_convertvector(bits, vuint) << 16);
+}
+#endif
+
+// float16 as _Float16, one conversion instruction per vector where the build has F16C (GCC
+// converts _Float16 one element at a time: the scalar conversions were 70% of trilinear_sample's
+// float16 forward). Stores round to nearest even, as a cast does.
+#if defined(__F16C__) && defined(__FLT16_MAX__) && (defined(__AVX512F__) || defined(__AVX__))
+#define LC4_SIMD_FLOAT16 1
+inline vfloat load(const _Float16* p) {
+#if defined(__AVX512F__)
+  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#else
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#endif
+}
+inline void store(_Float16* p, vfloat v) {
+#if defined(__AVX512F__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+}
+#else
+#define LC4_SIMD_FLOAT16 0
+#endif
+
+// The first n (at most kLanes) elements; loads fill the other lanes with zeros, stores leave the
+// memory past p + n alone and read none of it. For rows whose length is no multiple of kLanes
+// (head dims 40, 80, 160): their scalar tails had cost as much as the vectors before them.
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+inline __mmask16 first_lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+inline vfloat load_first(const float* p, int n) { return _mm512_maskz_loadu_ps(first_lanes(n), p); }
+inline void store_first(float* p, vfloat v, int n) { _mm512_mask_storeu_ps(p, first_lanes(n), v); }
+inline vfloat load_first(const uint16_t* p, int n) {
+  return widen_bf16(_mm256_maskz_loadu_epi16(first_lanes(n), p));
+}
+#if LC4_SIMD_FLOAT16
+inline vfloat load_first(const _Float16* p, int n) {
+  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_maskz_loadu_epi16(first_lanes(n), p));
+}
+inline void store_first(_Float16* p, vfloat v, int n) {
+  _mm256_mask_storeu_epi16(p, first_lanes(n), _mm512_maskz_cvtps_ph(0xFFFF, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#endif
+#else
+template <typename T>
+vfloat load_first(const T* p, int n) {
+  T lanes[kLanes] = {};
+  std::memcpy(lanes, p, n * sizeof(T));
+  return load(lanes);
+}
+template <typename T>
+void store_first(T* p, vfloat v, int n) {
+  T lanes[kLanes];
+  store(lanes, v);
+  std::memcpy(p, lanes, n * sizeof(T));
+}
+#endif
 
 // exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 (Cody-Waite, |r| <= ln2 / 2), exp(r) by
 // 1 + r p(r), p of degree 4 fitted for the least maximum relative error (exp(0) = 1 exactly; within

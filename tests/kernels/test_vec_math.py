@@ -1,6 +1,7 @@
 """The CPU softmax's row kernels (csrc/cpu/vec_math.h) checked on their own by a driver without
 torch (csrc/accuracy/vec_math_driver.cpp): exp within 3 ulp over its clamped range, the bfloat16
-stores rounding to nearest even, the row kernels' float and bfloat16 outputs agreeing. Built for
+stores rounding to nearest even, the row kernels' float and bfloat16 outputs agreeing, the float16
+and bfloat16 vector loads and stores (whole and partial) converting exactly. Built for
 every SIMD width this CPU runs (the extension is built for one of them: -march=native)."""
 import os
 import platform

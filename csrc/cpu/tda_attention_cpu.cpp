@@ -41,6 +41,16 @@ constexpr int64_t kForwardBlockQ = 128;
 constexpr int64_t kForwardBlockK = 512;
 constexpr int64_t kBackwardBlockQ = 128;
 constexpr int64_t kBackwardBlockK = 256;
+
+// The query and key block sizes of one call: the constants above, or all of Nq / Nk where that is
+// fewer, so that a small problem neither allocates nor zeroes buffers for a whole block. The
+// tiling, and so every result bit, is the same either way.
+struct Blocks {
+  int64_t q, k;
+};
+Blocks blocks_for(const AttentionParams& p, int64_t max_q, int64_t max_k) {
+  return {std::clamp<int64_t>(p.Nq, 1, max_q), std::clamp<int64_t>(p.Nk, 1, max_k)};
+}
 // The backward splits each (batch, head) into enough query chunks for about this many tasks;
 // fixed (not the thread count) so that the reduction order, and so the bits, never change.
 constexpr int64_t kBackwardTasks = 32;
@@ -112,9 +122,9 @@ at::Tensor sampled_keys_values(const AttentionParams& p) {
 template <typename T, typename A = acc_t<T>>
 class FloatTiles {
  public:
-  FloatTiles(const AttentionParams& p, const A* k_sampled, const A* v_sampled)
+  FloatTiles(const AttentionParams& p, Blocks blocks, const A* k_sampled, const A* v_sampled)
       : k_sampled_(k_sampled), v_sampled_(v_sampled), Nk_(p.Nk), d_(p.d), scale_(static_cast<A>(p.scale)),
-        q_rows_(kForwardBlockQ * p.d) {}
+        q_rows_(blocks.q * p.d) {}
 
   void load_queries(const T* first, int64_t nq, int64_t row_stride) {
     q_tile_ = rows_as(first, nq, d_, row_stride, q_rows_);
@@ -149,31 +159,30 @@ class FloatTiles {
 // The online softmax over blocks of keys, one task per (batch, head, block of queries); the tile
 // products come from `make_tiles()`, one per thread.
 template <typename T, typename MakeTiles>
-void attention_forward_over_blocks(const AttentionParams& p, MakeTiles make_tiles) {
+void attention_forward_over_blocks(const AttentionParams& p, Blocks blocks, MakeTiles make_tiles) {
   using A = acc_t<T>;
   const auto* q = static_cast<const T*>(p.q);
   auto* out = static_cast<T*>(p.out);
   auto* lse = static_cast<A*>(p.lse);
   const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, row_stride = heads * d;
-  const int64_t q_blocks = (Nq + kForwardBlockQ - 1) / kForwardBlockQ;
+  const int64_t q_blocks = (Nq + blocks.q - 1) / blocks.q;
 
   at::parallel_for(0, p.B * heads * q_blocks, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlasScope sequential_blas;
     auto tiles = make_tiles();
     const A scale = tiles.unapplied_scale();
-    std::vector<A> acc(kForwardBlockQ * d), scores(kForwardBlockQ * kForwardBlockK);
-    std::vector<A> row_max(kForwardBlockQ), row_sum(kForwardBlockQ);
-    std::vector<A> new_max(kForwardBlockQ), correction(kForwardBlockQ);
+    std::vector<A> acc(blocks.q * d), scores(blocks.q * blocks.k);
+    std::vector<A> row_max(blocks.q), row_sum(blocks.q), new_max(blocks.q), correction(blocks.q);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, b = bh / heads, h = bh % heads;
-      const int64_t i0 = (task % q_blocks) * kForwardBlockQ, nq = std::min(kForwardBlockQ, Nq - i0);
+      const int64_t i0 = (task % q_blocks) * blocks.q, nq = std::min(blocks.q, Nq - i0);
       tiles.load_queries(q + ((b * Nq + i0) * heads + h) * d, nq, row_stride);
       std::fill(acc.begin(), acc.end(), A(0));
       std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<A>::infinity());
       std::fill(row_sum.begin(), row_sum.end(), A(0));
 
-      for (int64_t j0 = 0; j0 < Nk; j0 += kForwardBlockK) {
-        const int64_t nk = std::min(kForwardBlockK, Nk - j0);
+      for (int64_t j0 = 0; j0 < Nk; j0 += blocks.k) {
+        const int64_t nk = std::min(blocks.k, Nk - j0);
         tiles.scores(bh, j0, nq, nk, scores.data());
         // A positive scale goes into the exponent (the row's maximum scales with it); any other is
         // applied to the scores first.
@@ -220,15 +229,15 @@ void tda_attention_forward(const AttentionParams& p) {
   const at::Tensor sampled = sampled_keys_values<T>(p);
   A* k_sampled = sampled.data_ptr<A>();
   A* v_sampled = k_sampled + p.B * p.heads * p.Nk * p.d;
+  const Blocks blocks = blocks_for(p, kForwardBlockQ, kForwardBlockK);
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (p.d > 0 && bf16_brgemm_enabled()) {  // the packing takes no empty matrix
-      const PackedKeyBlocks packed(p, k_sampled, v_sampled, kForwardBlockK,
-                                   {KeyMatrix::keys_transposed, KeyMatrix::values});
-      attention_forward_over_blocks<T>(p, [&] { return Bf16ForwardTiles(p, packed, kForwardBlockQ, kForwardBlockK); });
+      const PackedKeyBlocks packed(p, k_sampled, v_sampled, blocks.k, {KeyMatrix::keys_transposed, KeyMatrix::values});
+      attention_forward_over_blocks<T>(p, blocks, [&] { return Bf16ForwardTiles(p, packed, blocks.q, blocks.k); });
       return;
     }
   }
-  attention_forward_over_blocks<T>(p, [&] { return FloatTiles<T>(p, k_sampled, v_sampled); });
+  attention_forward_over_blocks<T>(p, blocks, [&] { return FloatTiles<T>(p, blocks, k_sampled, v_sampled); });
 }
 
 namespace {
@@ -241,9 +250,10 @@ class FloatBackwardTiles {
  public:
   static constexpr bool transposed_partials = false;
 
-  FloatBackwardTiles(const AttentionParams& p, const A* k_sampled, const A* v_sampled, A* partial_dk, A* partial_dv)
+  FloatBackwardTiles(const AttentionParams& p, Blocks blocks, const A* k_sampled, const A* v_sampled, A* partial_dk,
+                     A* partial_dv)
       : k_sampled_(k_sampled), v_sampled_(v_sampled), partial_dk_(partial_dk), partial_dv_(partial_dv), Nk_(p.Nk),
-        d_(p.d), q_rows_(kBackwardBlockQ * p.d), do_rows_(kBackwardBlockQ * p.d) {}
+        d_(p.d), q_rows_(blocks.q * p.d), do_rows_(blocks.q * p.d) {}
 
   void load_queries(const T* q_first, const T* do_first, int64_t nq, int64_t row_stride) {
     q_tile_ = rows_as(q_first, nq, d_, row_stride, q_rows_);
@@ -283,7 +293,7 @@ class FloatBackwardTiles {
 // recompute the probabilities from the log-sum-exp, block by block; the products come from
 // `make_tiles()`, one per thread.
 template <typename T, typename MakeTiles>
-void attention_backward_over_blocks(const AttentionParams& p, int64_t chunks, MakeTiles make_tiles) {
+void attention_backward_over_blocks(const AttentionParams& p, Blocks blocks, int64_t chunks, MakeTiles make_tiles) {
   using A = acc_t<T>;
   const auto* q = static_cast<const T*>(p.q);
   const auto* out = static_cast<const T*>(p.out);
@@ -292,21 +302,21 @@ void attention_backward_over_blocks(const AttentionParams& p, int64_t chunks, Ma
   auto* grad_q = static_cast<T*>(p.grad_q);
   const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, BH = p.B * heads, row_stride = heads * d;
   const A scale = static_cast<A>(p.scale);
-  const int64_t q_blocks = std::max<int64_t>(1, (Nq + kBackwardBlockQ - 1) / kBackwardBlockQ);
+  const int64_t q_blocks = std::max<int64_t>(1, (Nq + blocks.q - 1) / blocks.q);
   const int64_t blocks_per_chunk = (q_blocks + chunks - 1) / chunks;
 
   at::parallel_for(0, BH * chunks, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlasScope sequential_blas;
     auto tiles = make_tiles();
-    std::vector<A> probs(kBackwardBlockQ * kBackwardBlockK), dscores(kBackwardBlockQ * kBackwardBlockK);
-    std::vector<A> dq(kBackwardBlockQ * d), row_lse(kBackwardBlockQ), row_delta(kBackwardBlockQ);
+    std::vector<A> probs(blocks.q * blocks.k), dscores(blocks.q * blocks.k);
+    std::vector<A> dq(blocks.q * d), row_lse(blocks.q), row_delta(blocks.q);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / chunks, chunk = task % chunks, b = bh / heads, h = bh % heads;
       const int64_t first_block = chunk * blocks_per_chunk;
       const int64_t last_block = std::min(q_blocks, first_block + blocks_per_chunk);
       for (int64_t block = first_block; block < last_block; ++block) {
-        const int64_t i0 = block * kBackwardBlockQ;
-        const int64_t nq = std::max<int64_t>(0, std::min(kBackwardBlockQ, Nq - i0));
+        const int64_t i0 = block * blocks.q;
+        const int64_t nq = std::max<int64_t>(0, std::min(blocks.q, Nq - i0));
         if (nq == 0) continue;
         const int64_t first_row = ((b * Nq + i0) * heads + h) * d;
         for (int64_t i = 0; i < nq; ++i) {
@@ -315,8 +325,8 @@ void attention_backward_over_blocks(const AttentionParams& p, int64_t chunks, Ma
         }
         tiles.load_queries(q + first_row, grad_out + first_row, nq, row_stride);
         std::fill(dq.begin(), dq.end(), A(0));
-        for (int64_t j0 = 0; j0 < Nk; j0 += kBackwardBlockK) {
-          const int64_t nk = std::min(kBackwardBlockK, Nk - j0);
+        for (int64_t j0 = 0; j0 < Nk; j0 += blocks.k) {
+          const int64_t nk = std::min(blocks.k, Nk - j0);
           tiles.scores(bh, j0, nq, nk, probs.data(), dscores.data());
           for (int64_t i = 0; i < nq; ++i)
             tiles.softmax_row(i, probs.data() + i * nk, dscores.data() + i * nk, nk, scale, row_lse[i], row_delta[i]);
@@ -346,7 +356,8 @@ void tda_attention_backward(const AttentionParams& p) {
   const int64_t d = p.d, Nk = p.Nk, Nq = p.Nq, heads = p.heads, BH = p.B * heads;
   const int64_t voxels = p.T * p.H * p.W, per_group = heads / p.G;
 
-  const int64_t q_blocks = std::max<int64_t>(1, (Nq + kBackwardBlockQ - 1) / kBackwardBlockQ);
+  const Blocks blocks = blocks_for(p, kBackwardBlockQ, kBackwardBlockK);
+  const int64_t q_blocks = std::max<int64_t>(1, (Nq + blocks.q - 1) / blocks.q);
   const int64_t chunks = std::max<int64_t>(1, std::min(q_blocks, kBackwardTasks / std::max<int64_t>(BH, 1)));
   const int64_t partial_size = BH * chunks * Nk * d;
   const at::Tensor partial = scratch<A>(2 * partial_size);
@@ -356,17 +367,17 @@ void tda_attention_backward(const AttentionParams& p) {
   bool transposed_partials = false;
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (p.d > 0 && bf16_brgemm_enabled()) {  // the packing takes no empty matrix
-      const PackedKeyBlocks packed(p, k_sampled, v_sampled, kBackwardBlockK,
+      const PackedKeyBlocks packed(p, k_sampled, v_sampled, blocks.k,
                                    {KeyMatrix::keys_transposed, KeyMatrix::values_transposed, KeyMatrix::keys});
-      attention_backward_over_blocks<T>(p, chunks, [&] {
-        return Bf16BackwardTiles(p, packed, kBackwardBlockQ, kBackwardBlockK, partial_dk, partial_dv);
+      attention_backward_over_blocks<T>(p, blocks, chunks, [&] {
+        return Bf16BackwardTiles(p, packed, blocks.q, blocks.k, partial_dk, partial_dv);
       });
       transposed_partials = Bf16BackwardTiles::transposed_partials;
     }
   }
   if (!transposed_partials) {
-    attention_backward_over_blocks<T>(p, chunks, [&] {
-      return FloatBackwardTiles<T>(p, k_sampled, v_sampled, partial_dk, partial_dv);
+    attention_backward_over_blocks<T>(p, blocks, chunks, [&] {
+      return FloatBackwardTiles<T>(p, blocks, k_sampled, v_sampled, partial_dk, partial_dv);
     });
   }
 

@@ -38,6 +38,15 @@ template <typename T>
 simd::vfloat load_as_float(const T* p, int width) {
   return width == simd::kLanes ? simd::load(as_simd_pointer(p)) : simd::load_first(as_simd_pointer(p), width);
 }
+// ... and stored back from one, float or float16 (bfloat16 rows are rounded by round_to_bf16).
+template <typename T>
+void store_from_float(T* p, simd::vfloat v, int width) {
+  if (width == simd::kLanes) {
+    simd::store(p, v);
+  } else {
+    simd::store_first(p, v, width);
+  }
+}
 inline int lanes_from(int64_t c, int64_t n) { return static_cast<int>(std::min<int64_t>(simd::kLanes, n - c)); }
 
 // Whether a loop reading rows of T (and U) into sums of A takes the explicit vector path.
@@ -54,7 +63,7 @@ void convert_row(const From* in, int64_t n, To* out) {
   } else if constexpr (kVectorPath<float, From, To>) {
     for (int64_t c = 0; c < n; c += simd::kLanes) {
       const int width = lanes_from(c, n);
-      simd::store_first(out + c, load_as_float(in + c, width), width);
+      store_from_float(out + c, load_as_float(in + c, width), width);
     }
   } else {
 #pragma omp simd
@@ -68,7 +77,7 @@ void add_scaled_row(A w, const T* x, int64_t n, A* y) {
   if constexpr (kVectorPath<A, T>) {
     for (int64_t c = 0; c < n; c += simd::kLanes) {
       const int width = lanes_from(c, n);
-      simd::store_first(y + c, load_as_float(y + c, width) + w * load_as_float(x + c, width), width);
+      store_from_float(y + c, load_as_float(y + c, width) + w * load_as_float(x + c, width), width);
     }
   } else {
 #pragma omp simd

@@ -40,7 +40,8 @@ void weighted_corner_sum(const CornerRows<T, A>& rows, int64_t n, A* out) {
       const int width = lanes_from(c, n);
       simd::vfloat sum = local.weight[0] * load_as_float(local.row[0] + c, width);
 #pragma GCC unroll 7
-      for (int corner = 1; corner < 8; ++corner) sum += local.weight[corner] * load_as_float(local.row[corner] + c, width);
+      for (int corner = 1; corner < 8; ++corner)
+        sum += local.weight[corner] * load_as_float(local.row[corner] + c, width);
       store_from_float(out + c, sum, width);
     }
   } else {

@@ -61,8 +61,8 @@ def test_extension_sources_compile_for_aarch64(cross_tools, tmp_path):
     assert any(s.parent.name == "cpu" for s in sources) and (CSRC / "torch_ops.cpp") in sources
 
     def compile_one(source):
-        return source, subprocess.run([CROSS_CXX, *flags, "-c", str(source), "-o", str(tmp_path / (source.stem + ".o"))],
-                                      capture_output=True, text=True)
+        command = [CROSS_CXX, *flags, "-c", str(source), "-o", str(tmp_path / (source.stem + ".o"))]
+        return source, subprocess.run(command, capture_output=True, text=True)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for source, done in pool.map(compile_one, sources):

@@ -5,9 +5,10 @@ config's model folder, or SD1.5's when the folder is absent) is built with fake 
 (``torch._subclasses.FakeTensorMode``: shapes and dtypes, no storage) and runs one full step
 as training runs it: VAE and text encoder under ``no_grad`` in the frozen dtype, the
 denoiser's forward under autocast, backward (with gradient checkpointing when the config asks
-for it), the AdamW step (fused, as on a GPU), the EMA update; twice, since AdamW's states
-only exist from the first step on. A dispatch-level tracker adds up the bytes of every
-live tensor storage after each op and keeps the maximum.
+for it), the AdamW step (fused, as on a GPU), the EMA update. It is a second step: AdamW's
+states only exist from the first step on, and that first one is run as its update alone, on
+zero gradients. A dispatch-level tracker adds up the bytes of every live tensor storage after
+each op and keeps the maximum.
 
 What the simulation assumes:
 
@@ -398,6 +399,20 @@ def _training_step(prepared, plan: MemoryPlan, device_type: str) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def _make_optimizer_states(prepared) -> None:
+    """What a first training step leaves behind: the optimizer's states (and the EMA's step).
+    The step that the plan then runs is a second one, whose backward has the states resident.
+    A first step's forward and backward would only add a peak lower than the second's, so the
+    update runs on zero gradients instead (same shapes, same states, half the tracing)."""
+    _, _, _, params, optimizer, ema, _ = prepared
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    if ema is not None:
+        ema.step(params)
+    optimizer.zero_grad(set_to_none=True)
+
+
 @contextlib.contextmanager
 def _fake_process_group(world_size: int):
     """A process group of ``world_size`` ranks, this one rank 0, whose collectives do nothing
@@ -465,9 +480,8 @@ def plan_memory(config: TrainConfig, resolution: Optional[int] = None, frames: O
             prepared = _prepare_step(parts, config, plan, mesh=mesh)
             with tracker:
                 tracker.track(prepared[-1])
-                # Two steps: from the second on, AdamW's states are resident during the backward.
-                for _ in range(2):
-                    _training_step(prepared, plan, "cpu")
+                _make_optimizer_states(prepared)
+                _training_step(prepared, plan, "cpu")
         plan.peak = tracker.peak
         if measure:
             if sharding == "fsdp" or num_gpus > 1:

@@ -1,13 +1,15 @@
 // Host emulation of the CUDA features the kernels use, so that the kernel sources of csrc/cuda
 // build with a host compiler into the test-only `cuda_emu` backend.
 //
-// A launch runs the blocks one after another; the threads of a block are host threads, so
-// __shared__ storage can be static (one block uses it at a time). __syncthreads is a barrier of
-// the block's threads, warp shuffles/votes and __syncwarp exchange through a per-warp slot array
-// between two barriers of the warp's threads, atomics are std::atomic_ref, and the WMMA calls
-// are warp-collective host implementations (emulated_wmma.h). Blocks must be whole warps and
-// masks full; a kernel whose threads disagree on the number of barriers deadlocks here as it
-// would hang (or worse) on a GPU.
+// A launch runs the blocks one after another, so __shared__ storage can be static (one block
+// uses it at a time). The threads of a block are fibers of the launching host thread
+// (emulated_fibers.h); in a ThreadSanitizer build they are host threads, so that a race between
+// them is seen. __syncthreads is a barrier of the block's threads, warp shuffles/votes and
+// __syncwarp exchange through a per-warp slot array between two barriers of the warp's threads,
+// atomics are std::atomic_ref, and the WMMA calls are warp-collective host implementations
+// (emulated_wmma.h). Blocks must be whole warps and masks full; a kernel whose threads disagree
+// on the number of barriers stops with a deadlock message (host threads: hangs) where it would
+// hang (or worse) on a GPU.
 #pragma once
 
 #include <atomic>
@@ -24,7 +26,16 @@
 #include <type_traits>
 #include <vector>
 
+#include "cuda/emulated_fibers.h"
 #include "cuda/emulated_half.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define LC4_EMU_HOST_THREADS 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LC4_EMU_HOST_THREADS 1
+#endif
+#endif
 
 #define __global__
 #define __device__
@@ -57,25 +68,26 @@ inline thread_local dim3 gridDim;
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 
+#ifdef LC4_EMU_HOST_THREADS
+using Barrier = std::barrier<>;
+#else
+using Barrier = fibers::Barrier;
+#endif
+
 struct Warp {
-  std::barrier<> barrier{kWarpSize};
+  Barrier barrier{kWarpSize};
   uint64_t slots[kWarpSize];
   float mma_scratch[3][256];  // the A, B, C tiles of an emulated 16x16x16 WMMA product
 };
 
 struct Block {
   explicit Block(int threads) : barrier(threads), warps(new Warp[threads / kWarpSize]) {}
-  std::barrier<> barrier;
+  Barrier barrier;
   std::unique_ptr<Warp[]> warps;
 };
 
 inline thread_local Block* current_block = nullptr;
 inline thread_local int current_thread = 0;  // linear thread index within the block
-
-[[noreturn]] inline void fail(const char* what) {
-  std::fprintf(stderr, "cuda_emu: %s\n", what);
-  std::abort();
-}
 
 inline Warp& this_warp() { return current_block->warps[current_thread / kWarpSize]; }
 inline int lane_id() { return current_thread % kWarpSize; }
@@ -123,12 +135,26 @@ void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t, 
   const std::tuple<KernelArgs...> arguments(static_cast<KernelArgs>(args)...);
   std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex());  // static __shared__ storage
   Block ctx(threads);
-  auto run_thread = [&](int tid) {
+  auto enter = [&](int tid) {  // the registers of thread tid, as the kernel reads them
     current_block = &ctx;
     current_thread = tid;
     threadIdx = {tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y)};
     blockDim = block;
     gridDim = grid;
+  };
+#ifndef LC4_EMU_HOST_THREADS
+  fibers::Scheduler scheduler(threads);
+  auto body = [&](int) { std::apply(kernel, arguments); };
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = {x, y, z};
+        scheduler.run(body, enter);
+      }
+  current_block = nullptr;
+#else
+  auto run_thread = [&](int tid) {
+    enter(tid);
     for (unsigned z = 0; z < grid.z; ++z)
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) {
@@ -143,6 +169,7 @@ void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, cudaStream_t, 
   for (int tid = 1; tid < threads; ++tid) pool.emplace_back(run_thread, tid);
   run_thread(0);
   for (std::thread& t : pool) t.join();
+#endif
 }
 
 inline void __syncthreads() { current_block->barrier.arrive_and_wait(); }

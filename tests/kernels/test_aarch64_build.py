@@ -1,9 +1,10 @@
 """The CPU code on aarch64 (Graviton, Ampere, Grace), checked from an x86 machine with Debian's
 cross compiler and qemu (installed by scripts/install_aarch64_cross.sh when absent and apt is
 usable): the softmax row kernels' driver (csrc/accuracy/vec_math_driver.cpp) built for plain
-ARMv8 NEON and for Neoverse V1 and run under qemu-aarch64, and every source of the extension
-compiled for aarch64 with warnings as errors against this torch's headers (GCC 12 has no
-_Float16 in C++ there, which once broke the build)."""
+ARMv8 NEON and for Neoverse V1 and run under qemu-aarch64, the emulator's fiber switch run the
+same way (csrc/emulation/fiber_driver.cpp), and every source of the extension compiled for
+aarch64 with warnings as errors against this torch's headers (GCC 12 has no _Float16 in C++
+there, which once broke the build)."""
 import os
 import platform
 import shutil
@@ -48,6 +49,21 @@ def test_softmax_row_kernels_are_accurate_on_aarch64(cross_tools, tmp_path, cpu)
     run = subprocess.run([QEMU, str(binary), EMULATED_EXP_STRIDE], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "vec_math driver: 4 lanes" in run.stdout and "vec_math driver: ok" in run.stdout
+
+
+def test_emulated_block_threads_switch_as_fibers_on_aarch64(cross_tools, tmp_path):
+    """The aarch64 switch of csrc/cuda/emulated_fibers.h (inline assembly, with branch
+    protection's landing pads), run by csrc/emulation/fiber_driver.cpp under qemu."""
+    binary = tmp_path / "fiber_driver"
+    build = subprocess.run([CROSS_CXX, "-std=c++20", "-O2", "-mcpu=neoverse-v1", "-mbranch-protection=standard",
+                            "-Wall", "-Wextra", "-Werror", "-static", f"-I{CSRC}",
+                            str(CSRC / "emulation" / "fiber_driver.cpp"), "-o", str(binary), "-pthread"],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-8000:]
+    run = subprocess.run([QEMU, str(binary)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "fiber driver: ok" in run.stdout, run.stdout + run.stderr
+    deadlock = subprocess.run([QEMU, str(binary), "deadlock"], capture_output=True, text=True, timeout=300)
+    assert deadlock.returncode != 0 and "cuda_emu: deadlock" in deadlock.stderr, deadlock.stdout + deadlock.stderr
 
 
 def test_extension_sources_compile_for_aarch64(cross_tools, tmp_path):

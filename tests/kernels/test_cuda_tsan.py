@@ -1,5 +1,6 @@
-"""One emulated run of the CUDA kernels under ThreadSanitizer (a separate build, no torch): the
-threads of an emulated block race on shared memory if a kernel misses a barrier. The driver
+"""One emulated run of the CUDA kernels under ThreadSanitizer (a separate build, no torch, whose
+emulated threads are host threads rather than fibers): the threads of a block race on shared
+memory if a kernel misses a barrier. The driver
 (csrc/tsan/tsan_driver.cpp) also checks the forward against float64 and the atomic backward
 against the deterministic one."""
 import os

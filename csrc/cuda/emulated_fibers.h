@@ -104,19 +104,7 @@ inline thread_local Scheduler* running_scheduler = nullptr;
 // fibers that finished: a whole round of resumes without progress is a deadlock.
 class Scheduler {
  public:
-  // Large enough for the kernels' per-thread arrays; only the pages a fiber touches are backed.
-  static constexpr std::size_t kStackBytes = std::size_t(1) << 20;
-  static constexpr std::size_t kGuardBytes = 1 << 16;  // no access below each stack: an overflow faults
-
-  explicit Scheduler(int threads) : threads_(threads), fibers_(new Fiber[threads]) {
-    void* memory = mmap(nullptr, mapped_bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                        -1, 0);
-    if (memory == MAP_FAILED) fail("could not map the stacks of the block's threads");
-    stacks_ = static_cast<char*>(memory);
-    for (int t = 0; t < threads; ++t)
-      if (mprotect(stack_bottom(t) - kGuardBytes, kGuardBytes, PROT_NONE) != 0) fail("could not guard a stack");
-  }
-  ~Scheduler() { munmap(stacks_, mapped_bytes()); }
+  explicit Scheduler(int threads) : threads_(threads), fibers_(new Fiber[threads]), stacks_(stacks_for(threads)) {}
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
@@ -164,10 +152,36 @@ class Scheduler {
     bool finished = true;
   };
 
-  std::size_t mapped_bytes() const { return static_cast<std::size_t>(threads_) * (kStackBytes + kGuardBytes); }
-  char* stack_bottom(int t) const {
-    return stacks_ + static_cast<std::size_t>(t) * (kStackBytes + kGuardBytes) + kGuardBytes;
+  // Large enough for the kernels' per-thread arrays; only the pages a fiber touches are backed.
+  static constexpr std::size_t kStackBytes = std::size_t(1) << 20;
+  static constexpr std::size_t kGuardBytes = 1 << 16;  // no access below each stack: an overflow faults
+  static constexpr std::size_t kSlotBytes = kStackBytes + kGuardBytes;
+
+  // The stacks of `threads` fibers. They stay mapped for the host thread's next launches (a
+  // mapping with a guard page per stack costs a system call per thread, as much as a small
+  // kernel's launch), and grow when a launch has more threads than any before it.
+  static char* stacks_for(int threads) {
+    struct Stacks {
+      char* memory = nullptr;
+      int threads = 0;
+      ~Stacks() {
+        if (memory) munmap(memory, static_cast<std::size_t>(threads) * kSlotBytes);
+      }
+    };
+    static thread_local Stacks stacks;
+    if (threads <= stacks.threads) return stacks.memory;
+    if (stacks.memory) munmap(stacks.memory, static_cast<std::size_t>(stacks.threads) * kSlotBytes);
+    stacks.memory = nullptr, stacks.threads = 0;
+    void* memory = mmap(nullptr, static_cast<std::size_t>(threads) * kSlotBytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (memory == MAP_FAILED) fail("could not map the stacks of the block's threads");
+    for (int t = 0; t < threads; ++t)
+      if (mprotect(static_cast<char*>(memory) + t * kSlotBytes, kGuardBytes, PROT_NONE) != 0)
+        fail("could not guard a stack");
+    stacks.memory = static_cast<char*>(memory), stacks.threads = threads;
+    return stacks.memory;
   }
+  char* stack_bottom(int t) const { return stacks_ + static_cast<std::size_t>(t) * kSlotBytes + kGuardBytes; }
 
   // Where a fiber begins: the body, then back to the scheduler for good (nothing can unwind
   // past this frame, hence noexcept: an exception ends the process here).
@@ -219,7 +233,7 @@ class Scheduler {
 
   int threads_;
   std::unique_ptr<Fiber[]> fibers_;
-  char* stacks_ = nullptr;
+  char* stacks_;  // owned by stacks_for
 #ifdef LC4_EMU_UCONTEXT
   ucontext_t scheduler_context_;
 #else

@@ -25,9 +25,11 @@ def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
-def _selected_for_testing(name: str) -> bool:
-    """``LC4_TEST_BACKENDS=name[,name...]`` limits the compiled-backend cases to those backends:
-    the second test process, under ``TRITON_INTERPRET=1``, tests only ``triton``."""
+def selected_for_testing(name: str) -> bool:
+    """``LC4_TEST_BACKENDS=name[,name...]`` limits the backend cases to those backends: the
+    second test process, under ``TRITON_INTERPRET=1``, tests only ``triton`` (and leaves out the
+    cases of other backends, the reference's included, which the first process runs:
+    conftest.py)."""
     selected = os.environ.get("LC4_TEST_BACKENDS", "").strip()
     return not selected or name in {s.strip() for s in selected.split(",")}
 
@@ -37,7 +39,7 @@ def compiled_backend_cases(dtype: torch.dtype = torch.float32, head_dim: int | N
     including test-only backends that ``auto`` never picks."""
     cases = []
     for name in lc4_kernels.available_backends():
-        if name == "reference" or not _selected_for_testing(name):
+        if name == "reference" or not selected_for_testing(name):
             continue
         backend = lc4_kernels.get_backend(name)
         for device in devices():

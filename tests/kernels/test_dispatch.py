@@ -5,7 +5,7 @@ import torch
 import lc4_kernels
 from lc4_kernels import backends
 
-from .cases import _selected_for_testing, assert_close, attention_inputs, sample_inputs
+from .cases import selected_for_testing, assert_close, attention_inputs, sample_inputs
 
 needs_cpu = pytest.mark.skipif("cpu" not in lc4_kernels.available_backends(), reason="compiled cpu backend not built")
 
@@ -134,7 +134,7 @@ def test_backend_names_ignore_case_and_surrounding_spaces(monkeypatch):
 
 def _declared_cases():
     cases = []
-    for name in filter(_selected_for_testing, lc4_kernels.available_backends()):
+    for name in filter(selected_for_testing, lc4_kernels.available_backends()):
         backend = lc4_kernels.get_backend(name)
         for dtype in sorted(backend.dtypes, key=str):
             if backend.unsupported_reason(torch.device("cpu"), dtype, None) is None:

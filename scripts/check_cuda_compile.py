@@ -11,6 +11,7 @@ spill report per kernel (ptxas -v):
             torch glue against the CUDA launchers' declarations, where no GPU build runs
 
 Usage: scripts/check_cuda_compile.py [--toolkit nvcc13|cuda11.8|host|glue|all] [--report-dir DIR] [--install]
+                                    [--archs 70,80]  (with one of nvcc13, cuda11.8: some of its archs)
 Exit status 0 when every file compiles; 1 on a compiler error; 3 when a toolkit is missing.
 Reports go to DIR/<toolkit>.md (default benchmarks/results/cuda_compile).
 """
@@ -45,13 +46,18 @@ def gencode(archs):
     return [flag for arch in archs for flag in ("-gencode", f"arch=compute_{arch},code=sm_{arch}")]
 
 
-def toolkit_command(name: str, install: bool):
-    """(compiler argv prefix, environment, archs) for a toolkit, or MissingToolkit."""
+TOOLKIT_ARCHS = {"nvcc13": ["90"], "cuda11.8": ["70", "80", "90"]}
+
+
+def toolkit_command(name: str, install: bool, archs=None):
+    """(compiler argv prefix, environment, archs) for a toolkit (``archs``: some of its
+    ``TOOLKIT_ARCHS``, all by default), or MissingToolkit."""
+    archs = list(archs or TOOLKIT_ARCHS.get(name, []))
     if name == "nvcc13":
         nvcc = shutil.which("nvcc")
         if not nvcc:
             raise MissingToolkit("no nvcc on PATH")
-        return [nvcc, "-std=c++17", *gencode(["90"]), *WARNINGS_AS_ERRORS, "-Xptxas", "-v"], dict(os.environ), ["90"]
+        return [nvcc, "-std=c++17", *gencode(archs), *WARNINGS_AS_ERRORS, "-Xptxas", "-v"], dict(os.environ), archs
     if name == "cuda11.8":
         if not (CUDA118_BIN / "nvcc").exists() or not shutil.which("g++-11"):
             if not install:
@@ -61,7 +67,6 @@ def toolkit_command(name: str, install: bool):
                 raise MissingToolkit(f"scripts/install_cuda118.sh failed ({done.returncode}): {done.stderr[-2000:]}")
         # Debian's ptxas and friends are in /usr/bin; another toolkit's wrappers may come first on PATH.
         env = dict(os.environ, PATH=f"{CUDA118_BIN}:/usr/bin:{os.environ.get('PATH', '')}")
-        archs = ["70", "80", "90"]
         return ([str(CUDA118_BIN / "nvcc"), "-ccbin", "g++-11", "-std=c++17", *gencode(archs), *WARNINGS_AS_ERRORS,
                  "-Xptxas", "-v"], env, archs)
     if name == "host":
@@ -165,8 +170,8 @@ def write_report(path: Path, toolkit: str, version: str, rows):
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_toolkit(name: str, report_dir: Path, install: bool, jobs: int) -> int:
-    prefix, env, archs = toolkit_command(name, install)
+def run_toolkit(name: str, report_dir: Path, install: bool, jobs: int, archs=None) -> int:
+    prefix, env, archs = toolkit_command(name, install, archs)
     host = name == "host"
     version = subprocess.run([prefix[0], "--version"], capture_output=True, text=True, env=env).stdout.strip()
     version = version.splitlines()[-1] if version else "unknown"
@@ -193,12 +198,21 @@ def main() -> int:
     parser.add_argument("--report-dir", type=Path, default=ROOT / "benchmarks" / "results" / "cuda_compile")
     parser.add_argument("--install", action="store_true", help="install CUDA 11.8 when absent (root, apt)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--archs", help="comma-separated, some of the toolkit's archs (default: all of them)")
     args = parser.parse_args()
     names = ["host", "glue", "nvcc13", "cuda11.8"] if args.toolkit == "all" else [args.toolkit]
+    archs = args.archs.split(",") if args.archs else None
+    if archs is not None:
+        if len(names) != 1 or names[0] not in TOOLKIT_ARCHS:
+            parser.error(f"--archs: expected one --toolkit among {sorted(TOOLKIT_ARCHS)}")
+        unknown = sorted(set(archs) - set(TOOLKIT_ARCHS[names[0]]))
+        if unknown:
+            parser.error(f"--archs: {names[0]} checks {','.join(TOOLKIT_ARCHS[names[0]])}, got {','.join(unknown)}")
     failures = 0
     for name in names:
         try:
-            failures += check_glue() if name == "glue" else run_toolkit(name, args.report_dir, args.install, args.jobs)
+            failures += (check_glue() if name == "glue" else
+                         run_toolkit(name, args.report_dir, args.install, args.jobs, archs))
         except MissingToolkit as missing:
             print(f"[{name}] toolkit missing: {missing}", file=sys.stderr)
             return 3

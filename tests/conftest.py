@@ -1,5 +1,4 @@
 """Fixtures shared by every test folder."""
-import gc
 import importlib.util
 from pathlib import Path
 
@@ -57,23 +56,3 @@ def single_thread_torch(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# A full cyclic collection scans every object the collector tracks: in this one process, which
-# imports torch, diffusers, transformers and triton and keeps what earlier modules loaded, that
-# is hundreds of thousands, and the benchmark measurements collect before each call (tests/bench
-# spent 44 of its 83 s in the collector). So each module starts with one collection, after which
-# what survived (imported modules, session fixtures) is frozen out of the collector's scans.
-_module_of_last_test = None
-
-
-def pytest_runtest_setup(item):
-    global _module_of_last_test
-    if item.module is not _module_of_last_test:
-        _module_of_last_test = item.module
-        gc.collect()
-        gc.freeze()
-
-
-def pytest_unconfigure(config):
-    gc.unfreeze()  # what was frozen is finalised at exit as usual

@@ -90,8 +90,10 @@ def test_every_cu_compiles_for_sm70_sm80_with_cuda_11_8(tmp_path):
     assert "| sm_90 |" not in (tmp_path / "cuda11.8.md").read_text()
 
 
-@pytest.mark.parametrize("args,message", [(["--toolkit", "cuda11.8", "--archs", "75"], "cuda11.8 checks 70,80,90, got 75"),
-                                          (["--toolkit", "host", "--archs", "90"], "expected one --toolkit among")])
+@pytest.mark.parametrize("args,message", [
+    (["--toolkit", "cuda11.8", "--archs", "75"], "cuda11.8 checks 70,80,90, got 75"),
+    (["--toolkit", "host", "--archs", "90"], "expected one --toolkit among"),
+])
 def test_archs_outside_the_toolkits_are_refused(args, message):
     done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
     assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -219,7 +219,8 @@ def main(argv=None) -> int:
     settings = build_settings(args, device)
     env = environment.environment(device, sys.argv[1:] if argv is None else list(argv))
     # The measurements collect garbage before every call, and a full collection scans every object
-    # the collector tracks (a third of a quick run's time): what is loaded by now lives to the end.
+    # the collector tracks (a third of a quick run's time): what is alive by now is left out of
+    # those scans until the measurements end.
     gc.collect()
     gc.freeze()
     try:

@@ -5,7 +5,7 @@ import torch
 import lc4_kernels
 from lc4_kernels import backends
 
-from .cases import selected_for_testing, assert_close, attention_inputs, sample_inputs
+from .cases import assert_close, attention_inputs, sample_inputs, selected_for_testing
 
 needs_cpu = pytest.mark.skipif("cpu" not in lc4_kernels.available_backends(), reason="compiled cpu backend not built")
 

@@ -27,7 +27,7 @@ import av
 import numpy as np
 import torch
 from av.sidedata.sidedata import Type as SideDataType
-from av.video.reformatter import ColorRange, Colorspace, Interpolation
+from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".gif"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -97,12 +97,15 @@ def _source_colorspace(frame: av.VideoFrame) -> Colorspace:
         return Colorspace.ITU601
 
 
-def _to_rgb_array(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+# Every conversion goes through a VideoReformatter of its own call (a read, a writer), never through
+# VideoFrame.reformat: PyAV 18.1.1 caches that one per thread, and a forked process (a DataLoader
+# worker) inheriting its swscale context hangs joining the parent's scaling threads.
+def _to_rgb_array(frame: av.VideoFrame, size: tuple[int, int] | None, reformatter: VideoReformatter) -> np.ndarray:
     height, width = size or (frame.height, frame.width)
     interpolation = _RESIZE_INTERPOLATION if size else Interpolation.BILINEAR
     colorspace = _source_colorspace(frame)  # the range is the frame's own: swscale reads its tag
-    return frame.reformat(
-        width=width, height=height, format="rgb24", src_colorspace=colorspace, dst_colorspace=colorspace,
+    return reformatter.reformat(
+        frame, width=width, height=height, format="rgb24", src_colorspace=colorspace, dst_colorspace=colorspace,
         interpolation=interpolation | _EXACT_CONVERSION,
     ).to_ndarray()
 
@@ -141,15 +144,16 @@ def iter_frames(source: PathLike, size: Size = None, start: int = 0, stop: int |
                          f"got {start}, {stop}, {step}")
     source = Path(source)
     size = normalize_size(size)
+    reformatter = VideoReformatter()
     if is_video_file(source):
         for frame in itertools.islice(_decode(source), start, stop, step):
-            yield _to_rgb_array(frame, size)
+            yield _to_rgb_array(frame, size, reformatter)
     elif source.is_dir():
         files = list_frame_files(source)
         if not files:
             raise ValueError(f"source: {str(source)!r} holds no image files ({sorted(IMAGE_SUFFIXES)})")
         for file in files[start:stop:step]:
-            yield _to_rgb_array(_decode_image(file), size)
+            yield _to_rgb_array(_decode_image(file), size, reformatter)
     else:
         raise ValueError(
             f"source: expected a video file ({sorted(VIDEO_SUFFIXES)}) or a folder of frames, "
@@ -216,11 +220,12 @@ def read_display_matrix(source: PathLike) -> tuple[int, ...] | None:
     if not is_video_file(source):
         return None
     for frame in _decode(Path(source)):
-        for side_data in frame.side_data:
-            if side_data.type == SideDataType.DISPLAYMATRIX:
-                matrix = tuple(int(x) for x in np.frombuffer(bytes(side_data), dtype=np.int32))
-                return None if matrix == _IDENTITY_DISPLAY_MATRIX else matrix
-        return None
+        # get() by type: PyAV 18.1.1 made the container a mapping whose iteration yields the types.
+        side_data = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+        if side_data is None:
+            return None
+        matrix = tuple(int(x) for x in np.frombuffer(bytes(side_data), dtype=np.int32))
+        return None if matrix == _IDENTITY_DISPLAY_MATRIX else matrix
     return None
 
 
@@ -324,15 +329,16 @@ def _palette_frame(frame: np.ndarray) -> av.VideoFrame:
     return av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
 
 
-def _encoder_frame(frame: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+def _encoder_frame(frame: np.ndarray, pix_fmt: str, reformatter: VideoReformatter) -> av.VideoFrame:
     """An RGB frame converted to ``pix_fmt`` as the writer tags it (see the module docstring)."""
     if pix_fmt == "pal8":
         return _palette_frame(frame)
     rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
     if not _is_yuv(pix_fmt):
-        return rgb.reformat(format=pix_fmt)
-    return rgb.reformat(format=pix_fmt, dst_colorspace=_WRITTEN_COLORSPACE, dst_color_range=_color_range(pix_fmt),
-                        interpolation=Interpolation.BILINEAR | _EXACT_CONVERSION)
+        return reformatter.reformat(rgb, format=pix_fmt)
+    return reformatter.reformat(rgb, format=pix_fmt, dst_colorspace=_WRITTEN_COLORSPACE,
+                                dst_color_range=_color_range(pix_fmt),
+                                interpolation=Interpolation.BILINEAR | _EXACT_CONVERSION)
 
 
 class VideoWriter:
@@ -371,6 +377,7 @@ class VideoWriter:
         self.rotation = rotation
         self._container = None
         self._stream = None
+        self._reformatter = VideoReformatter()
         self.frames_written = 0
 
     def _open(self, height: int, width: int) -> None:
@@ -405,7 +412,7 @@ class VideoWriter:
                 f"frame: expected size {(self._stream.height, self._stream.width)} like the first "
                 f"frame, got {frame.shape[:2]}"
             )
-        self._container.mux(self._stream.encode(_encoder_frame(frame, self._stream.pix_fmt)))
+        self._container.mux(self._stream.encode(_encoder_frame(frame, self._stream.pix_fmt, self._reformatter)))
         self.frames_written += 1
 
     def close(self) -> None:
@@ -462,7 +469,7 @@ def write_image(path: PathLike, frame: np.ndarray | torch.Tensor, quality: int =
     codec.time_base = Fraction(1, 25)
     if codec_name == "mjpeg":
         codec.qscale = quality  # a fixed quantiser; mjpeg has no crf
-    video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format=pix_fmt)
+    video_frame = VideoReformatter().reformat(av.VideoFrame.from_ndarray(frame, format="rgb24"), format=pix_fmt)
     packets = codec.encode(video_frame) + codec.encode(None)
     path.write_bytes(b"".join(bytes(packet) for packet in packets))
     return path

@@ -312,3 +312,25 @@ def test_a_lossless_read_write_round_trip_keeps_the_stored_luma(tmp_path):
     with av.open(str(copy)) as container:  # tagged as written, so players convert it back alike
         frame = next(container.decode(video=0))
     assert (frame.colorspace, frame.color_range) == (Colorspace.ITU601, ColorRange.MPEG)
+
+
+def _read_in_child(path, size, results):
+    results.put([frame.tolist() for frame in video.iter_frames(path, size)])
+
+
+def test_a_forked_process_reads_after_the_parent_read_and_wrote(tmp_path):
+    # A DataLoader worker is such a fork: a scaler state shared with the parent once hung it there.
+    path = video.write_video(tmp_path / "clip.mp4", _moving_gradient(4), crf=18)
+    list(video.iter_frames(path)), list(video.iter_frames(path, 32))
+    context = torch.multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_read_in_child, args=(path, (24, 40), results))
+    child.start()
+    try:
+        read = results.get(timeout=60)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert np.array_equal(np.asarray(read, np.uint8), np.stack(list(video.iter_frames(path, (24, 40)))))

@@ -12,20 +12,9 @@ $(STAMP): $(BUILD_INPUTS)
 	VENV=$(VENV) scripts/setup_env.sh
 	touch $@
 
-# The second process runs the kernel equivalence tests for the triton backend in Triton's CPU
-# interpreter (TRITON_INTERPRET must be set before any kernel is defined, hence a new process).
-TRITON_INTERPRETER_TESTS := tests/kernels/test_backends.py tests/kernels/test_sweep.py tests/kernels/test_autograd.py \
-	tests/kernels/test_backward_memory.py tests/kernels/test_dispatch.py tests/kernels/test_kernel_corner_cases.py \
-	tests/kernels/test_registration.py tests/kernels/test_errors.py tests/kernels/test_triton_backend.py \
-	tests/kernels/test_func_transforms.py tests/kernels/test_export.py tests/kernels/test_forward_mode.py \
-	tests/kernels/test_second_order.py
-
+# The main pass and the triton backend's interpreter pass, side by side (see the script).
 test: setup
-	$(PY) -m pytest tests -q -p no:cacheprovider
-	@if $(PY) -c "import triton" 2>/dev/null; then \
-		echo "triton backend in the Triton interpreter:"; \
-		TRITON_INTERPRET=1 LC4_TEST_BACKENDS=triton $(PY) -m pytest $(TRITON_INTERPRETER_TESTS) -q -p no:cacheprovider; \
-	else echo "triton not installed: the triton backend's interpreter tests are left out"; fi
+	PY=$(PY) scripts/run_tests.sh
 
 bench: setup
 	$(PY) -m benchmarks.report --check
